@@ -1,0 +1,166 @@
+"""
+zope.interface definitions shared by relaypool's layers.
+
+Each layer implements the interfaces here with C{@implementer} classes, and
+depends on the interfaces of the layers below it, not on their classes, so a
+user can plug in their own name service, request protocol or event store.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+# zope Interface methods have no "self"; mypy-zope understands this.
+# ruff: noqa: N805
+
+
+class INameSubscription(Interface):
+    """
+    A handle on a name-service subscription.
+    """
+
+    def cancel() -> None:
+        """
+        Stop calling the subscription's callback. Idempotent.
+        """
+
+
+class INameService(Interface):
+    """
+    Resolves C{host:port} names into sets of addresses and tells subscribers
+    when a name's address set changes.
+    """
+
+    def subscribe(name, callback):  # type: ignore[no-untyped-def]
+        """
+        Follow C{name}'s address set.
+
+        @param name: C{"host:port"}; an IPv6 host is written C{"[::1]:7777"}.
+        @type name: L{str}
+        @param callback: called with a C{frozenset} of
+            L{relaypool.names.Address} at once (with the current set, maybe
+            empty while the first lookup is in flight) and again each time the
+            set changes, never twice in a row with the same set.
+        @return: an L{INameSubscription}.
+        @raise relaypool.errors.InvalidName: if C{name} is not C{host:port}.
+        """
+
+
+class IRequestProtocol(Interface):
+    """
+    A connected protocol that can carry request/reply exchanges; what a
+    L{relaypool.pool.Pool} needs from the protocols its multiplexer holds.
+
+    The multiplexer also uses it to drain a connection whose address went
+    away: it waits on L{whenIdle} for up to its drain timeout, then calls
+    L{failPending} and closes the connection.
+    """
+
+    def request(payload):  # type: ignore[no-untyped-def]
+        """
+        Send C{payload} and return a Deferred that fires with the reply, or
+        fails with L{relaypool.errors.ConnectionLost} if the connection closes
+        first.
+        """
+
+    def inFlight():  # type: ignore[no-untyped-def]
+        """
+        @return: how many requests sent on this connection still wait for a
+            reply (an L{int}).
+        """
+
+    def whenIdle():  # type: ignore[no-untyped-def]
+        """
+        @return: a Deferred firing with L{None} as soon as no request waits
+            for a reply (at once if none does). Cancelling it only forgets
+            that Deferred.
+        """
+
+    def failPending(reason):  # type: ignore[no-untyped-def]
+        """
+        Fail every request still waiting for a reply with C{reason} (an
+        exception instance, e.g. L{relaypool.errors.ConnectionDrained}).
+        """
+
+
+class IEventStore(Interface):
+    """
+    Durable storage of Nostr events with NIP-01 query semantics.
+
+    Every method returns a Deferred and never blocks the reactor.
+    """
+
+    def save(event):  # type: ignore[no-untyped-def]
+        """
+        Store a verified L{relaypool.nostr.Event} under NIP-01 (replaceable,
+        addressable, ephemeral), NIP-09 (deletion) and NIP-40 (expiration)
+        semantics.
+
+        @return: Deferred firing with C{True} if the event was stored, C{False}
+            if it was a duplicate, ephemeral, expired, deleted or superseded.
+        """
+
+    def query(filters):  # type: ignore[no-untyped-def]
+        """
+        @param filters: a sequence of L{relaypool.nostr.Filter}, OR-ed.
+        @return: Deferred firing with a list of matching events, newest first
+            (ties by lowest id), each filter's C{limit} applied to its own
+            matches.
+        """
+
+    def count(filters):  # type: ignore[no-untyped-def]
+        """
+        @return: Deferred firing with the number of distinct stored events
+            matching any of C{filters}.
+        """
+
+    def close():  # type: ignore[no-untyped-def]
+        """
+        Finish pending writes and close the database.
+
+        @return: a Deferred firing when closed.
+        """
+
+
+class IOutbox(Interface):
+    """
+    The durable record of events accepted for publication upstream and of
+    each relay's answer, so that a restart resumes what a crash interrupted.
+    """
+
+    def enqueue(event, relayURLs):  # type: ignore[no-untyped-def]
+        """
+        Record C{event} as to be published to every URL in C{relayURLs}.
+
+        @return: Deferred firing when the row is durable (committed).
+        """
+
+    def recordResult(eventID, relayURL, accepted, message):  # type: ignore[no-untyped-def]
+        """
+        Record a relay's C{OK} (or a failure to deliver, with C{accepted}
+        false). An event whose relays all accepted leaves the outbox.
+
+        @return: Deferred firing when recorded.
+        """
+
+    def pending():  # type: ignore[no-untyped-def]
+        """
+        @return: Deferred firing with a list of L{relaypool.store.OutboxEntry}
+            not yet accepted by every relay, oldest first.
+        """
+
+    def discard(eventID):  # type: ignore[no-untyped-def]
+        """
+        Remove an event from the outbox (it aged out or is no longer wanted).
+
+        @return: Deferred firing when removed.
+        """
+
+
+__all__ = [
+    "IEventStore",
+    "INameService",
+    "INameSubscription",
+    "IOutbox",
+    "IRequestProtocol",
+]

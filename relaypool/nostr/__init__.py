@@ -1,0 +1,90 @@
+"""
+The Nostr protocol, free of Twisted: events, filters, messages and NIP-11
+relay information documents.
+"""
+
+from __future__ import annotations
+
+from relaypool.nostr.event import (
+    DEFAULT_EVENT_LIMITS,
+    Event,
+    EventLimits,
+    computeEventId,
+    generatePrivateKey,
+    isAddressable,
+    isEphemeral,
+    isRegular,
+    isReplaceable,
+    publicKeyFor,
+    serializeForId,
+)
+from relaypool.nostr.filter import (
+    DEFAULT_FILTER_LIMITS,
+    Filter,
+    FilterLimits,
+    filtersKey,
+    matchesAny,
+)
+from relaypool.nostr.messages import (
+    MAX_SUBSCRIPTION_ID_LENGTH,
+    REASON_PREFIXES,
+    ClientAuth,
+    ClientClose,
+    ClientCount,
+    ClientEvent,
+    ClientMessage,
+    ClientReq,
+    RelayAuth,
+    RelayClosed,
+    RelayCount,
+    RelayEOSE,
+    RelayEvent,
+    RelayMessage,
+    RelayNotice,
+    RelayOK,
+    parseClientMessage,
+    parseRelayMessage,
+    reasonPrefix,
+)
+from relaypool.nostr.nip11 import Limitation, RelayInformation, informationURL
+
+__all__ = [
+    "DEFAULT_EVENT_LIMITS",
+    "DEFAULT_FILTER_LIMITS",
+    "MAX_SUBSCRIPTION_ID_LENGTH",
+    "REASON_PREFIXES",
+    "ClientAuth",
+    "ClientClose",
+    "ClientCount",
+    "ClientEvent",
+    "ClientMessage",
+    "ClientReq",
+    "Event",
+    "EventLimits",
+    "Filter",
+    "FilterLimits",
+    "Limitation",
+    "RelayAuth",
+    "RelayClosed",
+    "RelayCount",
+    "RelayEOSE",
+    "RelayEvent",
+    "RelayInformation",
+    "RelayMessage",
+    "RelayNotice",
+    "RelayOK",
+    "computeEventId",
+    "filtersKey",
+    "generatePrivateKey",
+    "informationURL",
+    "isAddressable",
+    "isEphemeral",
+    "isRegular",
+    "isReplaceable",
+    "matchesAny",
+    "parseClientMessage",
+    "parseRelayMessage",
+    "publicKeyFor",
+    "reasonPrefix",
+    "serializeForId",
+]
