@@ -1,0 +1,320 @@
+"""
+Tests for L{relaypool.pool}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from relaypool.errors import AcquireTimeout, PoolClosed, QueueFull
+from relaypool.health import HealthPolicy
+from relaypool.mux import Backoff, UniformMultiplexer
+from relaypool.names import Address, StaticNameService
+from relaypool.pool import Pool, PoolStats
+from tests.echo import EchoServerFactory, clientFactory, serve, waitFor
+
+NAME = "echo.test:80"
+
+
+class UnconnectedPoolTests(SynchronousTestCase):
+    """
+    L{Pool} whose multiplexer never gets a connection, on a
+    L{MemoryReactorClock}.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        mux = UniformMultiplexer(
+            self.reactor,
+            StaticNameService({NAME: [Address("10.0.0.1", 80)]}),
+            NAME,
+            clientFactory("ws://echo.test"),
+        )
+        self.pool = Pool(self.reactor, mux, queueSize=2, acquireTimeout=10.0)
+        self.pool.startService()
+
+    def test_notRunning(self) -> None:
+        """
+        A pool that is not running refuses requests and acquires with
+        L{PoolClosed}.
+        """
+        self.pool.stopService()
+        self.failureResultOf(self.pool.request(b"x")).trap(PoolClosed)
+        self.failureResultOf(self.pool.acquire()).trap(PoolClosed)
+
+    def test_queueFull(self) -> None:
+        """
+        Requests wait in the queue; once it holds C{queueSize} the next one
+        fails at once with L{QueueFull}.
+        """
+        first = self.pool.request(b"1")
+        self.pool.request(b"2")
+        self.assertNoResult(first)
+        self.failureResultOf(self.pool.request(b"3")).trap(QueueFull)
+        self.assertEqual(self.pool.stats().queued, 2)
+
+    def test_cancelQueued(self) -> None:
+        """
+        Cancelling a queued request frees its place in the queue.
+        """
+        self.pool.request(b"1").cancel()
+        self.assertEqual(self.pool.stats().queued, 0)
+        self.flushLoggedErrors()
+
+    def test_acquireTimeout(self) -> None:
+        """
+        An acquire that gets no connection within its timeout fails with
+        L{AcquireTimeout}; without a timeout the pool's default applies.
+        """
+        explicit, default = self.pool.acquire(timeout=1.0), self.pool.acquire()
+        self.reactor.advance(1.0)
+        self.failureResultOf(explicit).trap(AcquireTimeout)
+        self.assertNoResult(default)
+        self.reactor.advance(9.0)
+        self.failureResultOf(default).trap(AcquireTimeout)
+        self.assertEqual(self.pool.stats().waiting, 0)
+
+    def test_acquireWaitersBounded(self) -> None:
+        """
+        Beyond C{queueSize} waiting acquires, acquire fails with
+        L{QueueFull}.
+        """
+        self.pool.acquire()
+        self.pool.acquire()
+        self.failureResultOf(self.pool.acquire()).trap(QueueFull)
+
+    def test_stopFailsWaiting(self) -> None:
+        """
+        Stopping fails queued requests and waiting acquires with
+        L{PoolClosed}, leaves no timer behind, and fires.
+        """
+        queued, waiting = self.pool.request(b"1"), self.pool.acquire()
+        self.pool.startCleanup(5.0)
+        self.assertIsNone(self.successResultOf(self.pool.stopService()))
+        self.failureResultOf(queued).trap(PoolClosed)
+        self.failureResultOf(waiting).trap(PoolClosed)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_stats(self) -> None:
+        """
+        L{Pool.stats} counts connections, waiters and queued requests, and
+        summarizes on one line.
+        """
+        self.pool.request(b"1")
+        self.pool.acquire()
+        stats = self.pool.stats()
+        self.assertEqual(stats, PoolStats(0, 0, 0, 0, 1, 1, 0.0))
+        self.assertEqual(
+            stats.summary(),
+            "total=0 active=0 idle=0 healthy=0 waiting=1 queued=1 utilization=0.0%",
+        )
+
+
+class PoolTests(TestCase):
+    """
+    L{Pool} over real loopback echo servers; the pool's own time is a
+    L{Clock}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def makePool(self, servers: int = 1, perAddress: int = 1, **kwargs: Any) -> Pool:
+        self.servers = [EchoServerFactory() for _ in range(servers)]
+        self.ports = [serve(self, factory) for factory in self.servers]
+        self.names = StaticNameService({NAME: [Address("127.0.0.1", p) for p in self.ports]})
+        self.mux = UniformMultiplexer(
+            reactor,
+            self.names,
+            NAME,
+            clientFactory("ws://echo.test"),
+            connectionsPerAddress=perAddress,
+            backoff=Backoff(initial=0.01, jitter=0.0),
+        )
+        pool = Pool(self.clock, self.mux, **kwargs)
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        return pool
+
+    async def opened(self, count: int) -> list[Any]:
+        await waitFor(lambda: len(self.mux.readyConnections()) == count)
+        return self.mux.readyConnections()
+
+    async def test_requestReply(self) -> None:
+        """
+        L{Pool.request} fires with the connection's reply.
+        """
+        pool = self.makePool()
+        await self.opened(1)
+        self.assertEqual(await pool.request(b"ping"), b"ping")
+
+    async def test_queuedUntilConnected(self) -> None:
+        """
+        A request made before any connection opened waits in the queue and
+        is sent once one opens.
+        """
+        pool = self.makePool()
+        reply = pool.request(b"early")
+        self.assertEqual(pool.stats().queued, 1)
+        self.assertEqual(await reply, b"early")
+
+    async def test_roundRobin(self) -> None:
+        """
+        Requests are spread evenly over every connection.
+        """
+        pool = self.makePool(servers=2, perAddress=2)
+        connections = await self.opened(4)
+        for reply in [pool.request(b"%d" % i) for i in range(8)]:
+            await reply
+        self.assertEqual([pool.metrics(c).successes for c in connections], [2] * 4)
+
+    async def test_maxInFlight(self) -> None:
+        """
+        A connection carrying C{maxInFlight} requests takes no more; further
+        requests queue until a reply arrives.
+        """
+        pool = self.makePool(maxInFlight=1)
+        await self.opened(1)
+        held = pool.request(b"hold")
+        queued = pool.request(b"next")
+        self.assertEqual(pool.stats().queued, 1)
+        await waitFor(lambda: len(self.servers[0].held) == 1)
+        self.servers[0].releaseHeld()
+        self.assertEqual((await held, await queued), (b"hold", b"next"))
+
+    async def test_acquireExclusive(self) -> None:
+        """
+        An acquired connection is not handed to other acquirers nor used by
+        L{Pool.request} until released.
+        """
+        pool = self.makePool(perAddress=2)
+        await self.opened(2)
+        first = await pool.acquire()
+        second = await pool.acquire()
+        third = pool.acquire()
+        self.assertNotEqual(first, second)
+        self.assertNoResult(third)
+        self.assertEqual((pool.activeConnections(), pool.stats().waiting), (2, 1))
+        pool.release(first)
+        self.assertIs(await third, first)
+        self.assertEqual(pool.stats().queued, 0)
+        queued = pool.request(b"waits")
+        self.assertEqual(pool.stats().queued, 1)
+        pool.release(second)
+        self.assertEqual(await queued, b"waits")
+        self.assertEqual(pool.metrics(second).successes, 1)
+
+    async def test_permits(self) -> None:
+        """
+        At most C{maxConnections} connections are held at once, even when
+        more are free.
+        """
+        pool = self.makePool(perAddress=2, maxConnections=1)
+        await self.opened(2)
+        held = await pool.acquire()
+        waiting = pool.acquire()
+        self.assertEqual(pool.availablePermits(), 0)
+        self.assertNoResult(waiting)
+        pool.release(held)
+        pool.release(held)
+        await waiting
+        self.assertEqual(pool.availablePermits(), 0)
+
+    async def test_metrics(self) -> None:
+        """
+        Requests record successes and latency per connection and per
+        address.
+        """
+        pool = self.makePool(perAddress=2)
+        connections = await self.opened(2)
+        for i in range(4):
+            await pool.request(b"%d" % i)
+        metrics = pool.metrics(connections[0])
+        aggregate = pool.metrics(Address("127.0.0.1", self.ports[0]))
+        assert metrics is not None and aggregate is not None
+        self.assertEqual((metrics.successes, metrics.lastLatency), (2, 0.0))
+        self.assertEqual(aggregate.successes, 4)
+
+    async def test_metricsForgotten(self) -> None:
+        """
+        A closed connection's metrics are dropped.
+        """
+        pool = self.makePool()
+        (connection,) = await self.opened(1)
+        pool.recordSuccess(connection, 0.1)
+        await self.mux.recycle(connection)
+        self.assertIsNone(pool.metrics(connection))
+
+    async def test_evictIdle(self) -> None:
+        """
+        Connections unused for C{maxIdle} are recycled and replaced.
+        """
+        pool = self.makePool(perAddress=2)
+        first, second = await self.opened(2)
+        self.assertEqual(pool.evictIdle(60.0), 0)
+        self.clock.advance(30)
+        pool.recordSuccess(second, 0.01)
+        self.clock.advance(30)
+        self.assertEqual(pool.evictIdle(60.0), 1)
+        await self.mux.whenClosed(first)
+        await waitFor(lambda: len(self.mux.readyConnections()) == 2)
+        self.assertIn(second, self.mux.readyConnections())
+
+    async def test_evictUnhealthy(self) -> None:
+        """
+        Connections with C{maxConsecutiveErrors} errors in a row are
+        recycled and replaced.
+        """
+        pool = self.makePool(perAddress=2, healthPolicy=HealthPolicy(maxConsecutiveErrors=2))
+        first, second = await self.opened(2)
+        pool.recordError(first)
+        pool.recordError(first)
+        pool.recordSuccess(second, 0.01)
+        pool.recordError(second)
+        self.assertEqual(pool.stats().healthy, 1)
+        self.assertEqual(pool.evictUnhealthy(), 1)
+        await self.mux.whenClosed(first)
+        await waitFor(lambda: len(self.mux.readyConnections()) == 2)
+
+    async def test_cleanupSurvivesError(self) -> None:
+        """
+        The cleanup loop runs both evictions each interval, and an
+        exception in one is logged without stopping the loop.
+        """
+        pool = self.makePool()
+        await self.opened(1)
+        calls: list[str] = []
+
+        def broken(maxIdle: float) -> int:
+            calls.append("idle")
+            raise RuntimeError("broken eviction")
+
+        def unhealthy() -> int:
+            calls.append("unhealthy")
+            return 0
+
+        pool.evictIdle = broken  # type: ignore[method-assign]
+        pool.evictUnhealthy = unhealthy  # type: ignore[method-assign]
+        handle = pool.startCleanup(10.0)
+        self.clock.advance(10.0)
+        self.clock.advance(10.0)
+        handle.stop()
+        self.clock.advance(10.0)
+        self.assertEqual(calls, ["idle", "unhealthy"] * 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+    async def test_stopClosesCleanly(self) -> None:
+        """
+        Stopping the pool closes every connection with a close handshake
+        and fires once they are closed.
+        """
+        pool = self.makePool(perAddress=2)
+        connections = await self.opened(2)
+        await pool.stopService()
+        self.assertTrue(all(c.wasClean for c in connections))
+        await waitFor(lambda: self.servers[0].closes == [True, True])
