@@ -1,0 +1,908 @@
+"""
+One upstream Nostr relay: NIP-01 over the connections a
+L{UniformMultiplexer} keeps to the relay's addresses.
+
+A L{Relay} owns the per-relay protocol state: where each subscription's REQ
+is live (and moving it when a connection drops, with C{since} set to the
+newest event seen), NIP-42 AUTH and the one retry it allows, C{rate-limited}
+back-off, the relay's NIP-11 limits, and a bounded outbound queue. What spans
+relays (dedup, verification, EOSE merging, quorum) is the
+L{relaypool.relaypool.RelayPool}'s, told through the L{RelayOwner} calls.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from relaypool.errors import InvalidEvent, InvalidMessage, InvalidRelayURL
+from relaypool.health import ConnectionMetrics, HealthPolicy
+from relaypool.interfaces import INameService
+from relaypool.mux import Backoff, UniformMultiplexer
+from relaypool.nostr.event import Event
+from relaypool.nostr.filter import Filter
+from relaypool.nostr.messages import (
+    ClientAuth,
+    ClientClose,
+    ClientCount,
+    ClientEvent,
+    ClientReq,
+    RelayAuth,
+    RelayClosed,
+    RelayCount,
+    RelayEOSE,
+    RelayEvent,
+    RelayMessage,
+    RelayNotice,
+    RelayOK,
+    parseRelayMessage,
+    reasonPrefix,
+)
+from relaypool.nostr.nip11 import Limitation
+
+log = Logger()
+
+#: NIP-42 AUTH events are kind 22242.
+AUTH_KIND = 22242
+
+
+def parseRelayURL(url: str) -> tuple[str, str, int, bool]:
+    """
+    Check a relay URL and split out what connecting needs.
+
+    @return: C{(normalizedURL, host, port, secure)}.
+    @raise InvalidRelayURL: if C{url} is not C{ws://} or C{wss://} with a host.
+    """
+    if not isinstance(url, str):
+        raise InvalidRelayURL(f"relay URL must be a string, got {type(url).__name__}")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as e:
+        raise InvalidRelayURL(f"{url!r} is not a valid URL: {e}")
+    scheme = parts.scheme.lower()
+    if scheme not in ("ws", "wss"):
+        raise InvalidRelayURL(f"{url!r}: a relay URL must start with ws:// or wss://")
+    if not parts.hostname:
+        raise InvalidRelayURL(f"{url!r}: a relay URL needs a host")
+    secure = scheme == "wss"
+    host = parts.hostname
+    if port is None:
+        port = 443 if secure else 80
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    path = parts.path or "/"
+    normalized = f"{scheme}://{netloc}{path}"
+    if parts.query:
+        normalized += f"?{parts.query}"
+    return normalized, host, port, secure
+
+
+def _follow(source: Deferred[bool]) -> Deferred[bool]:
+    """
+    @return: a new Deferred firing with C{source}'s result, leaving
+        C{source}'s own result untouched for later followers.
+    """
+    follower: Deferred[bool] = Deferred()
+
+    def relay(result: bool) -> bool:
+        follower.callback(result)
+        return result
+
+    source.addCallback(relay)
+    return follower
+
+
+class RelayOwner(Protocol):
+    """
+    What a L{Relay} tells the pool that owns it. Every call is synchronous.
+    """
+
+    def relayEvent(self, relay: Relay, subscriptionId: str, event: Event) -> bool:
+        """
+        An event arrived for C{subscriptionId}; return C{True} if it was valid
+        (the relay then counts its C{created_at} for resubscription).
+        """
+
+    def relayEOSE(self, relay: Relay, subscriptionId: str) -> None:
+        """Every REQ of the subscription got its EOSE from this relay."""
+
+    def relayClosed(self, relay: Relay, subscriptionId: str, message: str) -> None:
+        """The relay closed the subscription for good."""
+
+    def relayOK(self, relay: Relay, eventId: str, accepted: bool, message: str) -> None:
+        """The relay's final answer to a publish (after any AUTH retry)."""
+
+    def relayCount(self, relay: Relay, subscriptionId: str, count: int, approximate: bool) -> None:
+        """The relay answered a COUNT."""
+
+    def relayOther(self, relay: Relay, message: RelayMessage) -> None:
+        """A message the relay layer does not handle itself (NOTICE, unknown subscriptions)."""
+
+    def relayConnectionChanged(self, relay: Relay) -> None:
+        """A connection of the relay opened or closed."""
+
+
+class RelayConnection(WebSocketClientProtocol):  # type: ignore[misc]
+    """
+    One WebSocket connection to a relay; everything it reads goes to its
+    L{Relay}.
+    """
+
+    factory: _RelayFactory
+    challenge: str | None = None
+    authState: Deferred[bool] | None = None
+    authEventId: str | None = None
+    lastSeen: float = 0.0
+    subscriptionCount: int = 0
+
+    def onConnect(self, response: Any) -> None:
+        self.lastSeen = self.factory.relay.reactor.seconds()
+
+    def onOpen(self) -> None:
+        self._writable = _WriteFlow(self.factory.relay)
+        self.transport.registerProducer(self._writable, True)  # type: ignore[union-attr]
+        self.factory.relay._connectionOpened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        relay = self.factory.relay
+        self.lastSeen = relay.reactor.seconds()
+        if isBinary:
+            relay._protocolError(self, "binary frame")
+            return
+        relay._frameReceived(self, payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self.lastSeen = self.factory.relay.reactor.seconds()
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.relay._connectionClosed(self)
+
+    def sendText(self, data: bytes) -> None:
+        """
+        Send C{data} (UTF-8 JSON) as one text message.
+        """
+        self.sendMessage(data)  # type: ignore[no-untyped-call]
+
+    def pauseReading(self) -> None:
+        """
+        Stop reading from the socket.
+        """
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeReading(self) -> None:
+        """
+        Read from the socket again.
+        """
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def isWritable(self) -> bool:
+        """
+        @return: whether the transport's write buffer is below its high-water
+            mark (the relay reads what we send fast enough).
+        """
+        flow = getattr(self, "_writable", None)
+        return flow is not None and not flow.paused
+
+
+@implementer(IPushProducer)
+class _WriteFlow:
+    """
+    Registered on a connection's transport to learn when its write buffer is
+    full (paused) and drained again (resumed).
+    """
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.relay._flushOutbound()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
+class _RelayFactory(WebSocketClientFactory):  # type: ignore[misc]
+    protocol = RelayConnection  # type: ignore[assignment]
+
+    def __init__(self, relay: Relay, url: str, maxMessageSize: int) -> None:
+        super().__init__(url)  # type: ignore[no-untyped-call]
+        self.relay = relay
+        self.setProtocolOptions(  # type: ignore[no-untyped-call]
+            maxMessagePayloadSize=maxMessageSize,
+            maxFramePayloadSize=maxMessageSize,
+            autoPingInterval=0,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+        )
+
+
+@dataclass(slots=True, eq=False)
+class _WireSubscription:
+    """
+    One REQ as sent to the relay: a pool subscription is one or several of
+    these (several when the relay's C{max_filters} splits its filters).
+    """
+
+    wireId: str
+    subscriptionId: str
+    filters: tuple[Filter, ...]
+    isCount: bool = False
+    connection: RelayConnection | None = None
+    newest: int | None = None
+    eosed: bool = False
+    everSent: bool = False
+    authRetried: bool = False
+    queued: bool = False
+    sentAt: float = 0.0
+
+
+@dataclass(slots=True, eq=False)
+class _LogicalSubscription:
+    subscriptionId: str
+    wires: list[_WireSubscription] = field(default_factory=list)
+    reportedEOSE: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _PendingPublish:
+    event: Event
+    sentAt: float
+    retried: bool = False
+
+
+@dataclass(slots=True)
+class RelayCounters:
+    """
+    Running counts for one relay; the pool reads them for its stats.
+    """
+
+    reconnects: int = 0
+    opens: int = 0
+    eventsReceived: int = 0
+    eventsUnique: int = 0
+    eventsInvalid: int = 0
+    okAccepted: int = 0
+    okRejected: int = 0
+    outboundDropped: int = 0
+    protocolErrors: int = 0
+
+
+class Relay:
+    """
+    One upstream relay: its connections, subscriptions and publishes.
+
+    @ivar url: the normalized relay URL.
+    @ivar metrics: the relay's L{ConnectionMetrics} (latency of OK and EOSE,
+        errors for invalid events and rejected publishes), the foundation's
+        health model applied per relay.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        owner: RelayOwner,
+        nameService: INameService,
+        connectionsPerAddress: int = 1,
+        backoff: Backoff = Backoff(),
+        tls: Any = None,
+        maxMessageSize: int = 1 << 20,
+        outboundCapacity: int = 64,
+        pendingRequestCapacity: int = 256,
+        signingKey: bytes | None = None,
+        healthPolicy: HealthPolicy = HealthPolicy(),
+        rateLimitBackoff: Backoff = Backoff(initial=1.0, maximum=60.0, jitter=0.0),
+        onStateChange: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.url, host, port, _ = parseRelayURL(url)
+        self.reactor = reactor
+        self._owner = owner
+        self._maxMessageSize = maxMessageSize
+        self._outboundCapacity = outboundCapacity
+        self._pendingRequestCapacity = pendingRequestCapacity
+        self._signingKey = signingKey
+        self._rateLimitBackoff = rateLimitBackoff
+        self.metrics = ConnectionMetrics(reactor.seconds(), healthPolicy)
+        self.counters = RelayCounters()
+        self.limitation = Limitation()
+        self.connectedSince: float | None = None
+        self.downSince: float | None = reactor.seconds()
+        self._holdingForInformation = False
+        name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.mux = UniformMultiplexer(
+            reactor,
+            nameService,
+            name,
+            lambda address: _RelayFactory(self, self.url, maxMessageSize),
+            connectionsPerAddress=connectionsPerAddress,
+            backoff=backoff,
+            tls=tls,
+            onStateChange=lambda slot: self._slotChanged(slot, onStateChange),
+        )
+        self._open: list[RelayConnection] = []
+        self._outbound: deque[bytes] = deque()
+        self._subscriptions: dict[str, _LogicalSubscription] = {}
+        self._wires: dict[str, _WireSubscription] = {}
+        self._waitingWires: deque[_WireSubscription] = deque()
+        self._publishes: dict[str, _PendingPublish] = {}
+        self._rateLimitedUntil = 0.0
+        self._rateLimitStrikes = 0
+        self._rateLimitCall: Any = None
+        self._readingPaused = False
+        self._stopped = False
+        self._nextConnection = 0
+        self.pendingInformation: Deferred[Any] | None = None
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Start connecting.
+        """
+        self.mux.startService()
+
+    def stop(self) -> Deferred[None]:
+        """
+        Close every connection with a close handshake.
+
+        @return: a Deferred firing when they are all closed.
+        """
+        self._stopped = True
+        if self.pendingInformation is not None:
+            self.pendingInformation.cancel()
+            self.pendingInformation = None
+        if self._rateLimitCall is not None and self._rateLimitCall.active():
+            self._rateLimitCall.cancel()
+        self._rateLimitCall = None
+        d: Deferred[None] = self.mux.stopService()
+        return d
+
+    def holdForInformation(self) -> None:
+        """
+        Keep REQs waiting until L{applyLimitation} or L{informationUnavailable}
+        is called, so the relay's NIP-11 limits apply from the first REQ.
+        """
+        self._holdingForInformation = True
+
+    def applyLimitation(self, limitation: Limitation) -> None:
+        """
+        Use the relay's NIP-11 limits from now on (C{max_subscriptions},
+        C{max_filters}, C{max_limit}, C{max_message_length}).
+        """
+        self.limitation = limitation
+        self.informationUnavailable()
+
+    def informationUnavailable(self) -> None:
+        """
+        Stop waiting for the relay's NIP-11 document; send what waited.
+        """
+        self._holdingForInformation = False
+        self._placeWaiting()
+
+    def _slotChanged(self, slot: Any, onStateChange: Callable[[Any], None] | None) -> None:
+        if onStateChange is not None:
+            onStateChange(slot)
+        self._owner.relayConnectionChanged(self)
+
+    # --- state --------------------------------------------------------------
+
+    def isConnected(self) -> bool:
+        """
+        @return: whether at least one connection is open.
+        """
+        return bool(self._open)
+
+    def openConnections(self) -> list[RelayConnection]:
+        """
+        @return: the open connections.
+        """
+        return list(self._open)
+
+    def connectionTotal(self) -> int:
+        """
+        @return: how many connection slots the relay keeps (open or not).
+        """
+        return len(self.mux.slots())
+
+    def state(self) -> str:
+        """
+        @return: C{"open"} when a connection is open, else the most hopeful
+            slot state (C{"connecting"}, C{"backing-off"}, C{"draining"}), or
+            C{"closed"} when stopped or without addresses.
+        """
+        if self._open:
+            return "open"
+        if self._stopped:
+            return "closed"
+        states = {slot.state for slot in self.mux.slots()}
+        for state in ("connecting", "backing-off", "draining"):
+            if state in states:
+                return state
+        return "closed"
+
+    def outboundQueued(self) -> int:
+        """
+        @return: messages waiting in the outbound queue.
+        """
+        return len(self._outbound)
+
+    def waitingSubscriptions(self) -> int:
+        """
+        @return: REQs waiting for the relay's C{max_subscriptions} to allow them.
+        """
+        return len(self._waitingWires)
+
+    # --- flow control -------------------------------------------------------
+
+    def pauseReading(self) -> None:
+        """
+        Stop reading from every connection (the pool's inbound queue is full).
+        """
+        self._readingPaused = True
+        for connection in self._open:
+            connection.pauseReading()
+
+    def resumeReading(self) -> None:
+        """
+        Read again from every connection.
+        """
+        self._readingPaused = False
+        for connection in self._open:
+            connection.resumeReading()
+
+    # --- outbound -----------------------------------------------------------
+
+    def send(self, data: bytes) -> bool:
+        """
+        Send a raw client message on any open connection.
+
+        When no connection is open, the relay is backing off after
+        C{rate-limited}, or the connections' write buffers are full, the
+        message waits in the outbound queue (at most C{outboundCapacity}
+        messages, sent in order as soon as possible). When that queue is full
+        the message is refused and counted in C{outboundDropped}.
+
+        @return: C{True} if sent or queued, C{False} if refused.
+        """
+        if len(data) > self._messageLimit():
+            self.counters.outboundDropped += 1
+            return False
+        if not self._outbound:
+            connection = self._writableConnection()
+            if connection is not None:
+                connection.sendText(data)
+                return True
+        if len(self._outbound) >= self._outboundCapacity:
+            self.counters.outboundDropped += 1
+            return False
+        self._outbound.append(data)
+        return True
+
+    def _writableConnection(self) -> RelayConnection | None:
+        if self.reactor.seconds() < self._rateLimitedUntil:
+            return None
+        for _ in range(len(self._open)):
+            self._nextConnection = (self._nextConnection + 1) % len(self._open)
+            connection = self._open[self._nextConnection]
+            if connection.isWritable():
+                return connection
+        return None
+
+    def _flushOutbound(self) -> None:
+        while self._outbound:
+            connection = self._writableConnection()
+            if connection is None:
+                return
+            connection.sendText(self._outbound.popleft())
+
+    def _messageLimit(self) -> int:
+        limit = self.limitation.maxMessageLength
+        if isinstance(limit, int) and limit > 0:
+            return limit
+        return self._maxMessageSize
+
+    # --- subscriptions ------------------------------------------------------
+
+    def subscribe(self, subscriptionId: str, filters: Sequence[Filter]) -> None:
+        """
+        Open C{subscriptionId} on this relay, now or as soon as a connection
+        (and the relay's C{max_subscriptions}) allows.
+        """
+        self._open_logical(subscriptionId, tuple(filters), isCount=False)
+
+    def count(self, subscriptionId: str, filters: Sequence[Filter]) -> None:
+        """
+        Send a NIP-45 COUNT for C{filters}.
+        """
+        self._open_logical(subscriptionId, tuple(filters), isCount=True)
+
+    def _open_logical(self, subscriptionId: str, filters: tuple[Filter, ...], isCount: bool) -> None:
+        if subscriptionId in self._subscriptions:
+            self.unsubscribe(subscriptionId)
+        logical = _LogicalSubscription(subscriptionId)
+        self._subscriptions[subscriptionId] = logical
+        chunks = self._chunks(filters)
+        for index, chunk in enumerate(chunks):
+            wireId = subscriptionId if len(chunks) == 1 else f"{subscriptionId}:{index}"
+            wire = _WireSubscription(wireId, subscriptionId, chunk, isCount=isCount)
+            logical.wires.append(wire)
+            self._wires[wireId] = wire
+            self._place(wire)
+
+    def _chunks(self, filters: tuple[Filter, ...]) -> list[tuple[Filter, ...]]:
+        maxLimit = self.limitation.maxLimit
+        if isinstance(maxLimit, int) and maxLimit > 0:
+            filters = tuple(
+                f.withLimit(min(f.limit, maxLimit) if f.limit is not None else maxLimit)
+                for f in filters
+            )
+        size = self.limitation.maxFilters
+        if not isinstance(size, int) or size <= 0 or len(filters) <= size:
+            return [filters]
+        return [filters[i : i + size] for i in range(0, len(filters), size)]
+
+    def unsubscribe(self, subscriptionId: str) -> None:
+        """
+        Close C{subscriptionId} on this relay (sends CLOSE where it is live).
+        """
+        logical = self._subscriptions.pop(subscriptionId, None)
+        if logical is None:
+            return
+        for wire in logical.wires:
+            self._wires.pop(wire.wireId, None)
+            if wire.queued:
+                self._waitingWires.remove(wire)
+                wire.queued = False
+            if wire.connection is not None:
+                if not wire.isCount and wire.connection in self._open:
+                    wire.connection.sendText(ClientClose(wire.wireId).toJSON())
+                wire.connection.subscriptionCount -= 1
+                wire.connection = None
+        self._placeWaiting()
+
+    def hasSubscription(self, subscriptionId: str) -> bool:
+        """
+        @return: whether C{subscriptionId} is open on this relay.
+        """
+        return subscriptionId in self._subscriptions
+
+    def _place(self, wire: _WireSubscription) -> None:
+        connection = self._connectionWithRoom()
+        if connection is None or self.reactor.seconds() < self._rateLimitedUntil:
+            if len(self._waitingWires) >= self._pendingRequestCapacity:
+                self._wireFinished(wire, "error: relaypool: too many subscriptions waiting for this relay")
+                return
+            wire.queued = True
+            self._waitingWires.append(wire)
+            return
+        self._sendREQ(wire, connection)
+
+    def _connectionWithRoom(self) -> RelayConnection | None:
+        if self._holdingForInformation:
+            return None
+        limit = self.limitation.maxSubscriptions
+        best: RelayConnection | None = None
+        for connection in self._open:
+            if isinstance(limit, int) and limit > 0 and connection.subscriptionCount >= limit:
+                continue
+            if best is None or connection.subscriptionCount < best.subscriptionCount:
+                best = connection
+        return best
+
+    def _sendREQ(self, wire: _WireSubscription, connection: RelayConnection) -> None:
+        filters = wire.filters
+        if wire.everSent and wire.newest is not None and not wire.isCount:
+            newest = wire.newest
+            filters = tuple(
+                f.withSince(max(newest, f.since or 0)).withLimit(None) for f in filters
+            )
+        message = (
+            ClientCount(wire.wireId, filters) if wire.isCount else ClientReq(wire.wireId, filters)
+        ).toJSON()
+        if len(message) > self._messageLimit():
+            self._wireFinished(wire, "error: relaypool: REQ is longer than the relay's max_message_length")
+            return
+        wire.connection = connection
+        wire.everSent = True
+        wire.sentAt = self.reactor.seconds()
+        connection.subscriptionCount += 1
+        connection.sendText(message)
+
+    def _placeWaiting(self) -> None:
+        while self._waitingWires:
+            if self.reactor.seconds() < self._rateLimitedUntil:
+                return
+            connection = self._connectionWithRoom()
+            if connection is None:
+                return
+            wire = self._waitingWires.popleft()
+            wire.queued = False
+            self._sendREQ(wire, connection)
+
+    def _release(self, wire: _WireSubscription) -> None:
+        if wire.connection is not None:
+            wire.connection.subscriptionCount -= 1
+            wire.connection = None
+
+    def _wireFinished(self, wire: _WireSubscription, closedMessage: str | None) -> None:
+        """
+        A wire REQ got its EOSE (C{closedMessage} None) or was closed; tell
+        the owner once every wire of the logical subscription is done.
+        """
+        logical = self._subscriptions.get(wire.subscriptionId)
+        if closedMessage is not None:
+            self._wires.pop(wire.wireId, None)
+            self._release(wire)
+            if logical is not None:
+                logical.wires.remove(wire)
+                self._placeWaiting()
+                if not logical.wires:
+                    del self._subscriptions[wire.subscriptionId]
+                    self._owner.relayClosed(self, wire.subscriptionId, closedMessage)
+                    return
+        else:
+            wire.eosed = True
+        if logical is None or logical.reportedEOSE:
+            return
+        if all(w.eosed for w in logical.wires):
+            logical.reportedEOSE = True
+            self._owner.relayEOSE(self, wire.subscriptionId)
+
+    # --- publish ------------------------------------------------------------
+
+    def publish(self, event: Event) -> bool:
+        """
+        Send C{event}; the owner hears the relay's answer through C{relayOK}.
+
+        @return: C{False} if the message could not be sent or queued (the
+            owner should count the relay as rejecting it).
+        """
+        self._publishes[event.id] = _PendingPublish(event, self.reactor.seconds())
+        if self.send(ClientEvent(event).toJSON()):
+            return True
+        del self._publishes[event.id]
+        return False
+
+    def forgetPublish(self, eventId: str) -> None:
+        """
+        Stop waiting for an OK for C{eventId} (the pool's publish finished).
+        """
+        self._publishes.pop(eventId, None)
+
+    # --- connection events (from RelayConnection) ---------------------------
+
+    def _connectionOpened(self, connection: RelayConnection) -> None:
+        if self._stopped:
+            connection.sendClose(1001)
+            return
+        self._open.append(connection)
+        self.counters.opens += 1
+        if self.counters.opens > 1:
+            self.counters.reconnects += 1
+        if self.connectedSince is None:
+            self.connectedSince = self.reactor.seconds()
+        self.downSince = None
+        if self._readingPaused:
+            connection.pauseReading()
+        for wire in list(self._wires.values()):
+            if wire.connection is None and not wire.queued:
+                self._place(wire)
+        self._placeWaiting()
+        self._flushOutbound()
+        self._owner.relayConnectionChanged(self)
+
+    def _connectionClosed(self, connection: RelayConnection) -> None:
+        if connection not in self._open:
+            return
+        self._open.remove(connection)
+        if not self._open:
+            self.connectedSince = None
+            self.downSince = self.reactor.seconds()
+        orphans = [w for w in self._wires.values() if w.connection is connection]
+        for wire in orphans:
+            wire.connection = None
+        connection.subscriptionCount = 0
+        if connection.authState is not None and not connection.authState.called:
+            connection.authState.callback(False)
+        if not self._stopped:
+            for wire in orphans:
+                if wire.isCount:
+                    self._wireFinished(wire, "error: relaypool: connection lost before COUNT")
+                else:
+                    self._place(wire)
+        self._owner.relayConnectionChanged(self)
+
+    def _protocolError(self, connection: RelayConnection, what: str) -> None:
+        self.counters.protocolErrors += 1
+        self.metrics.recordError(self.reactor.seconds())
+        log.debug("{url}: ignored {what}", url=self.url, what=what)
+
+    # --- inbound ------------------------------------------------------------
+
+    def _frameReceived(self, connection: RelayConnection, payload: bytes) -> None:
+        try:
+            message = parseRelayMessage(payload)
+        except (InvalidMessage, InvalidEvent) as e:
+            if payload.startswith(b'["EVENT"'):
+                self.counters.eventsReceived += 1
+                self.counters.eventsInvalid += 1
+            self._protocolError(connection, f"malformed message: {e}")
+            return
+        if isinstance(message, RelayEvent):
+            self._eventReceived(message)
+        elif isinstance(message, RelayOK):
+            self._okReceived(connection, message)
+        elif isinstance(message, RelayEOSE):
+            wire = self._wires.get(message.subscriptionId)
+            if wire is None or wire.isCount:
+                self._owner.relayOther(self, message)
+                return
+            if not wire.eosed:
+                now = self.reactor.seconds()
+                self.metrics.recordSuccess(now - wire.sentAt, now)
+                self._rateLimitStrikes = 0
+            self._wireFinished(wire, None)
+        elif isinstance(message, RelayClosed):
+            self._closedReceived(connection, message)
+        elif isinstance(message, RelayCount):
+            wire = self._wires.get(message.subscriptionId)
+            if wire is None or not wire.isCount:
+                self._owner.relayOther(self, message)
+                return
+            self._wires.pop(wire.wireId, None)
+            self._release(wire)
+            self._subscriptions.pop(wire.subscriptionId, None)
+            self._placeWaiting()
+            self._owner.relayCount(self, wire.subscriptionId, message.count, message.approximate)
+        elif isinstance(message, RelayAuth):
+            connection.challenge = message.challenge
+        else:
+            if isinstance(message, RelayNotice):
+                log.info("{url}: NOTICE {message}", url=self.url, message=message.message)
+            self._owner.relayOther(self, message)
+
+    def _eventReceived(self, message: RelayEvent) -> None:
+        self.counters.eventsReceived += 1
+        wire = self._wires.get(message.subscriptionId)
+        subscriptionId = wire.subscriptionId if wire is not None else message.subscriptionId
+        if self._owner.relayEvent(self, subscriptionId, message.event) and wire is not None:
+            createdAt = message.event.createdAt
+            if wire.newest is None or createdAt > wire.newest:
+                wire.newest = createdAt
+
+    def _closedReceived(self, connection: RelayConnection, message: RelayClosed) -> None:
+        wire = self._wires.get(message.subscriptionId)
+        if wire is None:
+            self._owner.relayOther(self, message)
+            return
+        prefix = reasonPrefix(message.message)
+        if prefix == "auth-required" and not wire.authRetried and self._signingKey is not None:
+            wire.authRetried = True
+            self._release(wire)
+            self._authenticate(connection).addCallback(self._retryAfterAuth, wire, connection, message.message)
+            return
+        if prefix == "rate-limited" and not wire.isCount:
+            self._release(wire)
+            self._rateLimited()
+            wire.queued = True
+            self._waitingWires.append(wire)
+            return
+        self._wireFinished(wire, message.message)
+
+    def _retryAfterAuth(
+        self, authenticated: bool, wire: _WireSubscription, connection: RelayConnection, reason: str
+    ) -> None:
+        if self._wires.get(wire.wireId) is not wire:
+            return
+        if authenticated and connection in self._open:
+            self._sendREQ(wire, connection)
+        else:
+            self._wireFinished(wire, reason)
+
+    def _okReceived(self, connection: RelayConnection, message: RelayOK) -> None:
+        if connection.authState is not None and connection.authEventId == message.eventId:
+            if not connection.authState.called:
+                connection.authState.callback(message.accepted)
+            return
+        pending = self._publishes.get(message.eventId)
+        if pending is None:
+            self._owner.relayOther(self, message)
+            return
+        prefix = reasonPrefix(message.message) if not message.accepted else None
+        if prefix == "auth-required" and not pending.retried and self._signingKey is not None:
+            pending.retried = True
+            self._authenticate(connection).addCallback(
+                self._republishAfterAuth, pending, connection, message
+            )
+            return
+        if prefix == "rate-limited" and not pending.retried:
+            pending.retried = True
+            self._rateLimited()
+            self.send(ClientEvent(pending.event).toJSON())
+            return
+        del self._publishes[message.eventId]
+        now = self.reactor.seconds()
+        if message.accepted:
+            self.counters.okAccepted += 1
+            self._rateLimitStrikes = 0
+            self.metrics.recordSuccess(now - pending.sentAt, now)
+        else:
+            self.counters.okRejected += 1
+        self._owner.relayOK(self, message.eventId, message.accepted, message.message)
+
+    def _republishAfterAuth(
+        self, authenticated: bool, pending: _PendingPublish, connection: RelayConnection, original: RelayOK
+    ) -> None:
+        if self._publishes.get(pending.event.id) is not pending:
+            return
+        if authenticated and connection in self._open:
+            connection.sendText(ClientEvent(pending.event).toJSON())
+            return
+        del self._publishes[pending.event.id]
+        self.counters.okRejected += 1
+        self._owner.relayOK(self, original.eventId, False, original.message)
+
+    # --- NIP-42 -------------------------------------------------------------
+
+    def _authenticate(self, connection: RelayConnection) -> Deferred[bool]:
+        """
+        Answer the connection's AUTH challenge with a signed kind-22242 event.
+
+        @return: a Deferred firing with whether the relay accepted it.
+        """
+        if connection.authState is not None:
+            return _follow(connection.authState)
+        if connection.challenge is None or self._signingKey is None:
+            return succeed(False)
+        event = Event.sign(
+            self._signingKey,
+            AUTH_KIND,
+            "",
+            [["relay", self.url], ["challenge", connection.challenge]],
+            createdAt=int(self.reactor.seconds()),
+        )
+        state: Deferred[bool] = Deferred()
+        connection.authState = state
+        connection.authEventId = event.id
+        connection.sendText(ClientAuth(event).toJSON())
+        return _follow(state)
+
+    # --- rate limiting ------------------------------------------------------
+
+    def _rateLimited(self) -> None:
+        self._rateLimitStrikes += 1
+        delay = self._rateLimitBackoff.delay(self._rateLimitStrikes, lambda: 0.5)
+        self._rateLimitedUntil = self.reactor.seconds() + delay
+        log.info("{url}: rate-limited, backing off {delay:.1f}s", url=self.url, delay=delay)
+        if self._rateLimitCall is None or not self._rateLimitCall.active():
+            self._rateLimitCall = self.reactor.callLater(delay, self._rateLimitOver)
+        else:
+            self._rateLimitCall.reset(delay)
+
+    def _rateLimitOver(self) -> None:
+        self._rateLimitCall = None
+        self._placeWaiting()
+        self._flushOutbound()
+
+    def rateLimitedUntil(self) -> float:
+        """
+        @return: the reactor time until which the relay backs off after a
+            C{rate-limited} answer (in the past when it does not).
+        """
+        return self._rateLimitedUntil

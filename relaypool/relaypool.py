@@ -1,0 +1,1178 @@
+"""
+RelayPool: many upstream Nostr relays behind one API.
+
+Inbound events are checked against a bounded cache of verified ids, verified
+(id recomputed, Schnorr signature) when new, and delivered once per
+subscription; EOSE is merged across relays with a timeout so a dead or slow
+relay never stalls it; publishes wait for a quorum of real C{OK true}
+answers; subscriptions follow their relays through reconnects with C{since}
+set to the newest event seen. Every queue is bounded: the inbound queue
+pauses reading from the relays when full, outbound queues refuse and count.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import count as counter
+from typing import Any
+
+import orjson
+from twisted.application import service
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from relaypool.errors import (
+    InvalidEvent,
+    PoolClosed,
+    PublishFailed,
+    SubscriptionClosed,
+    TooManyRelays,
+    UnknownRelay,
+)
+from relaypool.health import HealthPolicy
+from relaypool.information import fetchRelayInformation
+from relaypool.interfaces import IEventStore, INameService
+from relaypool.mux import Backoff
+from relaypool.nostr.event import Event
+from relaypool.nostr.filter import Filter, matchesAny
+from relaypool.nostr.messages import (
+    ClientMessage,
+    RelayClosed,
+    RelayCount,
+    RelayEOSE,
+    RelayEvent,
+    RelayMessage,
+    RelayNotice,
+    RelayOK,
+)
+from relaypool.relay import Relay, parseRelayURL
+
+log = Logger()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolMessage:
+    """
+    A message from one relay, as L{RelayPool.recv} hands it out.
+    """
+
+    relayURL: str
+    message: RelayMessage
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """
+    The outcome of L{RelayPool.publish}, per relay.
+
+    @ivar accepted: relay URL to the message of its C{OK true}.
+    @ivar rejected: relay URL to the reason it did not accept (its C{OK false}
+        message, or C{"error: relaypool: ..."} when the event could not be
+        sent to it).
+    @ivar timedOut: relays that had not answered when the result was made.
+    """
+
+    eventId: str
+    quorum: int
+    accepted: Mapping[str, str]
+    rejected: Mapping[str, str]
+    timedOut: frozenset[str]
+
+    @property
+    def succeeded(self) -> bool:
+        """
+        Whether at least C{quorum} relays accepted.
+        """
+        return len(self.accepted) >= self.quorum
+
+    def reasons(self) -> str:
+        """
+        @return: one line naming each relay that did not accept and why.
+        """
+        parts = [f"{url}: {reason}" for url, reason in sorted(self.rejected.items())]
+        parts += [f"{url}: timed out" for url in sorted(self.timedOut)]
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class CountResult:
+    """
+    The outcome of L{RelayPool.count}.
+
+    @ivar count: the largest count any relay gave (the union of relays can
+        only be larger, so C{approximate} is set when several relays answered),
+        or the number of unique events fetched when no relay supports COUNT.
+    """
+
+    count: int
+    approximate: bool
+    perRelay: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStats:
+    """
+    One relay's figures, as L{RelayPool.stats} reports them.
+    """
+
+    url: str
+    state: str
+    connectedSince: float | None
+    reconnects: int
+    eventsReceived: int
+    eventsUnique: int
+    eventsInvalid: int
+    okAccepted: int
+    okRejected: int
+    latency: float | None
+    healthScore: float
+    outboundQueued: int
+    outboundDropped: int
+    waitingSubscriptions: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTotals:
+    """
+    Figures for the whole pool.
+    """
+
+    relays: int
+    activeRelays: int
+    subscriptions: int
+    eventsReceived: int
+    eventsUnique: int
+    eventsInvalid: int
+    okAccepted: int
+    okRejected: int
+    inboundQueued: int
+    outboundQueued: int
+    outboundDropped: int
+    recvDropped: int
+    cachedIds: int
+    paused: bool
+
+
+class PoolSender:
+    """
+    A handle for sending raw client messages to every relay of a pool; any
+    number of callers may hold one.
+    """
+
+    def __init__(self, pool: RelayPool) -> None:
+        self._pool = pool
+
+    def broadcast(self, message: bytes | ClientMessage) -> int:
+        """
+        Queue C{message} to every relay (see L{Relay.send} for what happens
+        when a relay is disconnected or its outbound queue is full).
+
+        Replies to raw REQs and EVENTs sent this way come out of
+        L{RelayPool.recv}.
+
+        @return: how many relays took the message.
+        """
+        return self._pool._broadcast(message)
+
+
+class _SeenCache:
+    """
+    A bounded LRU of verified event ids, each with the subscriptions it was
+    delivered to.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, set[str]] = OrderedDict()
+
+    def get(self, eventId: str) -> set[str] | None:
+        delivered = self._entries.get(eventId)
+        if delivered is not None:
+            self._entries.move_to_end(eventId)
+        return delivered
+
+    def add(self, eventId: str) -> set[str]:
+        delivered: set[str] = set()
+        self._entries[eventId] = delivered
+        if len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return delivered
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Subscription:
+    """
+    One logical subscription over several relays.
+
+    Consume events with L{onEvent} callbacks, or with L{next} when no callback
+    is set (events then wait in a buffer of at most C{bufferSize}; while it is
+    full the pool pauses reading from its relays).
+    """
+
+    def __init__(
+        self,
+        pool: RelayPool,
+        subscriptionId: str,
+        filters: tuple[Filter, ...],
+        relayURLs: frozenset[str],
+        closeOnEOSE: bool,
+        bufferSize: int,
+    ) -> None:
+        self.subscriptionId = subscriptionId
+        self.filters = filters
+        self.relayURLs = relayURLs
+        self.closeOnEOSE = closeOnEOSE
+        self.closed = False
+        self.eosed = False
+        self._pool = pool
+        self._bufferSize = bufferSize
+        self._eventCallbacks: list[Callable[[Event, str], None]] = []
+        self._eoseCallbacks: list[Callable[[], None]] = []
+        self._eoseWaiters: list[Deferred[None]] = []
+        self._buffer: deque[tuple[Event, str]] = deque()
+        self._nextWaiters: deque[Deferred[Event | None]] = deque()
+        self._waitingFor: set[str] = set()
+        self._timeoutCall: Any = None
+        self._full = False
+
+    def onEvent(self, callback: Callable[[Event, str], None]) -> None:
+        """
+        Call C{callback(event, relayURL)} for each event, once per event.
+        Events buffered before the first callback was added are given to it
+        at once.
+        """
+        self._eventCallbacks.append(callback)
+        while self._buffer:
+            callback(*self._buffer.popleft())
+        self._setFull(False)
+
+    def onEOSE(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback()} when the subscription reaches EOSE (at once if it
+        already has).
+        """
+        if self.eosed:
+            callback()
+        else:
+            self._eoseCallbacks.append(callback)
+
+    def whenEOSE(self) -> Deferred[None]:
+        """
+        @return: a Deferred firing once every relay that was connected (or
+            connecting) sent EOSE or CLOSED, or the EOSE timeout passed.
+        """
+        if self.eosed:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._eoseWaiters.append(d)
+        return d
+
+    def next(self) -> Deferred[Event | None]:
+        """
+        @return: a Deferred firing with the next event, or with L{None} once
+            the subscription is closed and its buffer empty.
+        """
+        if self._buffer:
+            event = self._buffer.popleft()[0]
+            if len(self._buffer) < self._bufferSize // 2:
+                self._setFull(False)
+            return succeed(event)
+        if self.closed:
+            return succeed(None)
+        d: Deferred[Event | None] = Deferred()
+        self._nextWaiters.append(d)
+        return d
+
+    def close(self) -> None:
+        """
+        Close the subscription on every relay. Idempotent.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self._cancelTimeout()
+        self._pool._subscriptionClosed(self)
+        self._setFull(False)
+        while self._nextWaiters:
+            self._nextWaiters.popleft().callback(None)
+        if not self.eosed:
+            waiters, self._eoseWaiters = self._eoseWaiters, []
+            for d in waiters:
+                d.errback(SubscriptionClosed(f"subscription {self.subscriptionId} closed before EOSE"))
+
+    # --- driven by the pool -------------------------------------------------
+
+    def _deliver(self, event: Event, relayURL: str) -> None:
+        if self._eventCallbacks:
+            for callback in list(self._eventCallbacks):
+                callback(event, relayURL)
+        elif self._nextWaiters:
+            self._nextWaiters.popleft().callback(event)
+        else:
+            self._buffer.append((event, relayURL))
+            if len(self._buffer) >= self._bufferSize:
+                self._setFull(True)
+
+    def _setFull(self, full: bool) -> None:
+        if full != self._full:
+            self._full = full
+            self._pool._pressure(+1 if full else -1)
+
+    def _startWaiting(self, relayURLs: Iterable[str], timeout: float) -> None:
+        self._waitingFor = set(relayURLs)
+        if timeout > 0:
+            self._timeoutCall = self._pool.reactor.callLater(timeout, self._reachEOSE)
+        self._checkEOSE()
+
+    def _relayDone(self, relayURL: str) -> None:
+        self._waitingFor.discard(relayURL)
+        self._checkEOSE()
+
+    def _checkEOSE(self) -> None:
+        if not self._waitingFor:
+            self._reachEOSE()
+
+    def _reachEOSE(self) -> None:
+        self._cancelTimeout()
+        if self.eosed or self.closed:
+            return
+        self.eosed = True
+        self._waitingFor.clear()
+        callbacks, self._eoseCallbacks = self._eoseCallbacks, []
+        waiters, self._eoseWaiters = self._eoseWaiters, []
+        if self.closeOnEOSE:
+            # Before anyone hears of the EOSE, so what they send next
+            # follows our CLOSE on the wire.
+            self.close()
+        for callback in callbacks:
+            callback()
+        for d in waiters:
+            d.callback(None)
+
+    def _cancelTimeout(self) -> None:
+        if self._timeoutCall is not None and self._timeoutCall.active():
+            self._timeoutCall.cancel()
+        self._timeoutCall = None
+
+
+@dataclass(eq=False)
+class _Publish:
+    event: Event
+    quorum: int
+    outstanding: set[str]
+    waiters: list[Deferred[PublishResult]]
+    accepted: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    fired: bool = False
+    timeoutCall: Any = None
+
+    def result(self) -> PublishResult:
+        return PublishResult(
+            self.event.id,
+            self.quorum,
+            dict(self.accepted),
+            dict(self.rejected),
+            frozenset(self.outstanding),
+        )
+
+
+@dataclass(eq=False)
+class _Count:
+    outstanding: set[str]
+    deferred: Deferred[CountResult]
+    filters: tuple[Filter, ...]
+    timeout: float
+    counts: dict[str, int] = field(default_factory=dict)
+    approximate: bool = False
+    timeoutCall: Any = None
+
+
+class RelayPool(service.Service):
+    """
+    A pool of upstream Nostr relays, an C{IService}.
+
+    @param ringCapacity: the bound of the inbound queue behind L{recv}, and of
+        each subscription's L{Subscription.next} buffer.
+    @param cacheSize: how many verified event ids the dedup cache remembers.
+    @param broadcastCapacity: the bound of each relay's outbound queue.
+    @param maxRelays: how many relays L{addRelay} accepts.
+    @param verifySignatures: check each new event's id and signature.
+    @param deadAfter: L{cleanup} removes relays without an open connection for
+        this many seconds.
+    @param rateLimitBackoff: how long a relay is left alone after it answered
+        C{rate-limited:} (the delay grows with repeated answers and resets
+        after an accepted OK or an EOSE).
+    @param fetchInformation: fetch each relay's NIP-11 document and respect
+        its C{limitation} (REQs wait for it, at most C{informationTimeout}).
+    @param pendingRequestCapacity: per relay, how many REQs may wait for the
+        relay's C{max_subscriptions} to allow them; past it a subscription is
+        treated as closed by that relay.
+    """
+
+    def __init__(
+        self,
+        reactor: Any = None,
+        ringCapacity: int = 4096,
+        cacheSize: int = 10000,
+        broadcastCapacity: int = 64,
+        maxRelays: int = 20,
+        verifySignatures: bool = True,
+        nameService: INameService | None = None,
+        connectionsPerAddress: int = 1,
+        backoff: Backoff = Backoff(),
+        eoseTimeout: float = 10.0,
+        publishTimeout: float = 10.0,
+        signingKey: bytes | None = None,
+        pingInterval: float = 30.0,
+        maxMessageSize: int = 1 << 20,
+        fetchInformation: bool = True,
+        informationTimeout: float = 5.0,
+        pendingRequestCapacity: int = 256,
+        store: IEventStore | None = None,
+        tlsOptions: Callable[[str], Any] | None = None,
+        healthPolicy: HealthPolicy = HealthPolicy(),
+        deadAfter: float = 300.0,
+        rateLimitBackoff: Backoff = Backoff(initial=1.0, maximum=60.0, jitter=0.0),
+        onStateChange: Callable[[str, Any], None] | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        for name, value in (
+            ("ringCapacity", ringCapacity),
+            ("cacheSize", cacheSize),
+            ("broadcastCapacity", broadcastCapacity),
+            ("maxRelays", maxRelays),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.reactor = reactor
+        self.ringCapacity = ringCapacity
+        self.broadcastCapacity = broadcastCapacity
+        self.maxRelays = maxRelays
+        self.verifySignatures = verifySignatures
+        self.eoseTimeout = eoseTimeout
+        self.publishTimeout = publishTimeout
+        self._connectionsPerAddress = connectionsPerAddress
+        self._backoff = backoff
+        self._signingKey = signingKey
+        self._pingInterval = pingInterval
+        self._maxMessageSize = maxMessageSize
+        self._fetchInformation = fetchInformation
+        self._informationTimeout = informationTimeout
+        self._pendingRequestCapacity = pendingRequestCapacity
+        self._store = store
+        self._tlsOptions = tlsOptions
+        self._healthPolicy = healthPolicy
+        self._deadAfter = deadAfter
+        self._rateLimitBackoff = rateLimitBackoff
+        self._onStateChange = onStateChange
+        self._ownNameService = nameService is None
+        if nameService is None:
+            from relaypool.names import DNSNameService
+
+            nameService = DNSNameService(reactor)
+        self._nameService = nameService
+        self._relays: dict[str, Relay] = {}
+        self._seen = _SeenCache(cacheSize)
+        self._subscriptions: dict[str, Subscription] = {}
+        self._publishes: dict[str, _Publish] = {}
+        self._counts: dict[str, _Count] = {}
+        self._ids = counter(1)
+        self._ring: deque[PoolMessage] = deque()
+        self._recvWaiters: deque[Deferred[PoolMessage]] = deque()
+        self._rawSubscriptions: OrderedDict[str, None] = OrderedDict()
+        self._rawPublishes: OrderedDict[str, None] = OrderedDict()
+        self._fullQueues = 0
+        self._ringFull = False
+        self._paused = False
+        self._recvDropped = 0
+        self._pingLoop: LoopingCall | None = None
+        self._closed = False
+
+    # --- service ------------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Start the name service (if the pool made its own), every relay, and
+        the keepalive sweep.
+        """
+        super().startService()  # type: ignore[no-untyped-call]
+        if self._ownNameService:
+            self._nameService.startService()  # type: ignore[union-attr]
+        for relay in self._relays.values():
+            self._startRelay(relay)
+        if self._pingInterval > 0:
+            self._pingLoop = LoopingCall(self._sweepConnections)
+            self._pingLoop.clock = self.reactor
+            self._pingLoop.start(self._pingInterval, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Close subscriptions, fail pending publishes and C{recv} calls with
+        L{PoolClosed}, and close every relay connection with a close handshake.
+
+        @return: a Deferred firing when every connection is closed.
+        """
+        super().stopService()  # type: ignore[no-untyped-call]
+        self._closed = True
+        if self._pingLoop is not None and self._pingLoop.running:
+            self._pingLoop.stop()
+        self._pingLoop = None
+        for subscription in list(self._subscriptions.values()):
+            subscription.close()
+        for eventId in list(self._publishes):
+            self._finishPublish(self._publishes[eventId], closing=True)
+        for countId in list(self._counts):
+            self._finishCount(countId)
+        while self._recvWaiters:
+            self._recvWaiters.popleft().errback(PoolClosed("the relay pool stopped"))
+        stopping: list[Deferred[Any]] = [relay.stop() for relay in self._relays.values()]
+        if self._ownNameService:
+            stopping.append(self._nameService.stopService())  # type: ignore[union-attr, arg-type]
+        done: Deferred[None] = DeferredList(stopping, consumeErrors=True).addCallback(lambda _: None)
+        return done
+
+    # --- relays -------------------------------------------------------------
+
+    def addRelay(self, url: str) -> None:
+        """
+        Add the relay at C{url} (C{ws://} or C{wss://}) and start connecting
+        if the pool is running. Adding a known URL again does nothing.
+
+        @raise relaypool.errors.InvalidRelayURL: for a malformed URL.
+        @raise TooManyRelays: if the pool already holds C{maxRelays} relays
+            after L{cleanup}.
+        """
+        normalized = parseRelayURL(url)[0]
+        if normalized in self._relays:
+            return
+        if len(self._relays) >= self.maxRelays:
+            self.cleanup()
+        if len(self._relays) >= self.maxRelays:
+            raise TooManyRelays(
+                f"cannot add {normalized}: the pool already has {self.maxRelays} relays "
+                f"(maxRelays); remove one first or raise the limit"
+            )
+        host = parseRelayURL(normalized)[1]
+        relay = Relay(
+            self.reactor,
+            normalized,
+            self,
+            self._nameService,
+            connectionsPerAddress=self._connectionsPerAddress,
+            backoff=self._backoff,
+            tls=self._tlsOptions(host) if self._tlsOptions is not None and normalized.startswith("wss") else None,
+            maxMessageSize=self._maxMessageSize,
+            outboundCapacity=self.broadcastCapacity,
+            pendingRequestCapacity=self._pendingRequestCapacity,
+            signingKey=self._signingKey,
+            healthPolicy=self._healthPolicy,
+            rateLimitBackoff=self._rateLimitBackoff,
+            onStateChange=(
+                (lambda slot: self._onStateChange(normalized, slot))  # type: ignore[misc]
+                if self._onStateChange is not None
+                else None
+            ),
+        )
+        self._relays[normalized] = relay
+        for subscription in self._subscriptions.values():
+            if not subscription.relayURLs:
+                relay.subscribe(subscription.subscriptionId, subscription.filters)
+        if self.running:
+            self._startRelay(relay)
+
+    def _startRelay(self, relay: Relay) -> None:
+        if self._fetchInformation:
+            relay.holdForInformation()
+            d = fetchRelayInformation(self.reactor, relay.url, timeout=self._informationTimeout)
+
+            def applied(information: Any) -> None:
+                relay.applyLimitation(information.limitation)
+
+            def unavailable(failure: Any) -> None:
+                log.debug(
+                    "{url}: no NIP-11 document ({why}); using no relay limits",
+                    url=relay.url,
+                    why=failure.getErrorMessage(),
+                )
+                relay.informationUnavailable()
+
+            d.addCallbacks(applied, unavailable)
+            relay.pendingInformation = d
+        relay.start()
+
+    def removeRelay(self, url: str) -> Deferred[bool]:
+        """
+        Remove a relay: its subscriptions stop waiting for it, its pending
+        publishes count it as rejected, its connections close.
+
+        @return: a Deferred firing with C{True} once its connections closed, or
+            C{False} at once if the URL is not in the pool.
+        """
+        try:
+            normalized = parseRelayURL(url)[0]
+        except ValueError:
+            return succeed(False)
+        relay = self._relays.pop(normalized, None)
+        if relay is None:
+            return succeed(False)
+        self._forgetRelay(normalized, "error: relaypool: relay removed from the pool")
+        return relay.stop().addCallback(lambda _: True)
+
+    def _forgetRelay(self, url: str, reason: str) -> None:
+        for subscription in list(self._subscriptions.values()):
+            subscription._relayDone(url)
+        for publish in list(self._publishes.values()):
+            if url in publish.outstanding:
+                publish.outstanding.discard(url)
+                publish.rejected[url] = reason
+                self._checkPublish(publish)
+        for countId, state in list(self._counts.items()):
+            state.outstanding.discard(url)
+            if not state.outstanding:
+                self._finishCount(countId)
+
+    def cleanup(self) -> int:
+        """
+        Remove relays that have had no open connection for C{deadAfter}
+        seconds.
+
+        @return: how many were removed.
+        """
+        now = self.reactor.seconds()
+        dead = [
+            url
+            for url, relay in self._relays.items()
+            if relay.downSince is not None and now - relay.downSince >= self._deadAfter
+        ]
+        for url in dead:
+            self.removeRelay(url)
+        return len(dead)
+
+    def connectionCount(self) -> int:
+        """
+        @return: how many relays the pool holds, connected or not.
+        """
+        return len(self._relays)
+
+    def activeConnectionCount(self) -> int:
+        """
+        @return: how many relays have an open connection.
+        """
+        return sum(1 for relay in self._relays.values() if relay.isConnected())
+
+    def relayURLs(self) -> list[str]:
+        """
+        @return: the URLs of every relay in the pool.
+        """
+        return list(self._relays)
+
+    def activeRelayURLs(self) -> list[str]:
+        """
+        @return: the URLs of the relays with an open connection.
+        """
+        return [url for url, relay in self._relays.items() if relay.isConnected()]
+
+    def relay(self, url: str) -> Relay:
+        """
+        @return: the L{Relay} for C{url}.
+        @raise UnknownRelay: if it is not in the pool.
+        """
+        try:
+            return self._relays[parseRelayURL(url)[0]]
+        except KeyError:
+            raise UnknownRelay(f"{url} is not in the pool")
+
+    # --- raw traffic --------------------------------------------------------
+
+    def sender(self) -> PoolSender:
+        """
+        @return: a L{PoolSender} for raw client messages.
+        """
+        return PoolSender(self)
+
+    def _broadcast(self, message: bytes | ClientMessage) -> int:
+        data = message if isinstance(message, bytes) else message.toJSON()
+        self._noteRaw(data)
+        return sum(1 for relay in self._relays.values() if relay.send(data))
+
+    def _noteRaw(self, data: bytes) -> None:
+        """
+        Remember the subscription ids of raw REQs and the ids of raw EVENTs
+        (bounded, oldest forgotten first) so their replies go to L{recv}.
+        """
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(parsed, list) or len(parsed) < 2:
+            return
+        verb, argument = parsed[0], parsed[1]
+        if verb in ("REQ", "COUNT") and isinstance(argument, str):
+            _remember(self._rawSubscriptions, argument, self.ringCapacity)
+        elif verb == "CLOSE" and isinstance(argument, str):
+            self._rawSubscriptions.pop(argument, None)
+        elif verb == "EVENT" and isinstance(argument, dict) and isinstance(argument.get("id"), str):
+            _remember(self._rawPublishes, argument["id"], self.ringCapacity)
+
+    def recv(self) -> Deferred[PoolMessage]:
+        """
+        @return: a Deferred firing with the next raw message: events (unique)
+            and EOSE/CLOSED for subscriptions opened with a raw REQ through
+            L{sender}, OKs for raw EVENTs, and NOTICEs.
+        """
+        if self._ring:
+            return succeed(self._popRing())
+        if self._closed:
+            return fail(PoolClosed("the relay pool stopped"))
+        d: Deferred[PoolMessage] = Deferred()
+        self._recvWaiters.append(d)
+        return d
+
+    def tryRecv(self) -> PoolMessage | None:
+        """
+        @return: the next raw message, or L{None} if none is queued.
+        """
+        return self._popRing() if self._ring else None
+
+    def _popRing(self) -> PoolMessage:
+        message = self._ring.popleft()
+        if self._ringFull and len(self._ring) <= self.ringCapacity // 2:
+            self._ringFull = False
+            self._pressure(-1)
+        return message
+
+    def _pushRing(self, message: PoolMessage, mayPause: bool) -> None:
+        if self._recvWaiters:
+            self._recvWaiters.popleft().callback(message)
+            return
+        if len(self._ring) >= self.ringCapacity and not mayPause:
+            self._recvDropped += 1
+            return
+        self._ring.append(message)
+        if not self._ringFull and len(self._ring) >= self.ringCapacity:
+            self._ringFull = True
+            self._pressure(+1)
+
+    def _pressure(self, change: int) -> None:
+        """
+        A bounded consumer queue became full (+1) or drained (-1): pause
+        reading from every relay while any is full.
+        """
+        self._fullQueues += change
+        paused = self._fullQueues > 0
+        if paused == self._paused:
+            return
+        self._paused = paused
+        for relay in self._relays.values():
+            if paused:
+                relay.pauseReading()
+            else:
+                relay.resumeReading()
+
+    # --- subscriptions ------------------------------------------------------
+
+    def subscribe(
+        self,
+        filters: Sequence[Filter],
+        eoseTimeout: float | None = None,
+        closeOnEOSE: bool = False,
+        relays: Sequence[str] | None = None,
+    ) -> Subscription:
+        """
+        Subscribe to C{filters} on every relay (or on C{relays}).
+
+        Relays added later get the subscription too when C{relays} is None.
+
+        @raise UnknownRelay: if C{relays} names a relay not in the pool.
+        @raise PoolClosed: if the pool stopped.
+        """
+        if self._closed:
+            raise PoolClosed("the relay pool stopped")
+        filters = tuple(filters)
+        if not filters:
+            raise ValueError("a subscription needs at least one filter")
+        targets = self._targets(relays)
+        subscriptionId = f"rp{next(self._ids)}"
+        subscription = Subscription(
+            self,
+            subscriptionId,
+            filters,
+            frozenset(targets) if relays is not None else frozenset(),
+            closeOnEOSE,
+            self.ringCapacity,
+        )
+        self._subscriptions[subscriptionId] = subscription
+        for url in targets:
+            self._relays[url].subscribe(subscriptionId, filters)
+        waiting = [url for url in targets if self._relays[url].state() in ("open", "connecting")]
+        subscription._startWaiting(waiting, self.eoseTimeout if eoseTimeout is None else eoseTimeout)
+        return subscription
+
+    def _targets(self, relays: Sequence[str] | None) -> list[str]:
+        if relays is None:
+            return list(self._relays)
+        return [self.relay(url).url for url in relays]
+
+    def _subscriptionClosed(self, subscription: Subscription) -> None:
+        self._subscriptions.pop(subscription.subscriptionId, None)
+        for relay in self._relays.values():
+            relay.unsubscribe(subscription.subscriptionId)
+
+    def query(self, filters: Sequence[Filter], timeout: float | None = None) -> Deferred[list[Event]]:
+        """
+        Fetch stored events from every relay until EOSE (or C{timeout}).
+
+        @return: a Deferred firing with the unique matching events, newest
+            first (ties by lowest id), each filter's C{limit} applied to the
+            union of what the relays sent.
+        """
+        filters = tuple(filters)
+        collected: dict[str, Event] = {}
+        subscription = self.subscribe(filters, eoseTimeout=timeout, closeOnEOSE=True)
+
+        def collect(event: Event, relayURL: str) -> None:
+            collected.setdefault(event.id, event)
+
+        subscription.onEvent(collect)
+        return subscription.whenEOSE().addCallback(lambda _: limitEvents(filters, collected.values()))
+
+    def count(self, filters: Sequence[Filter], timeout: float | None = None) -> Deferred[CountResult]:
+        """
+        Ask every connected relay for a NIP-45 COUNT. Relays that do not
+        support it are left out; if none does, the events are fetched and
+        the unique ones counted.
+        """
+        filters = tuple(filters)
+        if self._closed:
+            return fail(PoolClosed("the relay pool stopped"))
+        countId = f"rc{next(self._ids)}"
+        connected = [url for url, relay in self._relays.items() if relay.isConnected()]
+        limit = self.eoseTimeout if timeout is None else timeout
+        state = _Count(set(connected), Deferred(), filters, limit)
+        self._counts[countId] = state
+        for url in connected:
+            self._relays[url].count(countId, filters)
+        if not connected:
+            self._finishCount(countId)
+        else:
+            state.timeoutCall = self.reactor.callLater(limit, self._finishCount, countId)
+        return state.deferred
+
+    def _finishCount(self, countId: str) -> None:
+        state = self._counts.pop(countId, None)
+        if state is None:
+            return
+        if state.timeoutCall is not None and state.timeoutCall.active():
+            state.timeoutCall.cancel()
+        for url in state.outstanding:
+            relay = self._relays.get(url)
+            if relay is not None:
+                relay.unsubscribe(countId)
+        if state.counts:
+            state.deferred.callback(
+                CountResult(
+                    max(state.counts.values()),
+                    state.approximate or len(state.counts) > 1,
+                    dict(state.counts),
+                )
+            )
+        elif self._closed:
+            state.deferred.errback(PoolClosed("the relay pool stopped"))
+        else:
+            self.query(state.filters, state.timeout).addCallback(
+                lambda events: CountResult(len(events), False, {})
+            ).chainDeferred(state.deferred)
+
+    # --- publish ------------------------------------------------------------
+
+    def publish(
+        self,
+        event: Event,
+        quorum: int = 1,
+        timeout: float | None = None,
+        relays: Sequence[str] | None = None,
+    ) -> Deferred[PublishResult]:
+        """
+        Send C{event} to every relay (or to C{relays}) and collect their OKs.
+
+        @return: a Deferred firing with the L{PublishResult} as soon as
+            C{quorum} relays accepted, or failing with L{PublishFailed}
+            (carrying the result) once that became impossible or C{timeout}
+            passed.
+        """
+        if self._closed:
+            return fail(PoolClosed("the relay pool stopped"))
+        if not isinstance(quorum, int) or quorum < 1:
+            raise ValueError(f"quorum must be a positive integer, got {quorum!r}")
+        existing = self._publishes.get(event.id)
+        waiter: Deferred[PublishResult] = Deferred()
+        if existing is not None and not existing.fired:
+            existing.waiters.append(waiter)
+            return waiter
+        targets = self._targets(relays)
+        publish = _Publish(event, quorum, set(targets), [waiter])
+        self._publishes[event.id] = publish
+        for url in targets:
+            if not self._relays[url].publish(event):
+                publish.outstanding.discard(url)
+                publish.rejected[url] = "error: relaypool: could not queue the event for this relay"
+        limit = self.publishTimeout if timeout is None else timeout
+        publish.timeoutCall = self.reactor.callLater(limit, self._finishPublish, publish)
+        self._checkPublish(publish)
+        return waiter
+
+    def _checkPublish(self, publish: _Publish) -> None:
+        if publish.fired:
+            if not publish.outstanding:
+                self._finishPublish(publish)
+            return
+        if len(publish.accepted) >= publish.quorum:
+            self._fire(publish)
+            if not publish.outstanding:
+                self._finishPublish(publish)
+        elif len(publish.accepted) + len(publish.outstanding) < publish.quorum:
+            self._finishPublish(publish)
+
+    def _fire(self, publish: _Publish) -> None:
+        publish.fired = True
+        result = publish.result()
+        waiters, publish.waiters = publish.waiters, []
+        for waiter in waiters:
+            if result.succeeded:
+                waiter.callback(result)
+            else:
+                waiter.errback(
+                    PublishFailed(
+                        f"event {publish.event.id} accepted by {len(result.accepted)} of "
+                        f"quorum {publish.quorum}: {result.reasons() or 'no relays'}",
+                        result,
+                    )
+                )
+
+    def _finishPublish(self, publish: _Publish, closing: bool = False) -> None:
+        if self._publishes.get(publish.event.id) is publish:
+            del self._publishes[publish.event.id]
+        if publish.timeoutCall is not None and publish.timeoutCall.active():
+            publish.timeoutCall.cancel()
+        publish.timeoutCall = None
+        for url in publish.outstanding:
+            relay = self._relays.get(url)
+            if relay is not None:
+                relay.forgetPublish(publish.event.id)
+        if not publish.fired:
+            self._fire(publish)
+
+    # --- keepalive ----------------------------------------------------------
+
+    def _sweepConnections(self) -> None:
+        """
+        The one keepalive timer: ping every open connection, and drop those
+        silent for two intervals (their slots reconnect).
+        """
+        now = self.reactor.seconds()
+        for relay in self._relays.values():
+            for connection in relay.openConnections():
+                if now - connection.lastSeen > 2 * self._pingInterval:
+                    log.info("{url}: no answer to pings, reconnecting", url=relay.url)
+                    connection.dropConnection(abort=True)
+                else:
+                    connection.sendPing()
+
+    # --- stats --------------------------------------------------------------
+
+    def stats(self) -> dict[str, RelayStats]:
+        """
+        @return: per relay URL, its L{RelayStats}.
+        """
+        return {url: self._relayStats(relay) for url, relay in self._relays.items()}
+
+    def _relayStats(self, relay: Relay) -> RelayStats:
+        c = relay.counters
+        return RelayStats(
+            url=relay.url,
+            state=relay.state(),
+            connectedSince=relay.connectedSince,
+            reconnects=c.reconnects,
+            eventsReceived=c.eventsReceived,
+            eventsUnique=c.eventsUnique,
+            eventsInvalid=c.eventsInvalid,
+            okAccepted=c.okAccepted,
+            okRejected=c.okRejected,
+            latency=relay.metrics.latencyEwma,
+            healthScore=relay.metrics.healthScore(),
+            outboundQueued=relay.outboundQueued(),
+            outboundDropped=c.outboundDropped,
+            waitingSubscriptions=relay.waitingSubscriptions(),
+        )
+
+    def totals(self) -> PoolTotals:
+        """
+        @return: the pool-wide L{PoolTotals}.
+        """
+        relays = list(self._relays.values())
+        return PoolTotals(
+            relays=len(relays),
+            activeRelays=sum(1 for r in relays if r.isConnected()),
+            subscriptions=len(self._subscriptions),
+            eventsReceived=sum(r.counters.eventsReceived for r in relays),
+            eventsUnique=sum(r.counters.eventsUnique for r in relays),
+            eventsInvalid=sum(r.counters.eventsInvalid for r in relays),
+            okAccepted=sum(r.counters.okAccepted for r in relays),
+            okRejected=sum(r.counters.okRejected for r in relays),
+            inboundQueued=len(self._ring),
+            outboundQueued=sum(r.outboundQueued() for r in relays),
+            outboundDropped=sum(r.counters.outboundDropped for r in relays),
+            recvDropped=self._recvDropped,
+            cachedIds=len(self._seen),
+            paused=self._paused,
+        )
+
+    # --- RelayOwner: what the relays tell the pool --------------------------
+
+    def relayEvent(self, relay: Relay, subscriptionId: str, event: Event) -> bool:
+        subscription = self._subscriptions.get(subscriptionId)
+        raw = subscriptionId in self._rawSubscriptions
+        if subscription is None and not raw:
+            return False
+        if subscription is not None and not matchesAny(subscription.filters, event):
+            self._invalid(relay, event, "does not match the subscription's filters")
+            return False
+        delivered = self._seen.get(event.id)
+        if delivered is None:
+            if self.verifySignatures:
+                try:
+                    event.verify()
+                except InvalidEvent as e:
+                    self._invalid(relay, event, str(e))
+                    return False
+            delivered = self._seen.add(event.id)
+            relay.counters.eventsUnique += 1
+            if self._store is not None:
+                self._store.save(event).addErrback(  # type: ignore[no-untyped-call]
+                    lambda f: log.failure("saving event {id} failed", f, id=event.id)
+                )
+            for other in list(self._subscriptions.values()):
+                if (
+                    other is not subscription
+                    and not other.closed
+                    and (not other.relayURLs or relay.url in other.relayURLs)
+                    and matchesAny(other.filters, event)
+                ):
+                    delivered.add(other.subscriptionId)
+                    other._deliver(event, relay.url)
+        if subscription is not None and subscriptionId not in delivered:
+            delivered.add(subscriptionId)
+            subscription._deliver(event, relay.url)
+        elif raw and subscriptionId not in delivered:
+            delivered.add(subscriptionId)
+            self._pushRing(PoolMessage(relay.url, RelayEvent(subscriptionId, event)), mayPause=True)
+        return True
+
+    def _invalid(self, relay: Relay, event: Event, why: str) -> None:
+        relay.counters.eventsInvalid += 1
+        relay.metrics.recordError(self.reactor.seconds())
+        log.debug("{url}: dropped event {id}: {why}", url=relay.url, id=event.id, why=why)
+
+    def relayEOSE(self, relay: Relay, subscriptionId: str) -> None:
+        subscription = self._subscriptions.get(subscriptionId)
+        if subscription is not None:
+            subscription._relayDone(relay.url)
+
+    def relayClosed(self, relay: Relay, subscriptionId: str, message: str) -> None:
+        if subscriptionId in self._counts:
+            state = self._counts[subscriptionId]
+            state.outstanding.discard(relay.url)
+            if not state.outstanding:
+                self._finishCount(subscriptionId)
+            return
+        subscription = self._subscriptions.get(subscriptionId)
+        if subscription is not None:
+            log.info(
+                "{url}: closed subscription {id}: {message}",
+                url=relay.url,
+                id=subscriptionId,
+                message=message,
+            )
+            subscription._relayDone(relay.url)
+
+    def relayOK(self, relay: Relay, eventId: str, accepted: bool, message: str) -> None:
+        publish = self._publishes.get(eventId)
+        if publish is None or relay.url not in publish.outstanding:
+            return
+        publish.outstanding.discard(relay.url)
+        if accepted:
+            publish.accepted[relay.url] = message
+        else:
+            relay.metrics.recordError(self.reactor.seconds())
+            publish.rejected[relay.url] = message or "error: rejected without a reason"
+        self._checkPublish(publish)
+
+    def relayCount(self, relay: Relay, subscriptionId: str, count: int, approximate: bool) -> None:
+        state = self._counts.get(subscriptionId)
+        if state is None:
+            if subscriptionId in self._rawSubscriptions:
+                self._pushRing(
+                    PoolMessage(relay.url, RelayCount(subscriptionId, count, approximate)), mayPause=True
+                )
+            return
+        state.counts[relay.url] = count
+        state.approximate = state.approximate or approximate
+        state.outstanding.discard(relay.url)
+        if not state.outstanding:
+            self._finishCount(subscriptionId)
+
+    def relayOther(self, relay: Relay, message: RelayMessage) -> None:
+        if isinstance(message, (RelayEOSE, RelayClosed)):
+            routed = message.subscriptionId in self._rawSubscriptions
+            if isinstance(message, RelayClosed) and routed:
+                self._rawSubscriptions.pop(message.subscriptionId, None)
+        elif isinstance(message, RelayOK):
+            routed = message.eventId in self._rawPublishes
+        else:
+            routed = isinstance(message, RelayNotice)
+        if routed:
+            self._pushRing(PoolMessage(relay.url, message), mayPause=not isinstance(message, RelayNotice))
+
+    def relayConnectionChanged(self, relay: Relay) -> None:
+        if relay.state() in ("open", "connecting"):
+            return
+        for subscription in list(self._subscriptions.values()):
+            subscription._relayDone(relay.url)
+        for countId, state in list(self._counts.items()):
+            if relay.url in state.outstanding:
+                state.outstanding.discard(relay.url)
+                if not state.outstanding:
+                    self._finishCount(countId)
+
+
+def _remember(entries: OrderedDict[str, None], key: str, capacity: int) -> None:
+    entries[key] = None
+    entries.move_to_end(key)
+    if len(entries) > capacity:
+        entries.popitem(last=False)
+
+
+def limitEvents(filters: Sequence[Filter], events: Iterable[Event]) -> list[Event]:
+    """
+    Apply NIP-01 C{limit}s to a union of events: each filter keeps its newest
+    C{limit} matches (all of them without a limit).
+
+    @return: the unique kept events, newest first, ties by lowest id.
+    """
+    ordered = sorted(events, key=lambda e: (-e.createdAt, e.id))
+    kept: dict[str, Event] = {}
+    for f in filters:
+        matched = (e for e in ordered if f.matches(e))
+        for index, event in enumerate(matched):
+            if f.limit is not None and index >= f.limit:
+                break
+            kept[event.id] = event
+    return sorted(kept.values(), key=lambda e: (-e.createdAt, e.id))

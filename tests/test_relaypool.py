@@ -1,0 +1,764 @@
+"""
+Tests for L{relaypool.relaypool}: the RelayPool against real fake relays on
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from relaypool.errors import (
+    InvalidRelayURL,
+    PoolClosed,
+    PublishFailed,
+    TooManyRelays,
+    UnknownRelay,
+)
+from relaypool.mux import Backoff
+from relaypool.names import StaticNameService
+from relaypool.nostr.event import generatePrivateKey, publicKeyFor
+from relaypool.nostr.filter import Filter
+from relaypool.nostr.messages import ClientReq, RelayEOSE, RelayEvent
+from relaypool.nostr.nip11 import Limitation, RelayInformation
+from relaypool.relaypool import RelayPool, limitEvents
+from relaypool.testing import FakeRelay, forgeSignature, makeEvent
+
+FAST = Backoff(initial=0.05, maximum=0.2, jitter=0.0, resetAfter=0.5)
+KIND1 = Filter.fromDict({"kinds": [1]})
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+@inlineCallbacks
+def waitUntil(predicate: Any, timeout: float = 5.0, step: float = 0.01) -> Any:
+    """
+    Poll C{predicate} until true, at most C{timeout} seconds.
+    """
+    for _ in range(int(timeout / step)):
+        if predicate():
+            return
+        yield sleep(step)
+    raise AssertionError(f"condition not reached within {timeout}s")
+
+
+class PoolTestMixin:
+    """
+    Starts fake relays and a pool wired to them, and cleans both up.
+    """
+
+    def startRelay(self, **kwargs: Any) -> Deferred[FakeRelay]:
+        relay = FakeRelay(**kwargs)
+        self.addCleanup(relay.stop)  # type: ignore[attr-defined]
+        return relay.start()
+
+    def makePool(self, *relays: FakeRelay | str, start: bool = True, **kwargs: Any) -> RelayPool:
+        kwargs.setdefault("backoff", FAST)
+        kwargs.setdefault("eoseTimeout", 5.0)
+        kwargs.setdefault("publishTimeout", 5.0)
+        kwargs.setdefault("informationTimeout", 2.0)
+        pool = RelayPool(reactor, nameService=StaticNameService(), **kwargs)
+        for relay in relays:
+            pool.addRelay(relay if isinstance(relay, str) else relay.url)
+        if start:
+            pool.startService()
+        self.addCleanup(lambda: pool.stopService() if pool.running else None)  # type: ignore[attr-defined]
+        return pool
+
+    def connected(self, pool: RelayPool, n: int | None = None) -> Deferred[None]:
+        want = pool.connectionCount() if n is None else n
+        return waitUntil(lambda: pool.activeConnectionCount() >= want)
+
+
+def deadURL() -> str:
+    """
+    A ws:// URL on 127.0.0.1 where nothing listens.
+    """
+    port = reactor.listenTCP(0, WebSocketServerFactory(), interface="127.0.0.1")
+    number = port.getHost().port
+    port.stopListening()
+    return f"ws://127.0.0.1:{number}"
+
+
+class RelayManagementTests(PoolTestMixin, TestCase):
+    def test_addRelayRejectsBadURLs(self) -> None:
+        """
+        addRelay refuses URLs that are not ws:// or wss:// with a host.
+        """
+        pool = self.makePool(start=False)
+        for bad in ("http://example.com", "ws://", "example.com", "wss://:80"):
+            self.assertRaises(InvalidRelayURL, pool.addRelay, bad)
+        self.assertEqual(pool.relayURLs(), [])
+
+    def test_addRelayPastMaxRelays(self) -> None:
+        """
+        Adding a relay past maxRelays raises TooManyRelays naming the limit.
+        """
+        pool = self.makePool(start=False, maxRelays=2)
+        pool.addRelay("ws://127.0.0.1:1")
+        pool.addRelay("ws://127.0.0.1:2")
+        e = self.assertRaises(TooManyRelays, pool.addRelay, "ws://127.0.0.1:3")
+        self.assertIn("maxRelays", str(e))
+
+    def test_addRelayTwiceIsOneRelay(self) -> None:
+        """
+        Adding the same URL twice (even spelled differently) keeps one relay.
+        """
+        pool = self.makePool(start=False)
+        pool.addRelay("ws://127.0.0.1:7")
+        pool.addRelay("WS://127.0.0.1:7/")
+        self.assertEqual(pool.relayURLs(), ["ws://127.0.0.1:7/"])
+
+    @inlineCallbacks
+    def test_removeRelay(self) -> Any:
+        """
+        removeRelay fires True once the relay's connections closed, and False
+        for an unknown URL.
+        """
+        relay = yield self.startRelay()
+        pool = self.makePool(relay)
+        yield self.connected(pool)
+        removed = yield pool.removeRelay(relay.url)
+        self.assertTrue(removed)
+        self.assertEqual(pool.relayURLs(), [])
+        yield waitUntil(lambda: relay.connectionCount() == 0)
+        unknown = yield pool.removeRelay("ws://127.0.0.1:9")
+        self.assertFalse(unknown)
+
+    @inlineCallbacks
+    def test_activeRelayURLs(self) -> Any:
+        """
+        activeRelayURLs lists only relays with an open connection;
+        connectionCount counts every relay.
+        """
+        relay = yield self.startRelay()
+        dead = deadURL()
+        pool = self.makePool(relay, dead)
+        yield self.connected(pool, 1)
+        self.assertEqual(pool.activeRelayURLs(), [relay.url + "/"])
+        self.assertEqual(pool.connectionCount(), 2)
+        self.assertEqual(pool.activeConnectionCount(), 1)
+
+    @inlineCallbacks
+    def test_cleanupRemovesDeadRelays(self) -> Any:
+        """
+        cleanup removes relays that had no open connection for deadAfter
+        seconds and keeps connected ones.
+        """
+        relay = yield self.startRelay()
+        pool = self.makePool(relay, deadURL(), deadAfter=0.1)
+        yield self.connected(pool, 1)
+        yield sleep(0.15)
+        self.assertEqual(pool.cleanup(), 1)
+        self.assertEqual(pool.relayURLs(), [relay.url + "/"])
+
+    def test_unknownRelayInSubscribe(self) -> None:
+        """
+        subscribe(relays=...) naming a relay not in the pool raises UnknownRelay.
+        """
+        pool = self.makePool(start=False)
+        self.assertRaises(UnknownRelay, pool.subscribe, [KIND1], relays=["ws://127.0.0.1:5"])
+
+
+class SubscriptionTests(PoolTestMixin, TestCase):
+    @inlineCallbacks
+    def test_eventsDeduplicatedAcrossRelays(self) -> Any:
+        """
+        An event served by several relays is delivered once per subscription.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        events = [makeEvent(content=f"note {i}") for i in range(6)]
+        a.store(*events[:4])
+        b.store(*events[2:])
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        subscription = pool.subscribe([KIND1])
+        seen: list[str] = []
+        subscription.onEvent(lambda event, url: seen.append(event.id))
+        yield subscription.whenEOSE()
+        self.assertEqual(sorted(seen), sorted(e.id for e in events))
+
+    @inlineCallbacks
+    def test_twoSubscriptionsEachGetTheEvent(self) -> Any:
+        """
+        Dedup is per subscription: two subscriptions matching the same event
+        both receive it.
+        """
+        a = yield self.startRelay()
+        event = makeEvent()
+        a.store(event)
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        first = yield pool.query([KIND1])
+        second = yield pool.query([Filter.fromDict({"ids": [event.id]})])
+        self.assertEqual([e.id for e in first], [event.id])
+        self.assertEqual([e.id for e in second], [event.id])
+
+    @inlineCallbacks
+    def test_whenEOSEWaitsForEveryConnectedRelay(self) -> Any:
+        """
+        whenEOSE fires only after the slowest connected relay's EOSE, so its
+        events are in before it.
+        """
+        fast = yield self.startRelay()
+        slow = yield self.startRelay()
+        late = makeEvent(content="from the slow relay")
+        slow.store(late)
+        pool = self.makePool(fast, slow)
+        yield self.connected(pool)
+        slow.misbehaviour.delay = 0.3
+        subscription = pool.subscribe([KIND1])
+        seen: list[str] = []
+        subscription.onEvent(lambda event, url: seen.append(event.id))
+        yield subscription.whenEOSE()
+        self.assertEqual(seen, [late.id])
+
+    @inlineCallbacks
+    def test_neverEOSERelayTimesOut(self) -> Any:
+        """
+        A relay that never sends EOSE does not stall whenEOSE: it fires when
+        the EOSE timeout passes.
+        """
+        good = yield self.startRelay()
+        mute = yield self.startRelay()
+        mute.misbehaviour.neverEOSE = True
+        pool = self.makePool(good, mute)
+        yield self.connected(pool)
+        start = reactor.seconds()
+        subscription = pool.subscribe([KIND1], eoseTimeout=0.4)
+        yield subscription.whenEOSE()
+        self.assertGreaterEqual(reactor.seconds() - start, 0.35)
+        self.assertTrue(subscription.eosed)
+
+    @inlineCallbacks
+    def test_deadRelayDoesNotStallEOSE(self) -> Any:
+        """
+        A relay that cannot be reached is not waited for: EOSE comes with the
+        live relays' EOSE, long before the timeout.
+        """
+        good = yield self.startRelay()
+        pool = self.makePool(good, deadURL())
+        yield self.connected(pool, 1)
+        yield waitUntil(lambda: pool.stats()[pool.relayURLs()[1]].state == "backing-off")
+        start = reactor.seconds()
+        yield pool.subscribe([KIND1], eoseTimeout=10).whenEOSE()
+        self.assertLess(reactor.seconds() - start, 2)
+
+    @inlineCallbacks
+    def test_closedCountsAsEOSE(self) -> Any:
+        """
+        A relay answering REQ with CLOSED counts as done for EOSE.
+        """
+        a = yield self.startRelay()
+        a.misbehaviour.closeWith = "error: not today"
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        start = reactor.seconds()
+        yield pool.subscribe([KIND1], eoseTimeout=10).whenEOSE()
+        self.assertLess(reactor.seconds() - start, 2)
+
+    @inlineCallbacks
+    def test_liveEventsAfterEOSE(self) -> Any:
+        """
+        Events a relay receives after EOSE reach the subscription.
+        """
+        a = yield self.startRelay()
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        subscription = pool.subscribe([KIND1])
+        yield subscription.whenEOSE()
+        event = makeEvent(content="live")
+        a.store(event)
+        got = yield subscription.next()
+        self.assertEqual(got.id, event.id)
+
+    @inlineCallbacks
+    def test_closeSendsCLOSE(self) -> Any:
+        """
+        Closing a subscription closes it on the relays, and next() then
+        fires with None.
+        """
+        a = yield self.startRelay()
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        subscription = pool.subscribe([KIND1])
+        yield subscription.whenEOSE()
+        yield waitUntil(lambda: a.subscriptionCount() == 1)
+        subscription.close()
+        yield waitUntil(lambda: a.subscriptionCount() == 0)
+        self.assertIsNone((yield subscription.next()))
+
+    @inlineCallbacks
+    def test_resubscribeAfterRelayRestart(self) -> Any:
+        """
+        When a relay is killed mid-subscription and comes back, the REQ is
+        re-sent with since = the newest created_at seen, and every event
+        published meanwhile arrives exactly once.
+        """
+        a = yield self.startRelay()
+        before = [makeEvent(content=f"before {i}") for i in range(3)]
+        a.store(*before)
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        subscription = pool.subscribe([KIND1])
+        seen: list[str] = []
+        subscription.onEvent(lambda event, url: seen.append(event.id))
+        yield subscription.whenEOSE()
+        yield a.stop(abort=True)
+        yield waitUntil(lambda: pool.activeConnectionCount() == 0)
+        meanwhile = [makeEvent(content=f"meanwhile {i}") for i in range(4)]
+        a.store(*meanwhile)
+        yield a.start()
+        yield waitUntil(lambda: len(seen) >= 7)
+        yield sleep(0.1)
+        self.assertEqual(sorted(seen), sorted(e.id for e in before + meanwhile))
+        requests = [m for m in a.received if isinstance(m, ClientReq)]
+        self.assertEqual(requests[-1].filters[0].since, max(e.createdAt for e in before))
+        self.assertEqual(pool.stats()[pool.relayURLs()[0]].reconnects, 1)
+
+    @inlineCallbacks
+    def test_forgedCopyDoesNotHideGenuine(self) -> Any:
+        """
+        A relay forging signatures does not stop the genuine copy from
+        another relay: it arrives, verified, and the forger is counted.
+        """
+        forger = yield self.startRelay()
+        honest = yield self.startRelay()
+        event = makeEvent(content="genuine")
+        forger.store(event)
+        forger.misbehaviour.forge = True
+        pool = self.makePool(forger, honest)
+        yield self.connected(pool)
+        subscription = pool.subscribe([KIND1], relays=[forger.url])
+        yield subscription.whenEOSE()
+        honest.store(event)
+        got = yield pool.query([KIND1])
+        self.assertEqual([e.sig for e in got], [event.sig])
+        stats = pool.stats()
+        self.assertGreaterEqual(stats[forger.url + "/"].eventsInvalid, 1)
+        self.assertLess(stats[forger.url + "/"].healthScore, 100)
+
+    @inlineCallbacks
+    def test_verificationOff(self) -> Any:
+        """
+        With verifySignatures=False, events are delivered without checking.
+        """
+        a = yield self.startRelay(verify=False)
+        forged = forgeSignature(makeEvent())
+        a.store(forged)
+        pool = self.makePool(a, verifySignatures=False)
+        yield self.connected(pool)
+        got = yield pool.query([KIND1])
+        self.assertEqual([e.sig for e in got], [forged.sig])
+
+    @inlineCallbacks
+    def test_queryAppliesLimitAcrossRelays(self) -> Any:
+        """
+        query returns the union newest first with the filter's limit applied
+        to the union.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        events = [makeEvent(content=str(i)) for i in range(6)]
+        a.store(*events[0::2])
+        b.store(*events[1::2])
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        got = yield pool.query([Filter.fromDict({"kinds": [1], "limit": 3})])
+        self.assertEqual([e.id for e in got], [e.id for e in reversed(events)][:3])
+
+    @inlineCallbacks
+    def test_dedupCacheIsBounded(self) -> Any:
+        """
+        The dedup cache never holds more than cacheSize ids.
+        """
+        a = yield self.startRelay()
+        a.store(*[makeEvent(content=str(i)) for i in range(10)])
+        pool = self.makePool(a, cacheSize=4)
+        yield self.connected(pool)
+        got = yield pool.query([KIND1])
+        self.assertEqual(len(got), 10)
+        self.assertEqual(pool.totals().cachedIds, 4)
+
+    @inlineCallbacks
+    def test_subscriptionReachesRelayAddedLater(self) -> Any:
+        """
+        A subscription on all relays is opened on a relay added afterwards.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        subscription = pool.subscribe([KIND1])
+        yield subscription.whenEOSE()
+        pool.addRelay(b.url)
+        event = makeEvent(content="on b")
+        b.store(event)
+        self.assertEqual((yield subscription.next()).id, event.id)
+
+
+class CountTests(PoolTestMixin, TestCase):
+    @inlineCallbacks
+    def test_countFromRelays(self) -> Any:
+        """
+        count asks relays with NIP-45 COUNT and reports the largest answer.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        a.store(*[makeEvent(content=str(i)) for i in range(3)])
+        b.store(*[makeEvent(content=str(i)) for i in range(5)])
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        result = yield pool.count([KIND1])
+        self.assertEqual(result.count, 5)
+        self.assertEqual(sorted(result.perRelay.values()), [3, 5])
+
+    @inlineCallbacks
+    def test_countWithoutSupportFallsBackToQuery(self) -> Any:
+        """
+        When no relay supports COUNT, the unique events are fetched and
+        counted exactly.
+        """
+        a = yield self.startRelay()
+        a.misbehaviour.countSupported = False
+        events = [makeEvent(content=str(i)) for i in range(4)]
+        a.store(*events)
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        result = yield pool.count([KIND1])
+        self.assertEqual((result.count, result.approximate), (4, False))
+
+
+class PublishTests(PoolTestMixin, TestCase):
+    @inlineCallbacks
+    def test_quorumReached(self) -> Any:
+        """
+        publish fires with the result once quorum relays answered OK true.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        event = makeEvent()
+        result = yield pool.publish(event, quorum=2)
+        self.assertTrue(result.succeeded)
+        self.assertEqual(set(result.accepted), {a.url + "/", b.url + "/"})
+        self.assertEqual([e.id for e in a.events], [event.id])
+
+    @inlineCallbacks
+    def test_partialRejectionWithinQuorum(self) -> Any:
+        """
+        A rejection by one relay does not fail a publish whose quorum the
+        others reach; the result names the rejection.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        a.misbehaviour.rejectWith = "blocked: not on this relay"
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        result = yield pool.publish(makeEvent(), quorum=1)
+        yield waitUntil(lambda: pool.stats()[a.url + "/"].okRejected == 1)
+        self.assertTrue(result.succeeded)
+
+    @inlineCallbacks
+    def test_rejectionBreaksQuorum(self) -> Any:
+        """
+        When too many relays reject, publish fails with PublishFailed carrying
+        every relay's reason.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        a.misbehaviour.rejectWith = "blocked: not on this relay"
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        failure = yield self.assertFailure(pool.publish(makeEvent(), quorum=2), PublishFailed)
+        self.assertEqual(dict(failure.result.rejected), {a.url + "/": "blocked: not on this relay"})
+        self.assertIn("blocked: not on this relay", str(failure))
+        self.assertFalse(failure.result.succeeded)
+
+    @inlineCallbacks
+    def test_publishTimesOut(self) -> Any:
+        """
+        A relay that never answers OK makes the publish fail at the timeout,
+        with that relay listed as timed out.
+        """
+        a = yield self.startRelay()
+        a.misbehaviour.silentOK = True
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        failure = yield self.assertFailure(pool.publish(makeEvent(), timeout=0.3), PublishFailed)
+        self.assertEqual(failure.result.timedOut, frozenset({a.url + "/"}))
+
+    @inlineCallbacks
+    def test_quorumLargerThanRelays(self) -> Any:
+        """
+        A quorum larger than the number of relays fails at once.
+        """
+        a = yield self.startRelay()
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        yield self.assertFailure(pool.publish(makeEvent(), quorum=2), PublishFailed)
+
+    @inlineCallbacks
+    def test_publishToDisconnectedRelayIsQueued(self) -> Any:
+        """
+        An event published while a relay is still connecting waits in its
+        outbound queue and is sent when the connection opens.
+        """
+        a = yield self.startRelay()
+        pool = self.makePool(a)
+        result = yield pool.publish(makeEvent())
+        self.assertTrue(result.succeeded)
+
+    @inlineCallbacks
+    def test_authRequiredPublishWithKey(self) -> Any:
+        """
+        A relay answering auth-required gets a NIP-42 AUTH from a pool with a
+        signing key, and the EVENT is retried and accepted.
+        """
+        a = yield self.startRelay()
+        a.misbehaviour.requireAuth = True
+        key = generatePrivateKey()
+        pool = self.makePool(a, signingKey=key)
+        yield self.connected(pool)
+        result = yield pool.publish(makeEvent())
+        self.assertTrue(result.succeeded)
+        self.assertEqual(a.authenticated, {publicKeyFor(key)})
+
+    @inlineCallbacks
+    def test_authRequiredPublishWithoutKey(self) -> Any:
+        """
+        Without a signing key, auth-required is a rejection with the relay's
+        reason.
+        """
+        a = yield self.startRelay()
+        a.misbehaviour.requireAuth = True
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        failure = yield self.assertFailure(pool.publish(makeEvent()), PublishFailed)
+        self.assertTrue(failure.result.rejected[a.url + "/"].startswith("auth-required:"))
+
+    @inlineCallbacks
+    def test_authRequiredSubscription(self) -> Any:
+        """
+        A REQ CLOSED with auth-required is retried once after AUTH.
+        """
+        a = yield self.startRelay()
+        a.misbehaviour.requireAuth = True
+        event = makeEvent()
+        a.store(event)
+        pool = self.makePool(a, signingKey=generatePrivateKey())
+        yield self.connected(pool)
+        got = yield pool.query([KIND1])
+        self.assertEqual([e.id for e in got], [event.id])
+
+    @inlineCallbacks
+    def test_rateLimitedBacksOff(self) -> Any:
+        """
+        A REQ CLOSED with rate-limited is re-sent after the back-off delay.
+        """
+        a = yield self.startRelay()
+        event = makeEvent()
+        a.store(event)
+        a.misbehaviour.closeWith = "rate-limited: slow down"
+        pool = self.makePool(a, rateLimitBackoff=Backoff(initial=0.2, maximum=1, jitter=0))
+        yield self.connected(pool)
+        subscription = pool.subscribe([KIND1], eoseTimeout=5)
+        yield waitUntil(lambda: sum(isinstance(m, ClientReq) for m in a.received) == 1)
+        self.assertGreater(pool.relay(a.url).rateLimitedUntil(), reactor.seconds())
+        a.misbehaviour.closeWith = None
+        got = yield subscription.next()
+        self.assertEqual(got.id, event.id)
+
+
+class FlowTests(PoolTestMixin, TestCase):
+    @inlineCallbacks
+    def test_rawTrafficThroughRecv(self) -> Any:
+        """
+        A raw REQ broadcast through sender() has its events (deduplicated)
+        and EOSEs come out of recv().
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        event = makeEvent()
+        a.store(event)
+        b.store(event)
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        sender = pool.sender()
+        self.assertEqual(sender.broadcast(ClientReq("raw", (KIND1,))), 2)
+        messages = []
+        for _ in range(3):
+            messages.append((yield pool.recv()))
+        kinds = sorted(type(m.message).__name__ for m in messages)
+        self.assertEqual(kinds, ["RelayEOSE", "RelayEOSE", "RelayEvent"])
+        yield sleep(0.1)
+        self.assertIsNone(pool.tryRecv())
+
+    @inlineCallbacks
+    def test_fullInboundQueuePausesReading(self) -> Any:
+        """
+        When the recv queue is full the pool pauses reading from its relays
+        instead of dropping or growing, and resumes when it drains; nothing
+        is lost.
+        """
+        a = yield self.startRelay()
+        events = [makeEvent(content=str(i)) for i in range(40)]
+        a.store(*events)
+        pool = self.makePool(a, ringCapacity=8)
+        yield self.connected(pool)
+        pool.sender().broadcast(ClientReq("raw", (KIND1,)))
+        yield waitUntil(lambda: pool.totals().paused)
+        queued = pool.totals().inboundQueued
+        yield sleep(0.1)
+        self.assertEqual(pool.totals().inboundQueued, queued)
+        got: list[str] = []
+        for _ in range(41):
+            message = yield pool.recv()
+            if isinstance(message.message, RelayEvent):
+                got.append(message.message.event.id)
+            else:
+                self.assertIsInstance(message.message, RelayEOSE)
+        self.assertEqual(sorted(got), sorted(e.id for e in events))
+        self.assertFalse(pool.totals().paused)
+
+    def test_outboundQueueFullIsCounted(self) -> None:
+        """
+        A disconnected relay queues at most broadcastCapacity messages; the
+        next is refused and counted.
+        """
+        pool = self.makePool(deadURL(), broadcastCapacity=2)
+        sender = pool.sender()
+        self.assertEqual([sender.broadcast(b'["CLOSE","x"]') for _ in range(3)], [1, 1, 0])
+        totals = pool.totals()
+        self.assertEqual((totals.outboundQueued, totals.outboundDropped), (2, 1))
+
+    @inlineCallbacks
+    def test_recvFailsAfterStop(self) -> Any:
+        """
+        A recv() waiting when the pool stops fails with PoolClosed.
+        """
+        pool = self.makePool()
+        waiting = pool.recv()
+        yield pool.stopService()
+        yield self.assertFailure(waiting, PoolClosed)
+
+
+class LimitationTests(PoolTestMixin, TestCase):
+    @inlineCallbacks
+    def test_maxSubscriptionsQueuesREQs(self) -> Any:
+        """
+        With a NIP-11 max_subscriptions of 1, a second REQ waits in the queue
+        until the first subscription closes, instead of being refused.
+        """
+        a = yield self.startRelay(maxSubscriptions=1)
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        first = pool.subscribe([KIND1])
+        yield first.whenEOSE()
+        second = pool.subscribe([Filter.fromDict({"kinds": [7]})], eoseTimeout=10)
+        yield sleep(0.1)
+        self.assertEqual(a.subscriptionCount(), 1)
+        self.assertEqual(pool.stats()[a.url + "/"].waitingSubscriptions, 1)
+        first.close()
+        yield second.whenEOSE()
+        self.assertEqual(pool.stats()[a.url + "/"].waitingSubscriptions, 0)
+
+    @inlineCallbacks
+    def test_maxFiltersSplitsREQ(self) -> Any:
+        """
+        A relay with max_filters 1 gets one REQ per filter; EOSE waits for
+        all of them and events of both arrive.
+        """
+        information = RelayInformation(limitation=Limitation(maxFilters=1))
+        a = yield self.startRelay(information=information)
+        one, seven = makeEvent(kind=1), makeEvent(kind=7)
+        a.store(one, seven)
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        got = yield pool.query([KIND1, Filter.fromDict({"kinds": [7]})])
+        self.assertEqual({e.id for e in got}, {one.id, seven.id})
+        requests = [m for m in a.received if isinstance(m, ClientReq)]
+        self.assertEqual([len(r.filters) for r in requests], [1, 1])
+
+    @inlineCallbacks
+    def test_maxLimitClamps(self) -> Any:
+        """
+        A filter limit above the relay's max_limit is clamped to it.
+        """
+        information = RelayInformation(limitation=Limitation(maxLimit=2))
+        a = yield self.startRelay(information=information)
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        yield pool.query([Filter.fromDict({"kinds": [1], "limit": 50})])
+        requests = [m for m in a.received if isinstance(m, ClientReq)]
+        self.assertEqual(requests[0].filters[0].limit, 2)
+
+
+class _NoPong(WebSocketServerProtocol):  # type: ignore[misc]
+    def sendPong(self, payload: bytes | None = None) -> None:
+        pass
+
+
+class KeepaliveTests(PoolTestMixin, TestCase):
+    @inlineCallbacks
+    def test_silentConnectionIsDropped(self) -> Any:
+        """
+        The one keepalive sweep pings connections and drops one that stays
+        silent for two intervals; its slot reconnects.
+        """
+        factory = WebSocketServerFactory()
+        factory.protocol = _NoPong
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"ws://127.0.0.1:{port.getHost().port}"
+        pool = self.makePool(url, pingInterval=0.1, fetchInformation=False)
+        yield self.connected(pool)
+        yield waitUntil(lambda: pool.stats()[url + "/"].reconnects >= 1, timeout=3)
+
+
+class StatsTests(PoolTestMixin, TestCase):
+    @inlineCallbacks
+    def test_statsCountEvents(self) -> Any:
+        """
+        stats() reports per relay the events received, unique and OKs, and
+        the state.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        event = makeEvent()
+        a.store(event)
+        b.store(event)
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        yield pool.query([KIND1])
+        yield pool.publish(makeEvent(content="x"), quorum=2)
+        stats = pool.stats()
+        self.assertEqual(sum(s.eventsReceived for s in stats.values()), 2)
+        self.assertEqual(sum(s.eventsUnique for s in stats.values()), 1)
+        self.assertEqual({s.state for s in stats.values()}, {"open"})
+        self.assertEqual([s.okAccepted for s in stats.values()], [1, 1])
+        totals = pool.totals()
+        self.assertEqual((totals.relays, totals.activeRelays, totals.eventsUnique), (2, 2, 1))
+
+
+class LimitEventsTests(TestCase):
+    def test_eachFilterKeepsItsOwnLimit(self) -> None:
+        """
+        limitEvents keeps each filter's newest `limit` matches and merges them.
+        """
+        notes = [makeEvent(kind=1, content=str(i)) for i in range(4)]
+        reactions = [makeEvent(kind=7, content=str(i)) for i in range(4)]
+        kept = limitEvents(
+            [Filter.fromDict({"kinds": [1], "limit": 1}), Filter.fromDict({"kinds": [7], "limit": 2})],
+            notes + reactions,
+        )
+        self.assertEqual({e.id for e in kept}, {notes[-1].id, reactions[-1].id, reactions[-2].id})
