@@ -1,0 +1,531 @@
+"""
+The gateway's registry of downstream WebSocket connections and their rooms.
+
+A room is the set of connections that share one upstream subscription; a
+frame sent to a room is built once (an Autobahn prepared message) and written
+to every member. One L{LoopingCall} pings every connection and reaps the idle
+ones, and one timer aborts the connections that do not finish closing in time:
+no timer is kept per connection.
+
+How a facade protocol uses the registry:
+
+    - serve it from a L{WebSocketServerFactory} with C{autoPingInterval=0}
+      (Autobahn's default; the registry pings from its sweep) and without
+      permessage-deflate (Autobahn's default: a compressed connection cannot
+      use the prepared frame and is framed again for each member);
+    - call L{ConnectionRegistry.register} from C{onOpen};
+    - call L{ConnectionRegistry.touch} from C{onMessage}, C{onPing} and
+      C{onPong};
+    - call L{ConnectionRegistry.unregister} from C{onClose}. Unregistering
+      leaves every room; L{ConnectionRegistry.onRoomEmpty} then names each
+      room left without members, so the facade can close its upstream
+      subscription. Connections the registry closes itself (slow clients,
+      idle ones, shutdown) also end in C{onClose}; those that do not close
+      within C{closeTimeout} are aborted and unregistered by the registry.
+      Autobahn's own C{closeHandshakeTimeout} is then redundant for them;
+      its timer outlives an aborted connection until it fires (harmless, but
+      trial reports it as a dirty reactor), so tests set it to 0.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.application import service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from relaypool.errors import ConfigError, UnknownConnection
+
+ConnId = int
+
+_log = Logger()
+
+_CLOSE_NORMAL = 1000
+_CLOSE_GOING_AWAY = 1001
+_CLOSE_POLICY_VIOLATION = 1008
+
+
+@dataclass(slots=True)
+class Claims:
+    """
+    What a downstream connection proved about itself, for policy code.
+
+    Mutable: NIP-42 authentication happens after the connection opened.
+
+    @ivar ip: the client's IP address.
+    @ivar pubkey: the hex public key the client authenticated as (NIP-42),
+        or L{None}.
+    """
+
+    ip: str | None = None
+    pubkey: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryStats:
+    """
+    A snapshot of a L{ConnectionRegistry}'s state and counters.
+
+    @ivar connections: registered connections (open or closing).
+    @ivar closing: connections the registry is closing and will abort if they
+        do not finish in time.
+    @ivar rooms: rooms with at least one member.
+    @ivar evictedSlow: connections closed because their pending output went
+        over C{maxPendingBytes}.
+    @ivar reapedIdle: connections closed because they were silent for longer
+        than the idle window.
+    @ivar droppedDead: frames not written because their connection was
+        already closed or closing.
+    @ivar framesSent: frames written.
+    @ivar bytesPending: the sum, over every connection whose transport
+        reported a full write buffer, of the bytes written to it since.
+    """
+
+    connections: int
+    closing: int
+    rooms: int
+    evictedSlow: int
+    reapedIdle: int
+    droppedDead: int
+    framesSent: int
+    bytesPending: int
+
+
+@implementer(IPushProducer)
+class _PendingMeter:
+    """
+    Registered as a connection transport's streaming producer, so that the
+    transport tells it when its write buffer is over its high-water mark
+    (paused) and when the buffer drained (resumed).
+    """
+
+    __slots__ = ("paused", "pendingBytes")
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.pendingBytes = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.pendingBytes = 0
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    connId: ConnId
+    protocol: Any
+    claims: Claims
+    meter: _PendingMeter
+    lastSeen: float
+    rooms: set[Hashable] = field(default_factory=set)
+    closing: bool = False
+
+
+class ConnectionRegistry(service.Service):
+    """
+    The registry of downstream WebSocket connections, their rooms and claims.
+
+    @ivar onRoomEmpty: if set, called with a room each time
+        L{unregister} (by the facade, or by the registry for a connection it
+        aborted) leaves that room without members. L{leaveRoom} does not call
+        it: its return value says the same.
+    """
+
+    def __init__(
+        self,
+        reactor: Any = None,
+        maxPendingBytes: int = 1 << 20,
+        pingInterval: float = 30.0,
+        maxIdle: float = 90.0,
+        closeTimeout: float = 5.0,
+    ) -> None:
+        """
+        @param reactor: an L{IReactorTime}; the global reactor if L{None}.
+        @param maxPendingBytes: the slow-client memory ceiling. Once a
+            connection's transport reports a full write buffer, at most this
+            many more bytes are written to it; a frame that would go over
+            closes the connection (code 1008) instead of being written.
+        @param pingInterval: seconds between two sweeps; each sweep reaps the
+            idle connections and pings every other one.
+        @param maxIdle: seconds without an inbound frame after which the
+            sweep closes a connection.
+        @param closeTimeout: seconds a connection the registry closes gets to
+            finish the close handshake before its transport is aborted.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._reactor = reactor
+        self._maxPendingBytes = maxPendingBytes
+        self._pingInterval = pingInterval
+        self._maxIdle = maxIdle
+        self._closeTimeout = closeTimeout
+        self.onRoomEmpty: Callable[[Hashable], None] | None = None
+        self._ids = itertools.count(1)
+        self._conns: dict[ConnId, _Connection] = {}
+        self._rooms: dict[Hashable, dict[ConnId, _Connection]] = {}
+        # Deadlines in insertion order, which is deadline order: the timeout
+        # is the same for every connection.
+        self._closing: dict[ConnId, float] = {}
+        self._abortCall: IDelayedCall | None = None
+        self._overflowing: list[_Connection] = []
+        self._emptyWaiters: list[Deferred[None]] = []
+        self._sweeper: LoopingCall | None = None
+        self._evictedSlow = 0
+        self._reapedIdle = 0
+        self._droppedDead = 0
+        self._framesSent = 0
+
+    # --- connections --------------------------------------------------------
+
+    def register(self, protocol: Any, claims: Claims | None = None) -> ConnId:
+        """
+        Register an open WebSocket server protocol; call it from C{onOpen}.
+
+        @param protocol: an open
+            L{autobahn.twisted.websocket.WebSocketServerProtocol}.
+        @param claims: what the connection proved; by default a L{Claims}
+            holding the transport's peer host as its IP.
+        @return: the connection's new id.
+        @raise ConfigError: if the protocol runs Autobahn's own auto-ping,
+            which would add two timers per connection.
+        """
+        if protocol.autoPingInterval:
+            raise ConfigError(
+                "autoPingInterval",
+                "must be 0: the connection registry pings every connection from one sweep",
+            )
+        transport = protocol.transport
+        if claims is None:
+            claims = Claims(ip=getattr(transport.getPeer(), "host", None))
+        meter = _PendingMeter()
+        try:
+            transport.registerProducer(meter, True)
+        except RuntimeError:
+            # twisted.web's HTTPChannel stays registered as the producer of
+            # a transport that Autobahn's WebSocketResource took over.
+            transport.unregisterProducer()
+            transport.registerProducer(meter, True)
+        connId = next(self._ids)
+        self._conns[connId] = _Connection(connId, protocol, claims, meter, self._reactor.seconds())
+        return connId
+
+    def unregister(self, connId: ConnId) -> None:
+        """
+        Forget a connection and take it out of every room it had joined;
+        call it from C{onClose}. Idempotent.
+        """
+        conn = self._conns.pop(connId, None)
+        if conn is None:
+            return
+        for room in conn.rooms:
+            members = self._rooms[room]
+            del members[connId]
+            if not members:
+                del self._rooms[room]
+                if self.onRoomEmpty is not None:
+                    self.onRoomEmpty(room)
+        if self._closing.pop(connId, None) is not None and not self._closing:
+            self._cancelAbortCall()
+        if not self._conns:
+            waiters, self._emptyWaiters = self._emptyWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def touch(self, connId: ConnId) -> None:
+        """
+        Record inbound activity on a connection, for the idle sweep; call it
+        on every inbound frame, pongs included. Unknown ids are ignored.
+        """
+        conn = self._conns.get(connId)
+        if conn is not None:
+            conn.lastSeen = self._reactor.seconds()
+
+    def connectionCount(self) -> int:
+        """
+        @return: the number of registered connections. O(1).
+        """
+        return len(self._conns)
+
+    def claims(self, connId: ConnId) -> Claims:
+        """
+        @return: the connection's L{Claims}, which the caller may update.
+        @raise UnknownConnection: if C{connId} is not registered.
+        """
+        conn = self._conns.get(connId)
+        if conn is None:
+            raise UnknownConnection(f"connection {connId} is not registered")
+        return conn.claims
+
+    # --- rooms --------------------------------------------------------------
+
+    def joinRoom(self, connId: ConnId, room: Hashable) -> None:
+        """
+        Add a connection to a room. A connection that is not registered or is
+        closing (it left meanwhile) joins nothing.
+        """
+        conn = self._conns.get(connId)
+        if conn is None or conn.closing:
+            return
+        conn.rooms.add(room)
+        self._rooms.setdefault(room, {})[connId] = conn
+
+    def leaveRoom(self, connId: ConnId, room: Hashable) -> bool:
+        """
+        Take a connection out of a room.
+
+        @return: C{True} if the room has no member left, so that the caller
+            can close the upstream subscription behind it.
+        """
+        conn = self._conns.get(connId)
+        members = self._rooms.get(room)
+        if conn is not None and members is not None and room in conn.rooms:
+            conn.rooms.discard(room)
+            del members[connId]
+            if not members:
+                del self._rooms[room]
+        return room not in self._rooms
+
+    def roomSize(self, room: Hashable) -> int:
+        """
+        @return: the number of members of C{room}.
+        """
+        return len(self._rooms.get(room, ()))
+
+    def roomCount(self) -> int:
+        """
+        @return: the number of rooms with at least one member.
+        """
+        return len(self._rooms)
+
+    def roomsOf(self, connId: ConnId) -> frozenset[Hashable]:
+        """
+        @return: the rooms the connection is in (none if it is unknown).
+        """
+        conn = self._conns.get(connId)
+        return frozenset(conn.rooms) if conn is not None else frozenset()
+
+    # --- sending ------------------------------------------------------------
+
+    def sendText(self, connId: ConnId, text: bytes) -> bool:
+        """
+        Send one text frame to one connection, without waiting.
+
+        @param text: the UTF-8 encoded frame payload.
+        @return: C{False} if it was not written: the connection is unknown,
+            closed or closing, or was evicted for writing it would go over
+            C{maxPendingBytes}.
+        """
+        conn = self._conns.get(connId)
+        if conn is None:
+            return False
+        written = self._write(conn, conn.protocol.factory.prepareMessage(text), len(text))
+        self._evictOverflowing()
+        return written
+
+    def broadcastText(self, text: bytes) -> int:
+        """
+        Send one text frame to every registered connection; see
+        L{broadcastRoomText}.
+
+        @return: the number of connections it was written to.
+        """
+        return self._broadcast(tuple(self._conns.values()), text)
+
+    def broadcastRoomText(self, room: Hashable, text: bytes) -> int:
+        """
+        Send one text frame to every member of a room. The frame is built
+        once; a member that is closed is skipped silently; a member whose
+        pending output would go over C{maxPendingBytes} is skipped, then
+        closed with code 1008 once every other member was written to.
+
+        @return: the number of members it was written to.
+        """
+        members = self._rooms.get(room)
+        if members is None:
+            return 0
+        return self._broadcast(tuple(members.values()), text)
+
+    def _broadcast(self, conns: tuple[_Connection, ...], text: bytes) -> int:
+        if not conns:
+            return 0
+        prepared = conns[0].protocol.factory.prepareMessage(text)
+        written = sum(self._write(conn, prepared, len(text)) for conn in conns)
+        self._evictOverflowing()
+        return written
+
+    def _write(self, conn: _Connection, prepared: Any, size: int) -> bool:
+        if conn.closing or conn.protocol.state != WebSocketProtocol.STATE_OPEN:
+            self._droppedDead += 1
+            return False
+        meter = conn.meter
+        if meter.paused:
+            if meter.pendingBytes + size > self._maxPendingBytes:
+                self._overflowing.append(conn)
+                return False
+            meter.pendingBytes += size
+        conn.protocol.sendPreparedMessage(prepared)
+        self._framesSent += 1
+        return True
+
+    def _evictOverflowing(self) -> None:
+        overflowing, self._overflowing = self._overflowing, []
+        reason = f"slow client: more than {self._maxPendingBytes} bytes pending"
+        for conn in overflowing:
+            if conn.closing:
+                continue
+            self._evictedSlow += 1
+            _log.warn(
+                "Evicting connection {connId} from {peer}: {reason}",
+                connId=conn.connId,
+                peer=conn.protocol.peer,
+                reason=reason,
+            )
+            self._beginClose(conn, _CLOSE_POLICY_VIOLATION, reason)
+
+    # --- closing ------------------------------------------------------------
+
+    def sweepIdle(self, maxIdle: float) -> list[ConnId]:
+        """
+        Close the connections with no inbound frame for more than C{maxIdle}
+        seconds: dead links (NAT timeouts, vanished mobile clients) never
+        send a Close frame.
+
+        @return: the ids of the connections it closed.
+        """
+        cutoff = self._reactor.seconds() - maxIdle
+        reaped = []
+        for conn in tuple(self._conns.values()):
+            if not conn.closing and conn.lastSeen < cutoff:
+                reaped.append(conn.connId)
+                self._reapedIdle += 1
+                _log.info(
+                    "Closing connection {connId} from {peer}: idle for more than {maxIdle} s",
+                    connId=conn.connId,
+                    peer=conn.protocol.peer,
+                    maxIdle=maxIdle,
+                )
+                self._beginClose(conn, _CLOSE_NORMAL, f"idle for more than {maxIdle:g} s")
+        return reaped
+
+    def closeAll(self) -> int:
+        """
+        Send a Close frame (code 1001) to every open connection. Connections
+        that do not finish closing within C{closeTimeout} are aborted.
+
+        @return: the number of Close frames sent.
+        """
+        sent = 0
+        for conn in tuple(self._conns.values()):
+            if not conn.closing:
+                sent += self._beginClose(conn, _CLOSE_GOING_AWAY, "server shutting down")
+        return sent
+
+    def _beginClose(self, conn: _Connection, code: int, reason: str) -> bool:
+        conn.closing = True
+        self._closing[conn.connId] = self._reactor.seconds() + self._closeTimeout
+        self._scheduleAbort()
+        if conn.protocol.state != WebSocketProtocol.STATE_OPEN:
+            return False
+        # sendClose only accepts codes 1000 and 3000-4999.
+        conn.protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
+        return True
+
+    def _abortStragglers(self) -> None:
+        self._abortCall = None
+        now = self._reactor.seconds()
+        expired = [
+            connId
+            for connId, _ in itertools.takewhile(lambda item: item[1] <= now, self._closing.items())
+        ]
+        for connId in expired:
+            transport = self._conns[connId].protocol.transport
+            if transport is not None:
+                transport.abortConnection()
+            self.unregister(connId)
+        self._scheduleAbort()
+
+    def _scheduleAbort(self) -> None:
+        if self._abortCall is None and self._closing:
+            deadline = next(iter(self._closing.values()))
+            delay = max(0.0, deadline - self._reactor.seconds())
+            self._abortCall = self._reactor.callLater(delay, self._abortStragglers)
+
+    def _cancelAbortCall(self) -> None:
+        if self._abortCall is not None:
+            self._abortCall.cancel()
+            self._abortCall = None
+
+    # --- service ------------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Start the sweep: every C{pingInterval} seconds, close the connections
+        idle for more than C{maxIdle} and ping the others.
+        """
+        super().startService()  # type: ignore[no-untyped-call]
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = self._reactor
+        self._sweeper.start(self._pingInterval, now=False).addErrback(self._sweepFailed)
+
+    def _sweep(self) -> None:
+        self.sweepIdle(self._maxIdle)
+        for conn in tuple(self._conns.values()):
+            if not conn.closing:
+                conn.protocol.sendPing()
+
+    def _sweepFailed(self, failure: Failure) -> None:
+        _log.failure("The connection sweep stopped", failure)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop the sweep and close every connection (L{closeAll}).
+
+        @return: a Deferred that fires once every connection is unregistered:
+            at the latest after C{closeTimeout}, when the stragglers are
+            aborted.
+        """
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+        self.closeAll()
+        if not self._conns:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._emptyWaiters.append(waiter)
+        return waiter
+
+    def stats(self) -> RegistryStats:
+        """
+        @return: a snapshot of the registry's state and counters.
+        """
+        return RegistryStats(
+            connections=len(self._conns),
+            closing=len(self._closing),
+            rooms=len(self._rooms),
+            evictedSlow=self._evictedSlow,
+            reapedIdle=self._reapedIdle,
+            droppedDead=self._droppedDead,
+            framesSent=self._framesSent,
+            bytesPending=sum(conn.meter.pendingBytes for conn in self._conns.values()),
+        )
+
+
+__all__ = ["Claims", "ConnId", "ConnectionRegistry", "RegistryStats"]
