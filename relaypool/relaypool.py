@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from twisted.application import service
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -535,7 +535,7 @@ class RelayPool(service.Service):
             self._recvWaiters.popleft().errback(PoolClosed("the relay pool stopped"))
         stopping: list[Deferred[Any]] = [relay.stop() for relay in self._relays.values()]
         if self._ownNameService:
-            stopping.append(self._nameService.stopService())  # type: ignore[union-attr, arg-type]
+            stopping.append(maybeDeferred(self._nameService.stopService))  # type: ignore[union-attr]
         done: Deferred[None] = DeferredList(stopping, consumeErrors=True).addCallback(lambda _: None)
         return done
 
@@ -903,6 +903,9 @@ class RelayPool(service.Service):
         """
         Send C{event} to every relay (or to C{relays}) and collect their OKs.
 
+        Publishing an event again while its first publish has not fired yet
+        joins that publish (and its relays).
+
         @return: a Deferred firing with the L{PublishResult} as soon as
             C{quorum} relays accepted, or failing with L{PublishFailed}
             (carrying the result) once that became impossible or C{timeout}
@@ -914,9 +917,15 @@ class RelayPool(service.Service):
             raise ValueError(f"quorum must be a positive integer, got {quorum!r}")
         existing = self._publishes.get(event.id)
         waiter: Deferred[PublishResult] = Deferred()
-        if existing is not None and not existing.fired:
-            existing.waiters.append(waiter)
-            return waiter
+        if existing is not None:
+            if not existing.fired:
+                existing.waiters.append(waiter)
+                return waiter
+            # The earlier publish reached its quorum and only waits for
+            # stragglers: stop waiting, without making the relays forget the
+            # event this publish sends them again.
+            existing.outstanding.clear()
+            self._finishPublish(existing)
         targets = self._targets(relays)
         publish = _Publish(event, quorum, set(targets), [waiter])
         self._publishes[event.id] = publish

@@ -762,3 +762,46 @@ class LimitEventsTests(TestCase):
             notes + reactions,
         )
         self.assertEqual({e.id for e in kept}, {notes[-1].id, reactions[-1].id, reactions[-2].id})
+
+
+class LifecycleTests(PoolTestMixin, TestCase):
+    @inlineCallbacks
+    def test_stopWithOwnNameService(self) -> Any:
+        """
+        A pool that made its own DNS name service starts and stops it, and
+        stopping fires once the relays' connections closed.
+        """
+        a = yield self.startRelay()
+        pool = RelayPool(reactor, backoff=FAST, informationTimeout=1.0)
+        pool.addRelay(a.url)
+        pool.startService()
+        yield self.connected(pool)
+        yield pool.stopService()
+        yield waitUntil(lambda: a.connectionCount() == 0)
+
+    @inlineCallbacks
+    def test_stopRightAfterStart(self) -> Any:
+        """
+        Stopping a pool whose relays are still connecting (and fetching their
+        NIP-11 documents) leaves nothing behind.
+        """
+        pool = self.makePool(deadURL())
+        yield pool.stopService()
+
+    @inlineCallbacks
+    def test_publishAgainAfterQuorum(self) -> Any:
+        """
+        Publishing an event again after its first publish reached quorum
+        while another relay was still silent sends it again and collects new
+        answers.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        b.misbehaviour.silentOK = True
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        event = makeEvent()
+        yield pool.publish(event)
+        b.misbehaviour.silentOK = False
+        result = yield pool.publish(event, quorum=2)
+        self.assertEqual(set(result.accepted), {a.url + "/", b.url + "/"})
