@@ -1,0 +1,770 @@
+"""
+A SQLite event store with NIP-01 query semantics, and the durable outbox of
+events being published upstream.
+
+L{SQLiteEventStore} never blocks the reactor: one writer thread owns the
+writing connection and commits every write waiting for it in one transaction
+(so writes batch under load and wait for nothing under light load), and one
+reader thread answers queries on its own connection beside it (WAL mode).
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import string
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import orjson
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.interfaces import IReactorFromThreads
+from zope.interface import implementer
+
+from relaypool.errors import QueueFull, StoreError
+from relaypool.interfaces import IEventStore, IOutbox
+from relaypool.nostr.event import Event, isAddressable, isEphemeral, isReplaceable
+from relaypool.nostr.filter import Filter
+from relaypool.storeschema import migrate
+
+_T = TypeVar("_T")
+
+_Work = Callable[[sqlite3.Connection], Any]
+
+_TAG_LETTERS = frozenset(string.ascii_letters)
+
+_DELETION = 5
+
+_MAX_INTEGER = 2**63 - 1
+
+# Longer lists are passed as one JSON array parameter (json_each), which
+# keeps every statement far below SQLite's bound on parameters.
+_MAX_INLINE_PARAMETERS = 64
+
+# Per connection: the page cache, and the WAL size (in pages) past which a
+# commit copies it back into the database. Random-keyed indexes (ids,
+# pubkeys, tag values) make each insert touch several pages: a large cache
+# and fewer checkpoints double the insert rate at a million events.
+_CACHE_KIB = 64 * 1024
+_CHECKPOINT_PAGES = 10_000
+
+# How many eviction rounds one batch may run to get under maxBytes.
+_MAX_EVICTION_ROUNDS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDelivery:
+    """
+    What one relay did with an outbox event.
+
+    @ivar accepted: whether the relay answered C{OK true}.
+    @ivar attempts: how many results were recorded for this relay.
+    @ivar lastMessage: the message of the last recorded result.
+    @ivar lastAttemptAt: when the last result was recorded (the store's
+        clock), C{None} before the first.
+    """
+
+    accepted: bool
+    attempts: int
+    lastMessage: str
+    lastAttemptAt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """
+    An event waiting in the outbox for some relays to accept it.
+
+    @ivar event: the event to publish.
+    @ivar enqueuedAt: when it was enqueued (the store's clock).
+    @ivar relays: each relay URL it is to be published to, with what that
+        relay did with it so far.
+    """
+
+    event: Event
+    enqueuedAt: float
+    relays: Mapping[str, RelayDelivery]
+
+
+class _Job:
+    __slots__ = ("deferred", "work")
+
+    def __init__(self, work: _Work) -> None:
+        self.work = work
+        self.deferred: Deferred[Any] = Deferred()
+
+
+_STOP = object()
+
+
+class _DatabaseThread:
+    """
+    A thread that owns one SQLite connection and runs jobs on it, every job
+    waiting (up to C{batchSize}) in one transaction, each job in its own
+    savepoint so that one failing job does not undo the others.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        connection: sqlite3.Connection,
+        begin: str,
+        batchSize: int,
+        reactor: IReactorFromThreads,
+        beforeCommit: Callable[[sqlite3.Connection], None] | None,
+    ) -> None:
+        self._connection = connection
+        self._begin = begin
+        self._batchSize = batchSize
+        self._reactor = reactor
+        self._beforeCommit = beforeCommit
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._stopped: Deferred[None] = Deferred()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, work: _Work) -> Deferred[Any]:
+        """
+        Run C{work(connection)} in the thread.
+
+        @return: a Deferred firing with its result once committed.
+        """
+        job = _Job(work)
+        self._queue.put(job)
+        return job.deferred
+
+    def stop(self) -> Deferred[None]:
+        """
+        Run the jobs already submitted, close the connection and end the
+        thread.
+
+        @return: a Deferred firing when the thread has ended.
+        """
+        self._queue.put(_STOP)
+        return self._stopped.addCallback(lambda _: self._thread.join())
+
+    def _run(self) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                batch: list[_Job] = []
+                item = self._queue.get()
+                while True:
+                    if item is _STOP:
+                        stopping = True
+                        break
+                    assert isinstance(item, _Job)
+                    batch.append(item)
+                    if len(batch) >= self._batchSize:
+                        break
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    self._reactor.callFromThread(_deliver, self._runBatch(batch))
+        finally:
+            self._connection.close()
+            self._reactor.callFromThread(self._stopped.callback, None)
+
+    def _runBatch(
+        self, batch: list[_Job], isolated: bool = False
+    ) -> list[tuple[_Job, object]]:
+        """
+        Run C{batch} in one transaction. If a job fails, the transaction is
+        rolled back and the batch run again C{isolated}: each job in its own
+        savepoint, so that only the failing one is undone.
+        """
+        connection = self._connection
+        outcomes: list[tuple[_Job, object]] = []
+        try:
+            connection.execute(self._begin)
+            for job in batch:
+                if isolated:
+                    connection.execute("SAVEPOINT job")
+                try:
+                    result = job.work(connection)
+                except Exception as e:
+                    if not isolated:
+                        if connection.in_transaction:
+                            connection.execute("ROLLBACK")
+                        return self._runBatch(batch, isolated=True)
+                    connection.execute("ROLLBACK TO job")
+                    result = _failure(e)
+                if isolated:
+                    connection.execute("RELEASE job")
+                outcomes.append((job, result))
+            if self._beforeCommit is not None:
+                self._beforeCommit(connection)
+            connection.execute("COMMIT")
+        except Exception as e:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            failure = _failure(e)
+            return [(job, failure) for job in batch]
+        return outcomes
+
+
+def _failure(error: Exception) -> Exception:
+    if isinstance(error, sqlite3.Error):
+        wrapped = StoreError(f"error: database failure: {error}")
+        wrapped.__cause__ = error
+        return wrapped
+    return error
+
+
+def _deliver(outcomes: list[tuple[_Job, object]]) -> None:
+    for job, outcome in outcomes:
+        if isinstance(outcome, Exception):
+            job.deferred.errback(outcome)
+        else:
+            job.deferred.callback(outcome)
+
+
+def _inClause(column: str, values: Iterable[object]) -> tuple[str, list[object]]:
+    items = list(values)
+    if len(items) <= _MAX_INLINE_PARAMETERS:
+        return f"{column} IN ({', '.join('?' * len(items))})", items
+    return f"{column} IN (SELECT value FROM json_each(?))", [orjson.dumps(items).decode()]
+
+
+def _indexedTags(event: Event) -> set[tuple[str, str]]:
+    return {
+        (tag[0], tag[1])
+        for tag in event.tags
+        if len(tag) > 1 and len(tag[0]) == 1 and tag[0] in _TAG_LETTERS
+    }
+
+
+def _eventFromJSON(raw: bytes) -> Event:
+    # Stored events were validated before they were saved.
+    obj = orjson.loads(raw)
+    return Event(
+        id=obj["id"],
+        pubkey=obj["pubkey"],
+        createdAt=obj["created_at"],
+        kind=obj["kind"],
+        tags=tuple(tuple(tag) for tag in obj["tags"]),
+        content=obj["content"],
+        sig=obj["sig"],
+    )
+
+
+def _address(event: Event) -> str | None:
+    if isReplaceable(event.kind):
+        return ""
+    if isAddressable(event.kind):
+        return event.dTag()
+    return None
+
+
+def _filterSelect(
+    f: Filter, columns: str, now: int, limit: int | None, ordered: bool
+) -> tuple[str, list[object]]:
+    """
+    The SQL selecting C{columns} of the stored events matching C{f} and not
+    expired at C{now}, newest first if C{ordered}, at most C{limit}.
+    """
+    source = "events e"
+    order = "e.created_at DESC, e.id"
+    where = ["(e.expiration IS NULL OR e.expiration > ?)"]
+    params: list[object] = [now]
+    tags = list(f.tags)
+    # A tag condition with one value can drive the query from the tags
+    # index, already in created_at order and without duplicate events.
+    driver = next(((n, v) for n, v in tags if len(v) == 1), None)
+    if driver is not None:
+        tags.remove(driver)
+        source = "tags t JOIN events e ON e.seq = t.seq"
+        order = "t.created_at DESC, e.id"
+        where += ["t.name = ?", "t.value = ?"]
+        params += [driver[0], next(iter(driver[1]))]
+    for column, values in (("e.id", f.ids), ("e.pubkey", f.authors), ("e.kind", f.kinds)):
+        if values is not None:
+            clause, clauseParams = _inClause(column, values)
+            where.append(clause)
+            params += clauseParams
+    if f.since is not None:
+        where.append("e.created_at >= ?")
+        params.append(f.since)
+    if f.until is not None:
+        where.append("e.created_at <= ?")
+        params.append(f.until)
+    for name, values in tags:
+        clause, clauseParams = _inClause("value", values)
+        where.append(f"e.seq IN (SELECT seq FROM tags WHERE name = ? AND {clause})")
+        params += [name, *clauseParams]
+    sql = f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)}"
+    if ordered:
+        sql += f" ORDER BY {order}"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return sql, params
+
+
+@implementer(IEventStore, IOutbox)
+class SQLiteEventStore:
+    """
+    An L{IEventStore} and L{IOutbox} in one SQLite database file.
+
+    Storage follows NIP-01: regular events are kept; of replaceable events
+    (kinds 0, 3, 10000-19999) only the newest per author and kind is kept,
+    and of addressable ones (30000-39999) the newest per author, kind and
+    C{d} tag, ties going to the lowest id; ephemeral events (20000-29999) are
+    never stored. A NIP-09 deletion request (kind 5) deletes the events of
+    its own author it names by id (C{e} tags) and by address (C{a} tags, the
+    versions up to its C{created_at}), is kept, and makes the store refuse
+    those events if they arrive later (until the request itself is evicted).
+    Deletion requests cannot be deleted. NIP-40: an event already expired is
+    refused, expired events are never returned or counted, and they are
+    purged at each write transaction.
+
+    Bounds:
+      - C{maxEvents}: after each write transaction, while more events are
+        stored, the oldest (lowest C{created_at}) regular events are evicted,
+        and replaceable and addressable ones only when no regular event is
+        left.
+      - C{maxBytes}: the same eviction, while the database's used pages
+        (C{(page_count - freelist_count) * page_size}, the WAL file not
+        counted) exceed it. The file does not shrink: freed pages are reused.
+        Eviction frees whole pages only, so this bound is approximate.
+      - C{maxPending}: calls waiting for the database threads; past it, a
+        call fails at once with L{QueueFull}.
+      - C{maxOutbox}: events in the outbox; past it, L{enqueue} fails with
+        L{QueueFull}.
+      - C{maxLimit}: the most events one filter returns from L{query}, the
+        filter's own C{limit} applying if smaller.
+
+    Durability: the database is in WAL mode with C{synchronous=NORMAL}: a
+    Deferred that fired reports a committed transaction, which survives the
+    process being killed; a power loss may undo the last transactions.
+
+    The file is opened and its schema migrated in the constructor.
+
+    @ivar path: the database file, or C{":memory:"} for a private in-memory
+        database (reads then share the writer's thread and connection).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        reactor: IReactorFromThreads | None = None,
+        maxEvents: int | None = None,
+        maxBytes: int | None = None,
+        batchSize: int = 1000,
+        clock: Callable[[], float] | None = None,
+        maxPending: int = 100_000,
+        maxOutbox: int = 10_000,
+        maxLimit: int = 10_000,
+    ) -> None:
+        """
+        Open (creating or migrating) the database at C{path}.
+
+        @param reactor: delivers results from the database threads; C{None}
+            means the global reactor.
+        @param clock: the wall clock (unix seconds) for NIP-40 expiration and
+            outbox times, called from the database threads too; C{None} means
+            C{time.time}.
+        @param batchSize: the most writes committed in one transaction.
+        @raise relaypool.errors.SchemaVersionError: if the database has a
+            newer schema than this relaypool knows.
+        @raise StoreError: if the database cannot be opened.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor  # type: ignore[assignment]
+        assert reactor is not None
+        if clock is None:
+            import time
+
+            clock = time.time
+        self.path = path
+        self._clock = clock
+        self._maxEvents = maxEvents
+        self._maxBytes = maxBytes
+        self._maxPending = maxPending
+        self._maxOutbox = maxOutbox
+        self._maxLimit = maxLimit
+        self._pending = 0
+        self._closed: Deferred[None] | None = None
+        writeConnection = self._connect()
+        try:
+            migrate(writeConnection)
+            readConnection = None if path == ":memory:" else self._connect()
+        except BaseException:
+            writeConnection.close()
+            raise
+        self._writer = _DatabaseThread(
+            "relaypool-store-writer",
+            writeConnection,
+            "BEGIN IMMEDIATE",
+            batchSize,
+            reactor,
+            self._maintain,
+        )
+        self._reader = self._writer
+        if readConnection is not None:
+            self._reader = _DatabaseThread(
+                "relaypool-store-reader", readConnection, "BEGIN", batchSize, reactor, None
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the database {self.path!r}: {e}") from e
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            connection.execute("PRAGMA temp_store = MEMORY")
+            connection.execute(f"PRAGMA cache_size = {-_CACHE_KIB:d}")
+            connection.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES:d}")
+        except sqlite3.Error as e:
+            connection.close()
+            raise StoreError(f"cannot open the database {self.path!r}: {e}") from e
+        return connection
+
+    def _submit(self, thread: _DatabaseThread, work: _Work) -> Deferred[Any]:
+        if self._closed is not None:
+            return fail(StoreError("the store is closed"))
+        if self._pending >= self._maxPending:
+            return fail(
+                QueueFull(f"{self._pending} store calls are waiting already")
+            )
+        self._pending += 1
+
+        def done(result: _T) -> _T:
+            self._pending -= 1
+            return result
+
+        return thread.submit(work).addBoth(done)
+
+    # --- IEventStore ---------------------------------------------------------
+
+    def save(self, event: Event) -> Deferred[bool]:
+        """
+        Store C{event}; see L{IEventStore.save}.
+        """
+        if isEphemeral(event.kind):
+            return succeed(False)
+        expiration = event.expiration()
+        if expiration is not None and expiration <= self._clock():
+            return succeed(False)
+        return self._submit(self._writer, partial(_saveEvent, event, expiration))
+
+    def query(self, filters: Sequence[Filter]) -> Deferred[list[Event]]:
+        """
+        The stored events matching C{filters}; see L{IEventStore.query}.
+        """
+        return self._submit(
+            self._reader, partial(_queryEvents, tuple(filters), self._maxLimit, self._now())
+        )
+
+    def count(self, filters: Sequence[Filter]) -> Deferred[int]:
+        """
+        How many distinct stored events match C{filters}, each filter's
+        C{limit} applying to its own matches; see L{IEventStore.count}.
+        """
+        return self._submit(self._reader, partial(_countEvents, tuple(filters), self._now()))
+
+    def close(self) -> Deferred[None]:
+        """
+        Finish the calls already made, close the database and end its
+        threads. Later calls fail with L{StoreError}.
+
+        @return: a Deferred firing when done (every call to C{close}).
+        """
+        if self._closed is None:
+            threads = {self._writer, self._reader}
+            self._closed = gatherResults([thread.stop() for thread in threads]).addCallback(
+                lambda _: None
+            )
+        done: Deferred[None] = Deferred()
+
+        def passOn(result: _T) -> _T:
+            done.callback(None)
+            return result
+
+        self._closed.addBoth(passOn)
+        return done
+
+    # --- IOutbox -------------------------------------------------------------
+
+    def enqueue(self, event: Event, relayURLs: Iterable[str]) -> Deferred[None]:
+        """
+        Record C{event} as to be published to every relay in C{relayURLs}
+        (added to those already recorded if it is in the outbox already).
+        An empty C{relayURLs} records nothing.
+
+        @return: a Deferred firing once committed, or failing with
+            L{QueueFull} if the outbox holds C{maxOutbox} events already.
+        """
+        return self._submit(
+            self._writer,
+            partial(
+                _enqueue, event, tuple(relayURLs), self._clock(), self._maxOutbox
+            ),
+        )
+
+    def recordResult(
+        self, eventID: str, relayURL: str, accepted: bool, message: str
+    ) -> Deferred[None]:
+        """
+        Record a relay's answer; see L{IOutbox.recordResult}. Once a relay
+        accepted an event it stays accepted. A result for an event or relay
+        not in the outbox is ignored.
+        """
+        return self._submit(
+            self._writer,
+            partial(_recordResult, eventID, relayURL, accepted, message, self._clock()),
+        )
+
+    def pending(self) -> Deferred[list[OutboxEntry]]:
+        """
+        The outbox, oldest first; see L{IOutbox.pending}.
+        """
+        return self._submit(self._reader, _pending)
+
+    def discard(self, eventID: str) -> Deferred[None]:
+        """
+        Remove an event from the outbox; see L{IOutbox.discard}.
+        """
+        return self._submit(self._writer, partial(_discard, eventID))
+
+    # --- writer maintenance --------------------------------------------------
+
+    def _now(self) -> int:
+        return min(int(self._clock()), _MAX_INTEGER)
+
+    def _maintain(self, connection: sqlite3.Connection) -> None:
+        connection.execute("DELETE FROM events WHERE expiration <= ?", (self._now(),))
+        if self._maxEvents is not None:
+            stored: int = connection.execute("SELECT events FROM stats").fetchone()[0]
+            if stored > self._maxEvents:
+                _evict(connection, stored - self._maxEvents)
+        if self._maxBytes is not None:
+            for _ in range(_MAX_EVICTION_ROUNDS):
+                used = _usedBytes(connection)
+                if used <= self._maxBytes:
+                    break
+                stored = connection.execute("SELECT events FROM stats").fetchone()[0]
+                if stored == 0:
+                    break
+                perEvent = max(1, used // stored)
+                _evict(connection, max(1, -(-(used - self._maxBytes) // perEvent)))
+
+
+def _usedBytes(connection: sqlite3.Connection) -> int:
+    pages: int = connection.execute("PRAGMA page_count").fetchone()[0]
+    free: int = connection.execute("PRAGMA freelist_count").fetchone()[0]
+    size: int = connection.execute("PRAGMA page_size").fetchone()[0]
+    return (pages - free) * size
+
+
+def _evict(connection: sqlite3.Connection, count: int) -> None:
+    evicted = connection.execute(
+        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE address IS NULL"
+        " ORDER BY created_at, id DESC LIMIT ?)",
+        (count,),
+    ).rowcount
+    if evicted < count:
+        connection.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events"
+            " ORDER BY created_at, id DESC LIMIT ?)",
+            (count - evicted,),
+        )
+
+
+# --- jobs run in the database threads ----------------------------------------
+
+
+def _isDeleted(connection: sqlite3.Connection, event: Event, address: str | None) -> bool:
+    deletedBy = (
+        "SELECT 1 FROM tags t JOIN events d ON d.seq = t.seq WHERE t.name = ?"
+        " AND t.value = ? AND d.kind = 5 AND d.pubkey = ?"
+    )
+    if connection.execute(deletedBy, ("e", event.id, event.pubkey)).fetchone():
+        return True
+    if address is None:
+        return False
+    row = connection.execute(
+        deletedBy + " AND d.created_at >= ?",
+        ("a", f"{event.kind}:{event.pubkey}:{address}", event.pubkey, event.createdAt),
+    ).fetchone()
+    return row is not None
+
+
+def _applyDeletion(connection: sqlite3.Connection, request: Event) -> None:
+    ids = request.tagValues("e")
+    if ids:
+        clause, params = _inClause("id", ids)
+        connection.execute(
+            f"DELETE FROM events WHERE {clause} AND pubkey = ? AND kind != 5",
+            (*params, request.pubkey),
+        )
+    for value in request.tagValues("a"):
+        kind, _, rest = value.partition(":")
+        pubkey, separator, address = rest.partition(":")
+        if separator and pubkey == request.pubkey and kind.isdigit():
+            connection.execute(
+                "DELETE FROM events WHERE pubkey = ? AND kind = ? AND address = ?"
+                " AND created_at <= ?",
+                (pubkey, int(kind), address, request.createdAt),
+            )
+
+
+def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connection) -> bool:
+    address = _address(event)
+    if event.kind != _DELETION and _isDeleted(connection, event, address):
+        return False
+    if address is not None:
+        row = connection.execute(
+            "SELECT seq, created_at, id FROM events WHERE pubkey = ? AND kind = ?"
+            " AND address = ?",
+            (event.pubkey, event.kind, address),
+        ).fetchone()
+        if row is not None:
+            if (row[1], event.id) >= (event.createdAt, row[2]):
+                return False
+            connection.execute("DELETE FROM events WHERE seq = ?", (row[0],))
+    cursor = connection.execute(
+        "INSERT OR IGNORE INTO events (id, pubkey, kind, created_at, address,"
+        " expiration, raw) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.id,
+            event.pubkey,
+            event.kind,
+            event.createdAt,
+            address,
+            None if expiration is None else min(expiration, _MAX_INTEGER),
+            event.toJSON(),
+        ),
+    )
+    if cursor.rowcount == 0:
+        return False
+    tags = _indexedTags(event)
+    if tags:
+        seq = cursor.lastrowid
+        connection.executemany(
+            "INSERT INTO tags (seq, name, value, created_at) VALUES (?, ?, ?, ?)",
+            [(seq, name, value, event.createdAt) for name, value in tags],
+        )
+    if event.kind == _DELETION:
+        _applyDeletion(connection, event)
+    return True
+
+
+def _queryEvents(
+    filters: tuple[Filter, ...], maxLimit: int, now: int, connection: sqlite3.Connection
+) -> list[Event]:
+    found: dict[str, tuple[int, bytes]] = {}
+    for f in filters:
+        limit = maxLimit if f.limit is None else min(f.limit, maxLimit)
+        sql, params = _filterSelect(f, "e.id, e.created_at, e.raw", now, limit, True)
+        for eventID, createdAt, raw in connection.execute(sql, params):
+            found[eventID] = (createdAt, raw)
+    ordered = sorted(found.items(), key=lambda item: (-item[1][0], item[0]))
+    return [_eventFromJSON(raw) for _, (_, raw) in ordered]
+
+
+def _countEvents(
+    filters: tuple[Filter, ...], now: int, connection: sqlite3.Connection
+) -> int:
+    if not filters:
+        return 0
+    parts = []
+    params: list[object] = []
+    for f in filters:
+        sql, partParams = _filterSelect(f, "e.seq", now, f.limit, f.limit is not None)
+        parts.append(f"SELECT seq FROM ({sql})")
+        params += partParams
+    counted: int = connection.execute(
+        f"SELECT count(*) FROM ({' UNION '.join(parts)})", params
+    ).fetchone()[0]
+    return counted
+
+
+def _enqueue(
+    event: Event,
+    relayURLs: tuple[str, ...],
+    now: float,
+    maxOutbox: int,
+    connection: sqlite3.Connection,
+) -> None:
+    if not relayURLs:
+        return
+    queued = connection.execute(
+        "SELECT 1 FROM outbox WHERE event_id = ?", (event.id,)
+    ).fetchone()
+    if queued is None:
+        size: int = connection.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        if size >= maxOutbox:
+            raise QueueFull(f"the outbox holds {size} events already")
+        connection.execute(
+            "INSERT INTO outbox (event_id, raw, enqueued_at) VALUES (?, ?, ?)",
+            (event.id, event.toJSON(), now),
+        )
+    connection.executemany(
+        "INSERT OR IGNORE INTO outbox_relays (event_id, relay) VALUES (?, ?)",
+        [(event.id, url) for url in relayURLs],
+    )
+
+
+def _recordResult(
+    eventID: str,
+    relayURL: str,
+    accepted: bool,
+    message: str,
+    now: float,
+    connection: sqlite3.Connection,
+) -> None:
+    connection.execute(
+        "UPDATE outbox_relays SET accepted = max(accepted, ?), attempts = attempts + 1,"
+        " last_message = ?, last_attempt_at = ? WHERE event_id = ? AND relay = ?",
+        (int(accepted), message, now, eventID, relayURL),
+    )
+    if accepted:
+        connection.execute(
+            "DELETE FROM outbox WHERE event_id = ? AND NOT EXISTS (SELECT 1 FROM"
+            " outbox_relays WHERE event_id = ? AND accepted = 0)",
+            (eventID, eventID),
+        )
+
+
+def _pending(connection: sqlite3.Connection) -> list[OutboxEntry]:
+    relays: dict[str, dict[str, RelayDelivery]] = {}
+    for eventID, url, accepted, attempts, message, lastAttemptAt in connection.execute(
+        "SELECT event_id, relay, accepted, attempts, last_message, last_attempt_at"
+        " FROM outbox_relays"
+    ):
+        relays.setdefault(eventID, {})[url] = RelayDelivery(
+            accepted=bool(accepted),
+            attempts=attempts,
+            lastMessage=message,
+            lastAttemptAt=lastAttemptAt,
+        )
+    return [
+        OutboxEntry(
+            event=_eventFromJSON(raw),
+            enqueuedAt=enqueuedAt,
+            relays=MappingProxyType(relays.get(eventID, {})),
+        )
+        for eventID, raw, enqueuedAt in connection.execute(
+            "SELECT event_id, raw, enqueued_at FROM outbox ORDER BY seq"
+        )
+    ]
+
+
+def _discard(eventID: str, connection: sqlite3.Connection) -> None:
+    connection.execute("DELETE FROM outbox WHERE event_id = ?", (eventID,))
+
+
+__all__ = ["OutboxEntry", "RelayDelivery", "SQLiteEventStore"]

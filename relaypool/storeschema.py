@@ -1,0 +1,152 @@
+"""
+The schema of L{relaypool.store}'s SQLite database and its migrations.
+
+The schema version is kept in C{PRAGMA user_version}. L{MIGRATIONS} holds one
+step per version: step C{n} takes a database from version C{n} to C{n + 1},
+version 0 being an empty file. A database is always migrated step by step, so
+a file made by any earlier relaypool opens with the current one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from relaypool.errors import SchemaVersionError
+
+_VERSION_1 = (
+    # Events: the raw JSON plus the columns NIP-01 filters select on.
+    # address is NULL for regular events, "" for replaceable ones and the
+    # d tag for addressable ones: with pubkey and kind, the replacement key.
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        pubkey TEXT NOT NULL,
+        kind INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        address TEXT,
+        expiration INTEGER,
+        raw BLOB NOT NULL
+    )
+    """,
+    "CREATE INDEX events_created_at ON events (created_at DESC, id)",
+    "CREATE INDEX events_pubkey ON events (pubkey, kind, created_at DESC)",
+    "CREATE INDEX events_kind ON events (kind, created_at DESC)",
+    """
+    CREATE UNIQUE INDEX events_address ON events (pubkey, kind, address)
+    WHERE address IS NOT NULL
+    """,
+    """
+    CREATE INDEX events_expiration ON events (expiration)
+    WHERE expiration IS NOT NULL
+    """,
+    # One row per distinct (single-letter name, first value) of an event.
+    """
+    CREATE TABLE tags (
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (seq, name, value)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX tags_value ON tags (name, value, created_at DESC)",
+    "CREATE TABLE stats (events INTEGER NOT NULL)",
+    "INSERT INTO stats (events) VALUES (0)",
+    """
+    CREATE TRIGGER events_insert AFTER INSERT ON events BEGIN
+        UPDATE stats SET events = events + 1;
+    END
+    """,
+    """
+    CREATE TRIGGER events_delete AFTER DELETE ON events BEGIN
+        UPDATE stats SET events = events - 1;
+        DELETE FROM tags WHERE seq = old.seq;
+    END
+    """,
+)
+
+_VERSION_2 = (
+    # The publish outbox: events to send upstream and each relay's answer.
+    """
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        raw BLOB NOT NULL,
+        enqueued_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE outbox_relays (
+        event_id TEXT NOT NULL,
+        relay TEXT NOT NULL,
+        accepted INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_message TEXT NOT NULL DEFAULT '',
+        last_attempt_at REAL,
+        PRIMARY KEY (event_id, relay)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TRIGGER outbox_delete AFTER DELETE ON outbox BEGIN
+        DELETE FROM outbox_relays WHERE event_id = old.event_id;
+    END
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_VERSION_1, _VERSION_2)
+"""
+The SQL statements of each migration step, step C{n} taking a database from
+version C{n} to C{n + 1}.
+"""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""
+The schema version this relaypool writes.
+"""
+
+
+def schemaVersion(connection: sqlite3.Connection) -> int:
+    """
+    The schema version of the database open on C{connection}.
+    """
+    version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """
+    Bring the database open on C{connection} (in autocommit mode) to schema
+    version C{target}, one committed step at a time.
+
+    @return: the version the database had before.
+    @raise SchemaVersionError: if the database has a version newer than
+        L{SCHEMA_VERSION}.
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        original = schemaVersion(connection)
+    finally:
+        connection.execute("COMMIT")
+    if original > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database has schema version {original}, newer than the"
+            f" newest this relaypool knows ({SCHEMA_VERSION}): open it with"
+            " a newer relaypool"
+        )
+    for step in range(original, target):
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated it in between.
+            if schemaVersion(connection) == step:
+                for statement in MIGRATIONS[step]:
+                    connection.execute(statement)
+                connection.execute(f"PRAGMA user_version = {step + 1:d}")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    return original
+
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "schemaVersion"]

@@ -1,0 +1,720 @@
+"""
+Tests for L{relaypool.store.SQLiteEventStore} as an event store.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from relaypool.errors import QueueFull, SchemaVersionError, StoreError
+from relaypool.nostr.event import Event, isAddressable, isReplaceable, publicKeyFor
+from relaypool.nostr.filter import Filter
+from relaypool.store import SQLiteEventStore
+from relaypool.storeschema import SCHEMA_VERSION, migrate, schemaVersion
+
+_T = TypeVar("_T")
+
+KEYS = [bytes([i + 1]) * 32 for i in range(3)]
+PUBKEYS = [publicKeyFor(key) for key in KEYS]
+NOW = 1_700_000_000
+
+
+def note(
+    createdAt: int = NOW - 100,
+    kind: int = 1,
+    content: str = "",
+    tags: Sequence[Sequence[str]] = (),
+    key: int = 0,
+) -> Event:
+    """
+    A signed event by C{KEYS[key]}.
+    """
+    return Event.sign(KEYS[key], kind, content, tags, createdAt=createdAt)
+
+
+class FakeWallClock:
+    """
+    A settable wall clock for the store's C{clock} argument.
+    """
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class StoreTestMixin:
+    """
+    Opens stores on files in a temporary directory, closed at test end.
+    """
+
+    mktemp: Callable[[], str]
+    addCleanup: Callable[..., None]
+
+    def openStore(self, path: str | None = None, **kwargs: Any) -> SQLiteEventStore:
+        if path is None:
+            directory = self.mktemp()
+            os.makedirs(directory)
+            path = os.path.join(directory, "store.db")
+        kwargs.setdefault("clock", FakeWallClock())
+        store = SQLiteEventStore(path, **kwargs)
+        self.addCleanup(store.close)
+        return store
+
+
+class SaveAndQueryTests(StoreTestMixin, TestCase):
+    """
+    Storing regular events and querying them with NIP-01 filters.
+    """
+
+    @inlineCallbacks
+    def test_roundTrip(self) -> Any:
+        """
+        A saved event is stored (C{True}) and a query returns it unchanged.
+        """
+        store = self.openStore()
+        event = note(content="hello\n\u2603", tags=[["t", "x"], ["e", "0" * 64, "wss://r"]])
+        self.assertTrue((yield store.save(event)))
+        self.assertEqual((yield store.query([Filter()])), [event])
+
+    @inlineCallbacks
+    def test_duplicate(self) -> Any:
+        """
+        Saving an event already stored answers C{False} and keeps one copy.
+        """
+        store = self.openStore()
+        event = note()
+        yield store.save(event)
+        self.assertFalse((yield store.save(event)))
+        self.assertEqual((yield store.count([Filter()])), 1)
+
+    @inlineCallbacks
+    def test_order(self) -> Any:
+        """
+        Queries return the newest events first, ties by lowest id.
+        """
+        store = self.openStore()
+        events = [note(createdAt=NOW - 10 + i % 3, content=str(i)) for i in range(9)]
+        yield gatherResults([store.save(e) for e in events])
+        result = yield store.query([Filter()])
+        self.assertEqual(result, sorted(events, key=lambda e: (-e.createdAt, e.id)))
+
+    @inlineCallbacks
+    def test_limitPerFilter(self) -> Any:
+        """
+        Each filter's limit applies to its own matches; the union is
+        deduplicated and ordered.
+        """
+        store = self.openStore()
+        ones = [note(createdAt=NOW - 100 + i, kind=1) for i in range(5)]
+        sevens = [note(createdAt=NOW - 50 + i, kind=7) for i in range(5)]
+        yield gatherResults([store.save(e) for e in ones + sevens])
+        result = yield store.query(
+            [
+                Filter(kinds=frozenset([1]), limit=2),
+                Filter(kinds=frozenset([7]), limit=1),
+                Filter(kinds=frozenset([1, 7]), limit=1),
+            ]
+        )
+        self.assertEqual(result, [sevens[4], ones[4], ones[3]])
+
+    @inlineCallbacks
+    def test_limitZero(self) -> Any:
+        """
+        A filter with C{limit} 0 returns nothing.
+        """
+        store = self.openStore()
+        yield store.save(note())
+        self.assertEqual((yield store.query([Filter(limit=0)])), [])
+
+    @inlineCallbacks
+    def test_maxLimit(self) -> Any:
+        """
+        A filter returns at most C{maxLimit} events, whatever its limit.
+        """
+        store = self.openStore(maxLimit=3)
+        yield gatherResults([store.save(note(content=str(i))) for i in range(5)])
+        self.assertEqual(len((yield store.query([Filter(limit=10)]))), 3)
+        self.assertEqual(len((yield store.query([Filter()]))), 3)
+
+    @inlineCallbacks
+    def test_longLists(self) -> Any:
+        """
+        Filters with long C{ids}, C{authors} and tag lists match as short ones
+        do.
+        """
+        store = self.openStore()
+        events = [note(content=str(i), tags=[["p", f"{i:064x}"]]) for i in range(5)]
+        yield gatherResults([store.save(e) for e in events])
+        ids = frozenset([e.id for e in events[:3]] + [f"{i:064x}" for i in range(500)])
+        byIds = yield store.query([Filter(ids=ids)])
+        self.assertEqual({e.id for e in byIds}, {e.id for e in events[:3]})
+        authors = frozenset([PUBKEYS[0]] + [f"{i:064x}" for i in range(500)])
+        self.assertEqual(len((yield store.query([Filter(authors=authors)]))), 5)
+        tagged = frozenset(f"{i:064x}" for i in range(2, 500))
+        byTag = yield store.query([Filter(tags=(("p", tagged),))])
+        self.assertEqual(byTag, sorted(events[2:], key=lambda e: (-e.createdAt, e.id)))
+
+    @inlineCallbacks
+    def test_tagConditions(self) -> Any:
+        """
+        Several tag conditions must all hold; each matches any of its values,
+        and only single-letter tags' first values are indexed.
+        """
+        store = self.openStore()
+        both = note(content="a", tags=[["t", "x"], ["p", "1" * 64], ["p", "2" * 64]])
+        tOnly = note(content="b", tags=[["t", "x"], ["t", "y"]])
+        secondValue = note(content="c", tags=[["t", "z", "x"]])
+        yield gatherResults([store.save(e) for e in (both, tOnly, secondValue)])
+        result = yield store.query(
+            [Filter(tags=(("t", frozenset(["x"])), ("p", frozenset(["2" * 64, "3" * 64]))))]
+        )
+        self.assertEqual(result, [both])
+        result = yield store.query([Filter(tags=(("t", frozenset(["x", "y"])),))])
+        self.assertEqual({e.id for e in result}, {both.id, tOnly.id})
+
+    @inlineCallbacks
+    def test_count(self) -> Any:
+        """
+        C{count} counts distinct events matching any filter.
+        """
+        store = self.openStore()
+        events = [note(createdAt=NOW - 10 + i, kind=1 + i % 2) for i in range(6)]
+        yield gatherResults([store.save(e) for e in events])
+        counted = yield store.count(
+            [
+                Filter(kinds=frozenset([1])),
+                Filter(since=NOW - 7),
+                Filter(kinds=frozenset([2]), limit=1),
+            ]
+        )
+        self.assertEqual(counted, 5)
+        self.assertEqual((yield store.count([])), 0)
+
+    @inlineCallbacks
+    def test_reopen(self) -> Any:
+        """
+        Events saved before the store closed are there when it reopens.
+        """
+        store = self.openStore()
+        event = note()
+        yield store.save(event)
+        yield store.close()
+        reopened = self.openStore(store.path)
+        self.assertEqual((yield reopened.query([Filter()])), [event])
+
+    @inlineCallbacks
+    def test_memory(self) -> Any:
+        """
+        C{":memory:"} gives a working private in-memory store.
+        """
+        store = self.openStore(":memory:")
+        event = note()
+        self.assertTrue((yield store.save(event)))
+        self.assertEqual((yield store.query([Filter(ids=frozenset([event.id]))])), [event])
+        self.assertEqual((yield store.count([Filter()])), 1)
+
+
+class ReplacementTests(StoreTestMixin, TestCase):
+    """
+    NIP-01 replaceable, addressable and ephemeral events.
+    """
+
+    @inlineCallbacks
+    def test_replaceableNewerReplaces(self) -> Any:
+        """
+        A newer replaceable event replaces the stored one of its author and
+        kind; an older one is refused.
+        """
+        store = self.openStore()
+        old, new, older = (note(createdAt=t, kind=0) for t in (NOW - 20, NOW - 10, NOW - 30))
+        yield store.save(old)
+        self.assertTrue((yield store.save(new)))
+        self.assertFalse((yield store.save(older)))
+        self.assertEqual((yield store.query([Filter(kinds=frozenset([0]))])), [new])
+
+    @inlineCallbacks
+    def test_replaceableTie(self) -> Any:
+        """
+        Of two replaceable events with the same C{created_at}, the lowest id
+        is kept, whatever the order they arrive in.
+        """
+        first, second = sorted((note(kind=10002, content=c) for c in "ab"), key=lambda e: e.id)
+        for order in ([first, second], [second, first]):
+            store = self.openStore()
+            for event in order:
+                yield store.save(event)
+            self.assertEqual((yield store.query([Filter()])), [first])
+
+    @inlineCallbacks
+    def test_replaceablePerAuthorAndKind(self) -> Any:
+        """
+        Replaceable events of different authors or kinds do not replace each
+        other.
+        """
+        store = self.openStore()
+        events = [note(kind=3), note(kind=3, key=1), note(kind=0)]
+        results = yield gatherResults([store.save(e) for e in events])
+        self.assertEqual(results, [True] * 3)
+        self.assertEqual((yield store.count([Filter()])), 3)
+
+    @inlineCallbacks
+    def test_addressable(self) -> Any:
+        """
+        An addressable event replaces the one with the same author, kind and
+        C{d} tag only.
+        """
+        store = self.openStore()
+        a1 = note(createdAt=NOW - 20, kind=30023, tags=[["d", "a"]])
+        b1 = note(createdAt=NOW - 20, kind=30023, tags=[["d", "b"]])
+        a2 = note(createdAt=NOW - 10, kind=30023, tags=[["d", "a"]])
+        noD = note(createdAt=NOW - 20, kind=30023)
+        emptyD = note(createdAt=NOW - 10, kind=30023, tags=[["d", ""]])
+        for event in (a1, b1, a2, noD, emptyD):
+            yield store.save(event)
+        result = yield store.query([Filter()])
+        self.assertEqual({e.id for e in result}, {b1.id, a2.id, emptyD.id})
+
+    @inlineCallbacks
+    def test_ephemeral(self) -> Any:
+        """
+        Ephemeral events are never stored.
+        """
+        store = self.openStore()
+        self.assertFalse((yield store.save(note(kind=20001))))
+        self.assertEqual((yield store.count([Filter()])), 0)
+
+
+class DeletionTests(StoreTestMixin, TestCase):
+    """
+    NIP-09 deletion requests.
+    """
+
+    @inlineCallbacks
+    def test_deleteById(self) -> Any:
+        """
+        A deletion request deletes its author's events named in C{e} tags,
+        not other authors' events, and is itself kept.
+        """
+        store = self.openStore()
+        mine, theirs = note(content="m"), note(content="t", key=1)
+        yield gatherResults([store.save(mine), store.save(theirs)])
+        request = note(kind=5, tags=[["e", mine.id], ["e", theirs.id], ["k", "1"]])
+        self.assertTrue((yield store.save(request)))
+        result = yield store.query([Filter()])
+        self.assertEqual({e.id for e in result}, {theirs.id, request.id})
+
+    @inlineCallbacks
+    def test_refuseDeletedLater(self) -> Any:
+        """
+        An event arriving after its author's deletion request is refused; the
+        same id by another author's request is not.
+        """
+        store = self.openStore()
+        mine, theirs = note(content="m"), note(content="t", key=1)
+        yield store.save(note(kind=5, tags=[["e", mine.id], ["e", theirs.id]]))
+        self.assertFalse((yield store.save(mine)))
+        self.assertTrue((yield store.save(theirs)))
+
+    @inlineCallbacks
+    def test_deleteByAddress(self) -> Any:
+        """
+        An C{a} tag deletes the versions of its author's addressable event up
+        to the request's C{created_at}, and refuses them later; a newer
+        version is accepted.
+        """
+        store = self.openStore()
+        address = f"30023:{PUBKEYS[0]}:post"
+        old = note(createdAt=NOW - 30, kind=30023, tags=[["d", "post"]])
+        other = note(createdAt=NOW - 30, kind=30023, tags=[["d", "other"]])
+        yield gatherResults([store.save(old), store.save(other)])
+        yield store.save(note(createdAt=NOW - 20, kind=5, tags=[["a", address]]))
+        stored = yield store.query([Filter(kinds=frozenset([30023]))])
+        self.assertEqual(stored, [other])
+        self.assertFalse(
+            (
+                yield store.save(
+                    note(createdAt=NOW - 25, kind=30023, tags=[["d", "post"]], content="x")
+                )
+            )
+        )
+        newer = note(createdAt=NOW - 10, kind=30023, tags=[["d", "post"]])
+        self.assertTrue((yield store.save(newer)))
+
+    @inlineCallbacks
+    def test_deleteReplaceableByAddress(self) -> Any:
+        """
+        An C{a} tag with an empty C{d} part deletes a replaceable event.
+        """
+        store = self.openStore()
+        yield store.save(note(createdAt=NOW - 30, kind=0))
+        yield store.save(note(createdAt=NOW - 20, kind=5, tags=[["a", f"0:{PUBKEYS[0]}:"]]))
+        self.assertEqual((yield store.count([Filter(kinds=frozenset([0]))])), 0)
+
+    @inlineCallbacks
+    def test_otherAuthorsAddress(self) -> Any:
+        """
+        An C{a} tag naming another author's address deletes nothing.
+        """
+        store = self.openStore()
+        theirs = note(createdAt=NOW - 30, kind=0, key=1)
+        yield store.save(theirs)
+        yield store.save(note(createdAt=NOW - 20, kind=5, tags=[["a", f"0:{PUBKEYS[1]}:"]]))
+        self.assertEqual((yield store.query([Filter(kinds=frozenset([0]))])), [theirs])
+
+    @inlineCallbacks
+    def test_deletingADeletion(self) -> Any:
+        """
+        A deletion request for a deletion request has no effect.
+        """
+        store = self.openStore()
+        first = note(kind=5, tags=[["e", "0" * 64]])
+        yield store.save(first)
+        yield store.save(note(kind=5, content="again", tags=[["e", first.id]]))
+        self.assertEqual((yield store.count([Filter(kinds=frozenset([5]))])), 2)
+
+
+class ExpirationTests(StoreTestMixin, TestCase):
+    """
+    NIP-40 expiration.
+    """
+
+    @inlineCallbacks
+    def test_refuseExpired(self) -> Any:
+        """
+        An event already expired is refused.
+        """
+        store = self.openStore()
+        self.assertFalse((yield store.save(note(tags=[["expiration", str(NOW)]]))))
+        self.assertEqual((yield store.count([Filter()])), 0)
+
+    @inlineCallbacks
+    def test_hideExpired(self) -> Any:
+        """
+        An event that expires after it was stored is no longer returned or
+        counted.
+        """
+        clock = FakeWallClock()
+        store = self.openStore(clock=clock)
+        event = note(tags=[["expiration", str(NOW + 10)]])
+        self.assertTrue((yield store.save(event)))
+        self.assertEqual((yield store.query([Filter()])), [event])
+        clock.now = NOW + 10
+        self.assertEqual((yield store.query([Filter()])), [])
+        self.assertEqual((yield store.count([Filter()])), 0)
+
+    @inlineCallbacks
+    def test_purgeExpired(self) -> Any:
+        """
+        Expired events are deleted from the database at the next write.
+        """
+        clock = FakeWallClock()
+        store = self.openStore(clock=clock)
+        yield store.save(note(tags=[["expiration", str(NOW + 10)]]))
+        clock.now = NOW + 11
+        yield store.save(note(content="later"))
+        connection = sqlite3.connect(store.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(connection.execute("SELECT count(*) FROM events").fetchone()[0], 1)
+
+
+class BoundTests(StoreTestMixin, TestCase):
+    """
+    Bounds on the stored events and on waiting calls.
+    """
+
+    @inlineCallbacks
+    def test_maxEvents(self) -> Any:
+        """
+        Past C{maxEvents}, the oldest regular events are evicted, and
+        replaceable ones are kept.
+        """
+        store = self.openStore(maxEvents=3)
+        profile = note(createdAt=NOW - 1000, kind=0)
+        notes = [note(createdAt=NOW - 100 + i, content=str(i)) for i in range(4)]
+        yield store.save(profile)
+        for event in notes:
+            yield store.save(event)
+        result = yield store.query([Filter()])
+        self.assertEqual(result, [notes[3], notes[2], profile])
+
+    @inlineCallbacks
+    def test_maxEventsOnlyReplaceable(self) -> Any:
+        """
+        When only replaceable events are left, the oldest of them are
+        evicted.
+        """
+        store = self.openStore(maxEvents=1)
+        old, new = note(createdAt=NOW - 10, kind=0), note(createdAt=NOW - 5, kind=3)
+        yield store.save(old)
+        yield store.save(new)
+        self.assertEqual((yield store.query([Filter()])), [new])
+
+    @inlineCallbacks
+    def test_maxBytes(self) -> Any:
+        """
+        Past C{maxBytes} of used pages, the oldest events are evicted until
+        the database fits.
+        """
+        maxBytes = 256 * 1024
+        store = self.openStore(maxBytes=maxBytes)
+        events = [note(createdAt=NOW - 1000 + i, content=str(i) * 2000) for i in range(10)]
+        for _ in range(15):
+            yield gatherResults([store.save(e) for e in events])
+            events = [note(createdAt=e.createdAt + 10, content=e.content) for e in events]
+        stored = yield store.query([Filter()])
+        self.assertTrue(0 < len(stored) < 150)
+        self.assertEqual(stored[0].createdAt, events[-1].createdAt - 10)
+        connection = sqlite3.connect(store.path)
+        self.addCleanup(connection.close)
+        pages, free, size = (
+            connection.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("page_count", "freelist_count", "page_size")
+        )
+        self.assertLessEqual((pages - free) * size, maxBytes)
+
+    def test_maxPending(self) -> Deferred[list[bool]]:
+        """
+        Past C{maxPending} waiting calls, a call fails at once with
+        L{QueueFull}.
+        """
+        store = self.openStore(maxPending=2)
+        waiting = [store.save(note(content=str(i))) for i in range(2)]
+        self.failureResultOf(store.save(note(content="x")), QueueFull)
+        self.failureResultOf(store.query([Filter()]), QueueFull)
+        return gatherResults(waiting)
+
+
+class LifecycleTests(StoreTestMixin, TestCase):
+    """
+    Opening, migrating and closing.
+    """
+
+    def test_newDatabase(self) -> None:
+        """
+        A new database gets the current schema version, in WAL mode.
+        """
+        store = self.openStore()
+        connection = sqlite3.connect(store.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(schemaVersion(connection), SCHEMA_VERSION)
+        self.assertEqual(connection.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+
+    @inlineCallbacks
+    def test_migrateFromVersion1(self) -> Any:
+        """
+        A version-1 database (events only) is migrated when opened: its
+        events are kept and the outbox works.
+        """
+        path = self.mktemp()
+        event = note()
+        connection = sqlite3.connect(path, isolation_level=None)
+        migrate(connection, target=1)
+        connection.execute(
+            "INSERT INTO events (id, pubkey, kind, created_at, raw) VALUES (?, ?, ?, ?, ?)",
+            (event.id, event.pubkey, event.kind, event.createdAt, event.toJSON()),
+        )
+        connection.execute("INSERT INTO tags VALUES (?, ?, ?, ?)", (1, "t", "x", event.createdAt))
+        connection.close()
+        store = self.openStore(path)
+        self.assertEqual((yield store.query([Filter(tags=(("t", frozenset("x")),))])), [event])
+        yield store.enqueue(event, ["ws://relay"])
+        self.assertEqual(len((yield store.pending())), 1)
+        connection = sqlite3.connect(path)
+        self.addCleanup(connection.close)
+        self.assertEqual(schemaVersion(connection), SCHEMA_VERSION)
+
+    def test_newerVersion(self) -> None:
+        """
+        A database with a newer schema version than this relaypool knows
+        raises L{SchemaVersionError} saying so.
+        """
+        path = self.mktemp()
+        connection = sqlite3.connect(path)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        connection.close()
+        error = self.assertRaises(SchemaVersionError, SQLiteEventStore, path)
+        self.assertIn(f"schema version {SCHEMA_VERSION + 1}", str(error))
+
+    def test_unopenable(self) -> None:
+        """
+        A path that cannot be opened raises L{StoreError}.
+        """
+        path = os.path.join(self.mktemp(), "missing", "store.db")
+        self.assertRaises(StoreError, SQLiteEventStore, path)
+
+    @inlineCallbacks
+    def test_closed(self) -> Any:
+        """
+        After C{close}, calls fail with L{StoreError}; closing again fires
+        too.
+        """
+        store = self.openStore()
+        saved = store.save(note())
+        yield store.close()
+        self.assertTrue(self.successResultOf(saved))
+        self.failureResultOf(store.save(note(content="late")), StoreError)
+        self.failureResultOf(store.query([Filter()]), StoreError)
+        yield store.close()
+
+
+class PumpedReactor:
+    """
+    An C{IReactorFromThreads} whose calls run when a test waits on a
+    Deferred, so that store calls can be made synchronously.
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[..., object], tuple[object, ...]]] = (
+            queue.SimpleQueue()
+        )
+
+    def callFromThread(self, f: Callable[..., object], *args: object) -> None:
+        self._calls.put((f, args))
+
+    def wait(self, d: Deferred[_T], timeout: float = 10.0) -> _T:
+        """
+        Run calls from the store's threads until C{d} fires.
+        """
+        results: list[object] = []
+        d.addBoth(results.append)
+        deadline = time.monotonic() + timeout
+        while not results:
+            f, args = self._calls.get(timeout=max(0.0, deadline - time.monotonic()))
+            f(*args)
+        result = results[0]
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result  # type: ignore[return-value]
+
+
+def _kept(events: list[Event]) -> list[Event]:
+    """
+    The events a NIP-01 relay keeps of C{events}.
+    """
+    regular: dict[str, Event] = {}
+    latest: dict[tuple[str, int, str], Event] = {}
+    for event in events:
+        if isReplaceable(event.kind) or isAddressable(event.kind):
+            key = (event.pubkey, event.kind, event.dTag() if isAddressable(event.kind) else "")
+            current = latest.get(key)
+            if current is None or (event.createdAt, current.id) > (current.createdAt, event.id):
+                latest[key] = event
+        else:
+            regular[event.id] = event
+    return list(regular.values()) + list(latest.values())
+
+
+def _reference(stored: list[Event], filters: list[Filter]) -> list[str]:
+    found: dict[str, Event] = {}
+    for f in filters:
+        matches = sorted((e for e in stored if f.matches(e)), key=lambda e: (-e.createdAt, e.id))
+        if f.limit is not None:
+            matches = matches[: f.limit]
+        found.update((e.id, e) for e in matches)
+    return [e.id for e in sorted(found.values(), key=lambda e: (-e.createdAt, e.id))]
+
+
+_TAG_VALUES = {"e": ["a" * 64, "b" * 64], "p": PUBKEYS[:2], "t": ["x", "y", "z"]}
+
+_eventSpecs = st.tuples(
+    st.integers(0, 1),
+    st.integers(NOW - 2, NOW),
+    st.sampled_from([1, 7, 0, 3, 10002, 30023, 30078]),
+    st.sampled_from(["", "a", "b"]),
+    st.lists(
+        st.sampled_from(sorted(_TAG_VALUES)).flatmap(
+            lambda n: st.sampled_from(_TAG_VALUES[n]).map(lambda v: [n, v])
+        ),
+        max_size=3,
+    ),
+)
+
+# Each event gets its position as content, so that every one is distinct.
+_events = st.lists(_eventSpecs, min_size=1, max_size=30).map(
+    lambda specs: [
+        note(
+            key=key,
+            createdAt=createdAt,
+            kind=kind,
+            content=str(i),
+            tags=([["d", d]] if isAddressable(kind) else []) + tags,
+        )
+        for i, (key, createdAt, kind, d, tags) in enumerate(specs)
+    ]
+)
+
+
+def _maybeSet(values: Sequence[_T]) -> st.SearchStrategy[frozenset[_T] | None]:
+    return st.none() | st.frozensets(st.sampled_from(values), min_size=1, max_size=3)
+
+
+_filters = st.builds(
+    Filter,
+    authors=_maybeSet(PUBKEYS),
+    kinds=_maybeSet([1, 7, 0, 3, 10002, 30023, 30078]),
+    tags=st.lists(
+        st.sampled_from(sorted(_TAG_VALUES)).flatmap(
+            lambda n: st.frozensets(st.sampled_from(_TAG_VALUES[n]), min_size=1).map(
+                lambda v: (n, v)
+            )
+        ),
+        max_size=2,
+        unique_by=lambda c: c[0],
+    ).map(tuple),
+    since=st.none() | st.integers(NOW - 5, NOW),
+    until=st.none() | st.integers(NOW - 5, NOW),
+    limit=st.none() | st.integers(0, 6),
+)
+
+
+class ReferenceTests(SynchronousTestCase):
+    """
+    Queries against a reference implementation over generated events.
+    """
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        events=_events,
+        filters=st.lists(_filters, min_size=1, max_size=3),
+    )
+    def test_matchesReference(self, events: list[Event], filters: list[Filter]) -> None:
+        """
+        C{query} returns the ids, in order, that L{Filter.matches}, NIP-01
+        replacement, ordering and limits give; C{count} agrees with it when
+        no filter has a limit.
+        """
+        pumped = PumpedReactor()
+        store = SQLiteEventStore(
+            self.mktemp(),
+            reactor=pumped,
+            clock=FakeWallClock(),  # type: ignore[arg-type]
+        )
+        try:
+            for event in events:
+                pumped.wait(store.save(event))
+            stored = _kept(events)
+            result = pumped.wait(store.query(filters))
+            self.assertEqual([e.id for e in result], _reference(stored, filters))
+            unlimited = [f.withLimit(None) for f in filters]
+            self.assertEqual(
+                pumped.wait(store.count(unlimited)), len(_reference(stored, unlimited))
+            )
+        finally:
+            pumped.wait(store.close())
