@@ -1,0 +1,432 @@
+"""
+The gateway service: the relay facade, its connection registry and its HTTP
+pages (NIP-11, C{/stats}, C{/metrics}) on one listening port.
+"""
+
+# twisted.application.service and serverFromString have no annotations.
+# mypy: allow-untyped-calls
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaypool import __version__
+from relaypool.gateway.http import GatewayResource, makeSite
+from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
+from relaypool.gateway.prometheus import MetricFamily, render
+from relaypool.gateway.protocol import GatewayFactory, RelayFacade
+from relaypool.gateway.registry import ConnectionRegistry
+from relaypool.nostr.nip11 import Limitation, RelayInformation
+
+_log = Logger()
+
+DEFAULT_DESCRIPTION = "A Nostr relay pool: one connection to many relays."
+
+
+def _counter(name: str, help: str, value: float) -> MetricFamily:
+    return MetricFamily(name, "counter", help, [({}, value)])
+
+
+def _gauge(name: str, help: str, value: float) -> MetricFamily:
+    return MetricFamily(name, "gauge", help, [({}, value)])
+
+
+class Gateway(service.MultiService):
+    """
+    A NIP-01 relay endpoint for downstream clients, backed by a
+    L{relaypool.relaypool.RelayPool} and/or an event store.
+
+    @ivar registry: the L{ConnectionRegistry} of downstream connections (a
+        child service).
+    @ivar facade: the L{RelayFacade} handling their messages.
+    @ivar factory: the L{GatewayFactory} (WebSocket options, per-IP counts).
+    @ivar port: the listening port once listening, else L{None}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any = None,
+        pool: Any = None,
+        listen: str = "tcp:7777:interface=127.0.0.1",
+        limits: GatewayLimits = DEFAULT_LIMITS,
+        store: Any = None,
+        outbox: Any = None,
+        quorum: int = 1,
+        okPolicy: str = "quorum",
+        authRequired: bool = False,
+        relayURL: str | None = None,
+        name: str = "relaypool",
+        description: str = DEFAULT_DESCRIPTION,
+        closeTimeout: float = 5.0,
+    ) -> None:
+        """
+        @param reactor: the reactor; the global one if L{None}.
+        @param pool: the L{relaypool.relaypool.RelayPool}, or L{None} to serve
+            C{store} alone (the gateway is then a plain relay).
+        @param listen: a Twisted server endpoint string.
+        @param store: an L{relaypool.interfaces.IEventStore}: C{REQ}s are
+            answered from it first, and accepted events saved to it.
+        @param outbox: an L{relaypool.outbox.OutboxPublisher}: accepted
+            events are published through it (durably) instead of directly.
+        @param quorum: upstream acceptances an C{OK true} needs under the
+            C{"quorum"} policy.
+        @param okPolicy: C{"quorum"} or C{"local"} (C{OK true} once the store
+            committed the event; always so without a pool).
+        @param authRequired: require NIP-42 authentication.
+        @param relayURL: the gateway's public URL, that NIP-42
+            authentication events must name.
+        @param name: the NIP-11 name.
+        @param description: the NIP-11 description.
+        @param closeTimeout: seconds connections get to finish their close
+            handshake when the gateway stops, before they are aborted.
+        @raise ValueError: for an C{okPolicy} that cannot work with the given
+            pool and store.
+        """
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._reactor = reactor
+        self._pool = pool
+        self._store = store
+        self._outbox = outbox
+        self._listen = listen
+        self._name = name
+        self._description = description
+        self.limits = limits
+        self.registry = ConnectionRegistry(
+            reactor, limits.maxPendingBytes, limits.pingInterval, limits.maxIdle, closeTimeout
+        )
+        self.registry.setServiceParent(self)
+        self.facade = RelayFacade(
+            self.registry,
+            pool,
+            store,
+            outbox,
+            limits,
+            quorum,
+            okPolicy,
+            authRequired,
+            relayURL,
+            reactor,
+        )
+        self.factory = GatewayFactory(self.registry, self.facade)
+        self.site = makeSite(
+            GatewayResource(self.factory, self.information, self.stats, self.metrics),
+            reactor=reactor,
+        )
+        self.port: IListeningPort | None = None
+        self._listening: Deferred[IListeningPort] | None = None
+
+    def supportedNIPs(self) -> tuple[int, ...]:
+        """
+        @return: the NIPs this gateway implements: NIP-09 deletions only
+            with a store (which applies them).
+        """
+        nips = [1, 11, 40, 42, 45]
+        if self._store is not None:
+            nips.append(9)
+        return tuple(sorted(nips))
+
+    def information(self) -> dict[str, Any]:
+        """
+        @return: the gateway's NIP-11 relay information document.
+        """
+        limits = self.limits
+        return RelayInformation(
+            name=self._name,
+            description=self._description,
+            supportedNips=self.supportedNIPs(),
+            software="https://github.com/relaypool/relaypool",
+            version=__version__,
+            limitation=Limitation(
+                maxMessageLength=limits.maxMessageSize,
+                maxSubscriptions=limits.maxSubscriptions,
+                maxFilters=limits.maxFilters,
+                maxLimit=limits.maxLimit,
+                maxSubidLength=limits.maxSubscriptionIdLength,
+                defaultLimit=limits.maxLimit,
+                authRequired=self.facade.authRequired,
+            ),
+        ).toDict()
+
+    # --- service ------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen on the endpoint (before C{twistd} drops privileges, so that a
+        port below 1024 works).
+        """
+        super().privilegedStartService()
+        self._startListening()
+
+    def startService(self) -> None:
+        """
+        Start the registry's sweep, and listen on the endpoint if not yet
+        listening.
+        """
+        super().startService()
+        self._startListening()
+
+    def _startListening(self) -> None:
+        if self._listening is None:
+            endpoint = serverFromString(self._reactor, self._listen)
+            self._listening = endpoint.listen(self.site)
+            self._listening.addCallback(self._listened)
+
+    def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        return port
+
+    def whenListening(self) -> Deferred[IListeningPort]:
+        """
+        @return: a Deferred firing with the listening port (failing if the
+            gateway could not listen).
+        """
+        if self._listening is None:
+            raise RuntimeError("the gateway has not been started")
+        d: Deferred[IListeningPort] = Deferred()
+
+        def passOn(result: IListeningPort | Failure) -> IListeningPort | Failure:
+            if isinstance(result, Failure):
+                d.errback(result)
+                return None  # type: ignore[return-value]
+            d.callback(result)
+            return result
+
+        self._listening.addBoth(passOn)
+        return d
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Refuse new handshakes, close every upstream subscription, close
+        every connection with a close handshake (aborting those that take
+        longer than C{closeTimeout}), then stop listening.
+        """
+        self.factory.accepting = False
+        self.facade.close()
+        d: Deferred[None] = super().stopService()
+
+        def stopListening(_: object) -> Deferred[None]:
+            port, self.port = self.port, None
+            self._listening = None
+            if port is None:
+                return succeed(None)
+            stopped: Deferred[None] = port.stopListening()  # type: ignore[assignment]
+            return stopped
+
+        return d.addCallback(stopListening)
+
+    # --- statistics ---------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """
+        @return: the C{/stats} document: the registry's and the facade's
+            figures, the pool's totals and each relay's state, and the
+            outbox's retries in flight.
+        """
+        document: dict[str, Any] = {
+            "registry": asdict(self.registry.stats()),
+            "gateway": asdict(self.facade.stats()),
+        }
+        if self._pool is not None:
+            document["pool"] = asdict(self._pool.totals())
+            document["relays"] = {url: asdict(stats) for url, stats in self._pool.stats().items()}
+        if self._outbox is not None:
+            document["outbox"] = {"retrying": self._outbox.retrying()}
+        return document
+
+    def metrics(self) -> str:
+        """
+        @return: the C{/metrics} page, in the Prometheus text format.
+        """
+        return render(self._metricFamilies())
+
+    def _metricFamilies(self) -> list[MetricFamily]:
+        registry = self.registry.stats()
+        facade = self.facade.stats()
+        families = [
+            _gauge(
+                "relaypool_gateway_connections",
+                "Open downstream connections.",
+                registry.connections,
+            ),
+            _gauge("relaypool_gateway_rooms", "Registry rooms with members.", registry.rooms),
+            _gauge(
+                "relaypool_gateway_shared_subscriptions",
+                "Upstream subscriptions shared by downstream clients.",
+                facade.sharedSubscriptions,
+            ),
+            _gauge(
+                "relaypool_gateway_subscriptions",
+                "Downstream subscriptions.",
+                facade.subscriptions,
+            ),
+            _gauge(
+                "relaypool_gateway_bytes_pending",
+                "Bytes written to connections with a full write buffer.",
+                registry.bytesPending,
+            ),
+            _counter(
+                "relaypool_gateway_evicted_slow_total",
+                "Connections evicted for being too slow to read.",
+                registry.evictedSlow,
+            ),
+            _counter(
+                "relaypool_gateway_reaped_idle_total",
+                "Connections closed for being idle.",
+                registry.reapedIdle,
+            ),
+            _counter(
+                "relaypool_gateway_frames_sent_total",
+                "Frames written to downstream connections.",
+                registry.framesSent,
+            ),
+            _counter(
+                "relaypool_gateway_events_published_total",
+                "EVENT messages received from downstream clients.",
+                facade.eventsPublished,
+            ),
+            _counter(
+                "relaypool_gateway_events_invalid_total",
+                "EVENT messages refused as invalid.",
+                facade.eventsInvalid,
+            ),
+            _counter(
+                "relaypool_gateway_events_delivered_total",
+                "Events delivered to shared subscriptions.",
+                facade.eventsDelivered,
+            ),
+            MetricFamily(
+                "relaypool_gateway_ok_total",
+                "counter",
+                "OK answers sent to downstream clients.",
+                [
+                    ({"accepted": "true"}, facade.okAccepted),
+                    ({"accepted": "false"}, facade.okRejected),
+                ],
+            ),
+            _counter(
+                "relaypool_gateway_rate_limited_total",
+                "Messages refused with rate-limited.",
+                facade.rateLimited,
+            ),
+            _counter(
+                "relaypool_gateway_denied_connections_total",
+                "WebSocket handshakes refused.",
+                facade.deniedConnections,
+            ),
+        ]
+        if self._pool is not None:
+            families += self._poolFamilies()
+        if self._outbox is not None:
+            families.append(
+                _gauge(
+                    "relaypool_outbox_retrying",
+                    "Outbox retry publishes in flight.",
+                    self._outbox.retrying(),
+                )
+            )
+        return families
+
+    def _poolFamilies(self) -> list[MetricFamily]:
+        totals = self._pool.totals()
+        relays = sorted(self._pool.stats().values(), key=lambda stats: stats.url)
+
+        def perRelay(name: str, kind: str, help: str, attribute: str) -> MetricFamily:
+            return MetricFamily(
+                name,
+                kind,  # type: ignore[arg-type]
+                help,
+                [({"relay": r.url}, float(getattr(r, attribute))) for r in relays],
+            )
+
+        return [
+            _gauge("relaypool_pool_relays", "Relays in the pool.", totals.relays),
+            _gauge(
+                "relaypool_pool_active_relays",
+                "Relays with an open connection.",
+                totals.activeRelays,
+            ),
+            _gauge("relaypool_pool_subscriptions", "Upstream subscriptions.", totals.subscriptions),
+            _counter(
+                "relaypool_pool_events_received_total",
+                "Events received from relays.",
+                totals.eventsReceived,
+            ),
+            _counter(
+                "relaypool_pool_events_unique_total", "Unique verified events.", totals.eventsUnique
+            ),
+            _counter(
+                "relaypool_pool_events_invalid_total",
+                "Events that failed verification.",
+                totals.eventsInvalid,
+            ),
+            _counter("relaypool_pool_ok_accepted_total", "OK true from relays.", totals.okAccepted),
+            _counter(
+                "relaypool_pool_ok_rejected_total", "OK false from relays.", totals.okRejected
+            ),
+            _gauge(
+                "relaypool_pool_inbound_queued",
+                "Messages waiting in the recv queue.",
+                totals.inboundQueued,
+            ),
+            _gauge(
+                "relaypool_pool_outbound_queued",
+                "Messages waiting to be sent to relays.",
+                totals.outboundQueued,
+            ),
+            _counter(
+                "relaypool_pool_outbound_dropped_total",
+                "Messages dropped from full outbound queues.",
+                totals.outboundDropped,
+            ),
+            MetricFamily(
+                "relaypool_relay_up",
+                "gauge",
+                "1 if the relay has an open connection.",
+                [({"relay": r.url}, 1.0 if r.state == "open" else 0.0) for r in relays],
+            ),
+            perRelay(
+                "relaypool_relay_health_score", "gauge", "Relay health score, 0-100.", "healthScore"
+            ),
+            perRelay(
+                "relaypool_relay_reconnects_total", "counter", "Relay reconnections.", "reconnects"
+            ),
+            perRelay(
+                "relaypool_relay_events_received_total",
+                "counter",
+                "Events received from the relay.",
+                "eventsReceived",
+            ),
+            perRelay(
+                "relaypool_relay_events_unique_total",
+                "counter",
+                "Unique events first received from the relay.",
+                "eventsUnique",
+            ),
+            perRelay(
+                "relaypool_relay_events_invalid_total",
+                "counter",
+                "Invalid events from the relay.",
+                "eventsInvalid",
+            ),
+            perRelay(
+                "relaypool_relay_outbound_queued",
+                "gauge",
+                "Messages waiting to be sent to the relay.",
+                "outboundQueued",
+            ),
+        ]
+
+
+__all__ = ["DEFAULT_DESCRIPTION", "Gateway"]

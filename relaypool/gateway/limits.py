@@ -1,0 +1,127 @@
+"""
+The gateway's per-connection limits and the token bucket that enforces its
+rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from relaypool.errors import ConfigError
+from relaypool.nostr.messages import MAX_SUBSCRIPTION_ID_LENGTH
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayLimits:
+    """
+    What one downstream connection may do, and the bounds of the gateway's
+    buffers. Every value must be positive.
+
+    @ivar maxSubscriptions: open subscriptions per connection; a C{REQ} for
+        one more is answered C{CLOSED "blocked: ..."}.
+    @ivar maxFilters: filters per C{REQ} or C{COUNT}; more are answered
+        C{CLOSED "invalid: ..."}.
+    @ivar maxLimit: the largest C{limit} of a filter: a larger one is
+        lowered to it, and a filter without one gets it, so that no request
+        loads more than this many stored events per filter.
+    @ivar maxMessageSize: the largest message a client may send, in bytes; a
+        larger one is answered with a C{NOTICE} and ignored. Autobahn is told
+        to fail the connection (close code 1009) for messages over twice this
+        size, before it buffers them.
+    @ivar eventsPerSecond: the sustained rate of C{EVENT} messages per
+        connection; one over the rate is answered C{OK false
+        "rate-limited: ..."}.
+    @ivar eventBurst: how many C{EVENT} messages a connection may send at
+        once after being quiet.
+    @ivar reqsPerSecond: the sustained rate of C{REQ} and C{COUNT} messages
+        per connection; one over the rate is answered C{CLOSED
+        "rate-limited: ..."}.
+    @ivar reqBurst: how many C{REQ}/C{COUNT} a connection may send at once.
+    @ivar maxConnectionsPerIP: open connections from one IP address; the
+        WebSocket handshake of one more is refused with HTTP 429.
+    @ivar maxSubscriptionIdLength: the longest subscription id, in
+        characters; at most 64, NIP-01's bound.
+    @ivar maxPendingBytes: the slow-client ceiling: bytes written to a
+        connection whose transport buffer is full before it is evicted (see
+        L{relaypool.gateway.registry.ConnectionRegistry}).
+    @ivar pingInterval: seconds between two pings of every connection.
+    @ivar maxIdle: seconds without a frame from a client after which it is
+        closed.
+    @ivar maxCatchUpEvents: live events held for one subscription while its
+        stored events load; one more closes the subscription with C{CLOSED
+        "error: ..."}.
+    """
+
+    maxSubscriptions: int = 20
+    maxFilters: int = 10
+    maxLimit: int = 500
+    maxMessageSize: int = 128 * 1024
+    eventsPerSecond: float = 10.0
+    eventBurst: int = 20
+    reqsPerSecond: float = 20.0
+    reqBurst: int = 40
+    maxConnectionsPerIP: int = 50
+    maxSubscriptionIdLength: int = 64
+    maxPendingBytes: int = 1 << 20
+    pingInterval: float = 30.0
+    maxIdle: float = 90.0
+    maxCatchUpEvents: int = 1000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f.name, f"must be a positive number, got {value!r}")
+            if f.type == "int" and not isinstance(value, int):
+                raise ConfigError(f.name, f"must be a positive integer, got {value!r}")
+        if self.maxSubscriptionIdLength > MAX_SUBSCRIPTION_ID_LENGTH:
+            raise ConfigError(
+                "maxSubscriptionIdLength",
+                f"must be at most {MAX_SUBSCRIPTION_ID_LENGTH} (NIP-01), "
+                f"got {self.maxSubscriptionIdLength}",
+            )
+
+
+DEFAULT_LIMITS = GatewayLimits()
+"""
+The default L{GatewayLimits}.
+"""
+
+
+class TokenBucket:
+    """
+    A token bucket refilled lazily from a clock: no timer runs, the tokens
+    earned since the last call are added when a token is taken.
+    """
+
+    __slots__ = ("_burst", "_clock", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: float, clock: Any) -> None:
+        """
+        @param rate: tokens earned per second.
+        @param burst: the most tokens the bucket holds; it starts full.
+        @param clock: an L{IReactorTime}.
+        """
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last: float = clock.seconds()
+
+    def take(self) -> bool:
+        """
+        Take one token.
+
+        @return: C{False} if the bucket is empty (nothing is taken).
+        """
+        now = self._clock.seconds()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+__all__ = ["DEFAULT_LIMITS", "GatewayLimits", "TokenBucket"]

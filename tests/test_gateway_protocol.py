@@ -1,0 +1,1233 @@
+"""
+Tests for the gateway (L{relaypool.gateway.gateway.Gateway} and its relay
+facade, L{relaypool.gateway.protocol}), driven by real WebSocket clients on
+127.0.0.1 against fake relays from L{relaypool.testing}.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import HTTPConnectionPool
+
+from relaypool.gateway.gateway import Gateway
+from relaypool.gateway.limits import GatewayLimits
+from relaypool.gateway.protocol import RECENT_IDS, RelayFacade
+from relaypool.names import StaticNameService
+from relaypool.nostr.event import Event, generatePrivateKey
+from relaypool.nostr.filter import Filter, filtersKey
+from relaypool.nostr.messages import ClientEvent, ClientReq
+from relaypool.outbox import OutboxPublisher
+from relaypool.relaypool import RelayPool
+from relaypool.store import SQLiteEventStore
+from relaypool.testing import FakeRelay, forgeSignature, makeEvent
+from tests.wsclient import NostrClient
+
+TIMEOUT = 5.0
+
+
+def eventDict(event: Event) -> dict[str, Any]:
+    return event.toDict()
+
+
+@inlineCallbacks
+def waitUntil(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> Any:
+    """
+    Poll C{predicate} every 10 ms until it holds; fail after C{timeout}.
+    """
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        yield deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("condition not reached in time")
+
+
+class GatewayTestCase(TestCase):
+    """
+    Fixtures: fake relays, a relay pool over them, a gateway on a free port,
+    and test clients; everything is stopped at the end of each test.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def startRelays(self, count: int = 1) -> Any:
+        relays = []
+        for _ in range(count):
+            relay = FakeRelay(reactor)
+            yield relay.start()
+            self.addCleanup(relay.stop, True)
+            relays.append(relay)
+        return relays
+
+    @inlineCallbacks
+    def startPool(self, relays: list[FakeRelay], **kwargs: Any) -> Any:
+        kwargs.setdefault("eoseTimeout", 2.0)
+        kwargs.setdefault("publishTimeout", 2.0)
+        pool = RelayPool(
+            reactor,
+            nameService=StaticNameService(),
+            fetchInformation=False,
+            **kwargs,
+        )
+        for relay in relays:
+            pool.addRelay(relay.url)
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        yield waitUntil(lambda: len(pool.activeRelayURLs()) == len(relays))
+        return pool
+
+    def openStore(self) -> SQLiteEventStore:
+        store = SQLiteEventStore(self.mktemp() + ".db", reactor)
+        self.addCleanup(store.close)
+        return store
+
+    @inlineCallbacks
+    def startGateway(self, pool: Any = None, **kwargs: Any) -> Any:
+        gateway = Gateway(reactor, pool, "tcp:0:interface=127.0.0.1", **kwargs)
+        gateway.startService()
+        self.addCleanup(self._stopGateway, gateway)
+        yield gateway.whenListening()
+        return gateway
+
+    def _stopGateway(self, gateway: Gateway) -> Deferred[None] | None:
+        if gateway.running:
+            return gateway.stopService()
+        return None
+
+    @inlineCallbacks
+    def connect(self, gateway: Gateway, **kwargs: Any) -> Any:
+        assert gateway.port is not None
+        client = NostrClient(reactor, TIMEOUT)
+        yield client.connect(gateway.port.getHost().port, **kwargs)
+        self.addCleanup(client.close)
+        return client
+
+    @inlineCallbacks
+    def relayAndGateway(self, relays: int = 1, **kwargs: Any) -> Any:
+        fakes = yield self.startRelays(relays)
+        pool = yield self.startPool(fakes)
+        gateway = yield self.startGateway(pool, **kwargs)
+        return fakes, pool, gateway
+
+    @inlineCallbacks
+    def sync(self, client: NostrClient) -> Any:
+        """
+        Wait until the gateway handled everything C{client} sent before and
+        the frames it answered arrived (a malformed message's NOTICE comes
+        back after them).
+        """
+        marker = f"sync {len(client.frames)} {time.monotonic()}"
+        client.sendRaw(orjson.dumps([marker]))
+        yield client.waitFor(lambda f: f[0] == "NOTICE" and marker[:20] in f[1])
+
+
+class SubscriptionTests(GatewayTestCase):
+    """
+    C{REQ}: stored events, EOSE once, live events; shared upstream
+    subscriptions and their cleanup.
+    """
+
+    @inlineCallbacks
+    def test_storedThenEOSEThenLive(self) -> Any:
+        """
+        A REQ gets the relay's stored events newest first, one EOSE, then
+        live events.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        old, new = makeEvent(content="old"), makeEvent(content="new")
+        relay.store(old, new)
+        client = yield self.connect(gateway)
+        client.send("REQ", "s", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "s")
+        self.assertEqual(client.eventIds("s"), [new.id, old.id])
+        live = makeEvent(content="live")
+        relay.store(live)
+        yield client.waitFor(lambda f: f[0] == "EVENT" and f[2]["id"] == live.id)
+        self.assertEqual(client.verbs("s"), ["EVENT", "EVENT", "EOSE", "EVENT"])
+
+    @inlineCallbacks
+    def test_sharedUpstream(self) -> Any:
+        """
+        Identical filter sets from two clients share one upstream
+        subscription, and both get every event once.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        stored = makeEvent()
+        relay.store(stored)
+        first = yield self.connect(gateway)
+        second = yield self.connect(gateway)
+        first.send("REQ", "a", {"kinds": [1], "limit": 10})
+        yield first.waitForVerb("EOSE", "a")
+        second.send("REQ", "b", {"limit": 10, "kinds": [1]})
+        yield second.waitForVerb("EOSE", "b")
+        yield waitUntil(lambda: relay.subscriptionCount() == 1)
+        self.assertEqual(gateway.facade.stats().sharedSubscriptions, 1)
+        live = makeEvent()
+        relay.store(live)
+        yield first.waitFor(lambda f: f[0] == "EVENT" and f[2]["id"] == live.id)
+        yield second.waitFor(lambda f: f[0] == "EVENT" and f[2]["id"] == live.id)
+        yield self.sync(first)
+        yield self.sync(second)
+        self.assertEqual(first.eventIds("a"), [stored.id, live.id])
+        self.assertEqual(second.eventIds("b"), [stored.id, live.id])
+        self.assertEqual(first.verbs("a").count("EOSE"), 1)
+        self.assertEqual(second.verbs("b").count("EOSE"), 1)
+
+    @inlineCallbacks
+    def test_sameSubscriptionIdOneRoom(self) -> Any:
+        """
+        Clients using the same subscription id for the same filters are one
+        room: each event is one frame for all of them.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        clients = []
+        for _ in range(3):
+            client = yield self.connect(gateway)
+            client.send("REQ", "feed", {"kinds": [1]})
+            yield client.waitForVerb("EOSE", "feed")
+            clients.append(client)
+        key = filtersKey([Filter(kinds=frozenset([1]), limit=500)])
+        self.assertEqual(gateway.registry.roomSize((key, "feed")), 3)
+        sentBefore = gateway.registry.stats().framesSent
+        live = makeEvent()
+        relay.store(live)
+        for client in clients:
+            yield client.waitFor(lambda f: f[0] == "EVENT" and f[2]["id"] == live.id)
+        self.assertEqual(gateway.registry.stats().framesSent - sentBefore, 3)
+        self.assertEqual(gateway.facade.stats().eventsDelivered, 1)
+
+    @inlineCallbacks
+    def test_lateJoinerNoGapNoDuplicate(self) -> Any:
+        """
+        A client joining a live shared subscription gets the stored events
+        through its own query, one EOSE, then live events, none twice.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        first = yield self.connect(gateway)
+        first.send("REQ", "a", {"kinds": [1]})
+        yield first.waitForVerb("EOSE", "a")
+        published = makeEvent()
+        relay.store(published)
+        yield first.waitFor(lambda f: f[0] == "EVENT" and f[2]["id"] == published.id)
+        late = yield self.connect(gateway)
+        late.send("REQ", "b", {"kinds": [1]})
+        yield late.waitForVerb("EOSE", "b")
+        after = makeEvent()
+        relay.store(after)
+        yield late.waitFor(lambda f: f[0] == "EVENT" and f[2]["id"] == after.id)
+        yield self.sync(late)
+        self.assertEqual(late.eventIds("b"), [published.id, after.id])
+        self.assertEqual(late.verbs("b"), ["EVENT", "EOSE", "EVENT"])
+
+    @inlineCallbacks
+    def test_closeLastMemberClosesUpstream(self) -> Any:
+        """
+        When the last member sends CLOSE, the upstream subscription closes.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        first = yield self.connect(gateway)
+        second = yield self.connect(gateway)
+        for client in (first, second):
+            client.send("REQ", "s", {"kinds": [1]})
+            yield client.waitForVerb("EOSE", "s")
+        first.send("CLOSE", "s")
+        yield self.sync(first)
+        self.assertEqual(gateway.facade.stats().sharedSubscriptions, 1)
+        second.send("CLOSE", "s")
+        yield self.sync(second)
+        self.assertEqual(gateway.facade.stats().sharedSubscriptions, 0)
+        self.assertEqual(gateway.registry.roomCount(), 0)
+        yield waitUntil(lambda: relay.subscriptionCount() == 0)
+
+    @inlineCallbacks
+    def test_disconnectLeaves(self) -> Any:
+        """
+        A client that disconnects leaves its rooms; the upstream
+        subscription closes with its last member.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        client = yield self.connect(gateway)
+        client.send("REQ", "s", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "s")
+        yield client.close()
+        yield waitUntil(lambda: gateway.registry.connectionCount() == 0)
+        self.assertEqual(gateway.facade.stats().sharedSubscriptions, 0)
+        yield waitUntil(lambda: relay.subscriptionCount() == 0)
+
+    @inlineCallbacks
+    def test_replaceSubscription(self) -> Any:
+        """
+        A REQ reusing an open subscription id replaces it: events of the old
+        filters stop.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        client = yield self.connect(gateway)
+        client.send("REQ", "s", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "s")
+        client.send("REQ", "s", {"kinds": [7]})
+        yield client.waitFor(lambda f: client.verbs("s").count("EOSE") == 2)
+        self.assertEqual(gateway.facade.stats().sharedSubscriptions, 1)
+        relay.store(makeEvent(kind=1), reaction := makeEvent(kind=7))
+        yield client.waitFor(lambda f: f[0] == "EVENT" and f[2]["id"] == reaction.id)
+        self.assertEqual(client.eventIds("s"), [reaction.id])
+
+    @inlineCallbacks
+    def test_eoseWaitsForUpstream(self) -> Any:
+        """
+        EOSE reaches a client only when the upstream subscription's EOSE
+        fired (here: the pool's EOSE timeout, the relay never sends one).
+        """
+        fakes = yield self.startRelays()
+        fakes[0].misbehaviour.neverEOSE = True
+        pool = yield self.startPool(fakes, eoseTimeout=0.3)
+        gateway = yield self.startGateway(pool)
+        stored = makeEvent()
+        fakes[0].store(stored)
+        client = yield self.connect(gateway)
+        started = time.monotonic()
+        client.send("REQ", "s", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "s")
+        self.assertGreaterEqual(time.monotonic() - started, 0.25)
+        self.assertEqual(client.verbs("s"), ["EVENT", "EOSE"])
+
+    @inlineCallbacks
+    def test_limitClamped(self) -> Any:
+        """
+        A C{limit} over C{maxLimit}, or none, is sent upstream as
+        C{maxLimit}.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway(limits=GatewayLimits(maxLimit=5))
+        client = yield self.connect(gateway)
+        client.send("REQ", "s", {"kinds": [1], "limit": 1000}, {"kinds": [2]})
+        yield client.waitForVerb("EOSE", "s")
+        (req,) = [m for m in relay.received if isinstance(m, ClientReq)]
+        self.assertEqual(sorted(f.limit for f in req.filters), [5, 5])
+
+    @inlineCallbacks
+    def test_recentIdsBounded(self) -> Any:
+        """
+        A shared subscription remembers at most L{RECENT_IDS} delivered ids.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        client = yield self.connect(gateway)
+        client.send("REQ", "s", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "s")
+        (shared,) = gateway.facade._shared.values()
+        for index in range(RECENT_IDS + 5):
+            self.assertTrue(shared.markDelivered(f"{index:064x}"))
+        self.assertEqual(len(shared.recent), RECENT_IDS)
+        self.assertFalse(shared.markDelivered(f"{RECENT_IDS + 4:064x}"))
+
+
+class PublishTests(GatewayTestCase):
+    """
+    C{EVENT}: local validation, honest C{OK} with a quorum, delivery to
+    local subscriptions.
+    """
+
+    @inlineCallbacks
+    def test_acceptedByRelay(self) -> Any:
+        """
+        A valid event accepted by the relay gets C{OK true}; the relay has
+        it.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        client = yield self.connect(gateway)
+        event = makeEvent()
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertEqual(ok, ["OK", event.id, True, ""])
+        self.assertIn(event, relay.events)
+
+    @inlineCallbacks
+    def test_invalidNeverReachesRelay(self) -> Any:
+        """
+        An event with a bad signature or a wrong id gets C{OK false
+        "invalid: ..."} and is never sent upstream.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        client = yield self.connect(gateway)
+        forged = forgeSignature(makeEvent())
+        client.send("EVENT", eventDict(forged))
+        ok = yield client.waitForVerb("OK", forged.id)
+        self.assertFalse(ok[2])
+        self.assertTrue(ok[3].startswith("invalid: "))
+        wrongId = dict(eventDict(makeEvent()), content="tampered")
+        client.send("EVENT", wrongId)
+        ok = yield client.waitForVerb("OK", wrongId["id"])
+        self.assertEqual(ok[2:], [False, "invalid: event id does not match its content"])
+        yield self.sync(client)
+        self.assertEqual([m for m in relay.received if isinstance(m, ClientEvent)], [])
+        self.assertEqual(gateway.facade.stats().eventsInvalid, 2)
+
+    @inlineCallbacks
+    def test_quorumNotReached(self) -> Any:
+        """
+        With quorum 2 and one relay rejecting, the client gets C{OK false}
+        with the relays' common prefix and reasons.
+        """
+        relays, pool, gateway = yield self.relayAndGateway(2, quorum=2)
+        relays[1].misbehaviour.rejectWith = "blocked: not welcome"
+        client = yield self.connect(gateway)
+        event = makeEvent()
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertFalse(ok[2])
+        self.assertTrue(ok[3].startswith("blocked: accepted by 1 of the 2 relays"), ok[3])
+        self.assertIn("blocked: not welcome", ok[3])
+        self.assertIn(relays[1].url, ok[3])
+
+    @inlineCallbacks
+    def test_quorumReached(self) -> Any:
+        """
+        With quorum 2 and two relays accepting, the client gets C{OK true}.
+        """
+        relays, pool, gateway = yield self.relayAndGateway(2, quorum=2)
+        client = yield self.connect(gateway)
+        event = makeEvent()
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertTrue(ok[2])
+        self.assertIn(event, relays[0].events)
+        self.assertIn(event, relays[1].events)
+
+    @inlineCallbacks
+    def test_silentRelayTimesOut(self) -> Any:
+        """
+        A relay that never answers makes the publish time out: C{OK false
+        "error: ..."}, never a fake C{OK true}.
+        """
+        fakes = yield self.startRelays()
+        fakes[0].misbehaviour.silentOK = True
+        pool = yield self.startPool(fakes, publishTimeout=0.3)
+        gateway = yield self.startGateway(pool)
+        client = yield self.connect(gateway)
+        event = makeEvent()
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertFalse(ok[2])
+        self.assertTrue(ok[3].startswith("error: "), ok[3])
+        self.assertIn("timed out", ok[3])
+
+    @inlineCallbacks
+    def test_deliveredToOtherClientsOnce(self) -> Any:
+        """
+        An accepted event reaches the matching subscriptions of other
+        clients once, although the relay echoes it back too.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        reader = yield self.connect(gateway)
+        writer = yield self.connect(gateway)
+        reader.send("REQ", "r", {"kinds": [1]})
+        yield reader.waitForVerb("EOSE", "r")
+        event = makeEvent()
+        writer.send("EVENT", eventDict(event))
+        yield writer.waitForVerb("OK", event.id)
+        yield reader.waitFor(lambda f: f[0] == "EVENT" and f[2]["id"] == event.id)
+        marker = makeEvent()
+        relay.store(marker)
+        yield reader.waitFor(lambda f: f[0] == "EVENT" and f[2]["id"] == marker.id)
+        self.assertEqual(reader.eventIds("r"), [event.id, marker.id])
+
+    @inlineCallbacks
+    def test_expired(self) -> Any:
+        """
+        An event whose NIP-40 expiration passed is refused as invalid.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        client = yield self.connect(gateway)
+        event = makeEvent(tags=[["expiration", "1000"]])
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertEqual(ok[2:], [False, "invalid: event has expired"])
+
+    @inlineCallbacks
+    def test_authKindRefused(self) -> Any:
+        """
+        A kind-22242 event sent as EVENT is refused: it is never broadcast.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        client = yield self.connect(gateway)
+        event = makeEvent(kind=22242, createdAt=int(time.time()))
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertFalse(ok[2])
+        self.assertTrue(ok[3].startswith("invalid: "))
+
+    @inlineCallbacks
+    def test_count(self) -> Any:
+        """
+        COUNT is answered with the relays' count.
+        """
+        (relay,), pool, gateway = yield self.relayAndGateway()
+        relay.store(makeEvent(), makeEvent(), makeEvent(kind=7))
+        client = yield self.connect(gateway)
+        client.send("COUNT", "c", {"kinds": [1]})
+        reply = yield client.waitForVerb("COUNT", "c")
+        self.assertEqual(reply, ["COUNT", "c", {"count": 2}])
+
+
+class StoreTests(GatewayTestCase):
+    """
+    With a store: answered from it first; without relays the gateway is a
+    plain relay.
+    """
+
+    @inlineCallbacks
+    def test_storeOnlyRelay(self) -> Any:
+        """
+        Without a pool, an EVENT is saved (C{OK true} after the commit),
+        delivered to other clients' live subscriptions, and answered to
+        later REQs from the store.
+        """
+        store = self.openStore()
+        gateway = yield self.startGateway(None, store=store)
+        reader = yield self.connect(gateway)
+        writer = yield self.connect(gateway)
+        reader.send("REQ", "r", {"kinds": [1]})
+        yield reader.waitForVerb("EOSE", "r")
+        event = makeEvent()
+        writer.send("EVENT", eventDict(event))
+        ok = yield writer.waitForVerb("OK", event.id)
+        self.assertEqual(ok, ["OK", event.id, True, ""])
+        stored = yield store.query([Filter(ids=frozenset([event.id]))])
+        self.assertEqual(stored, [event])
+        yield reader.waitFor(lambda f: f[0] == "EVENT" and f[2]["id"] == event.id)
+        writer.send("REQ", "w", {"kinds": [1]})
+        yield writer.waitForVerb("EOSE", "w")
+        self.assertEqual(writer.eventIds("w"), [event.id])
+
+    @inlineCallbacks
+    def test_storeOnlyDuplicate(self) -> Any:
+        """
+        Publishing a stored event again is answered C{OK true "duplicate:
+        ..."}.
+        """
+        store = self.openStore()
+        gateway = yield self.startGateway(None, store=store)
+        client = yield self.connect(gateway)
+        event = makeEvent()
+        client.send("EVENT", eventDict(event))
+        yield client.waitForVerb("OK", event.id)
+        client.send("EVENT", eventDict(event))
+        yield client.waitFor(lambda f: client.verbs().count("OK") == 2)
+        self.assertEqual(client.frames[-1][2], True)
+        self.assertTrue(client.frames[-1][3].startswith("duplicate: "))
+
+    @inlineCallbacks
+    def test_storeOnlyCount(self) -> Any:
+        """
+        Without a pool, COUNT is answered from the store.
+        """
+        store = self.openStore()
+        yield store.save(makeEvent())
+        gateway = yield self.startGateway(None, store=store)
+        client = yield self.connect(gateway)
+        client.send("COUNT", "c", {"kinds": [1]})
+        reply = yield client.waitForVerb("COUNT", "c")
+        self.assertEqual(reply, ["COUNT", "c", {"count": 1}])
+
+    @inlineCallbacks
+    def test_storeAndRelays(self) -> Any:
+        """
+        With a store and relays, a REQ gets the store's and the relays'
+        events, each once, and one EOSE after both.
+        """
+        store = self.openStore()
+        inStore, inBoth, inRelay = makeEvent(), makeEvent(), makeEvent()
+        yield store.save(inStore)
+        yield store.save(inBoth)
+        (relay,) = yield self.startRelays()
+        relay.store(inBoth, inRelay)
+        pool = yield self.startPool([relay])
+        gateway = yield self.startGateway(pool, store=store)
+        client = yield self.connect(gateway)
+        client.send("REQ", "s", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "s")
+        self.assertEqual(sorted(client.eventIds("s")), sorted([inStore.id, inBoth.id, inRelay.id]))
+        self.assertEqual(client.eventIds("s")[:2], [inBoth.id, inStore.id])
+
+    @inlineCallbacks
+    def test_localPolicyForwards(self) -> Any:
+        """
+        Under the C{"local"} policy, C{OK true} follows the store's commit
+        and the event reaches the relays in the background.
+        """
+        store = self.openStore()
+        (relay,) = yield self.startRelays()
+        pool = yield self.startPool([relay])
+        gateway = yield self.startGateway(pool, store=store, okPolicy="local")
+        client = yield self.connect(gateway)
+        event = makeEvent()
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertTrue(ok[2])
+        yield waitUntil(lambda: event in relay.events)
+
+    @inlineCallbacks
+    def startOutbox(self, relays: int = 1) -> Any:
+        store = self.openStore()
+        fakes = yield self.startRelays(relays)
+        pool = yield self.startPool(fakes)
+        outbox = OutboxPublisher(reactor, pool, store, retryInterval=60.0)
+        return store, fakes, pool, outbox
+
+    @inlineCallbacks
+    def test_outboxAccepted(self) -> Any:
+        """
+        With an outbox, an event is published through it: C{OK true} once
+        the relay accepted, and the outbox row is done.
+        """
+        store, (relay,), pool, outbox = yield self.startOutbox()
+        gateway = yield self.startGateway(pool, store=store, outbox=outbox)
+        client = yield self.connect(gateway)
+        event = makeEvent()
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertEqual(ok[2:], [True, ""])
+        self.assertIn(event, relay.events)
+        pending = yield store.pending()
+        self.assertEqual(pending, [])
+
+    @inlineCallbacks
+    def test_outboxRejected(self) -> Any:
+        """
+        With an outbox, a relay's rejection is an honest C{OK false}, and the
+        event stays in the outbox to be retried.
+        """
+        store, (relay,), pool, outbox = yield self.startOutbox()
+        relay.misbehaviour.rejectWith = "rate-limited: later"
+        gateway = yield self.startGateway(pool, store=store, outbox=outbox)
+        client = yield self.connect(gateway)
+        event = makeEvent()
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertFalse(ok[2])
+        self.assertTrue(ok[3].startswith("rate-limited: "), ok[3])
+        pending = yield store.pending()
+        self.assertEqual([entry.event for entry in pending], [event])
+
+    def test_policyNeedsStore(self) -> None:
+        """
+        The C{"local"} policy, or no pool, without a store is refused.
+        """
+        self.assertRaises(ValueError, Gateway, reactor, object(), okPolicy="local")
+        self.assertRaises(ValueError, Gateway, reactor, None)
+        self.assertRaises(ValueError, Gateway, reactor, object(), okPolicy="maybe")
+
+
+class LimitTests(GatewayTestCase):
+    """
+    Every per-connection limit is enforced with a clear answer, and the
+    connection stays usable.
+    """
+
+    @inlineCallbacks
+    def test_maxSubscriptions(self) -> Any:
+        """
+        A REQ over C{maxSubscriptions} is refused with C{CLOSED
+        "blocked: ..."}; replacing an open one is still allowed.
+        """
+        _, _, gateway = yield self.relayAndGateway(limits=GatewayLimits(maxSubscriptions=2))
+        client = yield self.connect(gateway)
+        for name in ("a", "b"):
+            client.send("REQ", name, {"kinds": [1]})
+            yield client.waitForVerb("EOSE", name)
+        client.send("REQ", "c", {"kinds": [1]})
+        closed = yield client.waitForVerb("CLOSED", "c")
+        self.assertTrue(closed[2].startswith("blocked: "))
+        client.send("REQ", "a", {"kinds": [2]})
+        yield client.waitFor(lambda f: client.verbs("a").count("EOSE") == 2)
+
+    @inlineCallbacks
+    def test_maxFilters(self) -> Any:
+        """
+        A REQ with more than C{maxFilters} filters is refused.
+        """
+        _, _, gateway = yield self.relayAndGateway(limits=GatewayLimits(maxFilters=2))
+        client = yield self.connect(gateway)
+        client.send("REQ", "s", {"kinds": [1]}, {"kinds": [2]}, {"kinds": [3]})
+        closed = yield client.waitForVerb("CLOSED", "s")
+        self.assertTrue(closed[2].startswith("invalid: "))
+
+    @inlineCallbacks
+    def test_subscriptionIdLength(self) -> Any:
+        """
+        A subscription id longer than C{maxSubscriptionIdLength} is refused.
+        """
+        _, _, gateway = yield self.relayAndGateway(limits=GatewayLimits(maxSubscriptionIdLength=4))
+        client = yield self.connect(gateway)
+        client.send("REQ", "toolong", {"kinds": [1]})
+        closed = yield client.waitForVerb("CLOSED", "toolong")
+        self.assertTrue(closed[2].startswith("invalid: "))
+
+    @inlineCallbacks
+    def test_messageSize(self) -> Any:
+        """
+        A message over C{maxMessageSize} gets a NOTICE and the connection
+        stays usable.
+        """
+        _, _, gateway = yield self.relayAndGateway(limits=GatewayLimits(maxMessageSize=1000))
+        client = yield self.connect(gateway)
+        client.send("REQ", "s", {"kinds": [1], "search": "x" * 1500})
+        notice = yield client.waitForVerb("NOTICE")
+        self.assertIn("over the limit of 1000 bytes", notice[1])
+        client.send("REQ", "s", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "s")
+
+    @inlineCallbacks
+    def test_messageHardLimit(self) -> Any:
+        """
+        A message over twice C{maxMessageSize} fails the connection (close
+        code 1009) before it is buffered.
+        """
+        _, _, gateway = yield self.relayAndGateway(limits=GatewayLimits(maxMessageSize=1000))
+        client = yield self.connect(gateway)
+        client.sendRaw(b"[" + b" " * 3000 + b"]")
+        yield client.whenClosed()
+        self.assertEqual(client.closeCode, 1009)
+
+    @inlineCallbacks
+    def test_eventRate(self) -> Any:
+        """
+        EVENTs over the rate are answered C{OK false "rate-limited: ..."}.
+        """
+        (relay,), _, gateway = yield self.relayAndGateway(
+            limits=GatewayLimits(eventsPerSecond=0.001, eventBurst=2)
+        )
+        client = yield self.connect(gateway)
+        events = [makeEvent() for _ in range(3)]
+        for event in events:
+            client.send("EVENT", eventDict(event))
+        answers = yield gatherResults([client.waitForVerb("OK", e.id) for e in events])
+        self.assertEqual([a[2] for a in answers], [True, True, False])
+        self.assertTrue(answers[2][3].startswith("rate-limited: "))
+        self.assertNotIn(events[2], relay.events)
+
+    @inlineCallbacks
+    def test_reqRate(self) -> Any:
+        """
+        REQs over the rate are answered C{CLOSED "rate-limited: ..."}.
+        """
+        _, _, gateway = yield self.relayAndGateway(
+            limits=GatewayLimits(reqsPerSecond=0.001, reqBurst=1)
+        )
+        client = yield self.connect(gateway)
+        client.send("REQ", "a", {"kinds": [1]})
+        client.send("REQ", "b", {"kinds": [1]})
+        closed = yield client.waitForVerb("CLOSED", "b")
+        self.assertTrue(closed[2].startswith("rate-limited: "))
+        yield client.waitForVerb("EOSE", "a")
+
+    @inlineCallbacks
+    def test_connectionsPerIP(self) -> Any:
+        """
+        A handshake over C{maxConnectionsPerIP} is refused; once a
+        connection closes, a new one is admitted.
+        """
+        _, _, gateway = yield self.relayAndGateway(limits=GatewayLimits(maxConnectionsPerIP=2))
+        first = yield self.connect(gateway)
+        yield self.connect(gateway)
+        refused = NostrClient(reactor, TIMEOUT)
+        assert gateway.port is not None
+        yield self.assertFailure(refused.connect(gateway.port.getHost().port), ConnectionError)
+        self.assertEqual(gateway.facade.stats().deniedConnections, 1)
+        yield first.close()
+        yield waitUntil(lambda: gateway.factory.connectionsFrom("127.0.0.1") == 1)
+        yield self.connect(gateway)
+
+
+class MalformedInputTests(GatewayTestCase):
+    """
+    Malformed input of each kind gets a NOTICE, CLOSED or OK false with a
+    reason, and the connection stays usable.
+    """
+
+    @inlineCallbacks
+    def assertAnswered(
+        self, payload: bytes, verb: str, *values: Any, isBinary: bool = False
+    ) -> Any:
+        _, _, gateway = yield self.relayAndGateway()
+        client = yield self.connect(gateway)
+        client.sendRaw(payload, isBinary)
+        frame = yield client.waitForVerb(verb, *values)
+        self.assertTrue(frame[-1].startswith("invalid: "), frame)
+        client.send("REQ", "after", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "after")
+
+    def test_badJSON(self) -> Any:
+        """
+        Invalid JSON gets a NOTICE.
+        """
+        return self.assertAnswered(b'["REQ", "s", {', "NOTICE")
+
+    def test_notAnArray(self) -> Any:
+        """
+        A JSON object gets a NOTICE.
+        """
+        return self.assertAnswered(b'{"REQ": 1}', "NOTICE")
+
+    def test_unknownVerb(self) -> Any:
+        """
+        An unknown verb gets a NOTICE.
+        """
+        return self.assertAnswered(b'["HELLO", 1]', "NOTICE")
+
+    def test_badFilter(self) -> Any:
+        """
+        A REQ with a malformed filter gets C{CLOSED} for its subscription.
+        """
+        return self.assertAnswered(b'["REQ", "s", {"kinds": "one"}]', "CLOSED", "s")
+
+    def test_badEvent(self) -> Any:
+        """
+        A malformed event with a string id gets C{OK false}.
+        """
+        return self.assertAnswered(
+            b'["EVENT", {"id": "' + b"a" * 64 + b'", "kind": "x"}]', "OK", "a" * 64, False
+        )
+
+    def test_binary(self) -> Any:
+        """
+        A binary message gets a NOTICE.
+        """
+        return self.assertAnswered(b"\x00\x01", "NOTICE", isBinary=True)
+
+
+class AuthTests(GatewayTestCase):
+    """
+    NIP-42 toward clients, when C{authRequired}.
+    """
+
+    URL = "ws://gateway.example.com/"
+
+    def authEvent(self, challenge: str, key: bytes | None = None) -> Event:
+        return Event.sign(
+            key or generatePrivateKey(),
+            22242,
+            "",
+            [["relay", self.URL], ["challenge", challenge]],
+            int(time.time()),
+        )
+
+    @inlineCallbacks
+    def test_flow(self) -> Any:
+        """
+        The challenge comes on connect; REQ and EVENT are refused with
+        C{auth-required:} until a valid AUTH, which gets C{OK true}.
+        """
+        (relay,), _, gateway = yield self.relayAndGateway(authRequired=True, relayURL=self.URL)
+        client = yield self.connect(gateway)
+        (_, challenge) = yield client.waitForVerb("AUTH")
+        client.send("REQ", "s", {"kinds": [1]})
+        closed = yield client.waitForVerb("CLOSED", "s")
+        self.assertTrue(closed[2].startswith("auth-required: "))
+        event = makeEvent()
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertTrue(ok[3].startswith("auth-required: "))
+        key = generatePrivateKey()
+        auth = self.authEvent(challenge, key)
+        client.send("AUTH", eventDict(auth))
+        ok = yield client.waitForVerb("OK", auth.id)
+        self.assertEqual(ok[2:], [True, ""])
+        connId = next(iter(gateway.facade._sessions))
+        self.assertEqual(gateway.registry.claims(connId).pubkey, auth.pubkey)
+        client.send("REQ", "s", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "s")
+
+    @inlineCallbacks
+    def test_wrongChallenge(self) -> Any:
+        """
+        An AUTH event with another challenge gets C{OK false}.
+        """
+        _, _, gateway = yield self.relayAndGateway(authRequired=True, relayURL=self.URL)
+        client = yield self.connect(gateway)
+        yield client.waitForVerb("AUTH")
+        auth = self.authEvent("not-the-challenge")
+        client.send("AUTH", eventDict(auth))
+        ok = yield client.waitForVerb("OK", auth.id)
+        self.assertFalse(ok[2])
+        self.assertTrue(ok[3].startswith("invalid: "))
+
+    @inlineCallbacks
+    def test_notRequested(self) -> Any:
+        """
+        Without C{authRequired}, no challenge is sent and an AUTH is
+        answered C{OK false "restricted: ..."}.
+        """
+        _, _, gateway = yield self.relayAndGateway()
+        client = yield self.connect(gateway)
+        auth = self.authEvent("x")
+        client.send("AUTH", eventDict(auth))
+        ok = yield client.waitForVerb("OK", auth.id)
+        self.assertTrue(ok[3].startswith("restricted: "))
+        self.assertNotIn("AUTH", client.verbs())
+
+
+class ConnectionManagementTests(GatewayTestCase):
+    """
+    Slow clients, idle clients and shutdown.
+    """
+
+    @inlineCallbacks
+    def test_slowClientEvicted(self) -> Any:
+        """
+        A client that stops reading is evicted once its pending output is
+        over C{maxPendingBytes}, while another client keeps receiving every
+        event.
+        """
+        (relay,), _, gateway = yield self.relayAndGateway(
+            limits=GatewayLimits(maxPendingBytes=256 * 1024), closeTimeout=0.5
+        )
+        fast = yield self.connect(gateway)
+        slow = yield self.connect(gateway)
+        for client in (fast, slow):
+            client.send("REQ", "s", {"kinds": [1]})
+            yield client.waitForVerb("EOSE", "s")
+        slow.protocol.transport.pauseProducing()
+        events = [makeEvent(content="x" * 60000) for _ in range(150)]
+        relay.store(*events)
+        yield fast.waitFor(lambda f: f[0] == "EVENT" and f[2]["id"] == events[-1].id)
+        self.assertEqual(len(fast.eventIds("s")), 150)
+        yield waitUntil(lambda: gateway.registry.stats().evictedSlow == 1)
+        slow.protocol.transport.resumeProducing()
+        yield slow.whenClosed()
+        self.assertEqual(gateway.registry.connectionCount(), 1)
+
+    @inlineCallbacks
+    def test_idleSweep(self) -> Any:
+        """
+        A client that answers nothing (not even pings) is closed after
+        C{maxIdle}; a responsive one stays.
+        """
+        _, _, gateway = yield self.relayAndGateway(
+            limits=GatewayLimits(pingInterval=0.1, maxIdle=0.3), closeTimeout=0.2
+        )
+        alive = yield self.connect(gateway)
+        silent = yield self.connect(gateway)
+        silent.protocol.transport.pauseProducing()
+        yield waitUntil(lambda: gateway.registry.stats().reapedIdle == 1)
+        silent.protocol.transport.resumeProducing()
+        yield silent.whenClosed()
+        self.assertFalse(alive.isClosed)
+        alive.send("REQ", "s", {"kinds": [1]})
+        yield alive.waitForVerb("EOSE", "s")
+
+    @inlineCallbacks
+    def test_stopClosesAll(self) -> Any:
+        """
+        Stopping the gateway closes every client with a close handshake
+        (code 1001), refuses new handshakes meanwhile, and stops listening.
+        """
+        _, _, gateway = yield self.relayAndGateway()
+        clients = []
+        for _ in range(3):
+            client = yield self.connect(gateway)
+            client.send("REQ", "s", {"kinds": [1]})
+            yield client.waitForVerb("EOSE", "s")
+            clients.append(client)
+        yield gateway.stopService()
+        for client in clients:
+            yield client.whenClosed()
+            self.assertEqual(client.closeCode, 1001)
+        self.assertIsNone(gateway.port)
+        self.assertEqual(gateway.facade.stats().sharedSubscriptions, 0)
+
+    @inlineCallbacks
+    def test_listensBeforePrivilegesDrop(self) -> Any:
+        """
+        The gateway listens from C{privilegedStartService} (as C{twistd}
+        calls it before dropping privileges) and keeps that port when it
+        starts.
+        """
+        gateway = Gateway(reactor, None, "tcp:0:interface=127.0.0.1", store=self.openStore())
+        gateway.privilegedStartService()
+        self.addCleanup(self._stopGateway, gateway)
+        port = yield gateway.whenListening()
+        gateway.startService()
+        self.assertIs(gateway.port, port)
+        client = yield self.connect(gateway)
+        client.send("REQ", "s", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "s")
+
+
+class HTTPTests(GatewayTestCase):
+    """
+    NIP-11, C{/stats} and C{/metrics} on the gateway's port.
+    """
+
+    @inlineCallbacks
+    def get(self, gateway: Gateway, path: str, headers: dict[str, str] | None = None) -> Any:
+        assert gateway.port is not None
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        response = yield treq.get(
+            f"http://127.0.0.1:{gateway.port.getHost().port}{path}",
+            headers=headers,
+            pool=pool,
+        )
+        body = yield response.content()
+        return response, body
+
+    @inlineCallbacks
+    def test_information(self) -> Any:
+        """
+        C{GET /} with C{Accept: application/nostr+json} returns the NIP-11
+        document with the gateway's limits.
+        """
+        _, _, gateway = yield self.relayAndGateway(
+            limits=GatewayLimits(maxSubscriptions=7, maxLimit=99), name="test gateway"
+        )
+        response, body = yield self.get(gateway, "/", {"Accept": "application/nostr+json"})
+        document = orjson.loads(body)
+        self.assertEqual(document["name"], "test gateway")
+        self.assertEqual(document["supported_nips"], [1, 11, 40, 42, 45])
+        self.assertEqual(document["limitation"]["max_subscriptions"], 7)
+        self.assertEqual(document["limitation"]["max_limit"], 99)
+        self.assertEqual(document["limitation"]["auth_required"], False)
+        self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["*"])
+
+    @inlineCallbacks
+    def test_stats(self) -> Any:
+        """
+        C{/stats} reports the registry, the facade, the pool and each relay.
+        """
+        (relay,), _, gateway = yield self.relayAndGateway()
+        client = yield self.connect(gateway)
+        client.send("REQ", "s", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "s")
+        _, body = yield self.get(gateway, "/stats")
+        stats = orjson.loads(body)
+        self.assertEqual(stats["registry"]["connections"], 1)
+        self.assertEqual(stats["gateway"]["sharedSubscriptions"], 1)
+        self.assertEqual(stats["pool"]["activeRelays"], 1)
+        self.assertEqual(stats["relays"][relay.url + "/"]["state"], "open")
+
+    @inlineCallbacks
+    def test_metrics(self) -> Any:
+        """
+        C{/metrics} is Prometheus text with the gateway's and the relays'
+        figures.
+        """
+        (relay,), _, gateway = yield self.relayAndGateway()
+        yield self.connect(gateway)
+        response, body = yield self.get(gateway, "/metrics")
+        text = body.decode("utf-8")
+        self.assertIn("# TYPE relaypool_gateway_connections gauge", text)
+        self.assertIn("relaypool_gateway_connections 1", text)
+        self.assertIn(f'relaypool_relay_up{{relay="{relay.url}/"}} 1', text)
+        self.assertIn('relaypool_gateway_ok_total{accepted="true"} 0', text)
+        self.assertTrue(response.headers.getRawHeaders("content-type")[0].startswith("text/plain"))
+
+
+class _FakeSubscription:
+    def __init__(self, filters: tuple[Filter, ...]) -> None:
+        self.filters = filters
+        self.closed = False
+        self.eventCallbacks: list[Callable[[Event, str], None]] = []
+        self.eoseCallbacks: list[Callable[[], None]] = []
+
+    def onEvent(self, callback: Callable[[Event, str], None]) -> None:
+        self.eventCallbacks.append(callback)
+
+    def onEOSE(self, callback: Callable[[], None]) -> None:
+        self.eoseCallbacks.append(callback)
+
+    def emit(self, event: Event) -> None:
+        for callback in self.eventCallbacks:
+            callback(event, "ws://fake/")
+
+    def eose(self) -> None:
+        for callback in self.eoseCallbacks:
+            callback()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _FakePool:
+    """
+    The part of the RelayPool API the facade uses, driven by the test.
+    """
+
+    def __init__(self) -> None:
+        self.subscriptions: list[_FakeSubscription] = []
+        self.queries: list[Deferred[list[Event]]] = []
+
+    def subscribe(self, filters: tuple[Filter, ...]) -> _FakeSubscription:
+        subscription = _FakeSubscription(filters)
+        self.subscriptions.append(subscription)
+        return subscription
+
+    def query(self, filters: tuple[Filter, ...]) -> Deferred[list[Event]]:
+        d: Deferred[list[Event]] = Deferred()
+        self.queries.append(d)
+        return d
+
+
+class _FakeRegistry:
+    """
+    The part of the ConnectionRegistry API the facade uses; records what
+    each connection receives.
+    """
+
+    def __init__(self) -> None:
+        self.received: dict[int, list[Any]] = {}
+        self.rooms: dict[Any, set[int]] = {}
+
+    def claims(self, connId: int) -> Any:
+        from relaypool.gateway.registry import Claims
+
+        self.received[connId] = []
+        return Claims()
+
+    def sendText(self, connId: int, text: bytes) -> bool:
+        self.received[connId].append(orjson.loads(text))
+        return True
+
+    def joinRoom(self, connId: int, room: Any) -> None:
+        self.rooms.setdefault(room, set()).add(connId)
+
+    def leaveRoom(self, connId: int, room: Any) -> bool:
+        self.rooms[room].discard(connId)
+        if not self.rooms[room]:
+            del self.rooms[room]
+        return room not in self.rooms
+
+    def broadcastRoomText(self, room: Any, text: bytes) -> int:
+        for connId in self.rooms.get(room, ()):
+            self.received[connId].append(orjson.loads(text))
+        return len(self.rooms.get(room, ()))
+
+
+class FacadeCatchUpTests(SynchronousTestCase):
+    """
+    The facade's join phases, with a fake pool whose EOSE and queries the
+    test fires.
+    """
+
+    def setUp(self) -> None:
+        self.pool = _FakePool()
+        self.registry = _FakeRegistry()
+        self.facade = RelayFacade(
+            self.registry,  # type: ignore[arg-type]
+            self.pool,
+            limits=GatewayLimits(maxCatchUpEvents=2),
+            reactor=Clock(),
+        )
+
+    def req(self, connId: int, subscriptionId: str = "s") -> Any:
+        session = self.facade.connect(connId)
+        self.facade.handleMessage(session, orjson.dumps(["REQ", subscriptionId, {"kinds": [1]}]))
+        return session
+
+    def summary(self, connId: int) -> list[str]:
+        return [
+            f[2]["content"] if f[0] == "EVENT" else f[0] for f in self.registry.received[connId]
+        ]
+
+    def test_creatorWaitsForUpstreamEOSE(self) -> None:
+        """
+        The client that creates the shared subscription gets the upstream
+        stored events, then EOSE when the upstream EOSE fires, then live
+        events through the room.
+        """
+        self.req(1)
+        (upstream,) = self.pool.subscriptions
+        upstream.emit(makeEvent(content="stored"))
+        self.assertEqual(self.summary(1), ["stored"])
+        upstream.eose()
+        upstream.emit(makeEvent(content="live"))
+        self.assertEqual(self.summary(1), ["stored", "EOSE", "live"])
+        self.assertEqual(len(self.registry.rooms), 1)
+
+    def test_joinerBuffersWhileQuerying(self) -> None:
+        """
+        A client joining a live shared subscription gets its query's events,
+        then the live events that arrived meanwhile (without the ones the
+        query already had), then EOSE.
+        """
+        self.req(1)
+        (upstream,) = self.pool.subscriptions
+        upstream.eose()
+        self.req(2)
+        (query,) = self.pool.queries
+        old, both, new = (
+            makeEvent(content="old"),
+            makeEvent(content="both"),
+            makeEvent(content="new"),
+        )
+        upstream.emit(both)
+        upstream.emit(new)
+        self.assertEqual(self.summary(2), [])
+        query.callback([both, old])
+        self.assertEqual(self.summary(2), ["both", "old", "new", "EOSE"])
+        self.assertEqual(self.summary(1), ["EOSE", "both", "new"])
+        self.assertEqual(len(self.pool.subscriptions), 1)
+
+    def test_joinerBeforeUpstreamEOSE(self) -> None:
+        """
+        A client whose query finished before the upstream EOSE gets the
+        events that arrive meanwhile at once, and EOSE with the upstream's.
+        """
+        self.req(1)
+        (upstream,) = self.pool.subscriptions
+        self.req(2)
+        (query,) = self.pool.queries
+        first = makeEvent(content="first")
+        query.callback([first])
+        upstream.emit(first)
+        upstream.emit(makeEvent(content="second"))
+        self.assertEqual(self.summary(2), ["first", "second"])
+        upstream.eose()
+        self.assertEqual(self.summary(2), ["first", "second", "EOSE"])
+
+    def test_catchUpOverflow(self) -> None:
+        """
+        More live events than C{maxCatchUpEvents} while a joiner's query
+        runs close its subscription with C{CLOSED "error: ..."}; the shared
+        subscription keeps serving the others.
+        """
+        self.req(1)
+        (upstream,) = self.pool.subscriptions
+        upstream.eose()
+        session = self.req(2)
+        for index in range(3):
+            upstream.emit(makeEvent(content=str(index)))
+        (frame,) = self.registry.received[2]
+        self.assertEqual(frame[:2], ["CLOSED", "s"])
+        self.assertTrue(frame[2].startswith("error: "))
+        self.assertEqual(session.subscriptions, {})
+        self.pool.queries[0].callback([])
+        self.assertEqual(len(self.registry.received[2]), 1)
+        self.assertFalse(upstream.closed)
+
+    def test_closeWhileQuerying(self) -> None:
+        """
+        A CLOSE while the history query runs cancels it; the last member
+        leaving closes the upstream subscription.
+        """
+        session = self.req(1)
+        (upstream,) = self.pool.subscriptions
+        upstream.eose()
+        self.facade.disconnect(session)
+        self.assertTrue(upstream.closed)
+        other = self.req(2)
+        second = self.pool.subscriptions[1]
+        second.eose()
+        self.req(3)
+        (query,) = self.pool.queries
+        self.facade.handleMessage(self.facade._sessions[3], b'["CLOSE", "s"]')
+        self.assertTrue(query.called)
+        self.assertFalse(second.closed)
+        self.facade.disconnect(other)
+        self.assertTrue(second.closed)
