@@ -1,0 +1,445 @@
+"""
+The daemon's settings: one frozen L{Config} holding every value with its
+default, built from a TOML file and the command line.
+
+A TOML file uses the long option names of C{twistd relaypool} as its keys,
+with dashes, at the top level, with two exceptions: C{relays} is a list of
+URLs (the repeatable C{--relay}), and the C{--no-verify} flag is C{verify =
+false}. Every other flag is a boolean key of its own name
+(C{auth-required = true}). For example::
+
+    relays = ["wss://relay.damus.io", "wss://nos.lol"]
+    connections-per-address = 2
+    quorum = 2
+    store = "/var/lib/relaypool/events.db"
+
+An unknown key is an error. Values given on the command line override the
+file's (C{--relay} options replace the file's whole C{relays} list).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from relaypool.errors import ConfigError, InvalidRelayURL
+from relaypool.gateway.limits import GatewayLimits
+
+__all__ = [
+    "SETTINGS",
+    "Config",
+    "Setting",
+    "buildConfig",
+    "loadConfigFile",
+    "validateRelayURL",
+]
+
+_LIMITS = GatewayLimits()
+
+OK_POLICIES = ("auto", "quorum", "local")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """
+    Every setting of the daemon, with its default. The gateway limits'
+    defaults are L{GatewayLimits}'.
+
+    @ivar relays: upstream relay URLs; none means the daemon serves its store
+        alone.
+    @ivar listen: the gateway's Twisted server endpoint string.
+    @ivar okPolicy: when a downstream C{EVENT} is answered C{OK true}:
+        C{"quorum"} once C{quorum} relays accepted it, C{"local"} once the
+        store committed it (it is then published upstream in the background),
+        C{"auto"} for C{"quorum"} when relays are configured and C{"local"}
+        otherwise. See L{effectiveOkPolicy}.
+    @ivar storeMaxEvents: the store's event bound; 0 means none.
+    @ivar storeMaxBytes: the store's size bound in bytes; 0 means none.
+    @ivar statusInterval: seconds between per-relay status log lines; 0
+        turns them off.
+    """
+
+    relays: tuple[str, ...] = ()
+    listen: str = "tcp:7777:interface=127.0.0.1"
+    connectionsPerAddress: int = 1
+    quorum: int = 1
+    eoseTimeout: float = 10.0
+    publishTimeout: float = 10.0
+    dedupSize: int = 10_000
+    ringCapacity: int = 4096
+    broadcastCapacity: int = 64
+    maxRelays: int = 20
+    verify: bool = True
+    authRequired: bool = False
+    relayURL: str | None = None
+    store: str = "relaypool.db"
+    storeMaxEvents: int = 0
+    storeMaxBytes: int = 0
+    okPolicy: str = "auto"
+    outboxMaxAge: float = 7 * 86400.0
+    outboxMaxEvents: int = 10_000
+    maxSubscriptions: int = _LIMITS.maxSubscriptions
+    maxFilters: int = _LIMITS.maxFilters
+    maxLimit: int = _LIMITS.maxLimit
+    maxMessageSize: int = _LIMITS.maxMessageSize
+    eventsPerSecond: float = _LIMITS.eventsPerSecond
+    eventBurst: int = _LIMITS.eventBurst
+    reqsPerSecond: float = _LIMITS.reqsPerSecond
+    reqBurst: int = _LIMITS.reqBurst
+    maxConnectionsPerIP: int = _LIMITS.maxConnectionsPerIP
+    maxPendingBytes: int = _LIMITS.maxPendingBytes
+    pingInterval: float = _LIMITS.pingInterval
+    maxIdle: float = _LIMITS.maxIdle
+    statusInterval: float = 60.0
+    name: str = "relaypool"
+    description: str = "a Nostr relay pool: one connection to many relays"
+
+    def effectiveOkPolicy(self) -> str:
+        """
+        @return: C{"quorum"} or C{"local"}, resolving C{"auto"}.
+        """
+        if self.okPolicy != "auto":
+            return self.okPolicy
+        return "quorum" if self.relays else "local"
+
+    def gatewayLimits(self) -> GatewayLimits:
+        """
+        @return: the gateway limits these settings give (the others keep
+            L{GatewayLimits}' defaults).
+        """
+        return GatewayLimits(
+            maxSubscriptions=self.maxSubscriptions,
+            maxFilters=self.maxFilters,
+            maxLimit=self.maxLimit,
+            maxMessageSize=self.maxMessageSize,
+            eventsPerSecond=self.eventsPerSecond,
+            eventBurst=self.eventBurst,
+            reqsPerSecond=self.reqsPerSecond,
+            reqBurst=self.reqBurst,
+            maxConnectionsPerIP=self.maxConnectionsPerIP,
+            maxPendingBytes=self.maxPendingBytes,
+            pingInterval=self.pingInterval,
+            maxIdle=self.maxIdle,
+        )
+
+
+class _Invalid(Exception):
+    """
+    A value failed a parser; the message completes C{"<key>: "}.
+    """
+
+
+_Parser = Callable[[object, bool], Any]
+
+
+def _shown(value: object) -> str:
+    """
+    @return: C{value} as a person wrote it: strings in double quotes.
+    """
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _number(kind: type, minimum: float, description: str) -> _Parser:
+    """
+    @return: a parser of C{int} or C{float} (per C{kind}) values at least
+        C{minimum}, accepting text when it comes from the command line.
+    """
+
+    def parse(value: object, fromText: bool) -> int | float:
+        number: object = value
+        if fromText and isinstance(value, str):
+            try:
+                number = kind(value.strip())
+            except ValueError:
+                raise _Invalid(f"must be {description}, got {_shown(value)}") from None
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise _Invalid(f"must be {description}, got {_shown(value)}")
+        if kind is int and not isinstance(number, int):
+            raise _Invalid(f"must be {description}, got {_shown(value)}")
+        if number != number or number in (float("inf"), float("-inf")) or number < minimum:
+            raise _Invalid(f"must be {description}, got {_shown(value)}")
+        return kind(number)  # type: ignore[no-any-return]
+
+    return parse
+
+
+def _flag(value: object, fromText: bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Invalid(f"must be true or false, got {_shown(value)}")
+
+
+def _text(value: object, fromText: bool) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(f"must be a non-empty string, got {_shown(value)}")
+    return value.strip()
+
+
+def _choice(*choices: str) -> _Parser:
+    def parse(value: object, fromText: bool) -> str:
+        if value not in choices:
+            listed = ", ".join(_shown(c) for c in choices)
+            raise _Invalid(f"must be one of {listed}, got {_shown(value)}")
+        assert isinstance(value, str)
+        return value
+
+    return parse
+
+
+def validateRelayURL(url: str) -> str:
+    """
+    Check that C{url} is a relay URL.
+
+    @return: C{url} without surrounding blanks.
+    @raise InvalidRelayURL: if it is not a C{ws://} or C{wss://} URL with a
+        host (and a valid port, if any).
+    """
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 -- parsing the port raises on a bad one
+    except ValueError as e:
+        raise InvalidRelayURL(f"{_shown(url)} is not a valid URL: {e}") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise InvalidRelayURL(f"{_shown(url)} is not a ws:// or wss:// URL")
+    if not parts.hostname:
+        raise InvalidRelayURL(f"{_shown(url)} has no host")
+    return text
+
+
+def _relayURL(value: object, fromText: bool) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a ws:// or wss:// URL, got {_shown(value)}")
+    try:
+        return validateRelayURL(value)
+    except InvalidRelayURL as e:
+        raise _Invalid(str(e)) from None
+
+
+def _relayList(value: object, fromText: bool) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise _Invalid(f"must be a list of ws:// or wss:// URLs, got {_shown(value)}")
+    return tuple(dict.fromkeys(_relayURL(url, fromText) for url in value))
+
+
+def _storePath(value: object, fromText: bool) -> str:
+    text = _text(value, fromText)
+    if text != ":memory:":
+        directory = os.path.dirname(os.path.abspath(text))
+        if not os.path.isdir(directory):
+            raise _Invalid(f"the directory {directory} of {_shown(text)} does not exist")
+    return text
+
+
+def _endpoint(value: object, fromText: bool) -> str:
+    from twisted.internet.endpoints import serverFromString
+
+    text = _text(value, fromText)
+    try:
+        # Parsing needs no reactor: the endpoint is built, never listened on.
+        serverFromString(None, text)  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+        raise _Invalid(f"{_shown(text)} is not a Twisted server endpoint string: {e}") from None
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """
+    One setting: its key in a TOML file (the long option name), the L{Config}
+    attribute it sets, and its help text.
+    """
+
+    key: str
+    attribute: str
+    help: str
+    parse: _Parser
+
+    def default(self) -> object:
+        """
+        @return: the setting's default, from L{Config}.
+        """
+        return _DEFAULTS[self.attribute]
+
+    def isFlag(self) -> bool:
+        """
+        @return: whether the setting is a boolean (a flag on the command
+            line).
+        """
+        return isinstance(self.default(), bool)
+
+
+_POSITIVE_INT = _number(int, 1, "a positive integer")
+_COUNT = _number(int, 0, "an integer >= 0")
+_POSITIVE_SECONDS = _number(float, 1e-3, "a number of seconds >= 0.001")
+_SECONDS = _number(float, 0, "a number of seconds >= 0")
+_RATE = _number(float, 1e-3, "a positive number")
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("relays", "relays", "upstream relay URLs (ws:// or wss://)", _relayList),
+    Setting("listen", "listen", "the gateway's Twisted server endpoint", _endpoint),
+    Setting(
+        "connections-per-address",
+        "connectionsPerAddress",
+        "connections to each address of each relay",
+        _POSITIVE_INT,
+    ),
+    Setting("quorum", "quorum", "relays that must accept a published event", _POSITIVE_INT),
+    Setting(
+        "eose-timeout", "eoseTimeout", "seconds to wait for every relay's EOSE", _POSITIVE_SECONDS
+    ),
+    Setting(
+        "publish-timeout", "publishTimeout", "seconds to wait for relays' OK", _POSITIVE_SECONDS
+    ),
+    Setting("dedup-size", "dedupSize", "event ids remembered for deduplication", _POSITIVE_INT),
+    Setting(
+        "ring-capacity",
+        "ringCapacity",
+        "inbound messages queued before pausing relays",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "broadcast-capacity",
+        "broadcastCapacity",
+        "outbound messages queued per relay before dropping",
+        _POSITIVE_INT,
+    ),
+    Setting("max-relays", "maxRelays", "the most upstream relays", _POSITIVE_INT),
+    Setting("verify", "verify", "verify event ids and signatures from relays", _flag),
+    Setting("auth-required", "authRequired", "require NIP-42 AUTH from clients", _flag),
+    Setting("relay-url", "relayURL", "the gateway's public URL, checked in NIP-42 AUTH", _relayURL),
+    Setting("store", "store", "the SQLite event store file, or :memory:", _storePath),
+    Setting("store-max-events", "storeMaxEvents", "events kept in the store; 0: no bound", _COUNT),
+    Setting("store-max-bytes", "storeMaxBytes", "bytes the store may use; 0: no bound", _COUNT),
+    Setting(
+        "ok-policy",
+        "okPolicy",
+        "OK true after QUORUM relays accepted, or once stored LOCALly; "
+        "AUTO: quorum with relays, local without",
+        _choice(*OK_POLICIES),
+    ),
+    Setting(
+        "outbox-max-age",
+        "outboxMaxAge",
+        "seconds an event is retried for relays that have not accepted it",
+        _POSITIVE_SECONDS,
+    ),
+    Setting("outbox-max-events", "outboxMaxEvents", "events waiting in the outbox", _POSITIVE_INT),
+    Setting("max-subscriptions", "maxSubscriptions", "subscriptions per client", _POSITIVE_INT),
+    Setting("max-filters", "maxFilters", "filters per REQ", _POSITIVE_INT),
+    Setting(
+        "max-limit", "maxLimit", "the largest filter limit (larger ones are lowered)", _POSITIVE_INT
+    ),
+    Setting(
+        "max-message-size", "maxMessageSize", "the largest client message in bytes", _POSITIVE_INT
+    ),
+    Setting("events-per-second", "eventsPerSecond", "EVENTs per second per client", _RATE),
+    Setting("event-burst", "eventBurst", "EVENTs a client may send at once", _POSITIVE_INT),
+    Setting("reqs-per-second", "reqsPerSecond", "REQs and COUNTs per second per client", _RATE),
+    Setting("req-burst", "reqBurst", "REQs and COUNTs a client may send at once", _POSITIVE_INT),
+    Setting(
+        "max-connections-per-ip",
+        "maxConnectionsPerIP",
+        "client connections from one IP address",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "max-pending-bytes",
+        "maxPendingBytes",
+        "bytes queued to a slow client before it is evicted",
+        _POSITIVE_INT,
+    ),
+    Setting("ping-interval", "pingInterval", "seconds between pings of clients", _POSITIVE_SECONDS),
+    Setting("max-idle", "maxIdle", "seconds a silent client stays connected", _POSITIVE_SECONDS),
+    Setting(
+        "status-interval",
+        "statusInterval",
+        "seconds between per-relay status log lines; 0: none",
+        _SECONDS,
+    ),
+    Setting("name", "name", "the gateway's NIP-11 name", _text),
+    Setting("description", "description", "the gateway's NIP-11 description", _text),
+)
+
+_DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Config)}
+_BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+
+def loadConfigFile(path: str) -> dict[str, Any]:
+    """
+    Read a TOML config file.
+
+    @return: its top-level table.
+    @raise ConfigError: (key C{config}) if the file cannot be read or is not
+        TOML.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("config", f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key.replace("_", "-"), list(_BY_KEY), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(key, f"unknown setting{hint}")
+
+
+def buildConfig(
+    fileValues: Mapping[str, object] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Config:
+    """
+    Validate settings and build a L{Config}.
+
+    @param fileValues: settings from a config file, by key (see the module
+        docstring), with TOML types.
+    @param overrides: settings from the command line, by the same keys,
+        overriding C{fileValues}; numbers may be given as text.
+    @raise ConfigError: naming the first invalid key, e.g. C{quorum: must be
+        a positive integer, got "two"}.
+    """
+    values: dict[str, object] = {}
+    for source, fromText in ((fileValues or {}, False), (overrides or {}, True)):
+        for key, value in source.items():
+            setting = _BY_KEY.get(key)
+            if setting is None:
+                raise _unknown(key)
+            try:
+                values[setting.attribute] = setting.parse(value, fromText)
+            except _Invalid as e:
+                raise ConfigError(key, str(e)) from None
+    config = Config(**values)  # type: ignore[arg-type]
+    _checkTogether(config)
+    return config
+
+
+def _checkTogether(config: Config) -> None:
+    """
+    Check the settings that constrain each other.
+
+    @raise ConfigError: naming the key that is out of line.
+    """
+    if len(config.relays) > config.maxRelays:
+        raise ConfigError(
+            "relays", f"{len(config.relays)} relays are more than max-relays ({config.maxRelays})"
+        )
+    if config.relays and config.quorum > len(config.relays):
+        raise ConfigError(
+            "quorum",
+            f"must be at most the number of relays ({len(config.relays)}), got {config.quorum}",
+        )
+    if config.okPolicy == "quorum" and not config.relays:
+        raise ConfigError("ok-policy", '"quorum" needs at least one relay: add one or use "local"')

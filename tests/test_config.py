@@ -1,0 +1,389 @@
+"""
+Tests for L{relaypool.config}: defaults, TOML files, command-line overrides
+and validation errors that name their key.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaypool.config import SETTINGS, Config, buildConfig, loadConfigFile, validateRelayURL
+from relaypool.errors import ConfigError, InvalidRelayURL
+from relaypool.gateway.limits import GatewayLimits
+
+
+class DefaultsTests(SynchronousTestCase):
+    """
+    L{Config}'s defaults.
+    """
+
+    def test_noSettings(self) -> None:
+        """
+        With no settings, L{buildConfig} gives L{Config}'s defaults.
+        """
+        self.assertEqual(buildConfig(), Config())
+
+    def test_documentedDefaults(self) -> None:
+        """
+        The defaults are those the daemon documents: listen on
+        127.0.0.1:7777, no relays, the store C{relaypool.db}, quorum 1, a
+        week of outbox retries, status lines every minute.
+        """
+        config = Config()
+        self.assertEqual(
+            (
+                config.listen,
+                config.relays,
+                config.store,
+                config.quorum,
+                config.outboxMaxAge,
+                config.statusInterval,
+                config.verify,
+                config.authRequired,
+            ),
+            ("tcp:7777:interface=127.0.0.1", (), "relaypool.db", 1, 7 * 86400.0, 60.0, True, False),
+        )
+
+    def test_gatewayDefaultsFromLimits(self) -> None:
+        """
+        The gateway limits default to L{GatewayLimits}' defaults.
+        """
+        self.assertEqual(Config().gatewayLimits(), GatewayLimits())
+
+    def test_everySettingHasADefault(self) -> None:
+        """
+        Every setting names a L{Config} attribute, and every attribute has a
+        setting.
+        """
+        self.assertEqual(sorted(s.attribute for s in SETTINGS), sorted(Config.__dataclass_fields__))
+
+    def test_okPolicyAutoWithRelays(self) -> None:
+        """
+        The C{auto} OK policy is C{quorum} when relays are configured.
+        """
+        self.assertEqual(Config(relays=("ws://a",)).effectiveOkPolicy(), "quorum")
+
+    def test_okPolicyAutoWithoutRelays(self) -> None:
+        """
+        The C{auto} OK policy is C{local} without relays.
+        """
+        self.assertEqual(Config().effectiveOkPolicy(), "local")
+
+
+class FileTests(SynchronousTestCase):
+    """
+    L{loadConfigFile} and file values.
+    """
+
+    def _write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def test_parse(self) -> None:
+        """
+        A TOML file's keys, with dashes, set the matching settings.
+        """
+        path = self._write(
+            'relays = ["wss://relay.example.com", "ws://127.0.0.1:7000"]\n'
+            "connections-per-address = 2\n"
+            "quorum = 2\n"
+            "eose-timeout = 3\n"
+            "verify = false\n"
+            "auth-required = true\n"
+            'store = ":memory:"\n'
+        )
+        config = buildConfig(loadConfigFile(path))
+        self.assertEqual(
+            (
+                config.relays,
+                config.connectionsPerAddress,
+                config.quorum,
+                config.eoseTimeout,
+                config.verify,
+                config.authRequired,
+                config.store,
+            ),
+            (
+                ("wss://relay.example.com", "ws://127.0.0.1:7000"),
+                2,
+                2,
+                3.0,
+                False,
+                True,
+                ":memory:",
+            ),
+        )
+
+    def test_exampleFile(self) -> None:
+        """
+        The example config shipped in C{examples/} is valid.
+        """
+        from pathlib import Path
+
+        path = Path(__file__).parent.parent / "examples" / "relaypool.toml"
+        config = buildConfig(loadConfigFile(str(path)))
+        self.assertEqual(config.relays, ("wss://relay.damus.io", "wss://nos.lol"))
+
+    def test_missingFile(self) -> None:
+        """
+        A file that cannot be read is a L{ConfigError} on key C{config}.
+        """
+        error = self.assertRaises(ConfigError, loadConfigFile, self.mktemp())
+        self.assertEqual(error.key, "config")
+        self.assertIn("cannot read", str(error))
+
+    def test_notTOML(self) -> None:
+        """
+        A file that is not TOML is a L{ConfigError} on key C{config}.
+        """
+        error = self.assertRaises(ConfigError, loadConfigFile, self._write("quorum = = 2\n"))
+        self.assertEqual(error.key, "config")
+        self.assertIn("not valid TOML", str(error))
+
+    def test_stringForNumberInFile(self) -> None:
+        """
+        A number written as a string in the file is an error: files are
+        typed.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"quorum": "2"})
+        self.assertEqual(str(error), 'quorum: must be a positive integer, got "2"')
+
+    def test_floatForInteger(self) -> None:
+        """
+        A float where an integer is needed is an error.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"max-relays": 2.5})
+        self.assertEqual(str(error), "max-relays: must be a positive integer, got 2.5")
+
+    def test_integerForFloat(self) -> None:
+        """
+        An integer where seconds are needed is accepted as a float.
+        """
+        self.assertEqual(buildConfig({"publish-timeout": 4}).publishTimeout, 4.0)
+
+
+class OverrideTests(SynchronousTestCase):
+    """
+    Command-line values in L{buildConfig}'s C{overrides}.
+    """
+
+    def test_overridesFile(self) -> None:
+        """
+        A command-line value replaces the file's.
+        """
+        config = buildConfig({"quorum": 2, "relays": ["ws://a", "ws://b"]}, {"quorum": "1"})
+        self.assertEqual(config.quorum, 1)
+
+    def test_fileKeptWhenNotOverridden(self) -> None:
+        """
+        File values the command line does not give are kept.
+        """
+        config = buildConfig({"max-relays": 5}, {"quorum": "1"})
+        self.assertEqual(config.maxRelays, 5)
+
+    def test_textParsed(self) -> None:
+        """
+        Command-line numbers arrive as text and are parsed.
+        """
+        config = buildConfig(overrides={"eose-timeout": "2.5", "dedup-size": "100"})
+        self.assertEqual((config.eoseTimeout, config.dedupSize), (2.5, 100))
+
+    def test_duplicateRelays(self) -> None:
+        """
+        A relay given twice is kept once, in its first place.
+        """
+        config = buildConfig(overrides={"relays": ["ws://b", "ws://a", "ws://b"]})
+        self.assertEqual(config.relays, ("ws://b", "ws://a"))
+
+
+class ValidationTests(SynchronousTestCase):
+    """
+    Every invalid value is a L{ConfigError} whose text starts with its key.
+    """
+
+    def assertInvalid(self, key: str, value: object, message: str) -> None:
+        error = self.assertRaises(ConfigError, buildConfig, overrides={key: value})
+        self.assertEqual((error.key, str(error)), (key, f"{key}: {message}"))
+
+    def test_notAnInteger(self) -> None:
+        """
+        Text that is not an integer.
+        """
+        self.assertInvalid("quorum", "two", 'must be a positive integer, got "two"')
+
+    def test_zero(self) -> None:
+        """
+        Zero where a positive integer is needed.
+        """
+        self.assertInvalid("connections-per-address", "0", 'must be a positive integer, got "0"')
+
+    def test_negativeCount(self) -> None:
+        """
+        A negative store bound.
+        """
+        self.assertInvalid("store-max-events", "-1", 'must be an integer >= 0, got "-1"')
+
+    def test_badSeconds(self) -> None:
+        """
+        Seconds that are not a number, zero, or not finite.
+        """
+        for value in ("soon", "0", "nan", "inf"):
+            self.assertInvalid(
+                "eose-timeout", value, f'must be a number of seconds >= 0.001, got "{value}"'
+            )
+
+    def test_statusIntervalZero(self) -> None:
+        """
+        A status interval of 0 (no status lines) is valid, a negative one is
+        not.
+        """
+        self.assertEqual(buildConfig(overrides={"status-interval": "0"}).statusInterval, 0.0)
+        self.assertInvalid("status-interval", "-1", 'must be a number of seconds >= 0, got "-1"')
+
+    def test_boolean(self) -> None:
+        """
+        A flag that is not a boolean.
+        """
+        self.assertInvalid("auth-required", "yes", 'must be true or false, got "yes"')
+
+    def test_okPolicy(self) -> None:
+        """
+        An unknown OK policy.
+        """
+        self.assertInvalid(
+            "ok-policy", "always", 'must be one of "auto", "quorum", "local", got "always"'
+        )
+
+    def test_emptyText(self) -> None:
+        """
+        An empty name.
+        """
+        self.assertInvalid("name", " ", 'must be a non-empty string, got " "')
+
+    def test_storeDirectoryMissing(self) -> None:
+        """
+        A store file in a directory that does not exist.
+        """
+        path = os.path.abspath(self.mktemp())
+        self.assertInvalid(
+            "store",
+            os.path.join(path, "x.db"),
+            f'the directory {path} of "{os.path.join(path, "x.db")}" does not exist',
+        )
+
+    def test_storeInMemory(self) -> None:
+        """
+        C{:memory:} is a valid store.
+        """
+        self.assertEqual(buildConfig(overrides={"store": ":memory:"}).store, ":memory:")
+
+    def test_listen(self) -> None:
+        """
+        A listen value that is not an endpoint string.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, overrides={"listen": "carrier:7"})
+        self.assertEqual(error.key, "listen")
+        self.assertTrue(
+            str(error).startswith('listen: "carrier:7" is not a Twisted server endpoint string')
+        )
+
+    def test_relayScheme(self) -> None:
+        """
+        A relay URL that is not ws:// or wss://.
+        """
+        self.assertInvalid(
+            "relays",
+            ["https://relay.example"],
+            '"https://relay.example" is not a ws:// or wss:// URL',
+        )
+
+    def test_relayNoHost(self) -> None:
+        """
+        A relay URL with no host.
+        """
+        self.assertInvalid("relays", ["ws://"], '"ws://" has no host')
+
+    def test_relayBadPort(self) -> None:
+        """
+        A relay URL with a port that is not a number.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, overrides={"relays": ["ws://a:x"]})
+        self.assertTrue(str(error).startswith('relays: "ws://a:x" is not a valid URL'))
+
+    def test_relaysNotAList(self) -> None:
+        """
+        A single string where the relay list is expected.
+        """
+        self.assertInvalid(
+            "relays", "ws://a", 'must be a list of ws:// or wss:// URLs, got "ws://a"'
+        )
+
+    def test_relayURL(self) -> None:
+        """
+        The gateway's public URL must be a relay URL.
+        """
+        self.assertInvalid("relay-url", "http://me", '"http://me" is not a ws:// or wss:// URL')
+
+    def test_unknownKey(self) -> None:
+        """
+        An unknown key is an error naming it, with a suggestion when one is
+        close.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"max_relays": 3})
+        self.assertEqual(str(error), "max_relays: unknown setting (did you mean max-relays?)")
+
+    def test_unknownKeyNoSuggestion(self) -> None:
+        """
+        An unknown key far from any is an error naming it alone.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"colour": "blue"})
+        self.assertEqual(str(error), "colour: unknown setting")
+
+    def test_quorumOverRelays(self) -> None:
+        """
+        A quorum larger than the number of relays is an error on C{quorum}.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"relays": ["ws://a"]}, {"quorum": "2"})
+        self.assertEqual(str(error), "quorum: must be at most the number of relays (1), got 2")
+
+    def test_tooManyRelays(self) -> None:
+        """
+        More relays than C{max-relays} is an error on C{relays}.
+        """
+        error = self.assertRaises(
+            ConfigError, buildConfig, {"relays": ["ws://a", "ws://b"], "max-relays": 1}
+        )
+        self.assertEqual(str(error), "relays: 2 relays are more than max-relays (1)")
+
+    def test_quorumPolicyWithoutRelays(self) -> None:
+        """
+        The C{quorum} OK policy without relays is an error on C{ok-policy}.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"ok-policy": "quorum"})
+        self.assertEqual(error.key, "ok-policy")
+
+
+class ValidateRelayURLTests(SynchronousTestCase):
+    """
+    L{validateRelayURL}.
+    """
+
+    def test_valid(self) -> None:
+        """
+        A ws:// or wss:// URL with a host is returned without surrounding
+        blanks.
+        """
+        self.assertEqual(
+            validateRelayURL(" wss://relay.example:443/x "), "wss://relay.example:443/x"
+        )
+
+    def test_invalid(self) -> None:
+        """
+        Anything else raises L{InvalidRelayURL}.
+        """
+        for url in ("relay.example", "http://relay.example", "ws:///path", "ws://[::1"):
+            self.assertRaises(InvalidRelayURL, validateRelayURL, url)

@@ -1,0 +1,557 @@
+"""
+Tests for L{relaypool.outbox.OutboxPublisher}: durable publishing with
+retries, over a real SQLite store; a fake pool where time matters, real
+fake relays for the end-to-end cases, and a child process killed with
+C{SIGKILL} for crash recovery.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from relaypool.errors import PublishFailed, QueueFull
+from relaypool.mux import Backoff
+from relaypool.names import StaticNameService
+from relaypool.nostr.event import Event
+from relaypool.outbox import OutboxPublisher
+from relaypool.relaypool import PublishResult, RelayPool
+from relaypool.store import OutboxEntry, SQLiteEventStore
+from relaypool.testing import FakeRelay, makeEvent
+
+A = "ws://a.example"
+B = "ws://b.example"
+
+# No jitter: retry times are exact.
+STEADY = Backoff(initial=5.0, maximum=600.0, jitter=0.0)
+
+
+class _FakePool:
+    """
+    The part of L{RelayPool} the publisher uses, answering at once as
+    C{answers} says: C{(True, message)} accepts, C{(False, message)}
+    rejects, L{None} never answers (the relay is reported timed out).
+    """
+
+    publishTimeout = 10.0
+
+    def __init__(self, *urls: str) -> None:
+        self.urls = list(urls)
+        self.active = set(urls)
+        self.answers: dict[str, tuple[bool, str] | None] = {url: (True, "") for url in urls}
+        self.calls: list[tuple[str, tuple[str, ...], int]] = []
+        self.hold = False
+        self.held: list[Deferred[PublishResult]] = []
+
+    def relayURLs(self) -> list[str]:
+        return list(self.urls)
+
+    def activeRelayURLs(self) -> list[str]:
+        return [url for url in self.urls if url in self.active]
+
+    def publish(
+        self,
+        event: Event,
+        quorum: int = 1,
+        timeout: float | None = None,
+        relays: list[str] | None = None,
+    ) -> Deferred[PublishResult]:
+        targets = list(self.urls if relays is None else relays)
+        self.calls.append((event.id, tuple(targets), quorum))
+        if self.hold:
+            d: Deferred[PublishResult] = Deferred()
+            self.held.append(d)
+            return d
+        answers = {url: self.answers[url] for url in targets}
+        result = PublishResult(
+            event.id,
+            quorum,
+            {url: a[1] for url, a in answers.items() if a is not None and a[0]},
+            {url: a[1] for url, a in answers.items() if a is not None and not a[0]},
+            frozenset(url for url, a in answers.items() if a is None),
+        )
+        if result.succeeded:
+            return succeed(result)
+        return fail(PublishFailed("quorum not reached", result))
+
+
+class _FakeOutbox:
+    """
+    An in-memory L{IOutbox} whose C{enqueue} fires when the test says.
+    """
+
+    def __init__(self) -> None:
+        self.enqueued: list[Deferred[None]] = []
+        self.pendingCalls = 0
+
+    def enqueue(self, event: Event, relayURLs: list[str]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.enqueued.append(d)
+        return d
+
+    def recordResult(
+        self, eventID: str, relayURL: str, accepted: bool, message: str
+    ) -> Deferred[None]:
+        return succeed(None)
+
+    def pending(self) -> Deferred[list[OutboxEntry]]:
+        self.pendingCalls += 1
+        return succeed([])
+
+    def discard(self, eventID: str) -> Deferred[None]:
+        return succeed(None)
+
+
+class PublisherTests(TestCase):
+    """
+    L{OutboxPublisher} over a real store, with a fake pool and a fake clock
+    shared by the publisher and the store.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.path = self.mktemp()
+        self.store = self.openStore()
+        self.pool = _FakePool(A, B)
+
+    def openStore(self, **kwargs: Any) -> SQLiteEventStore:
+        store = SQLiteEventStore(self.path, clock=self.clock.seconds, **kwargs)
+        self.addCleanup(store.close)
+        return store
+
+    def publisher(self, **kwargs: Any) -> OutboxPublisher:
+        kwargs.setdefault("backoff", STEADY)
+        return OutboxPublisher(self.clock, self.pool, self.store, **kwargs)  # type: ignore[arg-type]
+
+    @inlineCallbacks
+    def relays(self) -> Any:
+        """
+        The outbox's only entry's relays, or L{None} when it is empty.
+        """
+        entries = yield self.store.pending()
+        self.assertLessEqual(len(entries), 1)
+        return dict(entries[0].relays) if entries else None
+
+    @inlineCallbacks
+    def test_submitRecordsAnswers(self) -> Any:
+        """
+        C{submit} publishes to every relay and records each one's answer:
+        the accepting relay is marked accepted, the rejecting one keeps its
+        reason and one attempt.
+        """
+        self.pool.answers[B] = (False, "blocked: not you")
+        result = yield self.publisher().submit(makeEvent())
+        self.assertEqual(
+            (dict(result.accepted), dict(result.rejected)), ({A: ""}, {B: "blocked: not you"})
+        )
+        relays = yield self.relays()
+        self.assertEqual(
+            (relays[A].accepted, relays[B].accepted, relays[B].attempts, relays[B].lastMessage),
+            (True, False, 1, "blocked: not you"),
+        )
+
+    @inlineCallbacks
+    def test_acceptedByAllLeavesOutbox(self) -> Any:
+        """
+        An event every relay accepted is no longer in the outbox.
+        """
+        result = yield self.publisher().submit(makeEvent())
+        self.assertTrue(result.succeeded)
+        relays = yield self.relays()
+        self.assertIsNone(relays)
+
+    def test_publishAfterEnqueue(self) -> None:
+        """
+        Nothing is published before the outbox made the event durable.
+        """
+        outbox = _FakeOutbox()
+        publisher = OutboxPublisher(self.clock, self.pool, outbox)  # type: ignore[arg-type]
+        publisher.submit(makeEvent())
+        self.assertEqual(self.pool.calls, [])
+        outbox.enqueued[0].callback(None)
+        self.assertEqual(len(self.pool.calls), 1)
+
+    @inlineCallbacks
+    def test_enqueueFailure(self) -> Any:
+        """
+        When the outbox refuses the event (full), C{submit} fails with its
+        error and nothing is published.
+        """
+        self.store = self.openStore(maxOutbox=1)
+        self.pool.answers[B] = (False, "error: down")
+        publisher = self.publisher()
+        yield publisher.submit(makeEvent())
+        yield self.assertFailure(publisher.submit(makeEvent()), QueueFull)
+        self.assertEqual(len(self.pool.calls), 1)
+
+    @inlineCallbacks
+    def test_quorumNotReached(self) -> Any:
+        """
+        A quorum not reached gives a result that did not succeed (not a
+        failure), with the relays' reasons.
+        """
+        self.pool.answers[B] = (False, "blocked: no")
+        result = yield self.publisher(quorum=2).submit(makeEvent())
+        self.assertEqual((result.succeeded, result.reasons()), (False, f"{B}: blocked: no"))
+
+    @inlineCallbacks
+    def test_silentRelayRecordedAfterFailure(self) -> Any:
+        """
+        A relay that never answered a publish that failed is recorded as a
+        failed attempt.
+        """
+        self.pool.answers = {A: None, B: None}
+        result = yield self.publisher().submit(makeEvent())
+        self.assertFalse(result.succeeded)
+        relays = yield self.relays()
+        self.assertEqual((relays[A].attempts, relays[A].accepted), (1, False))
+
+    @inlineCallbacks
+    def test_outstandingAfterQuorumNotRecorded(self) -> Any:
+        """
+        A relay still outstanding when the quorum was reached is not
+        recorded as failing: its answer is unknown.
+        """
+        self.pool.answers[B] = None
+        result = yield self.publisher().submit(makeEvent())
+        self.assertTrue(result.succeeded)
+        relays = yield self.relays()
+        self.assertEqual((relays[B].attempts, relays[B].lastAttemptAt), (0, None))
+
+    @inlineCallbacks
+    def test_retryAfterBackoff(self) -> Any:
+        """
+        A relay that rejected is published to again once its backoff
+        passed, not before; when it accepts, the event leaves the outbox.
+        """
+        self.pool.answers[B] = (False, "error: busy")
+        publisher = self.publisher()
+        event = makeEvent()
+        yield publisher.submit(event)
+        self.pool.answers[B] = (True, "")
+        self.clock.advance(4.9)
+        yield publisher.retryDue()
+        self.assertEqual(len(self.pool.calls), 1)
+        self.clock.advance(0.1)
+        yield publisher.retryDue()
+        self.assertEqual(self.pool.calls[1], (event.id, (B,), 1))
+        relays = yield self.relays()
+        self.assertIsNone(relays)
+
+    @inlineCallbacks
+    def test_backoffGrows(self) -> Any:
+        """
+        Each failed retry lengthens the wait before the next one.
+        """
+        self.pool.answers[B] = (False, "error: busy")
+        publisher = self.publisher()
+        yield publisher.submit(makeEvent())
+        self.clock.advance(5)
+        yield publisher.retryDue()
+        self.clock.advance(9.9)
+        yield publisher.retryDue()
+        self.assertEqual(len(self.pool.calls), 2)
+        self.clock.advance(0.1)
+        yield publisher.retryDue()
+        self.assertEqual(len(self.pool.calls), 3)
+        relays = yield self.relays()
+        self.assertEqual(relays[B].attempts, 3)
+
+    @inlineCallbacks
+    def test_unansweredRetriedAfterPublishTimeout(self) -> Any:
+        """
+        A relay whose answer is unknown is retried once the first publish
+        surely finished (the pool's publish timeout), not before.
+        """
+        self.pool.answers[B] = None
+        publisher = self.publisher()
+        yield publisher.submit(makeEvent())
+        self.pool.answers[B] = (True, "duplicate: have it")
+        self.clock.advance(9.9)
+        yield publisher.retryDue()
+        self.assertEqual(len(self.pool.calls), 1)
+        self.clock.advance(0.1)
+        yield publisher.retryDue()
+        relays = yield self.relays()
+        self.assertIsNone(relays)
+
+    @inlineCallbacks
+    def test_disconnectedRelayNotRetried(self) -> Any:
+        """
+        A relay that is not connected is not retried, even when due.
+        """
+        self.pool.answers[B] = (False, "error: down")
+        publisher = self.publisher()
+        yield publisher.submit(makeEvent())
+        self.pool.active.discard(B)
+        self.clock.advance(60)
+        yield publisher.retryDue()
+        self.assertEqual(len(self.pool.calls), 1)
+
+    @inlineCallbacks
+    def test_maxAge(self) -> Any:
+        """
+        An event older than C{maxAge} is discarded instead of retried.
+        """
+        self.pool.answers[B] = (False, "error: down")
+        publisher = self.publisher(maxAge=100.0)
+        yield publisher.submit(makeEvent())
+        self.clock.advance(101)
+        yield publisher.retryDue()
+        self.assertEqual(len(self.pool.calls), 1)
+        relays = yield self.relays()
+        self.assertIsNone(relays)
+
+    @inlineCallbacks
+    def test_maxInFlight(self) -> Any:
+        """
+        No more than C{maxInFlight} retry publishes are in flight.
+        """
+        self.pool.answers[B] = (False, "error: down")
+        publisher = self.publisher(maxInFlight=1)
+        yield publisher.submit(makeEvent())
+        yield publisher.submit(makeEvent())
+        self.pool.hold = True
+        self.clock.advance(60)
+        passing = publisher.retryDue()
+        yield _until(lambda: bool(self.pool.held))
+        self.assertEqual((len(self.pool.held), publisher.retrying()), (1, 1))
+        held = self.pool.held[0]
+        eventID = self.pool.calls[-1][0]
+        held.callback(PublishResult(eventID, 1, {B: ""}, {}, frozenset()))
+        yield passing
+        self.assertEqual(publisher.retrying(), 0)
+
+    @inlineCallbacks
+    def test_noSecondPublishWhileInFlight(self) -> Any:
+        """
+        An event whose publish is in flight is not published again by a
+        pass.
+        """
+        self.pool.hold = True
+        publisher = self.publisher()
+        submitted = publisher.submit(makeEvent())
+        yield _until(lambda: bool(self.pool.held))
+        self.clock.advance(60)
+        yield publisher.retryDue()
+        self.assertEqual(len(self.pool.calls), 1)
+        event = self.pool.calls[0][0]
+        self.pool.held[0].callback(PublishResult(event, 1, {A: "", B: ""}, {}, frozenset()))
+        yield submitted
+
+    @inlineCallbacks
+    def test_restartResumes(self) -> Any:
+        """
+        A new publisher over the same database file resumes what an earlier
+        one left in the outbox.
+        """
+        self.pool.answers[B] = (False, "error: down")
+        event = makeEvent()
+        yield self.publisher().submit(event)
+        yield self.store.close()
+        self.store = self.openStore()
+        self.pool = _FakePool(A, B)
+        self.clock.advance(5)
+        yield self.publisher().retryDue()
+        self.assertEqual(self.pool.calls, [(event.id, (B,), 1)])
+        relays = yield self.relays()
+        self.assertIsNone(relays)
+
+    def test_startPassAtOnce(self) -> None:
+        """
+        Starting the publisher reads the outbox at once, then every
+        C{retryInterval}; stopping it stops the loop.
+        """
+        outbox = _FakeOutbox()
+        publisher = OutboxPublisher(self.clock, self.pool, outbox, retryInterval=5.0)  # type: ignore[arg-type]
+        publisher.startService()
+        self.assertEqual(outbox.pendingCalls, 1)
+        self.clock.advance(5)
+        self.assertEqual(outbox.pendingCalls, 2)
+        publisher.stopService()
+        self.clock.advance(5)
+        self.assertEqual(outbox.pendingCalls, 2)
+
+
+def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> Deferred[None]:
+    """
+    Fire once C{predicate()} holds, checking every 20 ms; fail after
+    C{timeout} seconds.
+    """
+    steps = int(timeout / 0.02)
+
+    @inlineCallbacks
+    def wait() -> Any:
+        for _ in range(steps):
+            if predicate():
+                return
+            yield deferLater(reactor, 0.02, lambda: None)
+        raise AssertionError(f"condition not met in {timeout} s")
+
+    return wait()  # type: ignore[no-any-return]
+
+
+class EndToEndTests(TestCase):
+    """
+    L{OutboxPublisher} over a real L{RelayPool}, fake relays and a store.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.relays = [FakeRelay(), FakeRelay()]
+        for relay in self.relays:
+            yield relay.start()
+            self.addCleanup(relay.stop)
+        self.store = SQLiteEventStore(self.mktemp())
+        self.addCleanup(self.store.close)
+        self.pool = RelayPool(
+            nameService=StaticNameService(), fetchInformation=False, publishTimeout=2.0
+        )
+        for relay in self.relays:
+            self.pool.addRelay(relay.url)
+        self.pool.startService()
+        self.addCleanup(self.pool.stopService)
+        yield _until(lambda: len(self.pool.activeRelayURLs()) == 2)
+
+    @inlineCallbacks
+    def test_retriedUntilAccepted(self) -> Any:
+        """
+        A relay that rejected an event is retried after its backoff, and
+        once it accepted, the event is on both relays and out of the outbox.
+        """
+        first, second = self.relays
+        second.misbehaviour.rejectWith = "blocked: come back later"
+        publisher = OutboxPublisher(
+            reactor, self.pool, self.store, quorum=2, backoff=Backoff(initial=0.05, jitter=0.0)
+        )
+        event = makeEvent()
+        result = yield publisher.submit(event)
+        self.assertEqual(
+            (result.succeeded, set(result.rejected)), (False, {self.pool.relayURLs()[1]})
+        )
+        second.misbehaviour.rejectWith = None
+        yield deferLater(reactor, 0.06, lambda: None)
+        yield publisher.retryDue()
+        self.assertEqual(
+            ([e.id for e in first.events], [e.id for e in second.events]), ([event.id], [event.id])
+        )
+        pending = yield self.store.pending()
+        self.assertEqual(pending, [])
+
+
+_CHILD = """
+import sys
+from twisted.internet import defer, reactor
+from relaypool.outbox import OutboxPublisher
+from relaypool.relaypool import RelayPool
+from relaypool.store import SQLiteEventStore
+from relaypool.testing import makeEvent
+
+path, url, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+@defer.inlineCallbacks
+def main():
+    store = SQLiteEventStore(path)
+    pool = RelayPool(fetchInformation=False, publishTimeout=0.5)
+    pool.addRelay(url)
+    pool.startService()
+    publisher = OutboxPublisher(reactor, pool, store)
+    events = [makeEvent(content=f"queued {i}") for i in range(count)]
+    yield defer.gatherResults([publisher.submit(event) for event in events])
+    print("ready " + " ".join(event.id for event in events), flush=True)
+
+reactor.callWhenRunning(main)
+reactor.run()
+"""
+
+
+class _Child(ProcessProtocol):
+    """
+    Collects a child's output; C{ready} fires with its first line, C{ended}
+    when it exited.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.errors = b""
+        self.ready: Deferred[str] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if b"\n" in self.output and not self.ready.called:
+            self.ready.callback(self.output.split(b"\n", 1)[0].decode())
+
+    def errReceived(self, data: bytes) -> None:
+        self.errors += data[-4096:]
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.ready.called:
+            self.ready.errback(AssertionError(f"child exited: {self.errors.decode()}"))
+        self.ended.callback(None)
+
+
+class CrashTests(TestCase):
+    """
+    What a killed process left in the outbox reaches the relay after a
+    restart.
+    """
+
+    @inlineCallbacks
+    def test_killedAndRestarted(self) -> Any:
+        """
+        Events queued by a process killed with SIGKILL while their relay was
+        down are all delivered once a new process starts with the relay up,
+        and the outbox is then empty.
+        """
+        relay = FakeRelay()
+        yield relay.start()
+        yield relay.stop()
+        path = self.mktemp()
+        child = _Child()
+        env = dict(os.environ)
+        repo = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+        process = reactor.spawnProcess(  # type: ignore[attr-defined]
+            child, sys.executable, [sys.executable, "-c", _CHILD, path, relay.url, "20"], env=env
+        )
+        self.addCleanup(lambda: child.ended)
+        line = yield child.ready.addTimeout(30, reactor)
+        self.assertTrue(line.startswith("ready "), line)
+        queued = set(line.split()[1:])
+        process.signalProcess("KILL")
+        yield child.ended
+
+        yield relay.start()
+        self.addCleanup(relay.stop)
+        store = SQLiteEventStore(path)
+        self.addCleanup(store.close)
+        pending = yield store.pending()
+        self.assertEqual({entry.event.id for entry in pending}, queued)
+        pool = RelayPool(nameService=StaticNameService(), fetchInformation=False)
+        pool.addRelay(relay.url)
+        publisher = OutboxPublisher(
+            reactor, pool, store, backoff=Backoff(initial=0.01, maximum=0.1), retryInterval=0.05
+        )
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        publisher.startService()
+        self.addCleanup(publisher.stopService)
+        yield _until(lambda: {event.id for event in relay.events} == queued, timeout=20)
+        for _ in range(100):
+            pending = yield store.pending()
+            if not pending:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(pending, [])
