@@ -32,7 +32,14 @@ if TYPE_CHECKING:
     from relaypool.relaypool import RelayPool
     from relaypool.store import SQLiteEventStore
 
-__all__ = ["OrderedMultiService", "Options", "RelayPoolService", "StatusLogger", "makeService"]
+__all__ = [
+    "OrderedMultiService",
+    "Options",
+    "RelayPoolService",
+    "StatusLogger",
+    "logConnectionState",
+    "makeService",
+]
 
 
 def _optionName(setting: Setting) -> str:
@@ -123,6 +130,28 @@ class Options(usage.Options):
             self.config = buildConfig(fileValues, overrides)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+_connectionLog = Logger(namespace="relaypool.connections")
+
+
+def logConnectionState(relayURL: str, slot: Any) -> None:
+    """
+    Log one upstream connection slot's state change (a
+    L{relaypool.mux.SlotStatus}).
+    """
+    retry = ""
+    if slot.nextRetry is not None:
+        retry = f", retry at {slot.nextRetry:.1f}"
+    _connectionLog.info(
+        "{url} {address} #{index}: {state} (failed attempts: {attempts}{retry})",
+        url=relayURL,
+        address=str(slot.address),
+        index=slot.index,
+        state=slot.state,
+        attempts=slot.attempts,
+        retry=retry,
+    )
 
 
 class StatusLogger(service.Service):
@@ -301,6 +330,7 @@ class RelayPoolService(OrderedMultiService):
                 eoseTimeout=config.eoseTimeout,
                 publishTimeout=config.publishTimeout,
                 store=store,
+                onStateChange=logConnectionState,
             )
             for url in config.relays:
                 pool.addRelay(url)

@@ -28,6 +28,7 @@ from relaypool.service import (
     OrderedMultiService,
     RelayPoolService,
     StatusLogger,
+    logConnectionState,
     makeService,
 )
 from relaypool.testing import FakeRelay, makeEvent
@@ -233,6 +234,26 @@ class StatusLoggerTests(SynchronousTestCase):
             formatEvent(events[0]),
             "relay ws://a: open, health 90, events 10 received (7 unique, 1 invalid),"
             " OK 3 accepted 0 rejected, latency 50 ms, reconnects 2, queued 0, dropped 0",
+        )
+
+
+class ConnectionStateLogTests(SynchronousTestCase):
+    def test_slotChangeLine(self) -> None:
+        """
+        A connection slot's state change is logged with the relay, address,
+        state, failed attempts and the next retry time.
+        """
+        from twisted.logger import formatEvent
+
+        from relaypool.mux import SlotStatus
+        from relaypool.names import Address
+
+        slot = SlotStatus(Address("127.0.0.1", 7000), 0, "backing-off", 3, 12.5)
+        with capturedLogs() as events:
+            logConnectionState("ws://127.0.0.1:7000/", slot)
+        self.assertEqual(
+            formatEvent(events[0]),
+            "ws://127.0.0.1:7000/ 127.0.0.1:7000 #0: backing-off (failed attempts: 3, retry at 12.5)",
         )
 
 
