@@ -146,7 +146,7 @@ class Gateway(service.MultiService):
             name=self._name,
             description=self._description,
             supportedNips=self.supportedNIPs(),
-            software="https://github.com/relaypool/relaypool",
+            software="relaypool",
             version=__version__,
             limitation=Limitation(
                 maxMessageLength=limits.maxMessageSize,
