@@ -25,10 +25,10 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import urlsplit
 
 from relaypool.errors import ConfigError, InvalidRelayURL
 from relaypool.gateway.limits import GatewayLimits
+from relaypool.nostr.url import parseRelayURL
 
 __all__ = [
     "SETTINGS",
@@ -203,17 +203,8 @@ def validateRelayURL(url: str) -> str:
     @raise InvalidRelayURL: if it is not a C{ws://} or C{wss://} URL with a
         host (and a valid port, if any).
     """
-    text = url.strip()
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 -- parsing the port raises on a bad one
-    except ValueError as e:
-        raise InvalidRelayURL(f"{_shown(url)} is not a valid URL: {e}") from None
-    if parts.scheme not in ("ws", "wss"):
-        raise InvalidRelayURL(f"{_shown(url)} is not a ws:// or wss:// URL")
-    if not parts.hostname:
-        raise InvalidRelayURL(f"{_shown(url)} has no host")
-    return text
+    parseRelayURL(url)
+    return url.strip()
 
 
 def _relayURL(value: object, fromText: bool) -> str:

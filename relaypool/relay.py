@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import Deferred, succeed
@@ -24,11 +23,11 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relaypool.errors import InvalidEvent, InvalidMessage, InvalidRelayURL
+from relaypool.errors import InvalidEvent, InvalidMessage
 from relaypool.health import ConnectionMetrics, HealthPolicy
 from relaypool.interfaces import INameService
 from relaypool.mux import Backoff, UniformMultiplexer
-from relaypool.nostr.event import Event
+from relaypool.nostr.event import AUTH_KIND, Event
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.messages import (
     ClientAuth,
@@ -48,45 +47,9 @@ from relaypool.nostr.messages import (
     reasonPrefix,
 )
 from relaypool.nostr.nip11 import Limitation
+from relaypool.nostr.url import parseRelayURL
 
 log = Logger()
-
-#: NIP-42 AUTH events are kind 22242.
-AUTH_KIND = 22242
-
-
-def parseRelayURL(url: str) -> tuple[str, str, int, bool]:
-    """
-    Check a relay URL and split out what connecting needs.
-
-    @return: C{(normalizedURL, host, port, secure)}.
-    @raise InvalidRelayURL: if C{url} is not C{ws://} or C{wss://} with a host.
-    """
-    if not isinstance(url, str):
-        raise InvalidRelayURL(f"relay URL must be a string, got {type(url).__name__}")
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as e:
-        raise InvalidRelayURL(f"{url!r} is not a valid URL: {e}")
-    scheme = parts.scheme.lower()
-    if scheme not in ("ws", "wss"):
-        raise InvalidRelayURL(f"{url!r}: a relay URL must start with ws:// or wss://")
-    if not parts.hostname:
-        raise InvalidRelayURL(f"{url!r}: a relay URL needs a host")
-    secure = scheme == "wss"
-    host = parts.hostname
-    if port is None:
-        port = 443 if secure else 80
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    path = parts.path or "/"
-    normalized = f"{scheme}://{netloc}{path}"
-    if parts.query:
-        normalized += f"?{parts.query}"
-    return normalized, host, port, secure
-
 
 def _follow(source: Deferred[bool]) -> Deferred[bool]:
     """
@@ -310,7 +273,8 @@ class Relay:
         rateLimitBackoff: Backoff = Backoff(initial=1.0, maximum=60.0, jitter=0.0),
         onStateChange: Callable[[Any], None] | None = None,
     ) -> None:
-        self.url, host, port, _ = parseRelayURL(url)
+        relayURL = parseRelayURL(url)
+        self.url = relayURL.url
         self.reactor = reactor
         self._owner = owner
         self._maxMessageSize = maxMessageSize
@@ -324,11 +288,10 @@ class Relay:
         self.connectedSince: float | None = None
         self.downSince: float | None = reactor.seconds()
         self._holdingForInformation = False
-        name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.mux = UniformMultiplexer(
             reactor,
             nameService,
-            name,
+            relayURL.name,
             lambda address: _RelayFactory(self, self.url, maxMessageSize),
             connectionsPerAddress=connectionsPerAddress,
             backoff=backoff,

@@ -48,7 +48,8 @@ from relaypool.nostr.messages import (
     RelayNotice,
     RelayOK,
 )
-from relaypool.relay import Relay, parseRelayURL
+from relaypool.nostr.url import parseRelayURL
+from relaypool.relay import Relay
 
 log = Logger()
 
@@ -550,7 +551,8 @@ class RelayPool(service.Service):
         @raise TooManyRelays: if the pool already holds C{maxRelays} relays
             after L{cleanup}.
         """
-        normalized = parseRelayURL(url)[0]
+        relayURL = parseRelayURL(url)
+        normalized = relayURL.url
         if normalized in self._relays:
             return
         if len(self._relays) >= self.maxRelays:
@@ -560,7 +562,6 @@ class RelayPool(service.Service):
                 f"cannot add {normalized}: the pool already has {self.maxRelays} relays "
                 f"(maxRelays); remove one first or raise the limit"
             )
-        host = parseRelayURL(normalized)[1]
         relay = Relay(
             self.reactor,
             normalized,
@@ -568,7 +569,7 @@ class RelayPool(service.Service):
             self._nameService,
             connectionsPerAddress=self._connectionsPerAddress,
             backoff=self._backoff,
-            tls=self._tlsOptions(host) if self._tlsOptions is not None and normalized.startswith("wss") else None,
+            tls=self._tlsOptions(relayURL.host) if self._tlsOptions is not None and relayURL.secure else None,
             maxMessageSize=self._maxMessageSize,
             outboundCapacity=self.broadcastCapacity,
             pendingRequestCapacity=self._pendingRequestCapacity,
@@ -617,7 +618,7 @@ class RelayPool(service.Service):
             C{False} at once if the URL is not in the pool.
         """
         try:
-            normalized = parseRelayURL(url)[0]
+            normalized = parseRelayURL(url).url
         except ValueError:
             return succeed(False)
         relay = self._relays.pop(normalized, None)
@@ -686,7 +687,7 @@ class RelayPool(service.Service):
         @raise UnknownRelay: if it is not in the pool.
         """
         try:
-            return self._relays[parseRelayURL(url)[0]]
+            return self._relays[parseRelayURL(url).url]
         except KeyError:
             raise UnknownRelay(f"{url} is not in the pool")
 

@@ -33,6 +33,7 @@ from twisted.web.server import Request, Site
 
 from relaypool.errors import InvalidEvent, InvalidMessage
 from relaypool.nostr.event import (
+    AUTH_KIND,
     Event,
     isAddressable,
     isEphemeral,
@@ -88,10 +89,6 @@ The largest WebSocket message (and frame) a L{FakeRelay} accepts; larger
 ones fail the connection.
 """
 
-AUTH_KIND = 22242
-"""
-The kind of NIP-42 authentication events.
-"""
 
 AUTH_MAX_SKEW = 600
 """

@@ -26,12 +26,11 @@ from twisted.python.failure import Failure
 
 from relaypool.config import validateRelayURL
 from relaypool.errors import InvalidRelayURL, RelayPoolError
-from relaypool.nostr.event import Event, generatePrivateKey, publicKeyFor
+from relaypool.nostr.event import AUTH_KIND, Event, generatePrivateKey, publicKeyFor
 
 __all__ = ["TryItFailed", "main", "tryRelay"]
 
 DEFAULT_URL = "ws://127.0.0.1:7777"
-AUTH_KIND = 22242
 
 
 class TryItFailed(RelayPoolError):

@@ -10,12 +10,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relaypool.errors import InvalidEvent
 from relaypool.gateway.auth import (
-    AUTH_KIND,
     makeChallenge,
     relayURLMatches,
     verifyAuthEvent,
 )
-from relaypool.nostr.event import Event
+from relaypool.nostr.event import AUTH_KIND, Event
 from relaypool.testing import TEST_PRIVATE_KEY, TEST_PUBLIC_KEY
 
 NOW = 1_700_000_000

@@ -9,12 +9,7 @@ import secrets
 from urllib.parse import urlsplit
 
 from relaypool.errors import InvalidEvent
-from relaypool.nostr.event import Event
-
-AUTH_KIND = 22242
-"""
-The kind of NIP-42 authentication events.
-"""
+from relaypool.nostr.event import AUTH_KIND, Event
 
 AUTH_WINDOW = 600.0
 """
@@ -95,7 +90,6 @@ def verifyAuthEvent(
 
 
 __all__ = [
-    "AUTH_KIND",
     "AUTH_WINDOW",
     "makeChallenge",
     "relayURLMatches",

@@ -60,10 +60,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaypool.errors import InvalidEvent, InvalidMessage, PoolClosed, PublishFailed
-from relaypool.gateway.auth import AUTH_KIND, makeChallenge, verifyAuthEvent
+from relaypool.gateway.auth import makeChallenge, verifyAuthEvent
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits, TokenBucket
 from relaypool.gateway.registry import Claims, ConnectionRegistry, ConnId
-from relaypool.nostr.event import Event, isEphemeral
+from relaypool.nostr.event import AUTH_KIND, Event, isEphemeral
 from relaypool.nostr.filter import Filter, filtersKey, matchesAny
 from relaypool.nostr.messages import (
     ClientAuth,

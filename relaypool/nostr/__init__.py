@@ -6,6 +6,7 @@ relay information documents.
 from __future__ import annotations
 
 from relaypool.nostr.event import (
+    AUTH_KIND,
     DEFAULT_EVENT_LIMITS,
     Event,
     EventLimits,
@@ -47,8 +48,12 @@ from relaypool.nostr.messages import (
     reasonPrefix,
 )
 from relaypool.nostr.nip11 import Limitation, RelayInformation, informationURL
+from relaypool.nostr.url import RelayURL, parseRelayURL
 
 __all__ = [
+    "AUTH_KIND",
+    "RelayURL",
+    "parseRelayURL",
     "DEFAULT_EVENT_LIMITS",
     "DEFAULT_FILTER_LIMITS",
     "MAX_SUBSCRIPTION_ID_LENGTH",

@@ -24,6 +24,9 @@ _HEX128 = re.compile(r"[0-9a-f]{128}")
 _ANY_CASE_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 
+#: NIP-42: the kind of the events that answer an AUTH challenge.
+AUTH_KIND = 22242
+
 MAX_CREATED_AT = 2**63 - 1
 """
 The largest C{created_at} accepted: the largest signed 64-bit integer, so

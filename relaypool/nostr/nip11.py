@@ -12,7 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from relaypool.errors import InvalidRelayInformation, InvalidRelayURL
+from relaypool.errors import InvalidRelayInformation
+from relaypool.nostr.url import parseRelayURL
 
 _LIMITATION_INTS = (
     ("max_message_length", "maxMessageLength"),
@@ -227,8 +228,6 @@ def informationURL(relayURL: str) -> str:
     @raise InvalidRelayURL: if C{relayURL} is not a C{ws://} or C{wss://}
         URL with a host.
     """
-    parts = urlsplit(relayURL)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme.lower())
-    if scheme is None or not parts.hostname:
-        raise InvalidRelayURL(f"{relayURL!r} is not a ws:// or wss:// URL with a host")
+    scheme = "https" if parseRelayURL(relayURL).secure else "http"
+    parts = urlsplit(relayURL.strip())
     return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
