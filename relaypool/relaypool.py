@@ -13,7 +13,7 @@ pauses reading from the relays when full, outbound queues refuse and count.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import count as counter
 from typing import Any
@@ -28,7 +28,6 @@ from relaypool.errors import (
     InvalidEvent,
     PoolClosed,
     PublishFailed,
-    SubscriptionClosed,
     TooManyRelays,
     UnknownRelay,
 )
@@ -50,111 +49,28 @@ from relaypool.nostr.messages import (
 )
 from relaypool.nostr.url import parseRelayURL
 from relaypool.relay import Relay
+from relaypool.results import (
+    CountResult,
+    PoolMessage,
+    PoolTotals,
+    PublishResult,
+    RelayStats,
+)
+from relaypool.subscription import Subscription
+
+__all__ = [
+    "CountResult",
+    "PoolMessage",
+    "PoolSender",
+    "PoolTotals",
+    "PublishResult",
+    "RelayPool",
+    "RelayStats",
+    "Subscription",
+    "limitEvents",
+]
 
 log = Logger()
-
-
-@dataclass(frozen=True, slots=True)
-class PoolMessage:
-    """
-    A message from one relay, as L{RelayPool.recv} hands it out.
-    """
-
-    relayURL: str
-    message: RelayMessage
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    """
-    The outcome of L{RelayPool.publish}, per relay.
-
-    @ivar accepted: relay URL to the message of its C{OK true}.
-    @ivar rejected: relay URL to the reason it did not accept (its C{OK false}
-        message, or C{"error: relaypool: ..."} when the event could not be
-        sent to it).
-    @ivar timedOut: relays that had not answered when the result was made.
-    """
-
-    eventId: str
-    quorum: int
-    accepted: Mapping[str, str]
-    rejected: Mapping[str, str]
-    timedOut: frozenset[str]
-
-    @property
-    def succeeded(self) -> bool:
-        """
-        Whether at least C{quorum} relays accepted.
-        """
-        return len(self.accepted) >= self.quorum
-
-    def reasons(self) -> str:
-        """
-        @return: one line naming each relay that did not accept and why.
-        """
-        parts = [f"{url}: {reason}" for url, reason in sorted(self.rejected.items())]
-        parts += [f"{url}: timed out" for url in sorted(self.timedOut)]
-        return "; ".join(parts)
-
-
-@dataclass(frozen=True, slots=True)
-class CountResult:
-    """
-    The outcome of L{RelayPool.count}.
-
-    @ivar count: the largest count any relay gave (the union of relays can
-        only be larger, so C{approximate} is set when several relays answered),
-        or the number of unique events fetched when no relay supports COUNT.
-    """
-
-    count: int
-    approximate: bool
-    perRelay: Mapping[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class RelayStats:
-    """
-    One relay's figures, as L{RelayPool.stats} reports them.
-    """
-
-    url: str
-    state: str
-    connectedSince: float | None
-    reconnects: int
-    eventsReceived: int
-    eventsUnique: int
-    eventsInvalid: int
-    okAccepted: int
-    okRejected: int
-    latency: float | None
-    healthScore: float
-    outboundQueued: int
-    outboundDropped: int
-    waitingSubscriptions: int
-
-
-@dataclass(frozen=True, slots=True)
-class PoolTotals:
-    """
-    Figures for the whole pool.
-    """
-
-    relays: int
-    activeRelays: int
-    subscriptions: int
-    eventsReceived: int
-    eventsUnique: int
-    eventsInvalid: int
-    okAccepted: int
-    okRejected: int
-    inboundQueued: int
-    outboundQueued: int
-    outboundDropped: int
-    recvDropped: int
-    cachedIds: int
-    paused: bool
 
 
 class PoolSender:
@@ -204,161 +120,6 @@ class _SeenCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-class Subscription:
-    """
-    One logical subscription over several relays.
-
-    Consume events with L{onEvent} callbacks, or with L{next} when no callback
-    is set (events then wait in a buffer of at most C{bufferSize}; while it is
-    full the pool pauses reading from its relays).
-    """
-
-    def __init__(
-        self,
-        pool: RelayPool,
-        subscriptionId: str,
-        filters: tuple[Filter, ...],
-        relayURLs: frozenset[str],
-        closeOnEOSE: bool,
-        bufferSize: int,
-    ) -> None:
-        self.subscriptionId = subscriptionId
-        self.filters = filters
-        self.relayURLs = relayURLs
-        self.closeOnEOSE = closeOnEOSE
-        self.closed = False
-        self.eosed = False
-        self._pool = pool
-        self._bufferSize = bufferSize
-        self._eventCallbacks: list[Callable[[Event, str], None]] = []
-        self._eoseCallbacks: list[Callable[[], None]] = []
-        self._eoseWaiters: list[Deferred[None]] = []
-        self._buffer: deque[tuple[Event, str]] = deque()
-        self._nextWaiters: deque[Deferred[Event | None]] = deque()
-        self._waitingFor: set[str] = set()
-        self._timeoutCall: Any = None
-        self._full = False
-
-    def onEvent(self, callback: Callable[[Event, str], None]) -> None:
-        """
-        Call C{callback(event, relayURL)} for each event, once per event.
-        Events buffered before the first callback was added are given to it
-        at once.
-        """
-        self._eventCallbacks.append(callback)
-        while self._buffer:
-            callback(*self._buffer.popleft())
-        self._setFull(False)
-
-    def onEOSE(self, callback: Callable[[], None]) -> None:
-        """
-        Call C{callback()} when the subscription reaches EOSE (at once if it
-        already has).
-        """
-        if self.eosed:
-            callback()
-        else:
-            self._eoseCallbacks.append(callback)
-
-    def whenEOSE(self) -> Deferred[None]:
-        """
-        @return: a Deferred firing once every relay that was connected (or
-            connecting) sent EOSE or CLOSED, or the EOSE timeout passed.
-        """
-        if self.eosed:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._eoseWaiters.append(d)
-        return d
-
-    def next(self) -> Deferred[Event | None]:
-        """
-        @return: a Deferred firing with the next event, or with L{None} once
-            the subscription is closed and its buffer empty.
-        """
-        if self._buffer:
-            event = self._buffer.popleft()[0]
-            if len(self._buffer) < self._bufferSize // 2:
-                self._setFull(False)
-            return succeed(event)
-        if self.closed:
-            return succeed(None)
-        d: Deferred[Event | None] = Deferred()
-        self._nextWaiters.append(d)
-        return d
-
-    def close(self) -> None:
-        """
-        Close the subscription on every relay. Idempotent.
-        """
-        if self.closed:
-            return
-        self.closed = True
-        self._cancelTimeout()
-        self._pool._subscriptionClosed(self)
-        self._setFull(False)
-        while self._nextWaiters:
-            self._nextWaiters.popleft().callback(None)
-        if not self.eosed:
-            waiters, self._eoseWaiters = self._eoseWaiters, []
-            for d in waiters:
-                d.errback(SubscriptionClosed(f"subscription {self.subscriptionId} closed before EOSE"))
-
-    # --- driven by the pool -------------------------------------------------
-
-    def _deliver(self, event: Event, relayURL: str) -> None:
-        if self._eventCallbacks:
-            for callback in list(self._eventCallbacks):
-                callback(event, relayURL)
-        elif self._nextWaiters:
-            self._nextWaiters.popleft().callback(event)
-        else:
-            self._buffer.append((event, relayURL))
-            if len(self._buffer) >= self._bufferSize:
-                self._setFull(True)
-
-    def _setFull(self, full: bool) -> None:
-        if full != self._full:
-            self._full = full
-            self._pool._pressure(+1 if full else -1)
-
-    def _startWaiting(self, relayURLs: Iterable[str], timeout: float) -> None:
-        self._waitingFor = set(relayURLs)
-        if timeout > 0:
-            self._timeoutCall = self._pool.reactor.callLater(timeout, self._reachEOSE)
-        self._checkEOSE()
-
-    def _relayDone(self, relayURL: str) -> None:
-        self._waitingFor.discard(relayURL)
-        self._checkEOSE()
-
-    def _checkEOSE(self) -> None:
-        if not self._waitingFor:
-            self._reachEOSE()
-
-    def _reachEOSE(self) -> None:
-        self._cancelTimeout()
-        if self.eosed or self.closed:
-            return
-        self.eosed = True
-        self._waitingFor.clear()
-        callbacks, self._eoseCallbacks = self._eoseCallbacks, []
-        waiters, self._eoseWaiters = self._eoseWaiters, []
-        if self.closeOnEOSE:
-            # Before anyone hears of the EOSE, so what they send next
-            # follows our CLOSE on the wire.
-            self.close()
-        for callback in callbacks:
-            callback()
-        for d in waiters:
-            d.callback(None)
-
-    def _cancelTimeout(self) -> None:
-        if self._timeoutCall is not None and self._timeoutCall.active():
-            self._timeoutCall.cancel()
-        self._timeoutCall = None
 
 
 @dataclass(eq=False)

@@ -1,0 +1,114 @@
+"""
+The values a L{relaypool.relaypool.RelayPool} hands out: raw messages,
+publish and count outcomes, per-relay and pool-wide figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from relaypool.nostr.messages import RelayMessage
+
+
+@dataclass(frozen=True, slots=True)
+class PoolMessage:
+    """
+    A message from one relay, as L{RelayPool.recv} hands it out.
+    """
+
+    relayURL: str
+    message: RelayMessage
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """
+    The outcome of L{RelayPool.publish}, per relay.
+
+    @ivar accepted: relay URL to the message of its C{OK true}.
+    @ivar rejected: relay URL to the reason it did not accept (its C{OK false}
+        message, or C{"error: relaypool: ..."} when the event could not be
+        sent to it).
+    @ivar timedOut: relays that had not answered when the result was made.
+    """
+
+    eventId: str
+    quorum: int
+    accepted: Mapping[str, str]
+    rejected: Mapping[str, str]
+    timedOut: frozenset[str]
+
+    @property
+    def succeeded(self) -> bool:
+        """
+        Whether at least C{quorum} relays accepted.
+        """
+        return len(self.accepted) >= self.quorum
+
+    def reasons(self) -> str:
+        """
+        @return: one line naming each relay that did not accept and why.
+        """
+        parts = [f"{url}: {reason}" for url, reason in sorted(self.rejected.items())]
+        parts += [f"{url}: timed out" for url in sorted(self.timedOut)]
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class CountResult:
+    """
+    The outcome of L{RelayPool.count}.
+
+    @ivar count: the largest count any relay gave (the union of relays can
+        only be larger, so C{approximate} is set when several relays answered),
+        or the number of unique events fetched when no relay supports COUNT.
+    """
+
+    count: int
+    approximate: bool
+    perRelay: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStats:
+    """
+    One relay's figures, as L{RelayPool.stats} reports them.
+    """
+
+    url: str
+    state: str
+    connectedSince: float | None
+    reconnects: int
+    eventsReceived: int
+    eventsUnique: int
+    eventsInvalid: int
+    okAccepted: int
+    okRejected: int
+    latency: float | None
+    healthScore: float
+    outboundQueued: int
+    outboundDropped: int
+    waitingSubscriptions: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTotals:
+    """
+    Figures for the whole pool.
+    """
+
+    relays: int
+    activeRelays: int
+    subscriptions: int
+    eventsReceived: int
+    eventsUnique: int
+    eventsInvalid: int
+    okAccepted: int
+    okRejected: int
+    inboundQueued: int
+    outboundQueued: int
+    outboundDropped: int
+    recvDropped: int
+    cachedIds: int
+    paused: bool
