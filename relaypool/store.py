@@ -14,6 +14,7 @@ import queue
 import sqlite3
 import string
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -104,8 +105,8 @@ _STOP = object()
 class _DatabaseThread:
     """
     A thread that owns one SQLite connection and runs jobs on it, every job
-    waiting (up to C{batchSize}) in one transaction, each job in its own
-    savepoint so that one failing job does not undo the others.
+    waiting (up to C{batchSize}) in one transaction, and a failing job
+    undoing only its own work.
     """
 
     def __init__(
@@ -356,7 +357,7 @@ class SQLiteEventStore:
         reactor: IReactorFromThreads | None = None,
         maxEvents: int | None = None,
         maxBytes: int | None = None,
-        batchSize: int = 1000,
+        batchSize: int = 10_000,
         clock: Callable[[], float] | None = None,
         maxPending: int = 100_000,
         maxOutbox: int = 10_000,
@@ -381,8 +382,6 @@ class SQLiteEventStore:
             reactor = globalReactor  # type: ignore[assignment]
         assert reactor is not None
         if clock is None:
-            import time
-
             clock = time.time
         self.path = path
         self._clock = clock
@@ -397,6 +396,9 @@ class SQLiteEventStore:
         try:
             migrate(writeConnection)
             readConnection = None if path == ":memory:" else self._connect()
+        except sqlite3.Error as e:
+            writeConnection.close()
+            raise StoreError(f"cannot open the database {path!r}: {e}") from e
         except BaseException:
             writeConnection.close()
             raise
@@ -668,8 +670,11 @@ def _queryEvents(
     found: dict[str, tuple[int, bytes]] = {}
     for f in filters:
         limit = maxLimit if f.limit is None else min(f.limit, maxLimit)
-        sql, params = _filterSelect(f, "e.id, e.created_at, e.raw", now, limit, True)
-        for eventID, createdAt, raw in connection.execute(sql, params):
+        # The newest matches are picked first, then only they are read.
+        sql, params = _filterSelect(f, "e.seq", now, limit, True)
+        for eventID, createdAt, raw in connection.execute(
+            f"SELECT id, created_at, raw FROM events WHERE seq IN ({sql})", params
+        ):
             found[eventID] = (createdAt, raw)
     ordered = sorted(found.items(), key=lambda item: (-item[1][0], item[0]))
     return [_eventFromJSON(raw) for _, (_, raw) in ordered]

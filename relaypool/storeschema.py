@@ -30,7 +30,9 @@ _VERSION_1 = (
     )
     """,
     "CREATE INDEX events_created_at ON events (created_at DESC, id)",
-    "CREATE INDEX events_pubkey ON events (pubkey, kind, created_at DESC)",
+    # With id, it covers the ordering of authors(+kinds) queries: the
+    # newest are picked from the index and only they are read.
+    "CREATE INDEX events_pubkey ON events (pubkey, kind, created_at DESC, id)",
     "CREATE INDEX events_kind ON events (kind, created_at DESC)",
     """
     CREATE UNIQUE INDEX events_address ON events (pubkey, kind, address)

@@ -555,6 +555,15 @@ class LifecycleTests(StoreTestMixin, TestCase):
         path = os.path.join(self.mktemp(), "missing", "store.db")
         self.assertRaises(StoreError, SQLiteEventStore, path)
 
+    def test_notADatabase(self) -> None:
+        """
+        A file that is not a SQLite database raises L{StoreError}.
+        """
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"not a database" * 100)
+        self.assertRaises(StoreError, SQLiteEventStore, path)
+
     @inlineCallbacks
     def test_closed(self) -> Any:
         """
