@@ -43,8 +43,9 @@ from relaypool.nostr.messages import (
     RelayMessage,
     RelayNotice,
     RelayOK,
-    parseRelayMessage,
+    decodeMessage,
     reasonPrefix,
+    relayMessageFromList,
 )
 from relaypool.nostr.nip11 import Limitation
 from relaypool.nostr.url import parseRelayURL
@@ -75,6 +76,13 @@ class RelayOwner(Protocol):
         """
         An event arrived for C{subscriptionId}; return C{True} if it was valid
         (the relay then counts its C{created_at} for resubscription).
+        """
+
+    def relayDuplicate(self, relay: Relay, subscriptionId: str, eventId: str) -> int | None:
+        """
+        If C{eventId} was already verified and delivered to C{subscriptionId},
+        its verified C{created_at} (the relay then drops the copy unparsed);
+        else L{None}.
         """
 
     def relayEOSE(self, relay: Relay, subscriptionId: str) -> None:
@@ -700,7 +708,10 @@ class Relay:
 
     def _frameReceived(self, connection: RelayConnection, payload: bytes) -> None:
         try:
-            message = parseRelayMessage(payload)
+            decoded = decodeMessage(payload)
+            if decoded[0] == "EVENT" and self._knownEvent(decoded):
+                return
+            message = relayMessageFromList(decoded)
         except (InvalidMessage, InvalidEvent) as e:
             if payload.startswith(b'["EVENT"'):
                 self.counters.eventsReceived += 1
@@ -739,6 +750,26 @@ class Relay:
             if isinstance(message, RelayNotice):
                 log.info("{url}: NOTICE {message}", url=self.url, message=message.message)
             self._owner.relayOther(self, message)
+
+    def _knownEvent(self, message: list[Any]) -> bool:
+        """
+        The cheap dedup check of the inbound path: count and drop an EVENT
+        whose id the owner already delivered to its subscription, before the
+        event is built and checked.
+        """
+        if len(message) < 3 or type(message[1]) is not str or type(message[2]) is not dict:
+            return False
+        wire = self._wires.get(message[1])
+        eventId = message[2].get("id")
+        if wire is None or type(eventId) is not str:
+            return False
+        createdAt = self._owner.relayDuplicate(self, wire.subscriptionId, eventId)
+        if createdAt is None:
+            return False
+        self.counters.eventsReceived += 1
+        if wire.newest is None or createdAt > wire.newest:
+            wire.newest = createdAt
+        return True
 
     def _eventReceived(self, message: RelayEvent) -> None:
         self.counters.eventsReceived += 1

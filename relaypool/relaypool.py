@@ -95,28 +95,34 @@ class PoolSender:
         return self._pool._broadcast(message)
 
 
+@dataclass(slots=True)
+class _Seen:
+    createdAt: int
+    delivered: set[str] = field(default_factory=set)
+
+
 class _SeenCache:
     """
-    A bounded LRU of verified event ids, each with the subscriptions it was
-    delivered to.
+    A bounded LRU of verified event ids, each with its C{created_at} and the
+    subscriptions it was delivered to.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[str, set[str]] = OrderedDict()
+        self._entries: OrderedDict[str, _Seen] = OrderedDict()
 
-    def get(self, eventId: str) -> set[str] | None:
-        delivered = self._entries.get(eventId)
-        if delivered is not None:
+    def get(self, eventId: str) -> _Seen | None:
+        seen = self._entries.get(eventId)
+        if seen is not None:
             self._entries.move_to_end(eventId)
-        return delivered
+        return seen
 
-    def add(self, eventId: str) -> set[str]:
-        delivered: set[str] = set()
-        self._entries[eventId] = delivered
+    def add(self, event: Event) -> _Seen:
+        seen = _Seen(event.createdAt)
+        self._entries[event.id] = seen
         if len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
-        return delivered
+        return seen
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -816,15 +822,15 @@ class RelayPool(service.Service):
         if subscription is not None and not matchesAny(subscription.filters, event):
             self._invalid(relay, event, "does not match the subscription's filters")
             return False
-        delivered = self._seen.get(event.id)
-        if delivered is None:
+        seen = self._seen.get(event.id)
+        if seen is None:
             if self.verifySignatures:
                 try:
                     event.verify()
                 except InvalidEvent as e:
                     self._invalid(relay, event, str(e))
                     return False
-            delivered = self._seen.add(event.id)
+            seen = self._seen.add(event)
             relay.counters.eventsUnique += 1
             if self._store is not None:
                 self._store.save(event).addErrback(  # type: ignore[no-untyped-call]
@@ -837,8 +843,9 @@ class RelayPool(service.Service):
                     and (not other.relayURLs or relay.url in other.relayURLs)
                     and matchesAny(other.filters, event)
                 ):
-                    delivered.add(other.subscriptionId)
+                    seen.delivered.add(other.subscriptionId)
                     other._deliver(event, relay.url)
+        delivered = seen.delivered
         if subscription is not None and subscriptionId not in delivered:
             delivered.add(subscriptionId)
             subscription._deliver(event, relay.url)
@@ -851,6 +858,12 @@ class RelayPool(service.Service):
         relay.counters.eventsInvalid += 1
         relay.metrics.recordError(self.reactor.seconds())
         log.debug("{url}: dropped event {id}: {why}", url=relay.url, id=event.id, why=why)
+
+    def relayDuplicate(self, relay: Relay, subscriptionId: str, eventId: str) -> int | None:
+        seen = self._seen.get(eventId)
+        if seen is None or subscriptionId not in seen.delivered:
+            return None
+        return seen.createdAt
 
     def relayEOSE(self, relay: Relay, subscriptionId: str) -> None:
         subscription = self._subscriptions.get(subscriptionId)

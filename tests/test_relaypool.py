@@ -5,6 +5,7 @@ Tests for L{relaypool.relaypool}: the RelayPool against real fake relays on
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -345,6 +346,29 @@ class SubscriptionTests(PoolTestMixin, TestCase):
         stats = pool.stats()
         self.assertGreaterEqual(stats[forger.url + "/"].eventsInvalid, 1)
         self.assertLess(stats[forger.url + "/"].healthScore, 100)
+
+    @inlineCallbacks
+    def test_knownIdIsDroppedBeforeParsing(self) -> Any:
+        """
+        A later copy of an event already verified and delivered to the
+        subscription is counted and dropped by its id alone: even a copy with
+        altered content is not delivered again nor counted invalid.
+        """
+        first = yield self.startRelay()
+        late = yield self.startRelay()
+        event = makeEvent(content="genuine")
+        first.store(event)
+        late.store(replace(event, content="altered"))
+        late.misbehaviour.delay = 0.2
+        pool = self.makePool(first, late)
+        yield self.connected(pool)
+        subscription = pool.subscribe([KIND1])
+        seen: list[str] = []
+        subscription.onEvent(lambda e, url: seen.append(e.content))
+        yield subscription.whenEOSE()
+        stats = pool.stats()[late.url + "/"]
+        self.assertEqual(seen, ["genuine"])
+        self.assertEqual((stats.eventsReceived, stats.eventsInvalid), (1, 0))
 
     @inlineCallbacks
     def test_verificationOff(self) -> Any:

@@ -256,7 +256,13 @@ def _invalid(reason: str, subscriptionId: str | None = None) -> NoReturn:
     raise error
 
 
-def _decode(data: bytes | str) -> list[Any]:
+def decodeMessage(data: bytes | str) -> list[Any]:
+    """
+    Decode a message's JSON and check that it is an array starting with a
+    string (its verb), for L{parseRelayMessage} or L{relayMessageFromList}.
+
+    @raise InvalidMessage: if it is not.
+    """
     try:
         message = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -303,7 +309,15 @@ def parseRelayMessage(
     @raise InvalidMessage: for bad JSON, a wrong shape or an unknown verb.
     @raise InvalidEvent: for a malformed event in C{EVENT}.
     """
-    message = _decode(data)
+    return relayMessageFromList(decodeMessage(data), limits)
+
+
+def relayMessageFromList(
+    message: list[Any], limits: EventLimits = DEFAULT_EVENT_LIMITS
+) -> RelayMessage:
+    """
+    L{parseRelayMessage} for a message already through L{decodeMessage}.
+    """
     verb = message[0]
     if verb == "EVENT":
         subscriptionId = _string(message, 1, "subscription id")
@@ -372,7 +386,7 @@ def parseClientMessage(
     @raise InvalidEvent: for a malformed event in C{EVENT} or C{AUTH};
         C{eventId} is set when the event had a string id.
     """
-    message = _decode(data)
+    message = decodeMessage(data)
     verb = message[0]
     if verb == "EVENT" or verb == "AUTH":
         _exactLength(message, 2)
