@@ -385,12 +385,6 @@ class Relay:
         """
         return list(self._open)
 
-    def connectionTotal(self) -> int:
-        """
-        @return: how many connection slots the relay keeps (open or not).
-        """
-        return len(self.mux.slots())
-
     def state(self) -> str:
         """
         @return: C{"open"} when a connection is open, else the most hopeful
@@ -546,12 +540,6 @@ class Relay:
                 wire.connection.subscriptionCount -= 1
                 wire.connection = None
         self._placeWaiting()
-
-    def hasSubscription(self, subscriptionId: str) -> bool:
-        """
-        @return: whether C{subscriptionId} is open on this relay.
-        """
-        return subscriptionId in self._subscriptions
 
     def _place(self, wire: _WireSubscription) -> None:
         connection = self._connectionWithRoom()
