@@ -93,6 +93,9 @@ class Config:
     reqBurst: int = _LIMITS.reqBurst
     maxConnectionsPerIP: int = _LIMITS.maxConnectionsPerIP
     maxPendingBytes: int = _LIMITS.maxPendingBytes
+    maxLag: float = _LIMITS.maxLag
+    maxBacklogBytes: int = _LIMITS.maxBacklogBytes
+    maxCatchUpEvents: int = _LIMITS.maxCatchUpEvents
     pingInterval: float = _LIMITS.pingInterval
     maxIdle: float = _LIMITS.maxIdle
     statusInterval: float = 60.0
@@ -123,6 +126,9 @@ class Config:
             reqBurst=self.reqBurst,
             maxConnectionsPerIP=self.maxConnectionsPerIP,
             maxPendingBytes=self.maxPendingBytes,
+            maxLag=self.maxLag,
+            maxBacklogBytes=self.maxBacklogBytes,
+            maxCatchUpEvents=self.maxCatchUpEvents,
             pingInterval=self.pingInterval,
             maxIdle=self.maxIdle,
         )
@@ -346,7 +352,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max-pending-bytes",
         "maxPendingBytes",
-        "bytes queued to a slow client before it is evicted",
+        "bytes waiting for a client before it counts as behind the live stream",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "max-lag",
+        "maxLag",
+        "seconds a client may stay behind (over max-pending-bytes) before it is evicted",
+        _POSITIVE_SECONDS,
+    ),
+    Setting(
+        "max-backlog-bytes",
+        "maxBacklogBytes",
+        "bytes waiting for a client at which it is evicted at once (memory guard)",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "max-catch-up-events",
+        "maxCatchUpEvents",
+        "new events held for a subscription while its stored events are sent",
         _POSITIVE_INT,
     ),
     Setting("ping-interval", "pingInterval", "seconds between pings of clients", _POSITIVE_SECONDS),
@@ -431,6 +455,12 @@ def _checkTogether(config: Config) -> None:
         raise ConfigError(
             "quorum",
             f"must be at most the number of relays ({len(config.relays)}), got {config.quorum}",
+        )
+    if config.maxBacklogBytes < config.maxPendingBytes:
+        raise ConfigError(
+            "max-backlog-bytes",
+            f"must be at least max-pending-bytes ({config.maxPendingBytes}), "
+            f"got {config.maxBacklogBytes}",
         )
     if config.okPolicy == "quorum" and not config.relays:
         raise ConfigError("ok-policy", '"quorum" needs at least one relay: add one or use "local"')

@@ -882,12 +882,13 @@ class ConnectionManagementTests(GatewayTestCase):
     @inlineCallbacks
     def test_slowClientEvicted(self) -> Any:
         """
-        A client that stops reading is evicted once its pending output is
-        over C{maxPendingBytes}, while another client keeps receiving every
+        A client that stops reading is evicted once its backlog reaches
+        C{maxBacklogBytes}, while another client keeps receiving every
         event.
         """
         (relay,), _, gateway = yield self.relayAndGateway(
-            limits=GatewayLimits(maxPendingBytes=256 * 1024), closeTimeout=0.5
+            limits=GatewayLimits(maxPendingBytes=256 * 1024, maxBacklogBytes=512 * 1024),
+            closeTimeout=0.5,
         )
         fast = yield self.connect(gateway)
         slow = yield self.connect(gateway)
@@ -903,6 +904,31 @@ class ConnectionManagementTests(GatewayTestCase):
         slow.protocol.transport.resumeProducing()
         yield slow.whenClosed()
         self.assertEqual(gateway.registry.connectionCount(), 1)
+
+    @inlineCallbacks
+    def test_largeStoredAnswerToReader(self) -> Any:
+        """
+        A stored answer many times larger than C{maxPendingBytes} and
+        C{maxBacklogBytes} reaches a client that reads it in full, with one
+        EOSE, and the client stays connected: the answer is paced by its
+        reading instead of queued.
+        """
+        store = self.openStore()
+        events = [makeEvent(content="x" * 4000) for _ in range(300)]
+        for event in events:
+            yield store.save(event)
+        gateway = yield self.startGateway(
+            None,
+            store=store,
+            limits=GatewayLimits(maxPendingBytes=32 * 1024, maxBacklogBytes=64 * 1024),
+        )
+        client = yield self.connect(gateway)
+        client.send("REQ", "big", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "big")
+        self.assertEqual(sorted(client.eventIds("big")), sorted(e.id for e in events))
+        self.assertEqual(client.verbs().count("EOSE"), 1)
+        self.assertEqual(gateway.registry.stats().evictedSlow, 0)
+        self.assertFalse(client.isClosed)
 
     @inlineCallbacks
     def test_idleSweep(self) -> Any:
@@ -1083,6 +1109,25 @@ class _FakeRegistry:
     def __init__(self) -> None:
         self.received: dict[int, list[Any]] = {}
         self.rooms: dict[Any, set[int]] = {}
+        # Per connection, how many more frames its transport takes before
+        # it is full; unlimited when absent.
+        self.room: dict[int, int] = {}
+        self.waiters: dict[int, list[Any]] = {}
+
+    def isWritable(self, connId: int) -> bool:
+        return self.room.get(connId, 1) > 0
+
+    def notifyWritable(self, connId: int, callback: Any) -> bool:
+        self.waiters.setdefault(connId, []).append(callback)
+        return True
+
+    def drain(self, connId: int, frames: int) -> None:
+        """
+        The client read what it had: its transport takes C{frames} more.
+        """
+        self.room[connId] = frames
+        for callback in self.waiters.pop(connId, []):
+            callback()
 
     def claims(self, connId: int) -> Any:
         from relaypool.gateway.registry import Claims
@@ -1092,6 +1137,8 @@ class _FakeRegistry:
 
     def sendText(self, connId: int, text: bytes) -> bool:
         self.received[connId].append(orjson.loads(text))
+        if connId in self.room:
+            self.room[connId] -= 1
         return True
 
     def joinRoom(self, connId: int, room: Any) -> None:
@@ -1210,6 +1257,49 @@ class FacadeCatchUpTests(SynchronousTestCase):
         self.pool.queries[0].callback([])
         self.assertEqual(len(self.registry.received[2]), 1)
         self.assertFalse(upstream.closed)
+
+    def test_storedAnswerPacedByReading(self) -> None:
+        """
+        Stored events are written while the client's connection is writable;
+        the rest, then the events that arrived meanwhile, then EOSE, follow
+        each time the client drained what it had.
+        """
+        self.req(1)
+        (upstream,) = self.pool.subscriptions
+        upstream.eose()
+        self.registry.room[2] = 2
+        self.req(2)
+        stored = [makeEvent(content=f"stored {i}", createdAt=1000 - i) for i in range(5)]
+        self.pool.queries[0].callback(stored)
+        self.assertEqual(self.summary(2), ["stored 0", "stored 1"])
+        upstream.emit(makeEvent(content="live"))
+        self.registry.drain(2, 2)
+        self.assertEqual(self.summary(2)[2:], ["stored 2", "stored 3"])
+        self.registry.drain(2, 10)
+        self.assertEqual(self.summary(2)[4:], ["stored 4", "live", "EOSE"])
+        upstream.emit(makeEvent(content="later"))
+        self.assertEqual(self.summary(2)[7:], ["later"])
+
+    def test_pacedAnswerHoldsBoundedLiveEvents(self) -> None:
+        """
+        While a stored answer waits for the client to read, at most
+        C{maxCatchUpEvents} new events are held for it; one more closes the
+        subscription with C{CLOSED "error: ..."}.
+        """
+        self.req(1)
+        (upstream,) = self.pool.subscriptions
+        upstream.eose()
+        self.registry.room[2] = 1
+        session = self.req(2)
+        self.pool.queries[0].callback([makeEvent(content=f"stored {i}") for i in range(3)])
+        for index in range(3):
+            upstream.emit(makeEvent(content=f"live {index}"))
+        frame = self.registry.received[2][-1]
+        self.assertEqual(frame[:2], ["CLOSED", "s"])
+        self.assertTrue(frame[2].startswith("error: more than 2 new events"))
+        self.assertEqual(session.subscriptions, {})
+        self.registry.drain(2, 10)
+        self.assertEqual(self.registry.received[2][-1], frame)
 
     def test_closeWhileQuerying(self) -> None:
         """

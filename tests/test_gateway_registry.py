@@ -248,7 +248,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.setUpMemory(self, maxPendingBytes=100)
+        self.setUpMemory(self, maxPendingBytes=100, maxLag=10.0, maxBacklogBytes=200)
 
     def test_sendText(self) -> None:
         """
@@ -329,41 +329,172 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         stats = self.registry.stats()
         self.assertEqual((stats.droppedDead, stats.evictedSlow), (1, 0))
 
-    def test_slowClientEvicted(self) -> None:
+    def test_burstQueuedNotEvicted(self) -> None:
         """
-        Once a connection's transport reports a full buffer, the frame that
-        would take its pending output over C{maxPendingBytes} is not written:
-        the connection is closed with code 1008 and a logged reason, while the
-        other connections get the frame.
+        Frames sent while the transport reports a full buffer wait in the
+        connection's backlog, even well over C{maxPendingBytes}: a burst does
+        not evict a client. When the transport drains, the backlog is written
+        in order.
+        """
+        connId, transport = self.registerOpen()
+        transport.producer.pauseProducing()
+        frames = [bytes([65 + i]) * 30 for i in range(5)]
+        for frame in frames:
+            self.assertTrue(self.registry.sendText(connId, frame))
+        self.assertEqual(
+            (transport.value(), self.registry.stats().bytesPending), (b"", 150)
+        )
+        transport.producer.resumeProducing()
+        self.assertEqual(parseFrames(transport.value()), [(OPCODE_TEXT, f) for f in frames])
+        stats = self.registry.stats()
+        self.assertEqual((stats.bytesPending, stats.evictedSlow), (0, 0))
+
+    def test_backlogWrittenUntilTransportFullAgain(self) -> None:
+        """
+        A drained transport gets backlog frames until it reports a full
+        buffer again; the rest waits for the next drain.
+        """
+        connId, transport = self.registerOpen()
+        producer = transport.producer
+        producer.pauseProducing()
+        for i in range(3):
+            self.registry.sendText(connId, b"%d" % i)
+        writes = []
+        original = transport.write
+
+        def writeThenFill(data: bytes) -> None:
+            original(data)
+            writes.append(data)
+            producer.pauseProducing()
+
+        transport.write = writeThenFill  # type: ignore[method-assign]
+        producer.resumeProducing()
+        self.assertEqual([payload for _, payload in parseFrames(transport.value())], [b"0"])
+        self.assertEqual(self.registry.stats().bytesPending, 2)
+
+    def test_behindForMaxLagEvicted(self) -> None:
+        """
+        A connection whose backlog stays over C{maxPendingBytes} for
+        C{maxLag} seconds is closed with code 1008 and a logged reason at the
+        next frame, while the other connections get that frame.
         """
         slow, slowTransport = self.registerOpen()
         _, fastTransport = self.registerOpen()
         slowTransport.producer.pauseProducing()
-        self.registry.broadcastText(b"x" * 60)
-        slowTransport.clear()
+        self.registry.broadcastText(b"x" * 101)
+        self.clock.advance(9.9)
+        self.assertEqual(self.registry.broadcastText(b"y" * 10), 2)
+        self.assertEqual(self.registry.stats().evictedSlow, 0)
+        self.clock.advance(0.1)
         with capturedLogs() as events:
-            self.assertEqual(self.registry.broadcastText(b"y" * 60), 1)
-        reason = b"slow client: more than 100 bytes pending"
+            self.assertEqual(self.registry.broadcastText(b"z" * 10), 2)
+        reason = b"slow client: more than 100 bytes behind for 10 s"
         self.assertEqual(
             parseFrames(slowTransport.value()), [(OPCODE_CLOSE, struct.pack("!H", 1008) + reason)]
         )
-        self.assertEqual(parseFrames(fastTransport.value())[-1], (OPCODE_TEXT, b"y" * 60))
+        self.assertEqual(parseFrames(fastTransport.value())[-1], (OPCODE_TEXT, b"z" * 10))
         self.assertEqual([e["reason"] for e in events], [reason.decode()])
         self.assertEqual(self.registry.stats().evictedSlow, 1)
-        self.assertFalse(self.registry.sendText(slow, b"z"))
+        self.assertFalse(self.registry.sendText(slow, b"w"))
 
-    def test_drainedClientKept(self) -> None:
+    def test_catchingUpResetsLag(self) -> None:
         """
-        When the transport drains its buffer, the pending count starts again
-        from zero.
+        A connection that gets back under C{maxPendingBytes} is no longer
+        behind: its lag counts again from zero the next time it falls behind.
+        """
+        connId, transport = self.registerOpen()
+        producer = transport.producer
+        producer.pauseProducing()
+        self.registry.sendText(connId, b"x" * 101)
+        self.clock.advance(9)
+        producer.resumeProducing()
+        producer.pauseProducing()
+        self.registry.sendText(connId, b"y" * 101)
+        self.clock.advance(9)
+        self.registry.sendText(connId, b"z")
+        self.assertEqual(self.registry.stats().evictedSlow, 0)
+
+    def test_backlogCapEvictsAtOnce(self) -> None:
+        """
+        A connection whose backlog reaches C{maxBacklogBytes} is evicted at
+        once, however short its lag.
         """
         connId, transport = self.registerOpen()
         transport.producer.pauseProducing()
-        self.registry.sendText(connId, b"x" * 60)
-        transport.producer.resumeProducing()
+        self.registry.sendText(connId, b"x" * 150)
+        self.assertEqual(self.registry.stats().evictedSlow, 0)
+        self.registry.sendText(connId, b"y" * 50)
+        self.assertEqual(
+            parseFrames(transport.value()),
+            [(OPCODE_CLOSE, struct.pack("!H", 1008) + b"slow client: 200 bytes waiting to be read")],
+        )
+
+    def test_sweepEvictsStalledConnection(self) -> None:
+        """
+        The sweep evicts a connection that stays behind even when no new
+        frame is sent to it.
+        """
+        connId, transport = self.registerOpen()
+        self.registry.touch(connId)
         transport.producer.pauseProducing()
-        self.assertTrue(self.registry.sendText(connId, b"y" * 60))
-        self.assertEqual(self.registry.stats().bytesPending, 60)
+        self.registry.sendText(connId, b"x" * 101)
+        self.registry.startService()
+        self.addCleanup(self.registry.stopService)
+        self.clock.advance(30)
+        self.assertEqual(self.registry.stats().evictedSlow, 1)
+
+    def test_backlogSmallerThanPendingBoundRejected(self) -> None:
+        """
+        A C{maxBacklogBytes} below C{maxPendingBytes} is a configuration
+        error naming the setting.
+        """
+        error = self.assertRaises(
+            ConfigError, ConnectionRegistry, self.clock, maxPendingBytes=100, maxBacklogBytes=99
+        )
+        self.assertIn("maxBacklogBytes", str(error))
+
+    def test_isWritable(self) -> None:
+        """
+        A connection is writable while its transport's buffer is not full and
+        its backlog is empty; an unknown one is not.
+        """
+        connId, transport = self.registerOpen()
+        producer = transport.producer
+        writable = [self.registry.isWritable(connId)]
+        producer.pauseProducing()
+        writable.append(self.registry.isWritable(connId))
+        self.registry.sendText(connId, b"x")
+        producer.resumeProducing()
+        writable.append(self.registry.isWritable(connId))
+        writable.append(self.registry.isWritable(42))
+        self.assertEqual(writable, [True, False, True, False])
+
+    def test_notifyWritableAfterBacklog(self) -> None:
+        """
+        L{ConnectionRegistry.notifyWritable} calls back once, after the
+        transport drained and the backlog was written, not before.
+        """
+        connId, transport = self.registerOpen()
+        producer = transport.producer
+        producer.pauseProducing()
+        self.registry.sendText(connId, b"queued")
+        calls: list[bytes] = []
+        self.assertTrue(
+            self.registry.notifyWritable(connId, lambda: calls.append(transport.value()))
+        )
+        self.assertEqual(calls, [])
+        producer.resumeProducing()
+        producer.pauseProducing()
+        producer.resumeProducing()
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(parseFrames(calls[0]), [(OPCODE_TEXT, b"queued")])
+
+    def test_notifyWritableGone(self) -> None:
+        """
+        L{ConnectionRegistry.notifyWritable} registers nothing for an unknown
+        connection.
+        """
+        self.assertFalse(self.registry.notifyWritable(42, lambda: None))
 
     def test_evictedAbortedAfterCloseTimeout(self) -> None:
         """
@@ -372,7 +503,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         """
         connId, transport = self.registerOpen()
         transport.producer.pauseProducing()
-        self.registry.sendText(connId, b"x" * 101)
+        self.registry.sendText(connId, b"x" * 200)
         self.clock.advance(4.9)
         self.assertFalse(transport.disconnected)
         self.clock.advance(0.1)
@@ -621,7 +752,9 @@ class RealSocketTests(TestCase):
     """
 
     def setUp(self) -> None:
-        self.registry = ConnectionRegistry(maxPendingBytes=256 * 1024, closeTimeout=0.5)
+        self.registry = ConnectionRegistry(
+            maxPendingBytes=256 * 1024, maxBacklogBytes=512 * 1024, closeTimeout=0.5
+        )
         self.factory = makeWebSocketFactory(self.registry)
         resource = GatewayResource(self.factory, dict, dict, str)
         self.portNumber = listen(self, Site(resource))
@@ -639,8 +772,8 @@ class RealSocketTests(TestCase):
 
     async def test_slowClientEvictedOthersReceive(self) -> None:
         """
-        A client that stops reading is evicted once its pending output passes
-        C{maxPendingBytes}, while a reading client receives every frame.
+        A client that stops reading is evicted once its backlog reaches
+        C{maxBacklogBytes}, while a reading client receives every frame.
         """
         slow = await connectClient(self, self.portNumber)
         fast = await connectClient(self, self.portNumber)

@@ -104,7 +104,13 @@ class Gateway(service.MultiService):
         self._description = description
         self.limits = limits
         self.registry = ConnectionRegistry(
-            reactor, limits.maxPendingBytes, limits.pingInterval, limits.maxIdle, closeTimeout
+            reactor,
+            limits.maxPendingBytes,
+            limits.pingInterval,
+            limits.maxIdle,
+            closeTimeout,
+            maxLag=limits.maxLag,
+            maxBacklogBytes=limits.maxBacklogBytes,
         )
         self.registry.setServiceParent(self)
         self.facade = RelayFacade(

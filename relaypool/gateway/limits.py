@@ -42,15 +42,19 @@ class GatewayLimits:
         WebSocket handshake of one more is refused with HTTP 429.
     @ivar maxSubscriptionIdLength: the longest subscription id, in
         characters; at most 64, NIP-01's bound.
-    @ivar maxPendingBytes: the slow-client ceiling: bytes written to a
-        connection whose transport buffer is full before it is evicted (see
-        L{relaypool.gateway.registry.ConnectionRegistry}).
+    @ivar maxPendingBytes: bytes that may wait for a client whose transport
+        buffer is full before it counts as behind the live stream (see
+        L{relaypool.gateway.registry}).
+    @ivar maxLag: seconds a client may stay behind (more than
+        C{maxPendingBytes} waiting) before it is evicted.
+    @ivar maxBacklogBytes: the memory guard per client: one with this many
+        bytes waiting is evicted at once. At least C{maxPendingBytes}.
     @ivar pingInterval: seconds between two pings of every connection.
     @ivar maxIdle: seconds without a frame from a client after which it is
         closed.
-    @ivar maxCatchUpEvents: live events held for one subscription while its
-        stored events load; one more closes the subscription with C{CLOSED
-        "error: ..."}.
+    @ivar maxCatchUpEvents: new events held for one subscription while its
+        stored events load and are sent (at the client's reading pace); one
+        more closes the subscription with C{CLOSED "error: ..."}.
     """
 
     maxSubscriptions: int = 20
@@ -64,6 +68,8 @@ class GatewayLimits:
     maxConnectionsPerIP: int = 50
     maxSubscriptionIdLength: int = 64
     maxPendingBytes: int = 1 << 20
+    maxLag: float = 10.0
+    maxBacklogBytes: int = 8 << 20
     pingInterval: float = 30.0
     maxIdle: float = 90.0
     maxCatchUpEvents: int = 1000
@@ -80,6 +86,12 @@ class GatewayLimits:
                 "maxSubscriptionIdLength",
                 f"must be at most {MAX_SUBSCRIPTION_ID_LENGTH} (NIP-01), "
                 f"got {self.maxSubscriptionIdLength}",
+            )
+        if self.maxBacklogBytes < self.maxPendingBytes:
+            raise ConfigError(
+                "maxBacklogBytes",
+                f"must be at least maxPendingBytes ({self.maxPendingBytes}), "
+                f"got {self.maxBacklogBytes}",
             )
 
 

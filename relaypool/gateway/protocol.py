@@ -23,7 +23,11 @@ A client joins a shared subscription in two phases:
        subscription's stored stream; a client that joins an existing one
        gets them from its own history query (the store and
        C{RelayPool.query}), while the live events that arrive meanwhile are
-       buffered (at most C{maxCatchUpEvents}) and sent after it.
+       held (at most C{maxCatchUpEvents}) and sent after it. What a client
+       catches up on is paced by its reading: frames are written while the
+       registry says the connection is writable, and the rest waits for it
+       to drain, so a large stored answer costs a fast reader nothing and a
+       slow one no more than its transport's buffer.
     2. I{Live}: once its history is sent and the upstream subscription's
        EOSE fired, it gets C{EOSE} and joins the room.
 
@@ -48,7 +52,7 @@ event is not delivered twice.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,6 +174,19 @@ class _Member:
     history: Deferred[Any] | None = None
     buffer: list[Event] | None = field(default_factory=list)
     seen: set[str] | None = field(default_factory=set)
+    # Events to send while catching up: the first historyLeft are stored
+    # events, the rest arrived since.
+    queue: deque[Event] = field(default_factory=deque)
+    historyLeft: int = 0
+    waitingToWrite: bool = False
+
+    def heldEvents(self) -> int:
+        """
+        @return: how many events that arrived while catching up are held.
+        """
+        if self.buffer is not None:
+            return len(self.buffer)
+        return len(self.queue) - self.historyLeft
 
 
 @dataclass(eq=False, slots=True)
@@ -501,13 +518,38 @@ class RelayFacade:
         assert member.buffer is not None
         buffered, member.buffer = member.buffer, None
         member.loading = False
-        for event in limitEvents(member.shared.filters, events):
-            if not self._expired(event):
-                self._sendCatchingUp(member, event)
-        for event in buffered:
+        stored = [e for e in limitEvents(member.shared.filters, events) if not self._expired(e)]
+        member.queue.extend(stored)
+        member.historyLeft = len(stored)
+        member.queue.extend(buffered)
+        self._pump(member)
+
+    def _pump(self, member: _Member) -> None:
+        """
+        Send a catching-up member its queued events while its connection is
+        writable; go live once the queue is empty and the upstream
+        subscription's EOSE came.
+        """
+        connId = member.session.connId
+        queue = member.queue
+        while queue:
+            if not self._registry.isWritable(connId):
+                if not member.waitingToWrite:
+                    member.waitingToWrite = self._registry.notifyWritable(
+                        connId, lambda: self._writable(member)
+                    )
+                return
+            event = queue.popleft()
+            if member.historyLeft:
+                member.historyLeft -= 1
             self._sendCatchingUp(member, event)
         if member.shared.eosed:
             self._goLive(member)
+
+    def _writable(self, member: _Member) -> None:
+        member.waitingToWrite = False
+        if not member.closed:
+            self._pump(member)
 
     def _historyFailed(self, failure: Failure, member: _Member) -> None:
         member.history = None
@@ -544,7 +586,7 @@ class RelayFacade:
             return
         shared.eosed = True
         for member in tuple(shared.catchingUp.values()):
-            if not member.loading:
+            if not member.loading and not member.queue:
                 self._goLive(member)
 
     def _leave(self, member: _Member) -> None:
@@ -581,18 +623,20 @@ class RelayFacade:
             self._registry.broadcastRoomText(group.room, group.prefix + tail)
         limit = self.limits.maxCatchUpEvents
         for member in tuple(shared.catchingUp.values()):
-            if not member.loading:
-                self._sendCatchingUp(member, event)
-            elif member.buffer is not None and len(member.buffer) < limit:
-                member.buffer.append(event)
-            else:
+            if member.heldEvents() >= limit:
                 session = member.session
                 self._leave(member)
                 self._closed(
                     session,
                     member.subscriptionId,
-                    f"error: more than {limit} live events arrived while stored events loaded",
+                    f"error: more than {limit} new events arrived while stored events "
+                    "were sent",
                 )
+            elif member.buffer is not None:
+                member.buffer.append(event)
+            else:
+                member.queue.append(event)
+                self._pump(member)
 
     def deliverLocal(self, event: Event) -> None:
         """

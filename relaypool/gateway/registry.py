@@ -7,6 +7,24 @@ to every member. One L{LoopingCall} pings every connection and reaps the idle
 ones, and one timer aborts the connections that do not finish closing in time:
 no timer is kept per connection.
 
+Slow readers
+============
+
+Frames are written to a connection's transport while its write buffer is
+below the transport's high-water mark (64 KiB for TCP). Once the transport
+reports a full buffer, further frames wait in the connection's backlog, which
+holds the prepared frames (shared with the other recipients, not copied) and
+is written out when the transport drains. A burst therefore never costs a
+client that keeps up: its backlog empties as fast as it reads.
+
+A client is evicted (close code 1008) when it stays behind the live stream:
+its backlog has held more than C{maxPendingBytes} for C{maxLag} seconds, or
+it reached C{maxBacklogBytes} (the memory guard, whatever the time). Senders
+that can wait, such as a subscription's stored answer, do not add to the
+backlog: they write while L{ConnectionRegistry.isWritable} and ask
+L{ConnectionRegistry.notifyWritable} to call them back when the connection
+drained.
+
 How a facade protocol uses the registry:
 
     - serve it from a L{WebSocketServerFactory} with C{autoPingInterval=0}
@@ -30,6 +48,7 @@ How a facade protocol uses the registry:
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,15 +98,16 @@ class RegistryStats:
     @ivar closing: connections the registry is closing and will abort if they
         do not finish in time.
     @ivar rooms: rooms with at least one member.
-    @ivar evictedSlow: connections closed because their pending output went
-        over C{maxPendingBytes}.
+    @ivar evictedSlow: connections closed for staying behind: their backlog
+        held more than C{maxPendingBytes} for C{maxLag} seconds, or reached
+        C{maxBacklogBytes}.
     @ivar reapedIdle: connections closed because they were silent for longer
         than the idle window.
     @ivar droppedDead: frames not written because their connection was
         already closed or closing.
     @ivar framesSent: frames written.
-    @ivar bytesPending: the sum, over every connection whose transport
-        reported a full write buffer, of the bytes written to it since.
+    @ivar bytesPending: the bytes of the frames waiting in the connections'
+        backlogs (their transports' buffers were full).
     """
 
     connections: int
@@ -101,28 +121,30 @@ class RegistryStats:
 
 
 @implementer(IPushProducer)
-class _PendingMeter:
+class _WriteMeter:
     """
     Registered as a connection transport's streaming producer, so that the
     transport tells it when its write buffer is over its high-water mark
-    (paused) and when the buffer drained (resumed).
+    (paused) and when the buffer drained (resumed: the registry then writes
+    the connection's backlog).
     """
 
-    __slots__ = ("paused", "pendingBytes")
+    __slots__ = ("onDrained", "paused")
 
-    def __init__(self) -> None:
+    def __init__(self, onDrained: Callable[[], None]) -> None:
         self.paused = False
-        self.pendingBytes = 0
+        self.onDrained = onDrained
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self.pendingBytes = 0
+        self.onDrained()
 
     def stopProducing(self) -> None:
-        self.resumeProducing()
+        # The connection is lost; unregister() forgets its backlog.
+        self.paused = True
 
 
 @dataclass(slots=True, eq=False)
@@ -130,10 +152,14 @@ class _Connection:
     connId: ConnId
     protocol: Any
     claims: Claims
-    meter: _PendingMeter
+    meter: _WriteMeter
     lastSeen: float
     rooms: set[Hashable] = field(default_factory=set)
     closing: bool = False
+    backlog: deque[tuple[Any, int]] = field(default_factory=deque)
+    backlogBytes: int = 0
+    behindSince: float | None = None
+    drainWaiters: list[Callable[[], None]] = field(default_factory=list)
 
 
 class ConnectionRegistry(service.Service):
@@ -153,13 +179,18 @@ class ConnectionRegistry(service.Service):
         pingInterval: float = 30.0,
         maxIdle: float = 90.0,
         closeTimeout: float = 5.0,
+        maxLag: float = 10.0,
+        maxBacklogBytes: int = 8 << 20,
     ) -> None:
         """
         @param reactor: an L{IReactorTime}; the global reactor if L{None}.
-        @param maxPendingBytes: the slow-client memory ceiling. Once a
-            connection's transport reports a full write buffer, at most this
-            many more bytes are written to it; a frame that would go over
-            closes the connection (code 1008) instead of being written.
+        @param maxPendingBytes: how many bytes may wait in a connection's
+            backlog (its transport's buffer being full) before the connection
+            counts as behind.
+        @param maxLag: seconds a connection may stay behind (over
+            C{maxPendingBytes}) before it is evicted (code 1008).
+        @param maxBacklogBytes: the memory guard: a connection whose backlog
+            reaches this many bytes is evicted at once.
         @param pingInterval: seconds between two sweeps; each sweep reaps the
             idle connections and pings every other one.
         @param maxIdle: seconds without an inbound frame after which the
@@ -172,7 +203,14 @@ class ConnectionRegistry(service.Service):
 
             reactor = globalReactor
         self._reactor = reactor
+        if maxBacklogBytes < maxPendingBytes:
+            raise ConfigError(
+                "maxBacklogBytes",
+                f"must be at least maxPendingBytes ({maxPendingBytes}), got {maxBacklogBytes}",
+            )
         self._maxPendingBytes = maxPendingBytes
+        self._maxLag = maxLag
+        self._maxBacklogBytes = maxBacklogBytes
         self._pingInterval = pingInterval
         self._maxIdle = maxIdle
         self._closeTimeout = closeTimeout
@@ -184,7 +222,7 @@ class ConnectionRegistry(service.Service):
         # is the same for every connection.
         self._closing: dict[ConnId, float] = {}
         self._abortCall: IDelayedCall | None = None
-        self._overflowing: list[_Connection] = []
+        self._overflowing: list[tuple[_Connection, str]] = []
         self._emptyWaiters: list[Deferred[None]] = []
         self._sweeper: LoopingCall | None = None
         self._evictedSlow = 0
@@ -214,7 +252,8 @@ class ConnectionRegistry(service.Service):
         transport = protocol.transport
         if claims is None:
             claims = Claims(ip=getattr(transport.getPeer(), "host", None))
-        meter = _PendingMeter()
+        connId = next(self._ids)
+        meter = _WriteMeter(lambda: self._drained(connId))
         try:
             transport.registerProducer(meter, True)
         except RuntimeError:
@@ -222,7 +261,6 @@ class ConnectionRegistry(service.Service):
             # a transport that Autobahn's WebSocketResource took over.
             transport.unregisterProducer()
             transport.registerProducer(meter, True)
-        connId = next(self._ids)
         self._conns[connId] = _Connection(connId, protocol, claims, meter, self._reactor.seconds())
         return connId
 
@@ -325,12 +363,14 @@ class ConnectionRegistry(service.Service):
 
     def sendText(self, connId: ConnId, text: bytes) -> bool:
         """
-        Send one text frame to one connection, without waiting.
+        Send one text frame to one connection, without waiting: it is written
+        now, or queued in the connection's backlog if its transport's buffer
+        is full.
 
         @param text: the UTF-8 encoded frame payload.
-        @return: C{False} if it was not written: the connection is unknown,
-            closed or closing, or was evicted for writing it would go over
-            C{maxPendingBytes}.
+        @return: C{False} if it was neither written nor queued: the
+            connection is unknown, closed or closing, or was evicted for
+            staying behind.
         """
         conn = self._conns.get(connId)
         if conn is None:
@@ -344,7 +384,7 @@ class ConnectionRegistry(service.Service):
         Send one text frame to every registered connection; see
         L{broadcastRoomText}.
 
-        @return: the number of connections it was written to.
+        @return: the number of connections it was written or queued to.
         """
         return self._broadcast(tuple(self._conns.values()), text)
 
@@ -352,15 +392,46 @@ class ConnectionRegistry(service.Service):
         """
         Send one text frame to every member of a room. The frame is built
         once; a member that is closed is skipped silently; a member whose
-        pending output would go over C{maxPendingBytes} is skipped, then
-        closed with code 1008 once every other member was written to.
+        transport's buffer is full gets it in its backlog; a member that
+        stays behind (see the module docstring) is closed with code 1008 once
+        every other member got the frame.
 
-        @return: the number of members it was written to.
+        @return: the number of members it was written or queued to.
         """
         members = self._rooms.get(room)
         if members is None:
             return 0
         return self._broadcast(tuple(members.values()), text)
+
+    def isWritable(self, connId: ConnId) -> bool:
+        """
+        @return: whether a frame sent to the connection now goes straight to
+            its transport: the connection is open, its backlog is empty and
+            its transport's buffer is below the high-water mark.
+        """
+        conn = self._conns.get(connId)
+        return (
+            conn is not None
+            and not conn.closing
+            and not conn.backlog
+            and not conn.meter.paused
+            and conn.protocol.state == WebSocketProtocol.STATE_OPEN
+        )
+
+    def notifyWritable(self, connId: ConnId, callback: Callable[[], None]) -> bool:
+        """
+        Call C{callback} once, the next time the connection's transport
+        drained and its backlog is written out: a sender that can wait (a
+        stored answer) writes while L{isWritable} and then waits for this.
+
+        @return: C{False} if the connection is unknown or closing: nothing is
+            registered and C{callback} will not be called.
+        """
+        conn = self._conns.get(connId)
+        if conn is None or conn.closing:
+            return False
+        conn.drainWaiters.append(callback)
+        return True
 
     def _broadcast(self, conns: tuple[_Connection, ...], text: bytes) -> int:
         if not conns:
@@ -374,20 +445,61 @@ class ConnectionRegistry(service.Service):
         if conn.closing or conn.protocol.state != WebSocketProtocol.STATE_OPEN:
             self._droppedDead += 1
             return False
-        meter = conn.meter
-        if meter.paused:
-            if meter.pendingBytes + size > self._maxPendingBytes:
-                self._overflowing.append(conn)
-                return False
-            meter.pendingBytes += size
+        if conn.backlog or conn.meter.paused:
+            conn.backlog.append((prepared, size))
+            conn.backlogBytes += size
+            self._checkLag(conn, self._reactor.seconds())
+            return True
         conn.protocol.sendPreparedMessage(prepared)
         self._framesSent += 1
         return True
 
+    def _checkLag(self, conn: _Connection, now: float) -> None:
+        """
+        Mark C{conn} for eviction if it stays behind; see the module
+        docstring.
+        """
+        if conn.backlogBytes <= self._maxPendingBytes:
+            conn.behindSince = None
+            return
+        if conn.behindSince is None:
+            conn.behindSince = now
+        if conn.backlogBytes >= self._maxBacklogBytes:
+            reason = f"slow client: {conn.backlogBytes} bytes waiting to be read"
+        elif now - conn.behindSince >= self._maxLag:
+            reason = (
+                f"slow client: more than {self._maxPendingBytes} bytes behind "
+                f"for {self._maxLag:g} s"
+            )
+        else:
+            return
+        self._overflowing.append((conn, reason))
+
+    def _drained(self, connId: ConnId) -> None:
+        """
+        The connection's transport wrote out its buffer: write its backlog
+        until the transport is full again, then, if the backlog is empty,
+        call the senders waiting for it.
+        """
+        conn = self._conns.get(connId)
+        if conn is None or conn.closing:
+            return
+        protocol = conn.protocol
+        while conn.backlog and not conn.meter.paused:
+            prepared, size = conn.backlog.popleft()
+            conn.backlogBytes -= size
+            protocol.sendPreparedMessage(prepared)
+            self._framesSent += 1
+        self._checkLag(conn, self._reactor.seconds())
+        if conn.backlog or conn.meter.paused:
+            return
+        waiters, conn.drainWaiters = conn.drainWaiters, []
+        for waiter in waiters:
+            waiter()
+
     def _evictOverflowing(self) -> None:
         overflowing, self._overflowing = self._overflowing, []
-        reason = f"slow client: more than {self._maxPendingBytes} bytes pending"
-        for conn in overflowing:
+        for conn, reason in overflowing:
             if conn.closing:
                 continue
             self._evictedSlow += 1
@@ -439,6 +551,9 @@ class ConnectionRegistry(service.Service):
 
     def _beginClose(self, conn: _Connection, code: int, reason: str) -> bool:
         conn.closing = True
+        conn.backlog.clear()
+        conn.backlogBytes = 0
+        conn.drainWaiters.clear()
         self._closing[conn.connId] = self._reactor.seconds() + self._closeTimeout
         self._scheduleAbort()
         if conn.protocol.state != WebSocketProtocol.STATE_OPEN:
@@ -477,7 +592,8 @@ class ConnectionRegistry(service.Service):
     def startService(self) -> None:
         """
         Start the sweep: every C{pingInterval} seconds, close the connections
-        idle for more than C{maxIdle} and ping the others.
+        idle for more than C{maxIdle}, evict those that stay behind, and
+        ping the others.
         """
         super().startService()  # type: ignore[no-untyped-call]
         self._sweeper = LoopingCall(self._sweep)
@@ -486,6 +602,12 @@ class ConnectionRegistry(service.Service):
 
     def _sweep(self) -> None:
         self.sweepIdle(self._maxIdle)
+        now = self._reactor.seconds()
+        for conn in tuple(self._conns.values()):
+            if conn.backlog:
+                # Behind and getting no new frames: judged here instead.
+                self._checkLag(conn, now)
+        self._evictOverflowing()
         for conn in tuple(self._conns.values()):
             if not conn.closing:
                 conn.protocol.sendPing()
@@ -524,7 +646,7 @@ class ConnectionRegistry(service.Service):
             reapedIdle=self._reapedIdle,
             droppedDead=self._droppedDead,
             framesSent=self._framesSent,
-            bytesPending=sum(conn.meter.pendingBytes for conn in self._conns.values()),
+            bytesPending=sum(conn.backlogBytes for conn in self._conns.values()),
         )
 
 
