@@ -307,7 +307,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-relays", "maxRelays", "the most upstream relays", _POSITIVE_INT),
     Setting("verify", "verify", "verify event ids and signatures from relays", _flag),
     Setting("auth-required", "authRequired", "require NIP-42 AUTH from clients", _flag),
-    Setting("relay-url", "relayURL", "the gateway's public URL, checked in NIP-42 AUTH", _relayURL),
+    Setting(
+        "relay-url",
+        "relayURL",
+        "the gateway's public URL, that NIP-42 AUTH events must name; "
+        "default: ws://<Host header>/ (wss:// over TLS or with X-Forwarded-Proto: https)",
+        _relayURL,
+    ),
     Setting("store", "store", "the SQLite event store file, or :memory:", _storePath),
     Setting("store-max-events", "storeMaxEvents", "events kept in the store; 0: no bound", _COUNT),
     Setting("store-max-bytes", "storeMaxBytes", "bytes the store may use; 0: no bound", _COUNT),

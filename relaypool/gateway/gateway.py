@@ -82,7 +82,8 @@ class Gateway(service.MultiService):
             committed the event; always so without a pool).
         @param authRequired: require NIP-42 authentication.
         @param relayURL: the gateway's public URL, that NIP-42
-            authentication events must name.
+            authentication events must name; if L{None}, the URL each client
+            connected to, from its C{Host} header.
         @param name: the NIP-11 name.
         @param description: the NIP-11 description.
         @param closeTimeout: seconds connections get to finish their close
@@ -172,9 +173,10 @@ class Gateway(service.MultiService):
     def startService(self) -> None:
         """
         Start the registry's sweep, and listen on the endpoint if not yet
-        listening.
+        listening. Log the URL NIP-42 authentication events must name.
         """
         super().startService()
+        self._logAuthentication()
         self._startListening()
 
     def _startListening(self) -> None:
@@ -182,6 +184,18 @@ class Gateway(service.MultiService):
             endpoint = serverFromString(self._reactor, self._listen)
             self._listening = endpoint.listen(self.site)
             self._listening.addCallback(self._listened)
+
+    def _logAuthentication(self) -> None:
+        if not self.facade.authRequired:
+            return
+        if self.facade.relayURL is not None:
+            _log.info("NIP-42 AUTH required: AUTH events must name {url}", url=self.facade.relayURL)
+        else:
+            _log.info(
+                "NIP-42 AUTH required: AUTH events must name ws://<Host>/ (wss://<Host>/ over "
+                "TLS or with X-Forwarded-Proto: https) from the Host header each client "
+                "connects with; set --relay-url to name the public URL"
+            )
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
