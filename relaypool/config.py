@@ -95,6 +95,9 @@ class Config:
     maxPendingBytes: int = _LIMITS.maxPendingBytes
     pingInterval: float = _LIMITS.pingInterval
     maxIdle: float = _LIMITS.maxIdle
+    maxRequestLine: int = _LIMITS.maxRequestLine
+    maxHeaderBytes: int = _LIMITS.maxHeaderBytes
+    maxHeaders: int = _LIMITS.maxHeaders
     statusInterval: float = 60.0
     name: str = "relaypool"
     description: str = "a Nostr relay pool: one connection to many relays"
@@ -125,6 +128,9 @@ class Config:
             maxPendingBytes=self.maxPendingBytes,
             pingInterval=self.pingInterval,
             maxIdle=self.maxIdle,
+            maxRequestLine=self.maxRequestLine,
+            maxHeaderBytes=self.maxHeaderBytes,
+            maxHeaders=self.maxHeaders,
         )
 
 
@@ -357,6 +363,19 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ping-interval", "pingInterval", "seconds between pings of clients", _POSITIVE_SECONDS),
     Setting("max-idle", "maxIdle", "seconds a silent client stays connected", _POSITIVE_SECONDS),
+    Setting(
+        "max-request-line",
+        "maxRequestLine",
+        "bytes in an HTTP request line (longer: HTTP 414)",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "max-header-bytes",
+        "maxHeaderBytes",
+        "bytes in an HTTP request line and headers (more: HTTP 431)",
+        _POSITIVE_INT,
+    ),
+    Setting("max-headers", "maxHeaders", "HTTP request headers (more: HTTP 431)", _POSITIVE_INT),
     Setting(
         "status-interval",
         "statusInterval",

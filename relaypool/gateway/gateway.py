@@ -124,6 +124,7 @@ class Gateway(service.MultiService):
         self.site = makeSite(
             GatewayResource(self.factory, self.information, self.stats, self.metrics),
             reactor=reactor,
+            limits=limits,
         )
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
