@@ -9,6 +9,7 @@ pages (NIP-11, C{/stats}, C{/metrics}) on one listening port.
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application import service
@@ -37,6 +38,24 @@ def _counter(name: str, help: str, value: float) -> MetricFamily:
 
 def _gauge(name: str, help: str, value: float) -> MetricFamily:
     return MetricFamily(name, "gauge", help, [({}, value)])
+
+
+def _relayDocument(stats: Any, now: float) -> dict[str, Any]:
+    """
+    One relay's C{/stats} entry: its L{relaypool.results.RelayStats} fields,
+    where C{connectedSince} (seconds since the epoch, or L{None}) comes with
+    C{connectedAt}, the same time in ISO 8601 UTC, and C{connectedFor}, the
+    seconds since then.
+    """
+    document = asdict(stats)
+    since = stats.connectedSince
+    if since is None:
+        document["connectedAt"] = document["connectedFor"] = None
+    else:
+        moment = datetime.fromtimestamp(since, UTC)
+        document["connectedAt"] = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+        document["connectedFor"] = round(max(0.0, now - since), 3)
+    return document
 
 
 class Gateway(service.MultiService):
@@ -148,7 +167,8 @@ class Gateway(service.MultiService):
             name=self._name,
             description=self._description,
             supportedNips=self.supportedNIPs(),
-            software="relaypool",
+            # NIP-11's software is the URL of the software's project, and
+            # relaypool has no public one: only its version is given.
             version=__version__,
             limitation=Limitation(
                 maxMessageLength=limits.maxMessageSize,
@@ -246,7 +266,8 @@ class Gateway(service.MultiService):
     def stats(self) -> dict[str, Any]:
         """
         @return: the C{/stats} document: the registry's and the facade's
-            figures, the pool's totals and each relay's state, and the
+            figures, the pool's totals and each relay's state (its times as
+            seconds since the epoch, ISO 8601 UTC and seconds ago), and the
             outbox's retries in flight.
         """
         document: dict[str, Any] = {
@@ -255,7 +276,10 @@ class Gateway(service.MultiService):
         }
         if self._pool is not None:
             document["pool"] = asdict(self._pool.totals())
-            document["relays"] = {url: asdict(stats) for url, stats in self._pool.stats().items()}
+            now = self._reactor.seconds()
+            document["relays"] = {
+                url: _relayDocument(stats, now) for url, stats in self._pool.stats().items()
+            }
         if self._outbox is not None:
             document["outbox"] = {"retrying": self._outbox.retrying()}
         return document
