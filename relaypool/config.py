@@ -98,6 +98,9 @@ class Config:
     maxCatchUpEvents: int = _LIMITS.maxCatchUpEvents
     pingInterval: float = _LIMITS.pingInterval
     maxIdle: float = _LIMITS.maxIdle
+    maxRequestLine: int = _LIMITS.maxRequestLine
+    maxHeaderBytes: int = _LIMITS.maxHeaderBytes
+    maxHeaders: int = _LIMITS.maxHeaders
     statusInterval: float = 60.0
     name: str = "relaypool"
     description: str = "a Nostr relay pool: one connection to many relays"
@@ -131,6 +134,9 @@ class Config:
             maxCatchUpEvents=self.maxCatchUpEvents,
             pingInterval=self.pingInterval,
             maxIdle=self.maxIdle,
+            maxRequestLine=self.maxRequestLine,
+            maxHeaderBytes=self.maxHeaderBytes,
+            maxHeaders=self.maxHeaders,
         )
 
 
@@ -313,7 +319,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-relays", "maxRelays", "the most upstream relays", _POSITIVE_INT),
     Setting("verify", "verify", "verify event ids and signatures from relays", _flag),
     Setting("auth-required", "authRequired", "require NIP-42 AUTH from clients", _flag),
-    Setting("relay-url", "relayURL", "the gateway's public URL, checked in NIP-42 AUTH", _relayURL),
+    Setting(
+        "relay-url",
+        "relayURL",
+        "the gateway's public URL, that NIP-42 AUTH events must name; "
+        "default: ws://<Host header>/ (wss:// over TLS or with X-Forwarded-Proto: https)",
+        _relayURL,
+    ),
     Setting("store", "store", "the SQLite event store file, or :memory:", _storePath),
     Setting("store-max-events", "storeMaxEvents", "events kept in the store; 0: no bound", _COUNT),
     Setting("store-max-bytes", "storeMaxBytes", "bytes the store may use; 0: no bound", _COUNT),
@@ -375,6 +387,19 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ping-interval", "pingInterval", "seconds between pings of clients", _POSITIVE_SECONDS),
     Setting("max-idle", "maxIdle", "seconds a silent client stays connected", _POSITIVE_SECONDS),
+    Setting(
+        "max-request-line",
+        "maxRequestLine",
+        "bytes in an HTTP request line (longer: HTTP 414)",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "max-header-bytes",
+        "maxHeaderBytes",
+        "bytes in an HTTP request line and headers (more: HTTP 431)",
+        _POSITIVE_INT,
+    ),
+    Setting("max-headers", "maxHeaders", "HTTP request headers (more: HTTP 431)", _POSITIVE_INT),
     Setting(
         "status-interval",
         "statusInterval",

@@ -52,6 +52,18 @@ class DefaultsTests(SynchronousTestCase):
         """
         self.assertEqual(Config().gatewayLimits(), GatewayLimits())
 
+    def test_requestHeadBounds(self) -> None:
+        """
+        C{max-request-line}, C{max-header-bytes} and C{max-headers} reach the
+        gateway limits.
+        """
+        limits = buildConfig(
+            overrides={"max-request-line": "100", "max-header-bytes": "200", "max-headers": "3"}
+        ).gatewayLimits()
+        self.assertEqual(
+            (limits.maxRequestLine, limits.maxHeaderBytes, limits.maxHeaders), (100, 200, 3)
+        )
+
     def test_everySettingHasADefault(self) -> None:
         """
         Every setting names a L{Config} attribute, and every attribute has a

@@ -9,15 +9,23 @@ from typing import Any
 import orjson
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
 from relaypool.errors import InvalidMetric
+from relaypool.gateway.gateway import Gateway
 from relaypool.gateway.http import GatewayResource, makeSite
+from relaypool.gateway.limits import GatewayLimits
 from relaypool.gateway.prometheus import MetricFamily, render
 from relaypool.gateway.registry import ConnectionRegistry
+from relaypool.names import StaticNameService
+from relaypool.relaypool import RelayPool
 from tests.test_gateway_registry import connectClient, listen, makeWebSocketFactory, waitFor
 
 INFORMATION = {
@@ -241,3 +249,161 @@ class PrometheusTests(SynchronousTestCase):
         """
         for label in ("a-b", "__name__"):
             self.assertRaises(InvalidMetric, MetricFamily, "m", "gauge", "h", [({label: "v"}, 1)])
+
+
+class _RawClient(Protocol):
+    """
+    Send bytes as soon as connected; collect everything the server sends
+    until the connection closes.
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self._request = request
+        self._received: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self._request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._received.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.done.callback(b"".join(self._received))
+
+
+class RequestHeadBoundsTests(TestCase):
+    """
+    A gateway listening on 127.0.0.1 answers request heads over its bounds
+    with a status line and a short body, then closes the connection: HTTP
+    414 for a long request line, HTTP 431 for big or many headers; plain
+    requests and WebSocket handshakes alike.
+    """
+
+    timeout = 30
+
+    def startGateway(self, **limits: Any) -> Gateway:
+        pool = RelayPool(reactor, nameService=StaticNameService(), fetchInformation=False)
+        gateway = Gateway(
+            reactor, pool, "tcp:0:interface=127.0.0.1", limits=GatewayLimits(**limits)
+        )
+        gateway.startService()
+        self.addCleanup(gateway.stopService)
+        self.gateway = gateway
+        return gateway
+
+    async def exchange(self, head: bytes, **limits: Any) -> tuple[int, bytes]:
+        """
+        Send C{head} (and the blank line ending it) over a raw TCP
+        connection to a gateway with C{limits}.
+
+        @return: the status code and the body of the answer, once the
+            gateway closed the connection.
+        """
+        gateway = self.startGateway(**limits)
+        port = await gateway.whenListening()
+        client = _RawClient(head + b"\r\n\r\n")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await connectProtocol(endpoint, client)
+        answer = await client.done
+        statusLine, _, rest = answer.partition(b"\r\n")
+        _, _, body = rest.partition(b"\r\n\r\n")
+        return int(statusLine.split(b" ")[1]), body
+
+    def upgrade(self, path: bytes = b"/", *headers: bytes) -> bytes:
+        """
+        A WebSocket handshake request head, without its final blank line.
+        """
+        return b"\r\n".join(
+            (
+                b"GET %s HTTP/1.1" % path,
+                b"Host: 127.0.0.1",
+                b"Upgrade: websocket",
+                b"Connection: Upgrade",
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                b"Sec-WebSocket-Version: 13",
+                *headers,
+            )
+        )
+
+    async def test_longPath(self) -> None:
+        """
+        A request line over C{maxRequestLine} bytes gets HTTP 414 with a body
+        naming the bound.
+        """
+        code, body = await self.exchange(b"GET /%s HTTP/1.1\r\nHost: x" % (b"a" * 9000))
+        self.assertEqual(code, 414)
+        self.assertIn(b"8192", body)
+
+    async def test_longPathUnterminated(self) -> None:
+        """
+        A request line longer than the whole head bound, still unterminated,
+        gets HTTP 414 (Twisted alone drops the connection without a word).
+        """
+        code, _ = await self.exchange(b"GET /" + b"a" * 40_000)
+        self.assertEqual(code, 414)
+
+    async def test_longPathHandshake(self) -> None:
+        """
+        A WebSocket handshake with a request line over C{maxRequestLine}
+        bytes gets HTTP 414.
+        """
+        code, _ = await self.exchange(self.upgrade(b"/" + b"a" * 9000))
+        self.assertEqual(code, 414)
+
+    async def test_longHeaderHandshake(self) -> None:
+        """
+        A WebSocket handshake with one header longer than C{maxHeaderBytes}
+        gets HTTP 431 with a body naming the bound.
+        """
+        code, body = await self.exchange(self.upgrade(b"/", b"X-Big: " + b"b" * 20_000))
+        self.assertEqual(code, 431)
+        self.assertIn(b"16384", body)
+
+    async def test_headersOverTotal(self) -> None:
+        """
+        A plain request whose headers add up to more than C{maxHeaderBytes}
+        gets HTTP 431.
+        """
+        headers = b"\r\n".join(b"X-H%d: %s" % (i, b"h" * 2000) for i in range(10))
+        code, _ = await self.exchange(b"GET /stats HTTP/1.1\r\nHost: x\r\n" + headers)
+        self.assertEqual(code, 431)
+
+    async def test_tooManyHeaders(self) -> None:
+        """
+        A request with more than C{maxHeaders} headers gets HTTP 431.
+        """
+        headers = b"\r\n".join(b"X-H%d: h" % i for i in range(6))
+        code, body = await self.exchange(
+            b"GET /stats HTTP/1.1\r\nHost: x\r\n" + headers, maxHeaders=5
+        )
+        self.assertEqual(code, 431)
+        self.assertIn(b"more than 5 request headers", body)
+
+    async def test_configuredRequestLine(self) -> None:
+        """
+        C{maxRequestLine} is the gateway's limit: a request line of 300 bytes
+        gets HTTP 414 under a bound of 200.
+        """
+        code, _ = await self.exchange(
+            b"GET /%s HTTP/1.1\r\nHost: x" % (b"a" * 300), maxRequestLine=200
+        )
+        self.assertEqual(code, 414)
+
+    async def test_withinBounds(self) -> None:
+        """
+        A request within the bounds is served.
+        """
+        code, _ = await self.exchange(
+            b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close", maxRequestLine=200
+        )
+        self.assertEqual(code, 200)
+
+    async def test_malformed(self) -> None:
+        """
+        A malformed request head gets HTTP 400 with a short body.
+        """
+        code, body = await self.exchange(b"GET / HTTP/1.1\r\nno colon here")
+        self.assertEqual(code, 400)
+        self.assertIn(b"malformed", body)

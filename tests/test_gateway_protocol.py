@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
+from relaypool import __version__
 from relaypool.gateway.gateway import Gateway
 from relaypool.gateway.limits import GatewayLimits
 from relaypool.gateway.protocol import RECENT_IDS, RelayFacade
@@ -1023,6 +1025,18 @@ class HTTPTests(GatewayTestCase):
         self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["*"])
 
     @inlineCallbacks
+    def test_informationSoftware(self) -> Any:
+        """
+        The NIP-11 document has no C{software} (NIP-11 wants the URL of the
+        software's project, and relaypool has none) but has the version.
+        """
+        _, _, gateway = yield self.relayAndGateway()
+        _, body = yield self.get(gateway, "/", {"Accept": "application/nostr+json"})
+        document = orjson.loads(body)
+        self.assertNotIn("software", document)
+        self.assertEqual(document["version"], __version__)
+
+    @inlineCallbacks
     def test_stats(self) -> Any:
         """
         C{/stats} reports the registry, the facade, the pool and each relay.
@@ -1037,6 +1051,23 @@ class HTTPTests(GatewayTestCase):
         self.assertEqual(stats["gateway"]["sharedSubscriptions"], 1)
         self.assertEqual(stats["pool"]["activeRelays"], 1)
         self.assertEqual(stats["relays"][relay.url + "/"]["state"], "open")
+
+    @inlineCallbacks
+    def test_statsTimes(self) -> Any:
+        """
+        A relay's C{connectedSince} (seconds since the epoch) comes with
+        C{connectedAt} in ISO 8601 UTC and C{connectedFor}, seconds ago.
+        """
+        (relay,), _, gateway = yield self.relayAndGateway()
+        _, body = yield self.get(gateway, "/stats")
+        entry = orjson.loads(body)["relays"][relay.url + "/"]
+        self.assertTrue(entry["connectedAt"].endswith("Z"), entry["connectedAt"])
+        self.assertEqual(
+            datetime.fromisoformat(entry["connectedAt"]).timestamp(),
+            int(entry["connectedSince"]),
+        )
+        self.assertGreaterEqual(entry["connectedFor"], 0)
+        self.assertLess(entry["connectedFor"], TIMEOUT * 6)
 
     @inlineCallbacks
     def test_metrics(self) -> Any:

@@ -9,6 +9,7 @@ pages (NIP-11, C{/stats}, C{/metrics}) on one listening port.
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.application import service
@@ -37,6 +38,24 @@ def _counter(name: str, help: str, value: float) -> MetricFamily:
 
 def _gauge(name: str, help: str, value: float) -> MetricFamily:
     return MetricFamily(name, "gauge", help, [({}, value)])
+
+
+def _relayDocument(stats: Any, now: float) -> dict[str, Any]:
+    """
+    One relay's C{/stats} entry: its L{relaypool.results.RelayStats} fields,
+    where C{connectedSince} (seconds since the epoch, or L{None}) comes with
+    C{connectedAt}, the same time in ISO 8601 UTC, and C{connectedFor}, the
+    seconds since then.
+    """
+    document = asdict(stats)
+    since = stats.connectedSince
+    if since is None:
+        document["connectedAt"] = document["connectedFor"] = None
+    else:
+        moment = datetime.fromtimestamp(since, UTC)
+        document["connectedAt"] = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+        document["connectedFor"] = round(max(0.0, now - since), 3)
+    return document
 
 
 class Gateway(service.MultiService):
@@ -82,7 +101,8 @@ class Gateway(service.MultiService):
             committed the event; always so without a pool).
         @param authRequired: require NIP-42 authentication.
         @param relayURL: the gateway's public URL, that NIP-42
-            authentication events must name.
+            authentication events must name; if L{None}, the URL each client
+            connected to, from its C{Host} header.
         @param name: the NIP-11 name.
         @param description: the NIP-11 description.
         @param closeTimeout: seconds connections get to finish their close
@@ -129,6 +149,7 @@ class Gateway(service.MultiService):
         self.site = makeSite(
             GatewayResource(self.factory, self.information, self.stats, self.metrics),
             reactor=reactor,
+            limits=limits,
         )
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
@@ -152,7 +173,8 @@ class Gateway(service.MultiService):
             name=self._name,
             description=self._description,
             supportedNips=self.supportedNIPs(),
-            software="relaypool",
+            # NIP-11's software is the URL of the software's project, and
+            # relaypool has no public one: only its version is given.
             version=__version__,
             limitation=Limitation(
                 maxMessageLength=limits.maxMessageSize,
@@ -178,9 +200,10 @@ class Gateway(service.MultiService):
     def startService(self) -> None:
         """
         Start the registry's sweep, and listen on the endpoint if not yet
-        listening.
+        listening. Log the URL NIP-42 authentication events must name.
         """
         super().startService()
+        self._logAuthentication()
         self._startListening()
 
     def _startListening(self) -> None:
@@ -188,6 +211,18 @@ class Gateway(service.MultiService):
             endpoint = serverFromString(self._reactor, self._listen)
             self._listening = endpoint.listen(self.site)
             self._listening.addCallback(self._listened)
+
+    def _logAuthentication(self) -> None:
+        if not self.facade.authRequired:
+            return
+        if self.facade.relayURL is not None:
+            _log.info("NIP-42 AUTH required: AUTH events must name {url}", url=self.facade.relayURL)
+        else:
+            _log.info(
+                "NIP-42 AUTH required: AUTH events must name ws://<Host>/ (wss://<Host>/ over "
+                "TLS or with X-Forwarded-Proto: https) from the Host header each client "
+                "connects with; set --relay-url to name the public URL"
+            )
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
@@ -237,7 +272,8 @@ class Gateway(service.MultiService):
     def stats(self) -> dict[str, Any]:
         """
         @return: the C{/stats} document: the registry's and the facade's
-            figures, the pool's totals and each relay's state, and the
+            figures, the pool's totals and each relay's state (its times as
+            seconds since the epoch, ISO 8601 UTC and seconds ago), and the
             outbox's retries in flight.
         """
         document: dict[str, Any] = {
@@ -246,7 +282,10 @@ class Gateway(service.MultiService):
         }
         if self._pool is not None:
             document["pool"] = asdict(self._pool.totals())
-            document["relays"] = {url: asdict(stats) for url, stats in self._pool.stats().items()}
+            now = self._reactor.seconds()
+            document["relays"] = {
+                url: _relayDocument(stats, now) for url, stats in self._pool.stats().items()
+            }
         if self._outbox is not None:
             document["outbox"] = {"retrying": self._outbox.retrying()}
         return document

@@ -1,7 +1,7 @@
 """
 The gateway's HTTP side, on the same port as its WebSocket endpoint: the
 NIP-11 relay information document, C{/stats} (JSON) and C{/metrics}
-(Prometheus text).
+(Prometheus text), and the bounds of request heads (HTTP 414 and 431).
 """
 
 # twisted.web's Resource, Request and Site methods have no annotations.
@@ -14,11 +14,23 @@ from typing import Any
 
 import orjson
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+REFUSAL_LINGER = 2.0
+"""
+Seconds a connection whose request was refused (HTTP 400, 414 or 431) is
+kept half-open after the answer, its input discarded, so that the client
+reads the answer before the connection closes (closing with unread input
+would reset it).
+"""
 
 _PLAIN_PAGE = (
     b"This is a Nostr relay pool endpoint. Connect to it with a Nostr client "
@@ -127,13 +139,122 @@ class GatewayResource(Resource):
         self.putChild(b"metrics", _MetricsPage(metrics))
 
 
+_REFUSALS = {
+    400: "Bad Request",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+}
+
+
+class _GatewayChannel(http.HTTPChannel):
+    """
+    An L{http.HTTPChannel} that answers a request head over the site's
+    bounds with a status line and a short body, for plain requests and
+    WebSocket handshakes alike: HTTP 414 for a request line over
+    C{maxRequestLine} bytes, HTTP 431 for a head over C{maxHeaderBytes}
+    bytes or with more than C{maxHeaders} headers, and HTTP 400 (with a
+    body too) for a malformed head. Twisted alone drops the connection
+    without a word for a line over its C{MAX_LENGTH}.
+    """
+
+    factory: _QuietSite
+    _expectingRequestLine = True
+    _refused = False
+    _linger: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        limits = self.factory.limits
+        self._maxRequestLine = limits.maxRequestLine
+        self.MAX_LENGTH = self.totalHeadersSize = limits.maxHeaderBytes
+        self.maxHeaders = limits.maxHeaders
+        super().connectionMade()
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._expectingRequestLine and line:
+            if len(line) > self._maxRequestLine:
+                self._refuseRequestLine()
+                return
+            self._expectingRequestLine = False
+        elif not line:
+            self._expectingRequestLine = True
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuseHeaders()
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._expectingRequestLine:
+            self._refuseRequestLine()
+        else:
+            self._refuseHeaders()
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._refuse(431, f"more than {self.maxHeaders} request headers")
+            return False
+        ok: bool = super().headerReceived(line)
+        return ok
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._refuse(400, "malformed request")
+
+    def _refuseRequestLine(self) -> None:
+        self._refuse(414, f"request line over {self._maxRequestLine} bytes")
+
+    def _refuseHeaders(self) -> None:
+        self._refuse(431, f"request line and headers over {self.totalHeadersSize} bytes")
+
+    def _refuse(self, code: int, why: str) -> None:
+        """
+        Answer C{code} with C{why} as the body, then stop reading requests:
+        close the writing side, discard the input, and close for good after
+        L{REFUSAL_LINGER} seconds or when the client closes.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        reason = _REFUSALS[code]
+        body = f"{code} {reason}: {why}\n".encode("ascii")
+        transport: Any = self.transport
+        transport.write(
+            f"HTTP/1.1 {code} {reason}\r\n".encode("ascii")
+            + b"content-type: text/plain; charset=utf-8\r\n"
+            + b"content-length: %d\r\n" % len(body)
+            + b"connection: close\r\n\r\n"
+            + body
+        )
+        self.setTimeout(None)
+        self.clearLineBuffer()
+        self.dataReceived = self._discard  # type: ignore[method-assign]
+        if ITCPTransport.providedBy(transport):
+            producer: Any = self._networkProducer
+            producer.unregisterProducer()
+            transport.loseWriteConnection()
+            self._linger = self.callLater(REFUSAL_LINGER, transport.abortConnection)
+        else:
+            self.loseConnection()
+
+    def _discard(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        super().connectionLost(reason)
+
+
 class _QuietSite(Site):
     """
-    A L{Site} that writes no access log: at one line per request it would
-    drown the daemon's own log.
+    A L{Site} that writes no access log (at one line per request it would
+    drown the daemon's own log), and bounds request heads with
+    L{_GatewayChannel}.
+
+    @ivar limits: the gateway's limits, for the bounds of request heads.
     """
 
     noisy = False
+    protocol = _GatewayChannel  # type: ignore[assignment]
+    limits: GatewayLimits = DEFAULT_LIMITS
 
     def log(self, request: http.Request) -> None:
         """
@@ -141,7 +262,12 @@ class _QuietSite(Site):
         """
 
 
-def makeSite(resource: Resource, timeout: float = 60.0, reactor: Any = None) -> Site:
+def makeSite(
+    resource: Resource,
+    timeout: float = 60.0,
+    reactor: Any = None,
+    limits: GatewayLimits = DEFAULT_LIMITS,
+) -> Site:
     """
     Build the L{Site} serving the gateway.
 
@@ -149,11 +275,15 @@ def makeSite(resource: Resource, timeout: float = 60.0, reactor: Any = None) -> 
     @param timeout: seconds an HTTP connection may stay idle before it is
         closed; a connection upgraded to WebSocket is not subject to it.
     @param reactor: an L{IReactorTime}; the global reactor if L{None}.
-    @return: a site that writes no access log and shows no tracebacks.
+    @param limits: the bounds of request heads (C{maxRequestLine},
+        C{maxHeaderBytes}, C{maxHeaders}).
+    @return: a site that writes no access log, shows no tracebacks, and
+        answers request heads over the bounds with HTTP 414 or 431.
     """
     site = _QuietSite(resource, timeout=timeout, reactor=reactor)
+    site.limits = limits
     site.displayTracebacks = False
     return site
 
 
-__all__ = ["GatewayResource", "makeSite"]
+__all__ = ["REFUSAL_LINGER", "GatewayResource", "makeSite"]

@@ -55,6 +55,14 @@ class GatewayLimits:
     @ivar maxCatchUpEvents: new events held for one subscription while its
         stored events load and are sent (at the client's reading pace); one
         more closes the subscription with C{CLOSED "error: ..."}.
+    @ivar maxRequestLine: the longest HTTP request line (method, path and
+        version), in bytes, of a plain request or a WebSocket handshake; a
+        longer one is answered with HTTP 414 and the connection closed.
+    @ivar maxHeaderBytes: the largest HTTP request head (request line and
+        headers), in bytes; a larger one is answered with HTTP 431 and the
+        connection closed.
+    @ivar maxHeaders: the most HTTP request headers; one more is answered
+        with HTTP 431 and the connection closed.
     """
 
     maxSubscriptions: int = 20
@@ -73,6 +81,9 @@ class GatewayLimits:
     pingInterval: float = 30.0
     maxIdle: float = 90.0
     maxCatchUpEvents: int = 1000
+    maxRequestLine: int = 8192
+    maxHeaderBytes: int = 16384
+    maxHeaders: int = 100
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -60,11 +60,12 @@ import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaypool.errors import InvalidEvent, InvalidMessage, PoolClosed, PublishFailed
-from relaypool.gateway.auth import makeChallenge, verifyAuthEvent
+from relaypool.gateway.auth import expectedRelayURL, makeChallenge, verifyAuthEvent
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits, TokenBucket
 from relaypool.gateway.registry import Claims, ConnectionRegistry, ConnId
 from relaypool.nostr.event import AUTH_KIND, Event, isEphemeral
@@ -84,6 +85,7 @@ from relaypool.nostr.messages import (
     parseClientMessage,
     reasonPrefix,
 )
+from relaypool.nostr.url import parseRelayURL
 from relaypool.relaypool import PublishResult, limitEvents
 
 _log = Logger()
@@ -225,6 +227,7 @@ class _Session:
     events: TokenBucket
     reqs: TokenBucket
     challenge: str | None = None
+    relayURL: str | None = None
     pubkeys: set[str] = field(default_factory=set)
     subscriptions: dict[str, _Member] = field(default_factory=dict)
     open: bool = True
@@ -278,10 +281,13 @@ class RelayFacade:
         @param okPolicy: one of L{OK_POLICIES}; C{"local"} needs a store.
         @param authRequired: require NIP-42 authentication before C{REQ},
             C{COUNT} and C{EVENT}.
-        @param relayURL: the public URL authentication events must name.
+        @param relayURL: the public URL authentication events must name; if
+            L{None}, each connection's URL is derived from the C{Host} header
+            it connected with (see L{expectedRelayURL}).
         @param reactor: an L{IReactorTime}; the global reactor if L{None}.
         @raise ValueError: for a policy that cannot work with the given
             pool and store.
+        @raise InvalidRelayURL: if C{relayURL} is not a relay URL.
         """
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -302,7 +308,7 @@ class RelayFacade:
         self._quorum = quorum
         self._local = okPolicy == "local" or pool is None
         self.authRequired = authRequired
-        self._relayURL = relayURL
+        self.relayURL = None if relayURL is None else parseRelayURL(relayURL).url
         self._shared: dict[bytes, _SharedSubscription] = {}
         self._sessions: dict[ConnId, _Session] = {}
         self._eventsPublished = 0
@@ -316,10 +322,13 @@ class RelayFacade:
 
     # --- connections --------------------------------------------------------
 
-    def connect(self, connId: ConnId) -> _Session:
+    def connect(self, connId: ConnId, host: str | None = None, secure: bool = False) -> _Session:
         """
         Start serving a registered connection: sends the NIP-42 challenge
         when authentication is required.
+
+        @param host: the C{Host} header of the connection's handshake.
+        @param secure: whether the client reached the gateway over TLS.
         """
         limits = self.limits
         session = _Session(
@@ -331,6 +340,7 @@ class RelayFacade:
         self._sessions[connId] = session
         if self.authRequired:
             session.challenge = makeChallenge()
+            session.relayURL = expectedRelayURL(self.relayURL, host, secure)
             self._send(session, RelayAuth(session.challenge).toJSON())
         return session
 
@@ -793,7 +803,7 @@ class RelayFacade:
             self._ok(session, event.id, False, "restricted: this relay sent no AUTH challenge")
             return
         try:
-            verifyAuthEvent(event, session.challenge, self._relayURL, self._reactor.seconds())
+            verifyAuthEvent(event, session.challenge, session.relayURL, self._reactor.seconds())
         except InvalidEvent as e:
             self._ok(session, event.id, False, str(e))
             return
@@ -834,23 +844,31 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__()
         self._ip: str | None = None
+        self._host: str | None = None
+        self._secure = False
         self._session: _Session | None = None
 
     def onConnect(self, request: Any) -> None:
         """
         Admit the handshake unless the client's IP is over its connection
-        limit or the gateway is stopping.
+        limit or the gateway is stopping; note the C{Host} it asked for and
+        whether it came over TLS (directly, or through a TLS terminator that
+        sent C{X-Forwarded-Proto: https}), for NIP-42.
         """
         assert self.transport is not None
         peer: Any = self.transport.getPeer()
         ip: str = peer.host
         self.factory.admit(ip)
         self._ip = ip
+        headers: dict[str, str] = request.headers
+        self._host = headers.get("host")
+        forwarded = headers.get("x-forwarded-proto", "").strip().lower()
+        self._secure = ISSLTransport.providedBy(self.transport) or forwarded in ("https", "wss")
 
     def onOpen(self) -> None:
         factory = self.factory
         connId = factory.registry.register(self, Claims(ip=self._ip))
-        self._session = factory.facade.connect(connId)
+        self._session = factory.facade.connect(connId, self._host, self._secure)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
