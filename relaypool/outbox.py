@@ -92,6 +92,13 @@ class OutboxPublisher(service.Service):
     after the last one. An event enqueued more than C{maxAge} seconds ago is
     discarded from the outbox, and logged. The loop runs at once on start,
     so that what a crash interrupted resumes as soon as relays connect.
+    Each pass also notes what waits, for L{stats}.
+
+    Every relay's answer is recorded as it arrives, through the pool's
+    per-relay answer hook, also after the quorum fired; a relay silent until
+    the pool's publish timeout is recorded then as a failed attempt. A
+    C{duplicate:} answer (C{OK true} or C{OK false}) means the relay has the
+    event: it is recorded as accepted.
 
     The outbox's clock (the store's times) must agree with the reactor's
     C{seconds()}, as wall-clock time does.

@@ -4,10 +4,12 @@ RelayPool: many upstream Nostr relays behind one API.
 Inbound events are checked against a bounded cache of verified ids, verified
 (id recomputed, Schnorr signature) when new, and delivered once per
 subscription; EOSE is merged across relays with a timeout so a dead or slow
-relay never stalls it; publishes wait for a quorum of real C{OK true}
-answers; subscriptions follow their relays through reconnects with C{since}
-set to the newest event seen. Every queue is bounded: the inbound queue
-pauses reading from the relays when full, outbound queues refuse and count.
+relay never stalls it; publishes wait for a quorum of relays that have the
+event (C{OK true}, or a C{duplicate:} answer) and report every relay's
+answer, also later ones, to an answer hook; subscriptions follow their
+relays through reconnects with C{since} set to the newest event seen. Every
+queue is bounded: the inbound queue pauses reading from the relays when
+full, outbound queues refuse and count.
 """
 
 from __future__ import annotations
