@@ -412,9 +412,15 @@ class Gateway(service.MultiService):
                 "Events that failed verification.",
                 totals.eventsInvalid,
             ),
-            _counter("relaypool_pool_ok_accepted_total", "OK true from relays.", totals.okAccepted),
             _counter(
-                "relaypool_pool_ok_rejected_total", "OK false from relays.", totals.okRejected
+                "relaypool_pool_ok_accepted_total",
+                "OK true (or any duplicate: answer) from relays.",
+                totals.okAccepted,
+            ),
+            _counter(
+                "relaypool_pool_ok_rejected_total",
+                "OK false (not duplicate:) from relays.",
+                totals.okRejected,
             ),
             _gauge(
                 "relaypool_pool_inbound_queued",
