@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from twisted.application import service
@@ -24,9 +26,7 @@ from relaypool.nostr.event import Event
 from relaypool.relaypool import PublishResult, RelayPool
 from relaypool.store import OutboxEntry, RelayDelivery
 
-__all__ = ["RETRY_BACKOFF", "OutboxPublisher"]
-
-_NO_ANSWER = "error: no OK from this relay"
+__all__ = ["RETRY_BACKOFF", "OutboxPublisher", "OutboxStats", "RelayBacklog"]
 
 RETRY_BACKOFF = Backoff(initial=5.0, maximum=600.0)
 """
@@ -44,6 +44,41 @@ def _stableFraction(eventID: str, url: str, attempts: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+@dataclass(frozen=True, slots=True)
+class RelayBacklog:
+    """
+    What waits in the outbox for one relay.
+
+    @ivar waiting: events the relay has not accepted yet.
+    @ivar oldestAge: seconds since the oldest of them was enqueued.
+    """
+
+    waiting: int
+    oldestAge: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """
+    The outbox's figures, as L{OutboxPublisher.stats} reports them.
+
+    @ivar retrying: retry publishes in flight.
+    @ivar waiting: events in the outbox (some relay has not accepted them),
+        as of the last pass of the retry loop.
+    @ivar oldestAge: seconds since the oldest of them was enqueued, L{None}
+        when none waits.
+    @ivar relays: per relay URL with events waiting, its L{RelayBacklog}.
+    @ivar readAt: when the last pass read the outbox, L{None} before the
+        first pass.
+    """
+
+    retrying: int
+    waiting: int
+    oldestAge: float | None
+    relays: Mapping[str, RelayBacklog]
+    readAt: float | None
+
+
 class OutboxPublisher(service.Service):
     """
     Publishes events through a L{RelayPool} with an L{IOutbox} as the
@@ -57,6 +92,13 @@ class OutboxPublisher(service.Service):
     after the last one. An event enqueued more than C{maxAge} seconds ago is
     discarded from the outbox, and logged. The loop runs at once on start,
     so that what a crash interrupted resumes as soon as relays connect.
+    Each pass also notes what waits, for L{stats}.
+
+    Every relay's answer is recorded as it arrives, through the pool's
+    per-relay answer hook, also after the quorum fired; a relay silent until
+    the pool's publish timeout is recorded then as a failed attempt. A
+    C{duplicate:} answer (C{OK true} or C{OK false}) means the relay has the
+    event: it is recorded as accepted.
 
     The outbox's clock (the store's times) must agree with the reactor's
     C{seconds()}, as wall-clock time does.
@@ -102,6 +144,12 @@ class OutboxPublisher(service.Service):
         self._maxInFlight = maxInFlight
         self._publishing: Counter[str] = Counter()
         self._retrying = 0
+        # What the last pass found waiting: events, the oldest enqueue time,
+        # and per relay (events, oldest enqueue time).
+        self._waiting = 0
+        self._oldestEnqueuedAt: float | None = None
+        self._backlogs: dict[str, tuple[int, float]] = {}
+        self._readAt: float | None = None
         self._loop = LoopingCall(self.retryDue)
         self._loop.clock = reactor
         self._retryInterval = retryInterval
@@ -124,15 +172,38 @@ class OutboxPublisher(service.Service):
         """
         return self._retrying
 
+    def stats(self) -> OutboxStats:
+        """
+        @return: the outbox's figures: the retries in flight now, and what
+            waits in the outbox as of the last pass of the retry loop (every
+            C{retryInterval} seconds), with ages as of now.
+        """
+        now: float = self._reactor.seconds()
+        oldest = self._oldestEnqueuedAt
+        return OutboxStats(
+            retrying=self._retrying,
+            waiting=self._waiting,
+            oldestAge=None if oldest is None else max(0.0, now - oldest),
+            relays=MappingProxyType(
+                {
+                    url: RelayBacklog(waiting, max(0.0, now - enqueuedAt))
+                    for url, (waiting, enqueuedAt) in sorted(self._backlogs.items())
+                }
+            ),
+            readAt=self._readAt,
+        )
+
     def submit(self, event: Event) -> Deferred[PublishResult]:
         """
         Enqueue C{event} for every relay of the pool, then publish it to
         them. The relays' answers are recorded in the outbox; the relays that
-        did not accept it are retried in the background.
+        did not accept it are retried in the background. Every relay's
+        answer is recorded, also those arriving after the result fired.
 
         @return: a Deferred firing with the pool's L{PublishResult} once
             C{quorum} relays accepted (C{succeeded} true), or once that became
-            impossible or the publish timed out (C{succeeded} false). It fails
+            impossible or the publish timed out (C{succeeded} false), and the
+            answers heard by then are recorded. It fails
             if the event could not be enqueued (e.g. with
             L{relaypool.errors.QueueFull} from a full outbox), and then
             nothing was published.
@@ -146,48 +217,58 @@ class OutboxPublisher(service.Service):
 
         enqueued: Deferred[None] = self._outbox.enqueue(event, relays)  # type: ignore[no-untyped-call]
         enqueued.addErrback(notEnqueued)
-        return enqueued.addCallback(lambda _: self._publish(event, relays, self._quorum))
+        return enqueued.addCallback(lambda _: self._publish(event, relays, self._quorum)[0])
 
-    def _publish(self, event: Event, relays: Sequence[str], quorum: int) -> Deferred[PublishResult]:
+    def _publish(
+        self, event: Event, relays: Sequence[str], quorum: int
+    ) -> tuple[Deferred[PublishResult], Deferred[None]]:
         """
         Publish C{event} to C{relays} (already counted in C{_publishing}) and
-        record their answers.
+        record every relay's answer as it arrives, through the pool's
+        per-relay answer hook: also the answers that come after the quorum
+        fired, and, at the pool's publish timeout, the relays that stayed
+        silent as failed attempts. The event counts as in flight until every
+        relay's answer is recorded.
 
-        The pool tells the answers it has when it fires: relays still
-        outstanding after a successful quorum are not recorded (their later
-        answers cannot be heard; the retry loop asks them again once their
-        backoff is due, and a relay that did accept answers C{duplicate}
-        with C{OK true}); after a failed one they are recorded as not having
-        answered.
-
-        @return: a Deferred firing with the L{PublishResult} once its answers
-            are recorded.
+        @return: two Deferreds: the first fires with the L{PublishResult}
+            once the pool fired it and the answers heard by then are
+            recorded; the second once every relay's answer is recorded.
         """
+        finished: Deferred[None] = Deferred()
+        recorded: list[Deferred[None]] = []
+        waiting = set(relays)
+
+        def answered(url: str, accepted: bool, message: str) -> None:
+            if url not in waiting:
+                return
+            waiting.discard(url)
+            recorded.append(self._record(event.id, url, accepted, message))
+            if not waiting:
+                self._release(event.id)
+                gatherResults(list(recorded)).addCallback(lambda _: None).chainDeferred(finished)
 
         def published(outcome: PublishResult | Failure) -> Deferred[PublishResult]:
-            self._release(event.id)
             if isinstance(outcome, Failure):
                 error = outcome.value
-                if not isinstance(error, PublishFailed):
+                if isinstance(error, PublishFailed):
+                    outcome = error.result
+                else:
+                    # The pool could not publish at all: no hook will answer.
                     message = f"error: {outcome.getErrorMessage()}"
                     outcome = PublishResult(
                         event.id, quorum, {}, dict.fromkeys(relays, message), frozenset()
                     )
-                else:
-                    outcome = error.result
-            assert isinstance(outcome, PublishResult)
-            answers = [(url, True, message) for url, message in outcome.accepted.items()]
-            answers += [(url, False, message) for url, message in outcome.rejected.items()]
-            if not outcome.succeeded:
-                answers += [(url, False, _NO_ANSWER) for url in outcome.timedOut]
+                    for url in sorted(waiting):
+                        answered(url, False, message)
             result = outcome
-            recorded = [self._record(event.id, *answer) for answer in answers]
-            return gatherResults(recorded).addCallback(lambda _: result)
+            return gatherResults(list(recorded)).addCallback(lambda _: result)
 
         if not relays:
             self._release(event.id)
-            return succeed(PublishResult(event.id, quorum, {}, {}, frozenset()))
-        return maybeDeferred(self._pool.publish, event, quorum, relays=relays).addBoth(published)
+            finished.callback(None)
+            return succeed(PublishResult(event.id, quorum, {}, {}, frozenset())), finished
+        firing = maybeDeferred(self._pool.publish, event, quorum, relays=relays, onAnswer=answered)
+        return firing.addBoth(published), finished
 
     def _release(self, eventID: str) -> None:
         self._publishing[eventID] -= 1
@@ -241,8 +322,26 @@ class OutboxPublisher(service.Service):
             return now >= entry.enqueuedAt + max(delay, self._pool.publishTimeout)
         return now >= delivery.lastAttemptAt + delay
 
+    def _summarize(self, entries: list[OutboxEntry], now: float) -> None:
+        """
+        Remember what waits in the outbox, from the C{entries} a pass read
+        at C{now}, for L{stats}.
+        """
+        backlogs: dict[str, tuple[int, float]] = {}
+        for entry in entries:
+            for url, delivery in entry.relays.items():
+                if not delivery.accepted:
+                    waiting, oldest = backlogs.get(url, (0, entry.enqueuedAt))
+                    backlogs[url] = (waiting + 1, min(oldest, entry.enqueuedAt))
+        self._waiting = len(entries)
+        self._oldestEnqueuedAt = min((entry.enqueuedAt for entry in entries), default=None)
+        self._backlogs = backlogs
+        self._readAt = now
+
     def _resume(self, entries: list[OutboxEntry]) -> Deferred[None]:
         now: float = self._reactor.seconds()
+        kept = [entry for entry in entries if now - entry.enqueuedAt <= self._maxAge]
+        self._summarize(kept, now)
         active = set(self._pool.activeRelayURLs())
         work: list[Deferred[None]] = []
         for entry in entries:
@@ -271,13 +370,14 @@ class OutboxPublisher(service.Service):
 
     def _retry(self, event: Event, relays: list[str]) -> Deferred[None]:
         """
-        Publish C{event} again to C{relays}, all of them needed for success
-        so that the result reports every relay's answer when all accept.
+        Publish C{event} again to C{relays}.
+
+        @return: a Deferred firing once every relay's answer is recorded.
         """
         self._publishing[event.id] += 1
         self._retrying += 1
 
-        def done(result: PublishResult) -> None:
+        def done(_: None) -> None:
             self._retrying -= 1
 
-        return self._publish(event, relays, len(relays)).addCallback(done)
+        return self._publish(event, relays, len(relays))[1].addCallback(done)

@@ -92,7 +92,11 @@ class RelayOwner(Protocol):
         """The relay closed the subscription for good."""
 
     def relayOK(self, relay: Relay, eventId: str, accepted: bool, message: str) -> None:
-        """The relay's final answer to a publish (after any AUTH retry)."""
+        """
+        The relay's final answer to a publish (after any AUTH retry):
+        C{accepted} is true for C{OK true} and for any C{duplicate:} answer
+        (the relay has the event).
+        """
 
     def relayCount(self, relay: Relay, subscriptionId: str, count: int, approximate: bool) -> None:
         """The relay answered a COUNT."""
@@ -820,13 +824,16 @@ class Relay:
             return
         del self._publishes[message.eventId]
         now = self.reactor.seconds()
-        if message.accepted:
+        # NIP-01: "duplicate:", with OK true or false, means the relay has
+        # the event: an acceptance, and an answer in time, never an error.
+        stored = message.accepted or prefix == "duplicate"
+        if stored:
             self.counters.okAccepted += 1
             self._rateLimitStrikes = 0
             self.metrics.recordSuccess(now - pending.sentAt, now)
         else:
             self.counters.okRejected += 1
-        self._owner.relayOK(self, message.eventId, message.accepted, message.message)
+        self._owner.relayOK(self, message.eventId, stored, message.message)
 
     def _republishAfterAuth(
         self, authenticated: bool, pending: _PendingPublish, connection: RelayConnection, original: RelayOK

@@ -4,10 +4,12 @@ RelayPool: many upstream Nostr relays behind one API.
 Inbound events are checked against a bounded cache of verified ids, verified
 (id recomputed, Schnorr signature) when new, and delivered once per
 subscription; EOSE is merged across relays with a timeout so a dead or slow
-relay never stalls it; publishes wait for a quorum of real C{OK true}
-answers; subscriptions follow their relays through reconnects with C{since}
-set to the newest event seen. Every queue is bounded: the inbound queue
-pauses reading from the relays when full, outbound queues refuse and count.
+relay never stalls it; publishes wait for a quorum of relays that have the
+event (C{OK true}, or a C{duplicate:} answer) and report every relay's
+answer, also later ones, to an answer hook; subscriptions follow their
+relays through reconnects with C{since} set to the newest event seen. Every
+queue is bounded: the inbound queue pauses reading from the relays when
+full, outbound queues refuse and count.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ __all__ = [
     "RelayStats",
     "Subscription",
     "limitEvents",
+    "AnswerHook",
+    "NO_ANSWER",
 ]
 
 log = Logger()
@@ -128,6 +132,25 @@ class _SeenCache:
         return len(self._entries)
 
 
+AnswerHook = Callable[[str, bool, str], object]
+"""
+A publish's per-relay answer hook: called with a relay's URL, whether it has
+the event (C{OK true}, or any C{duplicate:} answer) and its message.
+"""
+
+NO_ANSWER = "error: relaypool: no OK from this relay before the publish timed out"
+"""
+The message an L{AnswerHook} gets for a relay still silent when its publish
+timed out.
+"""
+
+
+@dataclass(eq=False)
+class _Listener:
+    hook: AnswerHook
+    waiting: set[str]
+
+
 @dataclass(eq=False)
 class _Publish:
     event: Event
@@ -136,6 +159,7 @@ class _Publish:
     waiters: list[Deferred[PublishResult]]
     accepted: dict[str, str] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    listeners: list[_Listener] = field(default_factory=list)
     fired: bool = False
     timeoutCall: Any = None
 
@@ -399,8 +423,7 @@ class RelayPool(service.Service):
             subscription._relayDone(url)
         for publish in list(self._publishes.values()):
             if url in publish.outstanding:
-                publish.outstanding.discard(url)
-                publish.rejected[url] = reason
+                self._answer(publish, url, False, reason)
                 self._checkPublish(publish)
         for countId, state in list(self._counts.items()):
             state.outstanding.discard(url)
@@ -667,55 +690,119 @@ class RelayPool(service.Service):
         quorum: int = 1,
         timeout: float | None = None,
         relays: Sequence[str] | None = None,
+        onAnswer: AnswerHook | None = None,
     ) -> Deferred[PublishResult]:
         """
         Send C{event} to every relay (or to C{relays}) and collect their OKs.
 
-        Publishing an event again while its first publish has not fired yet
-        joins that publish (and its relays).
+        A relay that answers C{duplicate:}, with C{OK true} or C{OK false},
+        has the event: it counts as accepting it.
+
+        The returned Deferred fires as soon as the outcome is known, but the
+        publish goes on listening until every relay answered or C{timeout}
+        passed: C{onAnswer} hears each relay's answer as it arrives, also
+        after the Deferred fired. It is called exactly once for each relay
+        of C{relays} (every relay when L{None}): with the relay's answer,
+        with C{"error: relaypool: ..."} when the event could not be sent to
+        it or it left the pool, or with L{NO_ANSWER} at the timeout.
+
+        Publishing an event again while an earlier publish of it still
+        listens joins it: before the earlier one fired, the new caller shares
+        its Deferred's result and quorum (relays of C{relays} it did not
+        target yet are sent the event too); after it fired, the event is
+        sent again to C{relays} in a new publish, which also takes over the
+        earlier one's silent relays and answer hooks.
 
         @return: a Deferred firing with the L{PublishResult} as soon as
-            C{quorum} relays accepted, or failing with L{PublishFailed}
-            (carrying the result) once that became impossible or C{timeout}
-            passed.
+            C{quorum} relays accepted (naming every relay that accepted by
+            then), or failing with L{PublishFailed} (carrying the result)
+            once that became impossible or C{timeout} passed.
         """
         if self._closed:
             return fail(PoolClosed("the relay pool stopped"))
         if not isinstance(quorum, int) or quorum < 1:
             raise ValueError(f"quorum must be a positive integer, got {quorum!r}")
+        targets = self._targets(relays)
         existing = self._publishes.get(event.id)
         waiter: Deferred[PublishResult] = Deferred()
+        if existing is not None and not existing.fired:
+            existing.waiters.append(waiter)
+            self._listen(existing, targets, onAnswer)
+            known = existing.outstanding.union(existing.accepted, existing.rejected)
+            self._send(existing, [url for url in targets if url not in known])
+            self._checkPublish(existing)
+            return waiter
+        publish = _Publish(event, quorum, set(), [waiter])
         if existing is not None:
-            if not existing.fired:
-                existing.waiters.append(waiter)
-                return waiter
-            # The earlier publish reached its quorum and only waits for
-            # stragglers: stop waiting, without making the relays forget the
-            # event this publish sends them again.
-            existing.outstanding.clear()
-            self._finishPublish(existing)
-        targets = self._targets(relays)
-        publish = _Publish(event, quorum, set(targets), [waiter])
+            # The earlier publish fired and only listens for stragglers:
+            # take them over, without making the relays forget the event.
+            if existing.timeoutCall is not None and existing.timeoutCall.active():
+                existing.timeoutCall.cancel()
+            publish.outstanding, existing.outstanding = existing.outstanding, set()
+            publish.listeners, existing.listeners = existing.listeners, []
         self._publishes[event.id] = publish
-        for url in targets:
-            if not self._relays[url].publish(event):
-                publish.outstanding.discard(url)
-                publish.rejected[url] = "error: relaypool: could not queue the event for this relay"
+        self._listen(publish, targets, onAnswer)
+        self._send(publish, targets)
         limit = self.publishTimeout if timeout is None else timeout
         publish.timeoutCall = self.reactor.callLater(limit, self._finishPublish, publish)
         self._checkPublish(publish)
         return waiter
 
-    def _checkPublish(self, publish: _Publish) -> None:
-        if publish.fired:
-            if not publish.outstanding:
-                self._finishPublish(publish)
+    def _listen(self, publish: _Publish, targets: Sequence[str], hook: AnswerHook | None) -> None:
+        """
+        Attach C{hook} to C{publish} for C{targets}, telling it at once the
+        answers C{publish} already has.
+        """
+        if hook is None:
             return
-        if len(publish.accepted) >= publish.quorum:
-            self._fire(publish)
-            if not publish.outstanding:
-                self._finishPublish(publish)
-        elif len(publish.accepted) + len(publish.outstanding) < publish.quorum:
+        listener = _Listener(hook, set(targets))
+        publish.listeners.append(listener)
+        for url in targets:
+            if url in publish.accepted:
+                self._tell(listener, url, True, publish.accepted[url])
+            elif url in publish.rejected:
+                self._tell(listener, url, False, publish.rejected[url])
+
+    def _send(self, publish: _Publish, targets: Sequence[str]) -> None:
+        """
+        Send C{publish}'s event to C{targets}; a relay that cannot take it
+        counts as rejecting it.
+        """
+        for url in targets:
+            publish.outstanding.add(url)
+            if not self._relays[url].publish(publish.event):
+                self._answer(
+                    publish, url, False, "error: relaypool: could not queue the event for this relay"
+                )
+
+    def _answer(self, publish: _Publish, url: str, accepted: bool, message: str) -> None:
+        """
+        Record C{url}'s answer to C{publish} and pass it to the hooks; the
+        caller then checks the publish.
+        """
+        publish.outstanding.discard(url)
+        if accepted:
+            publish.accepted[url] = message
+        else:
+            publish.rejected[url] = message
+        for listener in publish.listeners:
+            self._tell(listener, url, accepted, message)
+
+    def _tell(self, listener: _Listener, url: str, accepted: bool, message: str) -> None:
+        if url not in listener.waiting:
+            return
+        listener.waiting.discard(url)
+        try:
+            listener.hook(url, accepted, message)
+        except Exception:
+            log.failure("A publish answer hook failed for {url}", url=url)
+
+    def _checkPublish(self, publish: _Publish) -> None:
+        if not publish.fired:
+            reached = len(publish.accepted) >= publish.quorum
+            if reached or len(publish.accepted) + len(publish.outstanding) < publish.quorum:
+                self._fire(publish)
+        if not publish.outstanding:
             self._finishPublish(publish)
 
     def _fire(self, publish: _Publish) -> None:
@@ -735,6 +822,11 @@ class RelayPool(service.Service):
                 )
 
     def _finishPublish(self, publish: _Publish, closing: bool = False) -> None:
+        """
+        Stop listening for C{publish}'s answers (every relay answered, it
+        timed out, or the pool stops): tell its hooks that the relays still
+        silent did not answer, and fire it if it has not fired.
+        """
         if self._publishes.get(publish.event.id) is publish:
             del self._publishes[publish.event.id]
         if publish.timeoutCall is not None and publish.timeoutCall.active():
@@ -744,6 +836,11 @@ class RelayPool(service.Service):
             relay = self._relays.get(url)
             if relay is not None:
                 relay.forgetPublish(publish.event.id)
+        message = "error: relaypool: the relay pool stopped" if closing else NO_ANSWER
+        listeners, publish.listeners = publish.listeners, []
+        for listener in listeners:
+            for url in sorted(listener.waiting):
+                self._tell(listener, url, False, message)
         if not publish.fired:
             self._fire(publish)
 
@@ -891,12 +988,10 @@ class RelayPool(service.Service):
         publish = self._publishes.get(eventId)
         if publish is None or relay.url not in publish.outstanding:
             return
-        publish.outstanding.discard(relay.url)
-        if accepted:
-            publish.accepted[relay.url] = message
-        else:
+        if not accepted:
             relay.metrics.recordError(self.reactor.seconds())
-            publish.rejected[relay.url] = message or "error: rejected without a reason"
+            message = message or "error: rejected without a reason"
+        self._answer(publish, relay.url, accepted, message)
         self._checkPublish(publish)
 
     def relayCount(self, relay: Relay, subscriptionId: str, count: int, approximate: bool) -> None:

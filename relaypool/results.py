@@ -24,9 +24,14 @@ class PoolMessage:
 @dataclass(frozen=True, slots=True)
 class PublishResult:
     """
-    The outcome of L{RelayPool.publish}, per relay.
+    The outcome of L{RelayPool.publish}, per relay, as it stood when the
+    publish fired (at the quorum, or when it became impossible or timed
+    out). Answers arriving later are not in it: pass an C{onAnswer} hook to
+    L{RelayPool.publish} to hear every relay's answer.
 
-    @ivar accepted: relay URL to the message of its C{OK true}.
+    @ivar accepted: relay URL to the message of its C{OK true}, or of its
+        C{duplicate:} answer (C{OK true} or C{OK false}: the relay has the
+        event), for every relay that accepted by then.
     @ivar rejected: relay URL to the reason it did not accept (its C{OK false}
         message, or C{"error: relaypool: ..."} when the event could not be
         sent to it).

@@ -138,6 +138,9 @@ class Misbehaviour:
     @ivar silentOK: never answer an EVENT with C{OK} (the event is still
         handled).
     @ivar rejectWith: answer every EVENT with C{OK} false and this message.
+    @ivar rejectDuplicates: answer an EVENT the relay has already with
+        C{OK false "duplicate: ..."} (NIP-01 allows either) instead of
+        C{OK true "duplicate: ..."}.
     @ivar neverEOSE: send stored events but never C{EOSE}.
     @ivar delay: seconds to hold every message the relay sends; order is
         kept.
@@ -154,6 +157,7 @@ class Misbehaviour:
     dropEvents: bool = False
     silentOK: bool = False
     rejectWith: str | None = None
+    rejectDuplicates: bool = False
     neverEOSE: bool = False
     delay: float = 0.0
     forge: bool = False
@@ -551,6 +555,15 @@ class FakeRelay:
     def _protocolClosed(self, protocol: _RelayProtocol) -> None:
         self._protocols.discard(protocol)
 
+    def sendOK(self, eventId: str, accepted: bool, message: str) -> None:
+        """
+        Send C{["OK", eventId, accepted, message]} on every open connection,
+        e.g. the late answer of a relay made silent with
+        L{Misbehaviour.silentOK}.
+        """
+        for protocol in self._protocols:
+            protocol.sendOK(eventId, accepted, message)
+
     def store(self, *events: Event) -> None:
         """
         Add events as if clients had published them (without verifying
@@ -650,7 +663,7 @@ class FakeRelay:
             except InvalidEvent as e:
                 return False, str(e)
         if event.id in self._json:
-            return True, "duplicate: already have this event"
+            return not self.misbehaviour.rejectDuplicates, "duplicate: already have this event"
         return True, ""
 
     def _handleReq(

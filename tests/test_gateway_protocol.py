@@ -22,7 +22,7 @@ from twisted.web.client import HTTPConnectionPool
 from relaypool import __version__
 from relaypool.gateway.gateway import Gateway
 from relaypool.gateway.limits import GatewayLimits
-from relaypool.gateway.protocol import RECENT_IDS, RelayFacade
+from relaypool.gateway.protocol import RECENT_IDS, RETRYING, RelayFacade
 from relaypool.names import StaticNameService
 from relaypool.nostr.event import Event, generatePrivateKey
 from relaypool.nostr.filter import Filter, filtersKey
@@ -403,6 +403,26 @@ class PublishTests(GatewayTestCase):
         self.assertIn(event, relays[1].events)
 
     @inlineCallbacks
+    def test_duplicateAnsweredTrue(self) -> Any:
+        """
+        Under the quorum policy, an event the relays already have (one
+        answering C{OK false "duplicate: ..."}, the other C{OK true
+        "duplicate: ..."}) is answered C{OK true "duplicate: ..."}: it is
+        stored.
+        """
+        relays, pool, gateway = yield self.relayAndGateway(2, quorum=2)
+        event = makeEvent()
+        for relay in relays:
+            relay.store(event)
+        relays[0].misbehaviour.rejectDuplicates = True
+        client = yield self.connect(gateway)
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertTrue(ok[2])
+        self.assertTrue(ok[3].startswith("duplicate: "), ok[3])
+        self.assertIn(relays[0].url, ok[3])
+
+    @inlineCallbacks
     def test_silentRelayTimesOut(self) -> Any:
         """
         A relay that never answers makes the publish time out: C{OK false
@@ -615,8 +635,35 @@ class StoreTests(GatewayTestCase):
         ok = yield client.waitForVerb("OK", event.id)
         self.assertFalse(ok[2])
         self.assertTrue(ok[3].startswith("rate-limited: "), ok[3])
+        self.assertTrue(ok[3].endswith(f"; {RETRYING}"), ok[3])
         pending = yield store.pending()
         self.assertEqual([entry.event for entry in pending], [event])
+
+    @inlineCallbacks
+    def test_outboxDuplicate(self) -> Any:
+        """
+        Through the outbox, an event the relay already has (C{OK false
+        "duplicate: ..."}) is answered C{OK true "duplicate: ..."} and
+        leaves nothing in the outbox.
+        """
+        store, (relay,), pool, outbox = yield self.startOutbox()
+        event = makeEvent()
+        relay.store(event)
+        relay.misbehaviour.rejectDuplicates = True
+        gateway = yield self.startGateway(pool, store=store, outbox=outbox)
+        client = yield self.connect(gateway)
+        client.send("EVENT", eventDict(event))
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertEqual(
+            ok[2:],
+            [
+                True,
+                f"duplicate: the relays already have this event "
+                f"({relay.url}/: duplicate: already have this event)",
+            ],
+        )
+        pending = yield store.pending()
+        self.assertEqual(pending, [])
 
     def test_policyNeedsStore(self) -> None:
         """
@@ -1084,6 +1131,43 @@ class HTTPTests(GatewayTestCase):
         self.assertIn(f'relaypool_relay_up{{relay="{relay.url}/"}} 1', text)
         self.assertIn('relaypool_gateway_ok_total{accepted="true"} 0', text)
         self.assertTrue(response.headers.getRawHeaders("content-type")[0].startswith("text/plain"))
+
+    @inlineCallbacks
+    def test_outboxFigures(self) -> Any:
+        """
+        C{/stats} and C{/metrics} show what waits in the outbox: events,
+        the oldest one's age, and per relay (0 for a relay with nothing
+        waiting).
+        """
+        fakes = yield self.startRelays(2)
+        fakes[1].misbehaviour.rejectWith = "error: try later"
+        pool = yield self.startPool(fakes)
+        store = self.openStore()
+        outbox = OutboxPublisher(reactor, pool, store, retryInterval=60.0)
+        gateway = yield self.startGateway(pool, store=store, outbox=outbox)
+        yield outbox.submit(makeEvent())
+        yield outbox.retryDue()
+        _, body = yield self.get(gateway, "/stats")
+        stats = orjson.loads(body)["outbox"]
+        first, second = (relay.url + "/" for relay in fakes)
+        self.assertEqual(
+            (
+                stats["retrying"],
+                stats["waiting"],
+                list(stats["relays"]),
+                stats["relays"][second]["waiting"],
+            ),
+            (0, 1, [second], 1),
+        )
+        self.assertGreaterEqual(stats["oldestAge"], 0.0)
+        _, body = yield self.get(gateway, "/metrics")
+        text = body.decode("utf-8")
+        self.assertIn("relaypool_outbox_retrying 0", text)
+        self.assertIn("relaypool_outbox_waiting_events 1", text)
+        self.assertIn("# TYPE relaypool_outbox_oldest_age_seconds gauge", text)
+        self.assertIn(f'relaypool_outbox_relay_waiting_events{{relay="{second}"}} 1', text)
+        self.assertIn(f'relaypool_outbox_relay_waiting_events{{relay="{first}"}} 0', text)
+        self.assertIn(f'relaypool_outbox_relay_oldest_age_seconds{{relay="{first}"}} 0', text)
 
 
 class _FakeSubscription:

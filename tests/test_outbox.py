@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
@@ -24,8 +24,8 @@ from relaypool.errors import PublishFailed, QueueFull
 from relaypool.mux import Backoff
 from relaypool.names import StaticNameService
 from relaypool.nostr.event import Event
-from relaypool.outbox import OutboxPublisher
-from relaypool.relaypool import PublishResult, RelayPool
+from relaypool.outbox import OutboxPublisher, RelayBacklog
+from relaypool.relaypool import NO_ANSWER, PublishResult, RelayPool
 from relaypool.store import OutboxEntry, SQLiteEventStore
 from relaypool.testing import FakeRelay, makeEvent
 
@@ -38,20 +38,25 @@ STEADY = Backoff(initial=5.0, maximum=600.0, jitter=0.0)
 
 class _FakePool:
     """
-    The part of L{RelayPool} the publisher uses, answering at once as
-    C{answers} says: C{(True, message)} accepts, C{(False, message)}
-    rejects, L{None} never answers (the relay is reported timed out).
+    The part of L{RelayPool} the publisher uses, answering as C{answers}
+    says: C{(True, message)} accepts, C{(False, message)} rejects, both at
+    once; L{None} stays silent until C{publishTimeout} passed on C{clock}
+    (the relay is then reported timed out). Like the real pool, the result
+    fires as soon as the quorum is reached or impossible, and the answer hook
+    hears every relay's answer, also later ones. With C{hold}, nothing
+    answers until the test calls L{release}.
     """
 
     publishTimeout = 10.0
 
-    def __init__(self, *urls: str) -> None:
+    def __init__(self, clock: Clock, *urls: str) -> None:
+        self.clock = clock
         self.urls = list(urls)
         self.active = set(urls)
         self.answers: dict[str, tuple[bool, str] | None] = {url: (True, "") for url in urls}
         self.calls: list[tuple[str, tuple[str, ...], int]] = []
         self.hold = False
-        self.held: list[Deferred[PublishResult]] = []
+        self.held: list[tuple[Deferred[PublishResult], Any, list[str], str, int]] = []
 
     def relayURLs(self) -> list[str]:
         return list(self.urls)
@@ -65,24 +70,55 @@ class _FakePool:
         quorum: int = 1,
         timeout: float | None = None,
         relays: list[str] | None = None,
+        onAnswer: Any = None,
     ) -> Deferred[PublishResult]:
         targets = list(self.urls if relays is None else relays)
         self.calls.append((event.id, tuple(targets), quorum))
+        d: Deferred[PublishResult] = Deferred()
         if self.hold:
-            d: Deferred[PublishResult] = Deferred()
-            self.held.append(d)
+            self.held.append((d, onAnswer, targets, event.id, quorum))
             return d
         answers = {url: self.answers[url] for url in targets}
-        result = PublishResult(
-            event.id,
-            quorum,
-            {url: a[1] for url, a in answers.items() if a is not None and a[0]},
-            {url: a[1] for url, a in answers.items() if a is not None and not a[0]},
-            frozenset(url for url, a in answers.items() if a is None),
-        )
-        if result.succeeded:
-            return succeed(result)
-        return fail(PublishFailed("quorum not reached", result))
+        silent = frozenset(url for url, a in answers.items() if a is None)
+        accepted = {url: a[1] for url, a in answers.items() if a is not None and a[0]}
+        rejected = {url: a[1] for url, a in answers.items() if a is not None and not a[0]}
+        for url, message in accepted.items():
+            onAnswer(url, True, message)
+        for url, message in rejected.items():
+            onAnswer(url, False, message)
+
+        def fire(timedOut: frozenset[str]) -> None:
+            if not d.called:
+                _fire(d, PublishResult(event.id, quorum, accepted, rejected, timedOut))
+
+        def timeOut() -> None:
+            for url in sorted(silent):
+                onAnswer(url, False, NO_ANSWER)
+            fire(silent)
+
+        if len(accepted) >= quorum or len(accepted) + len(silent) < quorum:
+            fire(silent)
+        if silent:
+            self.clock.callLater(self.publishTimeout, timeOut)
+        return d
+
+    def release(self, index: int, accepted: dict[str, str]) -> None:
+        """
+        Answer the C{index}th held publish: the relays in C{accepted} accept
+        with their messages, the others reject.
+        """
+        d, onAnswer, targets, eventID, quorum = self.held[index]
+        rejected = {url: "error: no" for url in targets if url not in accepted}
+        for url in targets:
+            onAnswer(url, url in accepted, accepted.get(url, "error: no"))
+        _fire(d, PublishResult(eventID, quorum, accepted, rejected, frozenset()))
+
+
+def _fire(d: Deferred[PublishResult], result: PublishResult) -> None:
+    if result.succeeded:
+        d.callback(result)
+    else:
+        d.errback(PublishFailed("quorum not reached", result))
 
 
 class _FakeOutbox:
@@ -123,7 +159,7 @@ class PublisherTests(TestCase):
         self.clock.advance(1_000_000)
         self.path = self.mktemp()
         self.store = self.openStore()
-        self.pool = _FakePool(A, B)
+        self.pool = _FakePool(self.clock, A, B)
 
     def openStore(self, **kwargs: Any) -> SQLiteEventStore:
         store = SQLiteEventStore(self.path, clock=self.clock.seconds, **kwargs)
@@ -212,22 +248,37 @@ class PublisherTests(TestCase):
         failed attempt.
         """
         self.pool.answers = {A: None, B: None}
-        result = yield self.publisher().submit(makeEvent())
+        submitted = self.publisher().submit(makeEvent())
+        yield _until(lambda: bool(self.pool.calls))
+        self.clock.advance(self.pool.publishTimeout)
+        result = yield submitted
         self.assertFalse(result.succeeded)
         relays = yield self.relays()
-        self.assertEqual((relays[A].attempts, relays[A].accepted), (1, False))
+        self.assertEqual(
+            (relays[A].attempts, relays[A].accepted, relays[A].lastMessage), (1, False, NO_ANSWER)
+        )
 
     @inlineCallbacks
-    def test_outstandingAfterQuorumNotRecorded(self) -> Any:
+    def test_answerAfterQuorumRecorded(self) -> Any:
         """
-        A relay still outstanding when the quorum was reached is not
-        recorded as failing: its answer is unknown.
+        A relay's answer arriving after the quorum fired is recorded: once
+        it has the event too (here a C{duplicate:} answer), the event leaves
+        the outbox, and no pass publishes it again.
         """
-        self.pool.answers[B] = None
-        result = yield self.publisher().submit(makeEvent())
-        self.assertTrue(result.succeeded)
-        relays = yield self.relays()
-        self.assertEqual((relays[B].attempts, relays[B].lastAttemptAt), (0, None))
+        self.pool.hold = True
+        publisher = self.publisher()
+        submitted = publisher.submit(makeEvent())
+        yield _until(lambda: bool(self.pool.held))
+        d, onAnswer, *_ = self.pool.held[0]
+        onAnswer(A, True, "")
+        d.callback(PublishResult(self.pool.calls[0][0], 1, {A: ""}, {}, frozenset({B})))
+        result = yield submitted
+        self.assertEqual(set(result.accepted), {A})
+        onAnswer(B, True, "duplicate: already have it")
+        yield _untilDeferred(lambda: self.store.pending().addCallback(lambda p: p == []))
+        self.clock.advance(60)
+        yield publisher.retryDue()
+        self.assertEqual(len(self.pool.calls), 1)
 
     @inlineCallbacks
     def test_retryAfterBackoff(self) -> Any:
@@ -269,18 +320,40 @@ class PublisherTests(TestCase):
         self.assertEqual(relays[B].attempts, 3)
 
     @inlineCallbacks
-    def test_unansweredRetriedAfterPublishTimeout(self) -> Any:
+    def test_silentRelayRetriedAfterTimeout(self) -> Any:
         """
-        A relay whose answer is unknown is retried once the first publish
-        surely finished (the pool's publish timeout), not before.
+        A relay silent until the publish timed out is recorded then as a
+        failed attempt and retried once its backoff passed, not before.
         """
         self.pool.answers[B] = None
         publisher = self.publisher()
         yield publisher.submit(makeEvent())
         self.pool.answers[B] = (True, "duplicate: have it")
-        self.clock.advance(9.9)
+        self.clock.advance(self.pool.publishTimeout)
+        yield _untilDeferred(lambda: self.relays().addCallback(lambda r: r[B].attempts == 1))
+        self.clock.advance(4.9)
         yield publisher.retryDue()
         self.assertEqual(len(self.pool.calls), 1)
+        self.clock.advance(0.1)
+        yield publisher.retryDue()
+        relays = yield self.relays()
+        self.assertIsNone(relays)
+
+    @inlineCallbacks
+    def test_unansweredRetriedAfterPublishTimeout(self) -> Any:
+        """
+        After a restart, a relay with no answer recorded is retried once the
+        first publish surely finished (the pool's publish timeout), not
+        before.
+        """
+        self.pool.hold = True
+        self.publisher().submit(makeEvent())
+        yield _until(lambda: bool(self.pool.held))
+        self.pool = _FakePool(self.clock, A, B)
+        publisher = self.publisher()
+        self.clock.advance(9.9)
+        yield publisher.retryDue()
+        self.assertEqual(self.pool.calls, [])
         self.clock.advance(0.1)
         yield publisher.retryDue()
         relays = yield self.relays()
@@ -327,9 +400,7 @@ class PublisherTests(TestCase):
         passing = publisher.retryDue()
         yield _until(lambda: bool(self.pool.held))
         self.assertEqual((len(self.pool.held), publisher.retrying()), (1, 1))
-        held = self.pool.held[0]
-        eventID = self.pool.calls[-1][0]
-        held.callback(PublishResult(eventID, 1, {B: ""}, {}, frozenset()))
+        self.pool.release(0, {B: ""})
         yield passing
         self.assertEqual(publisher.retrying(), 0)
 
@@ -346,8 +417,7 @@ class PublisherTests(TestCase):
         self.clock.advance(60)
         yield publisher.retryDue()
         self.assertEqual(len(self.pool.calls), 1)
-        event = self.pool.calls[0][0]
-        self.pool.held[0].callback(PublishResult(event, 1, {A: "", B: ""}, {}, frozenset()))
+        self.pool.release(0, {A: "", B: ""})
         yield submitted
 
     @inlineCallbacks
@@ -361,12 +431,33 @@ class PublisherTests(TestCase):
         yield self.publisher().submit(event)
         yield self.store.close()
         self.store = self.openStore()
-        self.pool = _FakePool(A, B)
+        self.pool = _FakePool(self.clock, A, B)
         self.clock.advance(5)
         yield self.publisher().retryDue()
         self.assertEqual(self.pool.calls, [(event.id, (B,), 1)])
         relays = yield self.relays()
         self.assertIsNone(relays)
+
+    @inlineCallbacks
+    def test_statsShowWaiting(self) -> Any:
+        """
+        C{stats} reports, as of the last pass, the events waiting, the age
+        of the oldest, and per relay its events waiting and their oldest
+        age (ages as of now).
+        """
+        self.pool.answers[B] = (False, "error: down")
+        publisher = self.publisher()
+        yield publisher.submit(makeEvent())
+        self.clock.advance(2)
+        yield publisher.submit(makeEvent(content="second"))
+        self.pool.active.clear()
+        yield publisher.retryDue()
+        self.clock.advance(1)
+        stats = publisher.stats()
+        self.assertEqual(
+            (stats.waiting, stats.oldestAge, dict(stats.relays), stats.readAt),
+            (2, 3.0, {B: RelayBacklog(2, 3.0)}, self.clock.seconds() - 1),
+        )
 
     def test_startPassAtOnce(self) -> None:
         """
@@ -389,12 +480,21 @@ def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> Deferred[Non
     Fire once C{predicate()} holds, checking every 20 ms; fail after
     C{timeout} seconds.
     """
+    return _untilDeferred(lambda: succeed(predicate()), timeout)
+
+
+def _untilDeferred(check: Callable[[], Deferred[bool]], timeout: float = 10.0) -> Deferred[None]:
+    """
+    Fire once the Deferred of C{check()} fires with true, checking every
+    20 ms; fail after C{timeout} seconds.
+    """
     steps = int(timeout / 0.02)
 
     @inlineCallbacks
     def wait() -> Any:
         for _ in range(steps):
-            if predicate():
+            done = yield check()
+            if done:
                 return
             yield deferLater(reactor, 0.02, lambda: None)
         raise AssertionError(f"condition not met in {timeout} s")
@@ -449,11 +549,45 @@ class EndToEndTests(TestCase):
         pending = yield self.store.pending()
         self.assertEqual(pending, [])
 
+    @inlineCallbacks
+    def test_lateAnswerLeavesNothingInOutbox(self) -> Any:
+        """
+        With quorum 1, the relay answering after the quorum fired is
+        recorded too: once both relays answered, nothing is left in the
+        outbox.
+        """
+        first, second = self.relays
+        second.misbehaviour.silentOK = True
+        publisher = OutboxPublisher(reactor, self.pool, self.store)
+        event = makeEvent()
+        result = yield publisher.submit(event)
+        self.assertEqual(set(result.accepted), {self.pool.relayURLs()[0]})
+        second.sendOK(event.id, True, "")
+        yield _untilDeferred(lambda: self.store.pending().addCallback(lambda p: p == []))
+
+    @inlineCallbacks
+    def test_duplicateRejectionLeavesOutbox(self) -> Any:
+        """
+        A relay answering C{OK false "duplicate: ..."} has the event: the
+        outbox records it as accepted and does not retry it, and the relay's
+        health score is untouched.
+        """
+        first, second = self.relays
+        event = makeEvent()
+        second.store(event)
+        second.misbehaviour.rejectDuplicates = True
+        publisher = OutboxPublisher(reactor, self.pool, self.store, quorum=2)
+        result = yield publisher.submit(event)
+        self.assertTrue(result.succeeded)
+        yield _untilDeferred(lambda: self.store.pending().addCallback(lambda p: p == []))
+        health = [stats.healthScore for stats in self.pool.stats().values()]
+        self.assertEqual(health, [100.0, 100.0])
+
 
 _CHILD = """
 import sys
 from twisted.internet import defer, reactor
-from relaypool.outbox import OutboxPublisher
+from relaypool.outbox import OutboxPublisher, RelayBacklog
 from relaypool.relaypool import RelayPool
 from relaypool.store import SQLiteEventStore
 from relaypool.testing import makeEvent

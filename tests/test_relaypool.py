@@ -27,7 +27,7 @@ from relaypool.nostr.event import generatePrivateKey, publicKeyFor
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.messages import ClientReq, RelayEOSE, RelayEvent
 from relaypool.nostr.nip11 import Limitation, RelayInformation
-from relaypool.relaypool import RelayPool, limitEvents
+from relaypool.relaypool import NO_ANSWER, RelayPool, limitEvents
 from relaypool.testing import FakeRelay, forgeSignature, makeEvent
 
 FAST = Backoff(initial=0.05, maximum=0.2, jitter=0.0, resetAfter=0.5)
@@ -569,6 +569,124 @@ class PublishTests(PoolTestMixin, TestCase):
         yield self.connected(pool)
         failure = yield self.assertFailure(pool.publish(makeEvent()), PublishFailed)
         self.assertTrue(failure.result.rejected[a.url + "/"].startswith("auth-required:"))
+
+    @inlineCallbacks
+    def holdingRelay(self) -> Any:
+        """
+        A connected pool over one relay that already holds an event and
+        answers its EVENT with C{OK false "duplicate: ..."}.
+
+        @return: a Deferred firing with the relay, the pool and the event.
+        """
+        relay = yield self.startRelay()
+        relay.misbehaviour.rejectDuplicates = True
+        event = makeEvent()
+        relay.store(event)
+        pool = self.makePool(relay)
+        yield self.connected(pool)
+        return relay, pool, event
+
+    @inlineCallbacks
+    def test_duplicateRejectionCountsAsAccepted(self) -> Any:
+        """
+        A relay answering C{OK false "duplicate: ..."} has the event: it
+        counts toward the quorum, and the result names it as accepting.
+        """
+        a, pool, event = yield self.holdingRelay()
+        result = yield pool.publish(event)
+        self.assertEqual(
+            (dict(result.accepted), dict(result.rejected)),
+            ({a.url + "/": "duplicate: already have this event"}, {}),
+        )
+
+    @inlineCallbacks
+    def test_duplicateAnswersKeepHealth(self) -> Any:
+        """
+        C{duplicate:} answers, C{OK false} ones included, never count against
+        a relay's health: its score stays 100 and no OK counts as rejected.
+        """
+        a, pool, event = yield self.holdingRelay()
+        for _ in range(5):
+            yield pool.publish(event)
+        stats = pool.stats()[a.url + "/"]
+        self.assertEqual((stats.healthScore, stats.okAccepted, stats.okRejected), (100.0, 5, 0))
+
+    @inlineCallbacks
+    def test_answerHookHearsLateAnswers(self) -> Any:
+        """
+        C{onAnswer} hears every relay's answer, also those arriving after
+        the quorum fired the publish's Deferred.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        b.misbehaviour.silentOK = True
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        answers: list[tuple[str, bool, str]] = []
+        event = makeEvent()
+        result = yield pool.publish(event, onAnswer=lambda *answer: answers.append(answer))
+        self.assertEqual((set(result.accepted), result.timedOut), ({a.url + "/"}, {b.url + "/"}))
+        b.sendOK(event.id, True, "")
+        yield waitUntil(lambda: len(answers) == 2)
+        self.assertEqual(sorted(answers), sorted([(a.url + "/", True, ""), (b.url + "/", True, "")]))
+
+    @inlineCallbacks
+    def test_answerHookHearsAnswersAfterFailedQuorum(self) -> Any:
+        """
+        A publish whose quorum became impossible still records the answers
+        of the relays that were slower than the rejection.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        a.misbehaviour.rejectWith = "blocked: not here"
+        b.misbehaviour.silentOK = True
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        answers: list[tuple[str, bool, str]] = []
+        event = makeEvent()
+        publishing = pool.publish(event, quorum=2, onAnswer=lambda *x: answers.append(x))
+        yield self.assertFailure(publishing, PublishFailed)
+        b.sendOK(event.id, True, "")
+        yield waitUntil(lambda: len(answers) == 2)
+        self.assertEqual(answers[1], (b.url + "/", True, ""))
+
+    @inlineCallbacks
+    def test_answerHookHearsTimeout(self) -> Any:
+        """
+        A relay still silent at the publish timeout is reported to
+        C{onAnswer} as not having answered.
+        """
+        a = yield self.startRelay()
+        a.misbehaviour.silentOK = True
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        answers: list[tuple[str, bool, str]] = []
+        publishing = pool.publish(makeEvent(), timeout=0.2, onAnswer=lambda *x: answers.append(x))
+        yield self.assertFailure(publishing, PublishFailed)
+        self.assertEqual(answers, [(a.url + "/", False, NO_ANSWER)])
+
+    @inlineCallbacks
+    def test_joiningPublishSendsToItsOwnRelays(self) -> Any:
+        """
+        A publish joining an earlier one of the same event still in flight
+        sends the event to the relays the earlier one did not target, and
+        its hook hears each of its relays once.
+        """
+        a = yield self.startRelay()
+        b = yield self.startRelay()
+        a.misbehaviour.silentOK = True
+        pool = self.makePool(a, b)
+        yield self.connected(pool)
+        event = makeEvent()
+        first = pool.publish(event, relays=[a.url])
+        answers: list[tuple[str, bool, str]] = []
+        second = pool.publish(event, relays=[b.url], onAnswer=lambda *x: answers.append(x))
+        yield waitUntil(lambda: len(answers) == 1)
+        self.assertEqual(answers, [(b.url + "/", True, "")])
+        a.sendOK(event.id, True, "")
+        yield first
+        yield second
+        self.assertEqual([e.id for e in b.events], [event.id])
 
     @inlineCallbacks
     def test_authRequiredSubscription(self) -> Any:

@@ -274,7 +274,9 @@ class Gateway(service.MultiService):
         @return: the C{/stats} document: the registry's and the facade's
             figures, the pool's totals and each relay's state (its times as
             seconds since the epoch, ISO 8601 UTC and seconds ago), and the
-            outbox's retries in flight.
+            outbox's retries in flight and what waits in it (events, the
+            oldest one's age in seconds, the same per relay; as of the
+            outbox's last pass, see L{relaypool.outbox.OutboxPublisher.stats}).
         """
         document: dict[str, Any] = {
             "registry": asdict(self.registry.stats()),
@@ -287,7 +289,14 @@ class Gateway(service.MultiService):
                 url: _relayDocument(stats, now) for url, stats in self._pool.stats().items()
             }
         if self._outbox is not None:
-            document["outbox"] = {"retrying": self._outbox.retrying()}
+            outbox = self._outbox.stats()
+            document["outbox"] = {
+                "retrying": outbox.retrying,
+                "waiting": outbox.waiting,
+                "oldestAge": outbox.oldestAge,
+                "readAt": outbox.readAt,
+                "relays": {url: asdict(backlog) for url, backlog in outbox.relays.items()},
+            }
         return document
 
     def metrics(self) -> str:
@@ -374,14 +383,46 @@ class Gateway(service.MultiService):
         if self._pool is not None:
             families += self._poolFamilies()
         if self._outbox is not None:
-            families.append(
-                _gauge(
-                    "relaypool_outbox_retrying",
-                    "Outbox retry publishes in flight.",
-                    self._outbox.retrying(),
-                )
-            )
+            families += self._outboxFamilies()
         return families
+
+    def _outboxFamilies(self) -> list[MetricFamily]:
+        """
+        The outbox's gauges; every relay of the pool has a per-relay sample,
+        0 when nothing waits for it.
+        """
+        outbox = self._outbox.stats()
+        urls = set(outbox.relays)
+        if self._pool is not None:
+            urls.update(self._pool.relayURLs())
+        backlogs = [(url, outbox.relays.get(url)) for url in sorted(urls)]
+        return [
+            _gauge(
+                "relaypool_outbox_retrying", "Outbox retry publishes in flight.", outbox.retrying
+            ),
+            _gauge(
+                "relaypool_outbox_waiting_events",
+                "Events in the outbox, not yet accepted by every relay.",
+                outbox.waiting,
+            ),
+            _gauge(
+                "relaypool_outbox_oldest_age_seconds",
+                "Age of the oldest event in the outbox (0 when empty).",
+                outbox.oldestAge or 0.0,
+            ),
+            MetricFamily(
+                "relaypool_outbox_relay_waiting_events",
+                "gauge",
+                "Events in the outbox the relay has not accepted yet.",
+                [({"relay": url}, float(b.waiting if b else 0)) for url, b in backlogs],
+            ),
+            MetricFamily(
+                "relaypool_outbox_relay_oldest_age_seconds",
+                "gauge",
+                "Age of the oldest event in the outbox the relay has not accepted (0 when none).",
+                [({"relay": url}, b.oldestAge if b else 0.0) for url, b in backlogs],
+            ),
+        ]
 
     def _poolFamilies(self) -> list[MetricFamily]:
         totals = self._pool.totals()
@@ -416,9 +457,15 @@ class Gateway(service.MultiService):
                 "Events that failed verification.",
                 totals.eventsInvalid,
             ),
-            _counter("relaypool_pool_ok_accepted_total", "OK true from relays.", totals.okAccepted),
             _counter(
-                "relaypool_pool_ok_rejected_total", "OK false from relays.", totals.okRejected
+                "relaypool_pool_ok_accepted_total",
+                "OK true (or any duplicate: answer) from relays.",
+                totals.okAccepted,
+            ),
+            _counter(
+                "relaypool_pool_ok_rejected_total",
+                "OK false (not duplicate:) from relays.",
+                totals.okRejected,
             ),
             _gauge(
                 "relaypool_pool_inbound_queued",

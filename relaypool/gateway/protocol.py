@@ -42,7 +42,9 @@ C{EVENT} is validated locally (shape, sizes, id, signature, NIP-40
 expiration); an invalid event is answered C{OK false "invalid: ..."} and
 never reaches a relay. Then, under the C{"quorum"} policy, it is published
 through the outbox (if any) or C{RelayPool.publish} and answered C{OK true}
-only once C{quorum} relays accepted it; under the C{"local"} policy it is
+only once C{quorum} relays accepted it (C{"duplicate: ..."} when they all had
+it already), else C{OK false} with their reasons (saying so when the outbox
+keeps retrying); under the C{"local"} policy it is
 answered C{OK true} once the store committed it, and forwarded upstream in
 the background. Accepted events are delivered to the matching subscriptions
 of every downstream client at once; each shared subscription remembers the
@@ -233,21 +235,44 @@ class _Session:
     open: bool = True
 
 
-def _failureMessage(result: PublishResult) -> str:
+RETRYING = "the relay pool keeps retrying in the background"
+"""
+The end of the C{OK false} message for an event that missed its quorum but
+stays in the outbox, which re-publishes it to the relays that did not accept
+it.
+"""
+
+
+def _failureMessage(result: PublishResult, retrying: bool = False) -> str:
     """
     The C{OK false} message for a publish that missed its quorum: the
     relays' common reason prefix if they agree on one, else C{error}, then
-    every relay's reason.
+    every relay's reason, then L{RETRYING} if C{retrying}.
     """
     prefixes = {reasonPrefix(message) for message in result.rejected.values()}
     prefix = "error"
     if len(prefixes) == 1 and not result.timedOut:
         (only,) = prefixes
         prefix = only or prefix
-    return (
+    message = (
         f"{prefix}: accepted by {len(result.accepted)} of the {result.quorum} relays "
         f"required ({result.reasons() or 'no relay to publish to'})"
     )
+    return f"{message}; {RETRYING}" if retrying else message
+
+
+def _duplicateMessage(result: PublishResult) -> str | None:
+    """
+    The C{OK true} message for a publish that reached its quorum: when
+    every relay that accepted answered C{duplicate:} (the event was there
+    already), C{"duplicate: ..."} with their answers, else L{None} (the
+    message is empty).
+    """
+    answers = sorted(result.accepted.items())
+    if not answers or any(reasonPrefix(message) != "duplicate" for _, message in answers):
+        return None
+    held = "; ".join(f"{url}: {message}" for url, message in answers)
+    return f"duplicate: the relays already have this event ({held})"
 
 
 class RelayFacade:
@@ -747,21 +772,31 @@ class RelayFacade:
             _log.failure("Forwarding event {eventId} failed", failure, eventId=event.id)
 
     def _acceptOnQuorum(self, session: _Session, event: Event) -> None:
-        if self._outbox is not None and not isEphemeral(event.kind):
+        """
+        Publish C{event} and answer once the quorum is reached or missed:
+        C{OK true} (C{"duplicate: ..."} when every relay that accepted
+        already had it, and then it is not delivered again), or C{OK false}
+        with the relays' reasons, saying so when the outbox keeps retrying.
+        """
+        viaOutbox = self._outbox is not None and not isEphemeral(event.kind)
+        if viaOutbox:
             d: Deferred[Any] = maybeDeferred(self._outbox.submit, event)
         else:
             d = maybeDeferred(self._pool.publish, event, self._quorum)
 
-        def published(result: Any) -> None:
+        def published(result: PublishResult) -> None:
             if result.succeeded:
-                self._ok(session, event.id, True, "")
-                self.deliverLocal(event)
+                duplicate = _duplicateMessage(result)
+                self._ok(session, event.id, True, duplicate or "")
+                if duplicate is None:
+                    self.deliverLocal(event)
                 if self._store is not None and not isEphemeral(event.kind):
                     maybeDeferred(self._store.save, event).addErrback(
                         lambda f: _log.failure("Saving event {eventId} failed", f, eventId=event.id)
                     )
             else:
-                self._ok(session, event.id, False, _failureMessage(result))
+                retrying = viaOutbox and bool(result.rejected or result.timedOut)
+                self._ok(session, event.id, False, _failureMessage(result, retrying))
 
         def failed(failure: Failure) -> None:
             if isinstance(failure.value, PublishFailed):
