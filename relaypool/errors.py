@@ -86,6 +86,23 @@ class ConfigError(RelayPoolError, ValueError):
         self.key = key
 
 
+class StartupError(RelayPoolError, SystemExit):
+    """
+    The daemon cannot start: it cannot listen, or cannot open its store.
+    The message is one line naming what failed and why.
+
+    It is also a L{SystemExit} with code 1: twistd reports an L{Exception}
+    raised while starting (here from C{privilegedStartService}) to the
+    parent of a daemonized process, which then exits 1, and re-raises it;
+    as a L{SystemExit}, it then ends C{twistd -n} with status 1 and no
+    traceback (the line itself was logged).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = 1
+
+
 # --- the connection layer (mux, pool) -------------------------------------
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 
 from relaypool.errors import InvalidRelayInformation
@@ -38,12 +38,23 @@ def fetchRelayInformation(
         with the connection error.
     """
     pool = HTTPConnectionPool(reactor, persistent=False)  # type: ignore[no-untyped-call]
+    pool._factory = _QuietHTTP11ClientFactory
     if tlsPolicy is None:
         agent = Agent(reactor, pool=pool)  # type: ignore[no-untyped-call]
     else:
         agent = Agent(reactor, contextFactory=tlsPolicy, pool=pool)  # type: ignore[no-untyped-call]
     client = HTTPClient(agent)
     return _fetch(client, informationURL(relayURL), timeout)
+
+
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):  # type: ignore[misc]
+    """
+    The HTTP client factory of one fetch, which does not log "Starting
+    factory ..." and "Stopping factory ..." (Twisted's documented way to
+    quiet an L{HTTPConnectionPool}).
+    """
+
+    noisy = False
 
 
 @inlineCallbacks

@@ -97,6 +97,10 @@ class SlotStatus:
     @ivar attempts: how many connection attempts failed in a row.
     @ivar nextRetry: when backing off, the C{reactor.seconds()} of the next
         attempt; else L{None}.
+    @ivar lastError: why the last attempt failed or the last connection
+        closed, once one did; else L{None}.
+    @ivar failingSince: the C{reactor.seconds()} of the first of the
+        C{attempts} failed attempts in a row; L{None} when C{attempts} is 0.
     """
 
     address: Address
@@ -104,6 +108,22 @@ class SlotStatus:
     state: str
     attempts: int
     nextRetry: float | None
+    lastError: str | None = None
+    failingSince: float | None = None
+
+
+def _closeReason(protocol: Any, wasOpen: bool) -> str:
+    """
+    @return: why the connection of C{protocol} (an Autobahn WebSocket
+        protocol, or any protocol) closed, in a few words.
+    """
+    what = "connection closed" if wasOpen else "WebSocket handshake failed"
+    code = getattr(protocol, "remoteCloseCode", None)
+    if code is not None:
+        reason = getattr(protocol, "remoteCloseReason", None)
+        return f"{what}: close code {code}" + (f" ({reason})" if reason else "")
+    detail = getattr(protocol, "wasNotCleanReason", None)
+    return f"{what}: {detail}" if detail else what
 
 
 def _ignoreCancelled(failure: Failure) -> None:
@@ -123,6 +143,8 @@ class _Slot:
         self.state = CONNECTING
         self.attempts = 0
         self.nextRetry: float | None = None
+        self.lastError: str | None = None
+        self.failingSince: float | None = None
         self.protocol: Any = None
         self.retired = False
         self._openedAt: float | None = None
@@ -135,7 +157,15 @@ class _Slot:
         self._closedWaiters: list[Deferred[None]] = []
 
     def status(self) -> SlotStatus:
-        return SlotStatus(self.address, self.index, self.state, self.attempts, self.nextRetry)
+        return SlotStatus(
+            self.address,
+            self.index,
+            self.state,
+            self.attempts,
+            self.nextRetry,
+            self.lastError,
+            self.failingSince,
+        )
 
     def _setState(self, state: str) -> None:
         self.state = state
@@ -161,11 +191,8 @@ class _Slot:
         if self.retired:
             self.mux._slotGone(self)
             return
-        self.mux.log.info(
-            "Connecting to {address} failed: {reason}",
-            address=str(self.address),
-            reason=failure.getErrorMessage(),
-        )
+        # Logged with the state change (see SlotStatus.lastError).
+        self.lastError = failure.getErrorMessage()
         self._backOff()
 
     def _opened(self, result: object, protocol: Any) -> object:
@@ -191,6 +218,7 @@ class _Slot:
         wasOpen = self._openedAt is not None
         if self._openedAt is not None and now - self._openedAt >= self.mux._backoff.resetAfter:
             self.attempts = 0
+            self.failingSince = None
         self._openedAt = None
         if self.retired:
             self.mux._slotGone(self)
@@ -198,10 +226,7 @@ class _Slot:
             self._recycling = False
             self.connect()
         else:
-            if not wasOpen:
-                self.mux.log.info(
-                    "WebSocket handshake with {address} failed", address=str(self.address)
-                )
+            self.lastError = _closeReason(protocol, wasOpen)
             self._backOff()
         waiters, self._closedWaiters = self._closedWaiters, []
         for waiter in waiters:
@@ -209,6 +234,8 @@ class _Slot:
         return result
 
     def _backOff(self) -> None:
+        if self.attempts == 0:
+            self.failingSince = self.mux._reactor.seconds()
         self.attempts += 1
         delay = self.mux._backoff.delay(self.attempts, self.mux._random)
         self.nextRetry = self.mux._reactor.seconds() + delay

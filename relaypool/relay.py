@@ -194,6 +194,9 @@ class _WriteFlow:
 
 class _RelayFactory(WebSocketClientFactory):  # type: ignore[misc]
     protocol = RelayConnection  # type: ignore[assignment]
+    # Not "Starting factory ..." on every connection attempt: the slot's
+    # state changes are logged instead.
+    noisy = False
 
     def __init__(self, relay: Relay, url: str, maxMessageSize: int) -> None:
         super().__init__(url)  # type: ignore[no-untyped-call]

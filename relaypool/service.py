@@ -6,11 +6,16 @@ the gateway into one service.
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
@@ -24,7 +29,7 @@ from relaypool.config import (
     loadConfigFile,
     validateRelayURL,
 )
-from relaypool.errors import ConfigError, InvalidRelayURL
+from relaypool.errors import ConfigError, InvalidRelayURL, StartupError, StoreError
 
 if TYPE_CHECKING:
     from relaypool.gateway.gateway import Gateway
@@ -33,11 +38,11 @@ if TYPE_CHECKING:
     from relaypool.store import SQLiteEventStore
 
 __all__ = [
+    "ConnectionStateLogger",
     "OrderedMultiService",
     "Options",
     "RelayPoolService",
     "StatusLogger",
-    "logConnectionState",
     "makeService",
 ]
 
@@ -65,6 +70,9 @@ def _describe(setting: Setting) -> str:
     else:
         shown = str(default)
     return f"{setting.help} [default: {shown}]"
+
+
+_COMMAND = "twistd relaypool"
 
 
 class Options(usage.Options):
@@ -101,6 +109,23 @@ class Options(usage.Options):
         super().__init__()  # type: ignore[no-untyped-call]
         self["relays"] = []
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse C{options}. Under twistd (as its C{relaypool} subcommand, with a
+        C{parent}), an invalid option or setting ends the process with one
+        line saying what is wrong and a hint to C{--help}, instead of
+        twistd's whole usage text followed by the error.
+
+        @raise usage.UsageError: on invalid options, when not under twistd.
+        @raise SystemExit: on invalid options, under twistd.
+        """
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            raise SystemExit(f"{_COMMAND}: {e}\nTry '{_COMMAND} --help'.") from None
+
     def opt_relay(self, url: str) -> None:
         """an upstream relay URL (ws:// or wss://); repeatable [default: none]"""
         try:
@@ -135,23 +160,91 @@ class Options(usage.Options):
 _connectionLog = Logger(namespace="relaypool.connections")
 
 
-def logConnectionState(relayURL: str, slot: Any) -> None:
+def _clockTime(seconds: float | None, now: float) -> str:
     """
-    Log one upstream connection slot's state change (a
-    L{relaypool.mux.SlotStatus}).
+    @return: the local time of C{seconds} since the epoch, C{HH:MM:SS}, with
+        the date in front when it is not the day of C{now} (C{?} for
+        L{None}).
     """
-    retry = ""
-    if slot.nextRetry is not None:
-        retry = f", retry at {slot.nextRetry:.1f}"
-    _connectionLog.info(
-        "{url} {address} #{index}: {state} (failed attempts: {attempts}{retry})",
-        url=relayURL,
-        address=str(slot.address),
-        index=slot.index,
-        state=slot.state,
-        attempts=slot.attempts,
-        retry=retry,
-    )
+    if seconds is None:
+        return "?"
+    moment = time.localtime(seconds)
+    if time.strftime("%Y-%m-%d", moment) == time.strftime("%Y-%m-%d", time.localtime(now)):
+        return time.strftime("%H:%M:%S", moment)
+    return time.strftime("%Y-%m-%d %H:%M:%S", moment)
+
+
+class ConnectionStateLogger:
+    """
+    Logs the state changes of upstream connection slots (each a
+    L{relaypool.mux.SlotStatus}), one line per change, in the
+    C{relaypool.connections} namespace.
+
+    A retry's C{connecting} is not logged: the failure before it said when
+    it comes. The first C{detailedAttempts} failed attempts in a row each
+    get a line with the error and the delay before the next; after them,
+    only the attempts whose number is a power of two or a multiple of
+    C{summaryEvery} do, as one summary line (C{still failing: 16 attempts
+    since 10:42:03, last error: ...}), so a relay that is down for hours
+    logs a few lines an hour, not one per attempt.
+
+    @ivar detailedAttempts: failed attempts in a row logged one by one.
+    @ivar summaryEvery: after those and past the powers of two, a summary
+        line every this many failed attempts.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, detailedAttempts: int = 3, summaryEvery: int = 64
+    ) -> None:
+        """
+        @param clock: the reactor whose C{seconds()} the slots' times are in.
+        """
+        self._clock = clock
+        self.detailedAttempts = detailedAttempts
+        self.summaryEvery = summaryEvery
+
+    def __call__(self, relayURL: str, slot: Any) -> None:
+        """
+        Log C{slot}'s new state if it is worth a line.
+
+        @param relayURL: the relay the slot connects to.
+        @param slot: a L{relaypool.mux.SlotStatus}.
+        """
+        where = f"{relayURL} {slot.address} #{slot.index}"
+        attempts = slot.attempts
+        if slot.state == "connecting":
+            if attempts == 0:
+                _connectionLog.info("{where}: connecting", where=where)
+        elif slot.state == "open":
+            after = ""
+            if attempts:
+                after = f" after {attempts} failed attempts since {_clockTime(slot.failingSince, self._clock.seconds())}"
+            _connectionLog.info("{where}: open{after}", where=where, after=after)
+        elif slot.state == "backing-off":
+            retry = ""
+            if slot.nextRetry is not None:
+                retry = f"; retry in {max(0.0, slot.nextRetry - self._clock.seconds()):.1f} s"
+            error = (slot.lastError or "unknown error").rstrip(".")
+            if attempts <= self.detailedAttempts:
+                _connectionLog.info(
+                    "{where}: attempt {attempts} failed: {error}{retry}",
+                    where=where,
+                    error=error,
+                    attempts=attempts,
+                    retry=retry,
+                )
+            elif attempts & (attempts - 1) == 0 or attempts % self.summaryEvery == 0:
+                _connectionLog.info(
+                    "{where}: still failing: {attempts} attempts since {since},"
+                    " last error: {error}{retry}",
+                    where=where,
+                    attempts=attempts,
+                    since=_clockTime(slot.failingSince, self._clock.seconds()),
+                    error=error,
+                    retry=retry,
+                )
+        else:
+            _connectionLog.info("{where}: {state}", where=where, state=slot.state)
 
 
 class StatusLogger(service.Service):
@@ -256,6 +349,15 @@ class OrderedMultiService(service.MultiService):
         self.log.failure("stopping {child} failed", failure, child=child)
 
 
+def _exitProcess(status: int) -> None:
+    """
+    End the process with C{status} now, after flushing stdout and stderr.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 class RelayPoolService(OrderedMultiService):
     """
     The daemon: the event store, and with relays configured a
@@ -285,34 +387,37 @@ class RelayPoolService(OrderedMultiService):
     outbox: OutboxPublisher | None = None
     gateway: Gateway | None = None
 
-    def __init__(self, config: Config, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any = None,
+        exitProcess: Callable[[int], object] | None = None,
+    ) -> None:
         """
         @param config: the settings.
         @param reactor: the reactor every part uses; C{None} means the global
             reactor.
+        @param exitProcess: ends the process with a status, once the reactor
+            stopped after the gateway failed to listen late (the default
+            flushes stdout and stderr and calls L{os._exit}).
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
         self._reactor = reactor
+        self._exitProcess = _exitProcess if exitProcess is None else exitProcess
+        self._watchingListening = False
 
     def _build(self) -> None:
         from relaypool.gateway.gateway import Gateway
         from relaypool.names import DNSNameService
         from relaypool.outbox import OutboxPublisher
         from relaypool.relaypool import RelayPool
-        from relaypool.store import SQLiteEventStore
 
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
         config = self.config
-        store = SQLiteEventStore(
-            config.store,
-            reactor=reactor,
-            maxEvents=config.storeMaxEvents or None,
-            maxBytes=config.storeMaxBytes or None,
-            maxOutbox=config.outboxMaxEvents,
-        )
+        store = self._openStore(reactor)
         _StoreCloser(store).setServiceParent(self)  # type: ignore[no-untyped-call]
         self.store = store
         if config.relays:
@@ -330,7 +435,7 @@ class RelayPoolService(OrderedMultiService):
                 eoseTimeout=config.eoseTimeout,
                 publishTimeout=config.publishTimeout,
                 store=store,
-                onStateChange=logConnectionState,
+                onStateChange=ConnectionStateLogger(reactor),
             )
             for url in config.relays:
                 pool.addRelay(url)
@@ -368,16 +473,93 @@ class RelayPoolService(OrderedMultiService):
         )
 
     def privilegedStartService(self) -> None:
+        """
+        Open the store and listen (twistd calls this before it drops
+        privileges, after it daemonized).
+
+        @raise StartupError: if the store cannot be opened or the gateway
+            cannot listen; the reason is logged as one line first.
+        """
         if self.store is None:
             self._build()
         super().privilegedStartService()  # type: ignore[no-untyped-call]
+        self._watchListening()
 
     def startService(self) -> None:
+        """
+        Start every part (building them and listening first if
+        L{privilegedStartService} was not called).
+
+        @raise StartupError: as L{privilegedStartService} does.
+        """
         if self.store is None:
             self._build()
         super().startService()  # type: ignore[no-untyped-call]
+        self._watchListening()
+
+    def _openStore(self, reactor: Any) -> SQLiteEventStore:
+        from relaypool.store import SQLiteEventStore
+
+        config = self.config
+        try:
+            return SQLiteEventStore(
+                config.store,
+                reactor=reactor,
+                maxEvents=config.storeMaxEvents or None,
+                maxBytes=config.storeMaxBytes or None,
+                maxOutbox=config.outboxMaxEvents,
+            )
+        except StoreError as e:
+            cause = e.__cause__
+            reason = str(cause) if isinstance(cause, sqlite3.Error) else str(e)
+            raise self._startupError(f"cannot open the store {config.store}: {reason}") from None
+
+    def _startupError(self, message: str) -> StartupError:
+        """
+        Log C{message} as the one line saying why the daemon cannot start.
+
+        @return: the L{StartupError} to raise.
+        """
+        self.log.critical("relaypool: {problem}", problem=message)
+        return StartupError(message)
+
+    def _watchListening(self) -> None:
+        """
+        Follow the gateway's listening (once): a failure known at once, as
+        with every endpoint Twisted ships, is raised; one reported later,
+        with the reactor running, stops the process with status 1.
+        """
+        if self._watchingListening:
+            return
+        self._watchingListening = True
         assert self.gateway is not None
-        self.gateway.whenListening().addCallbacks(self._listening, self._notListening)
+        failures: list[Failure] = []
+        starting = True
+
+        def failed(failure: Failure) -> None:
+            if starting:
+                failures.append(failure)
+            else:
+                self._cannotListen(failure)
+                self._exitAfterShutdown(1)
+
+        self.gateway.whenListening().addCallbacks(self._listening, failed)
+        starting = False
+        if failures:
+            raise self._cannotListen(failures[0])
+
+    def _exitAfterShutdown(self, status: int) -> None:
+        """
+        Stop the reactor (stopping every part), then end the process with
+        C{status}. twistd gives no exit status to a process whose reactor
+        stopped (it only re-raises a signal that stopped it), so the process
+        ends itself once the reactor finished shutting down.
+        """
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        reactor.addSystemEventTrigger("after", "shutdown", self._exitProcess, status)
+        reactor.stop()
 
     def _listening(self, port: IListeningPort) -> None:
         address = port.getHost()
@@ -387,14 +569,13 @@ class RelayPoolService(OrderedMultiService):
             port=getattr(address, "port", ""),
         )
 
-    def _notListening(self, failure: Failure) -> None:
-        self.log.critical(
-            "relaypool: cannot listen on {listen}: {error}",
-            listen=self.config.listen,
-            error=failure.getErrorMessage(),
+    def _cannotListen(self, failure: Failure) -> StartupError:
+        error = failure.value
+        socketError = getattr(error, "socketError", None)
+        reason = socketError.strerror if isinstance(socketError, OSError) else None
+        return self._startupError(
+            f"cannot listen on {self.config.listen}: {reason or failure.getErrorMessage()}"
         )
-
-
 def makeService(options: Options) -> RelayPoolService:
     """
     Make the daemon's service from parsed L{Options}.

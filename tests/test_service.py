@@ -6,6 +6,10 @@ in front of fake relays.
 
 from __future__ import annotations
 
+import os
+import socket
+import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -16,19 +20,24 @@ from twisted.application.service import Service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import capturedLogs
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaypool.config import Config, buildConfig
+from relaypool.errors import StartupError
+from relaypool.mux import SlotStatus
+from relaypool.names import Address
 from relaypool.relaypool import RelayStats
 from relaypool.service import (
+    ConnectionStateLogger,
     Options,
     OrderedMultiService,
     RelayPoolService,
     StatusLogger,
-    logConnectionState,
     makeService,
 )
 from relaypool.testing import FakeRelay, makeEvent
@@ -119,6 +128,36 @@ class OptionsTests(SynchronousTestCase):
         """
         error = self.assertRaises(UsageError, _parse, "--quorum", "two")
         self.assertEqual(str(error), 'quorum: must be a positive integer, got "two"')
+
+    def test_invalidValueUnderTwistd(self) -> None:
+        """
+        Under twistd (with a C{parent}), an invalid value ends the process
+        with one line naming the key and a hint to C{--help}, not with the
+        whole usage text.
+        """
+        options = Options()
+        options.parent = Options()  # type: ignore[attr-defined]
+        error = self.assertRaises(SystemExit, options.parseOptions, ["--quorum", "two"])
+        self.assertEqual(
+            error.code,
+            'twistd relaypool: quorum: must be a positive integer, got "two"\n'
+            "Try 'twistd relaypool --help'.",
+        )
+
+    def test_configFileErrorUnderTwistd(self) -> None:
+        """
+        Under twistd, a config file that cannot be read is one line naming
+        the file and the reason, and a hint to C{--help}.
+        """
+        path = self.mktemp()
+        options = Options()
+        options.parent = Options()  # type: ignore[attr-defined]
+        error = self.assertRaises(SystemExit, options.parseOptions, ["--config", path])
+        self.assertEqual(
+            error.code,
+            f"twistd relaypool: config: cannot read {path}: No such file or directory\n"
+            "Try 'twistd relaypool --help'.",
+        )
 
     def test_configFile(self) -> None:
         """
@@ -237,23 +276,87 @@ class StatusLoggerTests(SynchronousTestCase):
         )
 
 
+def _slot(
+    state: str,
+    attempts: int,
+    nextRetry: float | None = None,
+    lastError: str | None = None,
+    failingSince: float | None = None,
+) -> SlotStatus:
+    return SlotStatus(
+        Address("127.0.0.1", 7000), 0, state, attempts, nextRetry, lastError, failingSince
+    )
+
+
 class ConnectionStateLogTests(SynchronousTestCase):
-    def test_slotChangeLine(self) -> None:
-        """
-        A connection slot's state change is logged with the relay, address,
-        state, failed attempts and the next retry time.
-        """
-        from twisted.logger import formatEvent
+    """
+    L{ConnectionStateLogger} logs one line per connection state change, with
+    human times, and summarizes repeated failures.
+    """
 
-        from relaypool.mux import SlotStatus
-        from relaypool.names import Address
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.logger = ConnectionStateLogger(self.clock)
 
-        slot = SlotStatus(Address("127.0.0.1", 7000), 0, "backing-off", 3, 12.5)
+    def lines(self, *slots: SlotStatus) -> list[str]:
         with capturedLogs() as events:
-            logConnectionState("ws://127.0.0.1:7000/", slot)
+            for slot in slots:
+                self.logger("ws://127.0.0.1:7000/", slot)
+        return [formatEvent(event) for event in events]
+
+    def test_failureLine(self) -> None:
+        """
+        A failed attempt is one line with the relay, address, attempt
+        number, error and the delay before the next attempt in seconds.
+        """
         self.assertEqual(
-            formatEvent(events[0]),
-            "ws://127.0.0.1:7000/ 127.0.0.1:7000 #0: backing-off (failed attempts: 3, retry at 12.5)",
+            self.lines(_slot("backing-off", 1, 1004.25, "Connection refused.", 1000)),
+            ["ws://127.0.0.1:7000/ 127.0.0.1:7000 #0: attempt 1 failed: Connection refused;"
+             " retry in 4.2 s"],
+        )
+
+    def test_retryNotLogged(self) -> None:
+        """
+        The first connection attempt is logged; a retry's C{connecting} is
+        not (the failure before it said when it comes).
+        """
+        self.assertEqual(
+            self.lines(_slot("connecting", 0), _slot("connecting", 2, None, "refused", 990)),
+            ["ws://127.0.0.1:7000/ 127.0.0.1:7000 #0: connecting"],
+        )
+
+    def test_repeatedFailuresSummarized(self) -> None:
+        """
+        After the first three failed attempts in a row, only attempts whose
+        number is a power of two or a multiple of 64 are logged, as a
+        summary with the local time the failures began and the last error.
+        """
+        since = time.strftime("%H:%M:%S", time.localtime(self.clock.seconds()))
+        lines = self.lines(
+            *[
+                _slot("backing-off", n, self.clock.seconds() + 60, "refused", 1000)
+                for n in range(1, 200)
+            ]
+        )
+        self.assertEqual(
+            [line.split(": ", 1)[1] for line in lines],
+            [f"attempt {n} failed: refused; retry in 60.0 s" for n in (1, 2, 3)]
+            + [
+                f"still failing: {n} attempts since {since}, last error: refused;"
+                " retry in 60.0 s"
+                for n in (4, 8, 16, 32, 64, 128, 192)
+            ],
+        )
+
+    def test_openAfterFailures(self) -> None:
+        """
+        Opening after failed attempts says how many and since when.
+        """
+        since = time.strftime("%H:%M:%S", time.localtime(990))
+        self.assertEqual(
+            self.lines(_slot("open", 5, None, "refused", 990)),
+            [f"ws://127.0.0.1:7000/ 127.0.0.1:7000 #0: open after 5 failed attempts since {since}"],
         )
 
 
@@ -497,3 +600,146 @@ class TryItTests(TestCase):
         self.assertTrue(
             str(error).startswith(f"no relay at {relay.url}: start it with `twistd -n relaypool`")
         )
+
+
+class StartupFailureTests(TestCase):
+    """
+    A daemon that cannot listen or cannot open its store does not start: it
+    logs one line saying why and raises L{StartupError}, which ends twistd
+    with status 1.
+    """
+
+    def failedStart(self, **overrides: object) -> tuple[StartupError, list[str]]:
+        daemon = RelayPoolService(buildConfig(overrides={"store": ":memory:", **overrides}))
+        self.addCleanup(daemon.stopService)
+        with capturedLogs() as events:
+            error = self.assertRaises(StartupError, daemon.privilegedStartService)
+        critical = [formatEvent(e) for e in events if e["log_level"] == LogLevel.critical]
+        return error, critical
+
+    def test_portTaken(self) -> None:
+        """
+        When the port is taken, starting fails with one line naming the
+        endpoint and the reason; the error is a L{SystemExit} with code 1.
+        """
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        error, critical = self.failedStart(listen=listen)
+        self.assertEqual(
+            (str(error), error.code, critical),
+            (
+                f"cannot listen on {listen}: Address already in use",
+                1,
+                [f"relaypool: cannot listen on {listen}: Address already in use"],
+            ),
+        )
+
+    def test_storeNewerSchema(self) -> None:
+        """
+        A store written by a newer relaypool fails the start with one line
+        naming the file and its schema version.
+        """
+        path = self.mktemp()
+        connection = sqlite3.connect(path)
+        connection.execute("PRAGMA user_version = 99")
+        connection.close()
+        error, critical = self.failedStart(store=path, listen="tcp:0:interface=127.0.0.1")
+        self.assertEqual(len(critical), 1)
+        self.assertTrue(
+            critical[0].startswith(
+                f"relaypool: cannot open the store {path}: the database has schema version 99"
+            ),
+            critical,
+        )
+
+    def test_storeIsDirectory(self) -> None:
+        """
+        A store path that cannot be opened as a file fails the start with
+        one line naming it and SQLite's reason.
+        """
+        path = self.mktemp()
+        os.mkdir(path)
+        error, critical = self.failedStart(store=path, listen="tcp:0:interface=127.0.0.1")
+        self.assertEqual(
+            critical, [f"relaypool: cannot open the store {path}: unable to open database file"]
+        )
+
+    def test_listenFailsLater(self) -> None:
+        """
+        When the endpoint reports its failure only once the reactor runs,
+        the line is logged, the reactor is stopped, and the process ends
+        with status 1 once the reactor shut down.
+        """
+        fakeReactor = MemoryReactorClock()
+        exits: list[int] = []
+        daemon = RelayPoolService(Config(), reactor=fakeReactor, exitProcess=exits.append)
+        listening: Deferred[Any] = Deferred()
+        daemon.gateway = _LateGateway(listening)  # type: ignore[assignment]
+        daemon._watchListening()
+        with capturedLogs() as events:
+            listening.errback(CannotListenError("127.0.0.1", 7777, OSError(98, "Address already in use")))
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["relaypool: cannot listen on tcp:7777:interface=127.0.0.1: Address already in use"],
+        )
+        self.assertTrue(fakeReactor.hasStopped)
+        for trigger, args, kwargs in fakeReactor.triggers["after"]["shutdown"]:
+            trigger(*args, **kwargs)
+        self.assertEqual(exits, [1])
+
+
+class _LateGateway:
+    def __init__(self, listening: Deferred[Any]) -> None:
+        self._listening = listening
+
+    def whenListening(self) -> Deferred[Any]:
+        return self._listening
+
+
+class ConnectionLogTests(TestCase):
+    """
+    What the daemon logs about a relay that is down.
+    """
+
+    @inlineCallbacks
+    def test_relayDown(self) -> Any:
+        """
+        A relay refusing connections gets one line per failed attempt, with
+        the delay before the next in seconds, and no "Starting factory" or
+        "Stopping factory" lines (neither for the WebSocket connections nor
+        for the NIP-11 fetch).
+        """
+        closed = socket.socket()
+        self.addCleanup(closed.close)
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        url = f"ws://127.0.0.1:{closed.getsockname()[1]}/"
+        config = buildConfig(
+            overrides={
+                "relays": [url],
+                "listen": "tcp:0:interface=127.0.0.1",
+                "store": ":memory:",
+                "status-interval": "0",
+            }
+        )
+        daemon = RelayPoolService(config)
+        with capturedLogs() as events:
+            daemon.startService()
+            self.addCleanup(daemon.stopService)
+            texts = lambda: [formatEvent(e) for e in events]  # noqa: E731
+            yield _until(lambda: any("no NIP-11 document" in t for t in texts()))
+            yield _until(lambda: any("attempt 2 failed" in t for t in texts()))
+        lines = texts()
+        self.assertEqual([t for t in lines if "factory" in t.lower()], [])
+        connections = [
+            t.split(": ", 1)[1]
+            for e, t in zip(events, lines, strict=True)
+            if e["log_namespace"] == "relaypool.connections"
+        ]
+        self.assertEqual(connections[0], "connecting")
+        for n, line in enumerate(connections[1:3], start=1):
+            self.assertRegex(
+                line, rf"^attempt {n} failed: Connection was refused .*; retry in \d+\.\d s$"
+            )
