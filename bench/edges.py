@@ -351,29 +351,30 @@ def storedAnswer(folder: str, megabytes: float) -> bool:
     try:
         count = int(megabytes * 1_000_000 // 20_000)
         filling, _ = _result(_child("publisher", daemon.url, str(count), "20000", "0", "1"))
-        before = daemon.rss()
-        figures, peak = _result(
-            _child("reader", daemon.url, json.dumps({"kinds": [1], "limit": count}), "0"), daemon
-        )
+        reads = []
+        for _ in range(2):
+            before = daemon.rss()
+            figures, peak = _result(
+                _child("reader", daemon.url, json.dumps({"kinds": [1], "limit": count}), "0"),
+                daemon,
+            )
+            reads.append((figures, max(0, peak - before) / 1e6))
         stats = daemon.stats()
     finally:
         daemon.stop()
-    answer = figures["bytes"] / 1e6
-    growth = max(0, peak - before) / 1e6
-    ok = (
-        filling["okTrue"] == count
-        and figures["events"] == count
-        and figures["eose"] == 1
-        and figures["closeCode"] is None
-        and stats["registry"]["evictedSlow"] == 0
-    )
-    print(
-        f"1. stored answer: {figures['events']}/{count} events ({answer:.1f} MB) and "
-        f"{figures['eose']} EOSE in {figures['seconds']:.2f} s "
-        f"({answer / max(figures['seconds'], 1e-9):.1f} MB/s); closed: {figures['closeCode']}; "
-        f"daemon RSS {before / 1e6:.1f} MB before, peak growth {growth:.1f} MB "
-        f"({growth / max(answer, 1e-9):.2f}x the answer)  {_verdict(ok)}"
-    )
+    ok = filling["okTrue"] == count and stats["registry"]["evictedSlow"] == 0
+    for index, (figures, growth) in enumerate(reads):
+        answer = figures["bytes"] / 1e6
+        ok = ok and figures["events"] == count and figures["eose"] == 1
+        ok = ok and figures["closeCode"] is None
+        print(
+            f"1. stored answer, reader {index + 1}: {figures['events']}/{count} events "
+            f"({answer:.1f} MB) and {figures['eose']} EOSE in {figures['seconds']:.2f} s "
+            f"({answer / max(figures['seconds'], 1e-9):.1f} MB/s); closed: "
+            f"{figures['closeCode']}; daemon RSS peak growth {growth:.1f} MB "
+            f"({growth / max(answer, 1e-9):.2f}x the answer)"
+        )
+    print(f"   (reader 1 also fills the store's page cache)  {_verdict(ok)}")
     return ok
 
 

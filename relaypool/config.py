@@ -96,6 +96,7 @@ class Config:
     maxLag: float = _LIMITS.maxLag
     maxBacklogBytes: int = _LIMITS.maxBacklogBytes
     maxCatchUpEvents: int = _LIMITS.maxCatchUpEvents
+    storePageEvents: int = _LIMITS.storePageEvents
     pingInterval: float = _LIMITS.pingInterval
     maxIdle: float = _LIMITS.maxIdle
     maxRequestLine: int = _LIMITS.maxRequestLine
@@ -132,6 +133,7 @@ class Config:
             maxLag=self.maxLag,
             maxBacklogBytes=self.maxBacklogBytes,
             maxCatchUpEvents=self.maxCatchUpEvents,
+            storePageEvents=self.storePageEvents,
             pingInterval=self.pingInterval,
             maxIdle=self.maxIdle,
             maxRequestLine=self.maxRequestLine,
@@ -383,6 +385,12 @@ SETTINGS: tuple[Setting, ...] = (
         "max-catch-up-events",
         "maxCatchUpEvents",
         "new events held for a subscription while its stored events are sent",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "store-page-events",
+        "storePageEvents",
+        "stored events a REQ's answer reads from the store at a time",
         _POSITIVE_INT,
     ),
     Setting("ping-interval", "pingInterval", "seconds between pings of clients", _POSITIVE_SECONDS),

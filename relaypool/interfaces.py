@@ -108,6 +108,21 @@ class IEventStore(Interface):
             matches.
         """
 
+    def queryIds(filters):  # type: ignore[no-untyped-def]
+        """
+        The ids of what L{query} would return, in the same order, so that a
+        large answer can be read in pages with L{fetch}.
+
+        @return: Deferred firing with a list of event ids.
+        """
+
+    def fetch(eventIds):  # type: ignore[no-untyped-def]
+        """
+        @param eventIds: a sequence of event ids.
+        @return: Deferred firing with the events among C{eventIds} that are
+            still stored and not expired, in the order of C{eventIds}.
+        """
+
     def count(filters):  # type: ignore[no-untyped-def]
         """
         @return: Deferred firing with the number of distinct stored events

@@ -470,6 +470,22 @@ class SQLiteEventStore:
             self._reader, partial(_queryEvents, tuple(filters), self._maxLimit, self._now())
         )
 
+    def queryIds(self, filters: Sequence[Filter]) -> Deferred[list[str]]:
+        """
+        The ids of the stored events matching C{filters}, in L{query}'s
+        order; see L{IEventStore.queryIds}.
+        """
+        return self._submit(
+            self._reader, partial(_queryIds, tuple(filters), self._maxLimit, self._now())
+        )
+
+    def fetch(self, eventIds: Sequence[str]) -> Deferred[list[Event]]:
+        """
+        The stored events among C{eventIds}, in their order; see
+        L{IEventStore.fetch}.
+        """
+        return self._submit(self._reader, partial(_fetchEvents, tuple(eventIds), self._now()))
+
     def count(self, filters: Sequence[Filter]) -> Deferred[int]:
         """
         How many distinct stored events match C{filters}, each filter's
@@ -664,20 +680,57 @@ def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connect
     return True
 
 
-def _queryEvents(
-    filters: tuple[Filter, ...], maxLimit: int, now: int, connection: sqlite3.Connection
-) -> list[Event]:
-    found: dict[str, tuple[int, bytes]] = {}
+def _newestMatches(
+    filters: tuple[Filter, ...],
+    maxLimit: int,
+    now: int,
+    extraColumns: str,
+    connection: sqlite3.Connection,
+) -> list[tuple[Any, ...]]:
+    """
+    The rows C{(id, created_at, *extraColumns)} of the events matching any
+    of C{filters}, each filter's C{limit} applied to its own matches, newest
+    first (ties by lowest id).
+    """
+    found: dict[str, tuple[Any, ...]] = {}
     for f in filters:
         limit = maxLimit if f.limit is None else min(f.limit, maxLimit)
         # The newest matches are picked first, then only they are read.
         sql, params = _filterSelect(f, "e.seq", now, limit, True)
-        for eventID, createdAt, raw in connection.execute(
-            f"SELECT id, created_at, raw FROM events WHERE seq IN ({sql})", params
+        for row in connection.execute(
+            f"SELECT id, created_at{extraColumns} FROM events WHERE seq IN ({sql})", params
         ):
-            found[eventID] = (createdAt, raw)
-    ordered = sorted(found.items(), key=lambda item: (-item[1][0], item[0]))
-    return [_eventFromJSON(raw) for _, (_, raw) in ordered]
+            found[row[0]] = row
+    return sorted(found.values(), key=lambda row: (-row[1], row[0]))
+
+
+def _queryEvents(
+    filters: tuple[Filter, ...], maxLimit: int, now: int, connection: sqlite3.Connection
+) -> list[Event]:
+    rows = _newestMatches(filters, maxLimit, now, ", raw", connection)
+    return [_eventFromJSON(row[2]) for row in rows]
+
+
+def _queryIds(
+    filters: tuple[Filter, ...], maxLimit: int, now: int, connection: sqlite3.Connection
+) -> list[str]:
+    return [row[0] for row in _newestMatches(filters, maxLimit, now, "", connection)]
+
+
+def _fetchEvents(
+    eventIds: tuple[str, ...], now: int, connection: sqlite3.Connection
+) -> list[Event]:
+    if not eventIds:
+        return []
+    clause, params = _inClause("id", eventIds)
+    raws: dict[str, bytes] = dict(
+        connection.execute(
+            f"SELECT id, raw FROM events WHERE {clause}"
+            " AND (expiration IS NULL OR expiration > ?)",
+            [*params, now],
+        )
+    )
+    return [_eventFromJSON(raws[eventId]) for eventId in eventIds if eventId in raws]
 
 
 def _countEvents(

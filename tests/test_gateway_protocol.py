@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -1436,3 +1436,74 @@ class FacadeCatchUpTests(SynchronousTestCase):
         self.assertFalse(second.closed)
         self.facade.disconnect(other)
         self.assertTrue(second.closed)
+
+
+class _PagedStore:
+    """
+    The paged-read part of the store API, in memory: records each page the
+    facade reads.
+    """
+
+    def __init__(self, events: list[Event]) -> None:
+        self.events = {event.id: event for event in events}
+        self.order = [event.id for event in events]
+        self.pages: list[int] = []
+
+    def queryIds(self, filters: Any) -> Deferred[list[str]]:
+        return succeed(list(self.order))
+
+    def fetch(self, eventIds: list[str]) -> Deferred[list[Event]]:
+        self.pages.append(len(eventIds))
+        return succeed([self.events[i] for i in eventIds if i in self.events])
+
+
+class FacadeStorePagingTests(SynchronousTestCase):
+    """
+    A REQ answered from the store alone is read a page at a time, as the
+    client reads.
+    """
+
+    def setUp(self) -> None:
+        self.registry = _FakeRegistry()
+        self.events = [makeEvent(content=f"stored {i}") for i in range(5)]
+        self.store = _PagedStore(self.events)
+        self.facade = RelayFacade(
+            self.registry,  # type: ignore[arg-type]
+            store=self.store,
+            limits=GatewayLimits(storePageEvents=2),
+            okPolicy="local",
+            reactor=Clock(),
+        )
+
+    def contents(self) -> list[str]:
+        return [
+            f[2]["content"] if f[0] == "EVENT" else f[0] for f in self.registry.received[1]
+        ]
+
+    def test_pageReadWhenPreviousSent(self) -> None:
+        """
+        The next page is read from the store only once the previous one was
+        written to the client, so one page at most is held for it.
+        """
+        self.registry.room[1] = 1
+        session = self.facade.connect(1)
+        self.facade.handleMessage(session, orjson.dumps(["REQ", "s", {"kinds": [1]}]))
+        self.assertEqual((self.contents(), self.store.pages), (["stored 0"], [2]))
+        self.registry.drain(1, 2)
+        self.assertEqual(self.contents(), ["stored 0", "stored 1", "stored 2"])
+        self.assertEqual(self.store.pages, [2, 2])
+        self.registry.drain(1, 10)
+        self.assertEqual(self.contents()[3:], ["stored 3", "stored 4", "EOSE"])
+        self.assertEqual(self.store.pages, [2, 2, 1])
+
+    def test_eventsGoneMeanwhileSkipped(self) -> None:
+        """
+        Stored events deleted between the id query and their page are left
+        out; the answer still ends with EOSE.
+        """
+        del self.store.events[self.events[1].id]
+        session = self.facade.connect(1)
+        self.facade.handleMessage(session, orjson.dumps(["REQ", "s", {"kinds": [1]}]))
+        self.assertEqual(
+            self.contents(), ["stored 0", "stored 2", "stored 3", "stored 4", "EOSE"]
+        )

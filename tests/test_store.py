@@ -227,6 +227,65 @@ class SaveAndQueryTests(StoreTestMixin, TestCase):
         self.assertEqual((yield store.count([Filter()])), 1)
 
 
+class PagedQueryTests(StoreTestMixin, TestCase):
+    """
+    Reading an answer in pages: L{SQLiteEventStore.queryIds} then
+    L{SQLiteEventStore.fetch}.
+    """
+
+    @inlineCallbacks
+    def test_idsInQueryOrder(self) -> Any:
+        """
+        L{SQLiteEventStore.queryIds} gives the ids of what
+        L{SQLiteEventStore.query} returns, in the same order, limits applied
+        per filter.
+        """
+        store = self.openStore()
+        events = [note(createdAt=NOW - 10 + i % 3, kind=1 + i % 2, content=str(i)) for i in range(9)]
+        yield gatherResults([store.save(e) for e in events])
+        filters = [Filter(kinds=frozenset([1]), limit=3), Filter(kinds=frozenset([2]))]
+        queried = yield store.query(filters)
+        ids = yield store.queryIds(filters)
+        self.assertEqual(ids, [e.id for e in queried])
+
+    @inlineCallbacks
+    def test_fetchInGivenOrder(self) -> Any:
+        """
+        L{SQLiteEventStore.fetch} returns the stored events among the ids, in
+        the order of the ids, leaving out unknown ones.
+        """
+        store = self.openStore()
+        events = [note(content=str(i)) for i in range(3)]
+        yield gatherResults([store.save(e) for e in events])
+        fetched = yield store.fetch([events[2].id, "0" * 64, events[0].id])
+        self.assertEqual(fetched, [events[2], events[0]])
+
+    @inlineCallbacks
+    def test_fetchManyIds(self) -> Any:
+        """
+        A page of more ids than SQLite parameters inline is fetched whole.
+        """
+        store = self.openStore()
+        events = [note(createdAt=NOW - i, content=str(i)) for i in range(100)]
+        yield gatherResults([store.save(e) for e in events])
+        fetched = yield store.fetch([e.id for e in events])
+        self.assertEqual(fetched, events)
+
+    @inlineCallbacks
+    def test_fetchLeavesOutExpired(self) -> Any:
+        """
+        An event that expired between L{SQLiteEventStore.queryIds} and
+        L{SQLiteEventStore.fetch} is left out.
+        """
+        clock = FakeWallClock()
+        store = self.openStore(clock=clock)
+        event = note(tags=[["expiration", str(NOW + 10)]])
+        yield store.save(event)
+        ids = yield store.queryIds([Filter()])
+        clock.now = NOW + 10
+        self.assertEqual((ids, (yield store.fetch(ids))), ([event.id], []))
+
+
 class ReplacementTests(StoreTestMixin, TestCase):
     """
     NIP-01 replaceable, addressable and ephemeral events.

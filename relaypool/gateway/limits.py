@@ -55,6 +55,9 @@ class GatewayLimits:
     @ivar maxCatchUpEvents: new events held for one subscription while its
         stored events load and are sent (at the client's reading pace); one
         more closes the subscription with C{CLOSED "error: ..."}.
+    @ivar storePageEvents: how many stored events a REQ's answer reads from
+        the store at a time: a client holds at most one such page in memory
+        while its answer is written at its reading pace.
     @ivar maxRequestLine: the longest HTTP request line (method, path and
         version), in bytes, of a plain request or a WebSocket handshake; a
         longer one is answered with HTTP 414 and the connection closed.
@@ -81,6 +84,7 @@ class GatewayLimits:
     pingInterval: float = 30.0
     maxIdle: float = 90.0
     maxCatchUpEvents: int = 1000
+    storePageEvents: int = 64
     maxRequestLine: int = 8192
     maxHeaderBytes: int = 16384
     maxHeaders: int = 100

@@ -26,8 +26,10 @@ A client joins a shared subscription in two phases:
        held (at most C{maxCatchUpEvents}) and sent after it. What a client
        catches up on is paced by its reading: frames are written while the
        registry says the connection is writable, and the rest waits for it
-       to drain, so a large stored answer costs a fast reader nothing and a
-       slow one no more than its transport's buffer.
+       to drain. An answer from the store alone is read as ids, then a page
+       of C{storePageEvents} events at a time when the previous page was
+       written, so a large stored answer costs a fast reader nothing and
+       holds one page in memory for a slow one.
     2. I{Live}: once its history is sent and the upstream subscription's
        EOSE fired, it gets C{EOSE} and joins the room.
 
@@ -61,7 +63,7 @@ from typing import Any
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -175,22 +177,15 @@ class _Member:
     shared: _SharedSubscription
     loading: bool = True
     closed: bool = False
+    # The answer's load, or the store page being read.
     history: Deferred[Any] | None = None
-    buffer: list[Event] | None = field(default_factory=list)
     seen: set[str] | None = field(default_factory=set)
-    # Events to send while catching up: the first historyLeft are stored
-    # events, the rest arrived since.
-    queue: deque[Event] = field(default_factory=deque)
-    historyLeft: int = 0
+    # What is still to send while catching up, in this order: stored events
+    # read, the ids of those still in the store, events arrived meanwhile.
+    stored: deque[Event] = field(default_factory=deque)
+    unread: deque[str] = field(default_factory=deque)
+    arrived: deque[Event] = field(default_factory=deque)
     waitingToWrite: bool = False
-
-    def heldEvents(self) -> int:
-        """
-        @return: how many events that arrived while catching up are held.
-        """
-        if self.buffer is not None:
-            return len(self.buffer)
-        return len(self.queue) - self.historyLeft
 
 
 @dataclass(eq=False, slots=True)
@@ -506,14 +501,20 @@ class RelayFacade:
                 return
             self._shared[key] = shared
             member = self._addMember(session, subscriptionId, shared)
-            history = self._storeQuery(filters)
         else:
             member = self._addMember(session, subscriptionId, shared)
-            history = self._historyQuery(filters)
-        member.history = history
-        history.addCallbacks(
-            self._historyLoaded, self._historyFailed, callbackArgs=(member,), errbackArgs=(member,)
-        )
+            if self._pool is not None:
+                # A joiner also needs what the upstream relays stored.
+                self._loadAnswer(member, self._historyQuery(filters), self._historyLoaded)
+                return
+        if self._store is None:
+            self._idsLoaded([], member)
+        else:
+            self._loadAnswer(member, maybeDeferred(self._store.queryIds, filters), self._idsLoaded)
+
+    def _loadAnswer(self, member: _Member, load: Deferred[Any], loaded: Any) -> None:
+        member.history = load
+        load.addCallbacks(loaded, self._historyFailed, callbackArgs=(member,), errbackArgs=(member,))
 
     def _addMember(
         self, session: _Session, subscriptionId: str, shared: _SharedSubscription
@@ -532,16 +533,10 @@ class RelayFacade:
         upstream.onEvent(lambda event, url: self._deliver(shared, event))
         upstream.onEOSE(lambda: self._upstreamEOSE(shared))
 
-    def _storeQuery(self, filters: tuple[Filter, ...]) -> Deferred[list[Event]]:
-        if self._store is None:
-            return succeed([])
-        d: Deferred[list[Event]] = maybeDeferred(self._store.query, filters)
-        return d
-
     def _historyQuery(self, filters: tuple[Filter, ...]) -> Deferred[list[Event]]:
-        queries = [self._storeQuery(filters)]
-        if self._pool is not None:
-            queries.append(maybeDeferred(self._pool.query, filters))
+        queries: list[Deferred[list[Event]]] = [maybeDeferred(self._pool.query, filters)]
+        if self._store is not None:
+            queries.append(maybeDeferred(self._store.query, filters))
         return gatherResults(queries, consumeErrors=True).addCallback(
             lambda results: [event for result in results for event in result]
         )
@@ -550,36 +545,50 @@ class RelayFacade:
         member.history = None
         if member.closed:
             return
-        assert member.buffer is not None
-        buffered, member.buffer = member.buffer, None
         member.loading = False
-        stored = [e for e in limitEvents(member.shared.filters, events) if not self._expired(e)]
-        member.queue.extend(stored)
-        member.historyLeft = len(stored)
-        member.queue.extend(buffered)
+        member.stored.extend(limitEvents(member.shared.filters, events))
+        self._pump(member)
+
+    def _idsLoaded(self, eventIds: list[str], member: _Member) -> None:
+        member.history = None
+        if member.closed:
+            return
+        member.loading = False
+        member.unread.extend(eventIds)
         self._pump(member)
 
     def _pump(self, member: _Member) -> None:
         """
-        Send a catching-up member its queued events while its connection is
-        writable; go live once the queue is empty and the upstream
-        subscription's EOSE came.
+        Send a catching-up member what it is owed while its connection is
+        writable, reading stored events from the store a page at a time; go
+        live once all is sent and the upstream subscription's EOSE came.
         """
+        if member.loading or member.history is not None:
+            return
         connId = member.session.connId
-        queue = member.queue
-        while queue:
+        while member.stored or member.unread or member.arrived:
+            if not member.stored and member.unread:
+                size = min(len(member.unread), self.limits.storePageEvents)
+                page = [member.unread.popleft() for _ in range(size)]
+                self._loadAnswer(member, maybeDeferred(self._store.fetch, page), self._pageRead)
+                return
             if not self._registry.isWritable(connId):
                 if not member.waitingToWrite:
                     member.waitingToWrite = self._registry.notifyWritable(
                         connId, lambda: self._writable(member)
                     )
                 return
-            event = queue.popleft()
-            if member.historyLeft:
-                member.historyLeft -= 1
-            self._sendCatchingUp(member, event)
+            event = (member.stored or member.arrived).popleft()
+            if not self._expired(event):
+                self._sendCatchingUp(member, event)
         if member.shared.eosed:
             self._goLive(member)
+
+    def _pageRead(self, events: list[Event], member: _Member) -> None:
+        member.history = None
+        if not member.closed:
+            member.stored.extend(events)
+            self._pump(member)
 
     def _writable(self, member: _Member) -> None:
         member.waitingToWrite = False
@@ -621,8 +630,7 @@ class RelayFacade:
             return
         shared.eosed = True
         for member in tuple(shared.catchingUp.values()):
-            if not member.loading and not member.queue:
-                self._goLive(member)
+            self._pump(member)
 
     def _leave(self, member: _Member) -> None:
         if member.closed:
@@ -658,7 +666,7 @@ class RelayFacade:
             self._registry.broadcastRoomText(group.room, group.prefix + tail)
         limit = self.limits.maxCatchUpEvents
         for member in tuple(shared.catchingUp.values()):
-            if member.heldEvents() >= limit:
+            if len(member.arrived) >= limit:
                 session = member.session
                 self._leave(member)
                 self._closed(
@@ -667,10 +675,8 @@ class RelayFacade:
                     f"error: more than {limit} new events arrived while stored events "
                     "were sent",
                 )
-            elif member.buffer is not None:
-                member.buffer.append(event)
             else:
-                member.queue.append(event)
+                member.arrived.append(event)
                 self._pump(member)
 
     def deliverLocal(self, event: Event) -> None:
