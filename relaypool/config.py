@@ -439,15 +439,20 @@ def loadConfigFile(path: str) -> dict[str, Any]:
         raise ConfigError("config", f"{path} is not valid TOML: {e}") from None
 
 
-def _unknown(key: str) -> ConfigError:
+def _unknown(key: str) -> str:
+    """
+    @return: the error message for the unknown setting C{key}, with the
+        closest known one as a hint.
+    """
     close = difflib.get_close_matches(key.replace("_", "-"), list(_BY_KEY), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    return ConfigError(key, f"unknown setting{hint}")
+    return f"unknown setting{hint}"
 
 
 def buildConfig(
     fileValues: Mapping[str, object] | None = None,
     overrides: Mapping[str, object] | None = None,
+    fileName: str | None = None,
 ) -> Config:
     """
     Validate settings and build a L{Config}.
@@ -456,19 +461,24 @@ def buildConfig(
         docstring), with TOML types.
     @param overrides: settings from the command line, by the same keys,
         overriding C{fileValues}; numbers may be given as text.
+    @param fileName: where C{fileValues} come from, named in their errors.
     @raise ConfigError: naming the first invalid key, e.g. C{quorum: must be
-        a positive integer, got "two"}.
+        a positive integer, got "two"}, and the file it is in, if any.
     """
     values: dict[str, object] = {}
-    for source, fromText in ((fileValues or {}, False), (overrides or {}, True)):
+    fromFile = f" (in {fileName})" if fileName else ""
+    for source, fromText, where in (
+        (fileValues or {}, False, fromFile),
+        (overrides or {}, True, ""),
+    ):
         for key, value in source.items():
             setting = _BY_KEY.get(key)
             if setting is None:
-                raise _unknown(key)
+                raise ConfigError(key, f"{_unknown(key)}{where}")
             try:
                 values[setting.attribute] = setting.parse(value, fromText)
             except _Invalid as e:
-                raise ConfigError(key, str(e)) from None
+                raise ConfigError(key, f"{e}{where}") from None
     config = Config(**values)  # type: ignore[arg-type]
     _checkTogether(config)
     return config

@@ -23,7 +23,6 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaypool.errors import ConnectionDrained, NoConnectionAvailable, PoolClosed, QueueFull
@@ -344,8 +343,6 @@ class UniformMultiplexer(service.Service):
         on every factory whose limits were left unlimited (Autobahn's
         default).
     """
-
-    log = Logger()
 
     def __init__(
         self,

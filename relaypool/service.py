@@ -152,7 +152,7 @@ class Options(usage.Options):
                 overrides[setting.key] = self[name]
         try:
             fileValues = loadConfigFile(self["config"]) if self["config"] else {}
-            self.config = buildConfig(fileValues, overrides)
+            self.config = buildConfig(fileValues, overrides, self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 

@@ -160,6 +160,7 @@ def tryRelay(
     """
     privateKey = generatePrivateKey()
     factory = WebSocketClientFactory(url)  # type: ignore[no-untyped-call]
+    factory.noisy = False
     factory.protocol = _Client
     factory.setProtocolOptions(  # type: ignore[no-untyped-call]
         maxMessagePayloadSize=1 << 20, maxFramePayloadSize=1 << 20

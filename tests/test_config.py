@@ -355,6 +355,29 @@ class ValidationTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, buildConfig, {"colour": "blue"})
         self.assertEqual(str(error), "colour: unknown setting")
 
+    def test_fileErrorsNameTheFile(self) -> None:
+        """
+        An unknown or invalid key from a config file names the file; the same
+        mistake on the command line does not.
+        """
+        unknown = self.assertRaises(
+            ConfigError, buildConfig, {"quorom": 1}, None, "/etc/relaypool.toml"
+        )
+        invalid = self.assertRaises(
+            ConfigError, buildConfig, {"quorum": "two"}, None, "/etc/relaypool.toml"
+        )
+        overridden = self.assertRaises(
+            ConfigError, buildConfig, {}, {"quorum": "two"}, "/etc/relaypool.toml"
+        )
+        self.assertEqual(
+            [str(unknown), str(invalid), str(overridden)],
+            [
+                "quorom: unknown setting (did you mean quorum?) (in /etc/relaypool.toml)",
+                'quorum: must be a positive integer, got "two" (in /etc/relaypool.toml)',
+                'quorum: must be a positive integer, got "two"',
+            ],
+        )
+
     def test_quorumOverRelays(self) -> None:
         """
         A quorum larger than the number of relays is an error on C{quorum}.

@@ -1137,7 +1137,8 @@ class HTTPTests(GatewayTestCase):
         """
         C{/stats} and C{/metrics} show what waits in the outbox: events,
         the oldest one's age, and per relay (0 for a relay with nothing
-        waiting).
+        waiting); C{/stats} says when the outbox was read, in ISO 8601 UTC
+        and seconds ago.
         """
         fakes = yield self.startRelays(2)
         fakes[1].misbehaviour.rejectWith = "error: try later"
@@ -1160,6 +1161,8 @@ class HTTPTests(GatewayTestCase):
             (0, 1, [second], 1),
         )
         self.assertGreaterEqual(stats["oldestAge"], 0.0)
+        self.assertTrue(datetime.fromisoformat(stats["readAt"].replace("Z", "+00:00")))
+        self.assertGreaterEqual(stats["readAgo"], 0.0)
         _, body = yield self.get(gateway, "/metrics")
         text = body.decode("utf-8")
         self.assertIn("relaypool_outbox_retrying 0", text)

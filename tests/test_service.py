@@ -182,13 +182,13 @@ class OptionsTests(SynchronousTestCase):
 
     def test_configFileError(self) -> None:
         """
-        An invalid key in the file is a usage error naming it.
+        An invalid key in the file is a usage error naming it and the file.
         """
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("colour = 1\n")
         error = self.assertRaises(UsageError, _parse, "--config", path)
-        self.assertEqual(str(error), "colour: unknown setting")
+        self.assertEqual(str(error), f"colour: unknown setting (in {path})")
 
     def test_everySettingHasAnOption(self) -> None:
         """

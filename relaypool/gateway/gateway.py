@@ -48,14 +48,19 @@ def _relayDocument(stats: Any, now: float) -> dict[str, Any]:
     seconds since then.
     """
     document = asdict(stats)
-    since = stats.connectedSince
-    if since is None:
-        document["connectedAt"] = document["connectedFor"] = None
-    else:
-        moment = datetime.fromtimestamp(since, UTC)
-        document["connectedAt"] = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-        document["connectedFor"] = round(max(0.0, now - since), 3)
+    document["connectedAt"], document["connectedFor"] = _readableTime(stats.connectedSince, now)
     return document
+
+
+def _readableTime(moment: float | None, now: float) -> tuple[str | None, float | None]:
+    """
+    @return: C{moment} (seconds since the epoch, or L{None}) in ISO 8601 UTC,
+        and the seconds from it to C{now}.
+    """
+    if moment is None:
+        return None, None
+    text = datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")
+    return text.replace("+00:00", "Z"), round(max(0.0, now - moment), 3)
 
 
 class Gateway(service.MultiService):
@@ -290,11 +295,13 @@ class Gateway(service.MultiService):
             }
         if self._outbox is not None:
             outbox = self._outbox.stats()
+            readAt, readAgo = _readableTime(outbox.readAt, self._reactor.seconds())
             document["outbox"] = {
                 "retrying": outbox.retrying,
                 "waiting": outbox.waiting,
                 "oldestAge": outbox.oldestAge,
-                "readAt": outbox.readAt,
+                "readAt": readAt,
+                "readAgo": readAgo,
                 "relays": {url: asdict(backlog) for url, backlog in outbox.relays.items()},
             }
         return document
