@@ -101,8 +101,8 @@ class OutboxPublisher(service.Service):
     C{retryInterval} seconds and re-publishes each event to each relay that
     has not settled it (see below), is connected, and whose backoff is due:
     after C{n} recorded failures a relay is retried C{backoff.delay(n)}
-    seconds after the last one. An event enqueued more than C{maxAge} seconds ago is
-    discarded from the outbox, and logged. The loop runs at once on start,
+    seconds after the last one. An event enqueued more than C{maxAge}
+    seconds ago is discarded from the outbox, and logged. The loop runs at once on start,
     so that what a crash interrupted resumes as soon as relays connect.
     Each pass also notes what waits, for L{stats}.
 
