@@ -341,7 +341,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "outbox-max-age",
         "outboxMaxAge",
-        "seconds an event is retried for relays that have not accepted it",
+        "seconds an event is retried for relays that neither accepted nor finally refused it",
         _POSITIVE_SECONDS,
     ),
     Setting("outbox-max-events", "outboxMaxEvents", "events waiting in the outbox", _POSITIVE_INT),

@@ -150,10 +150,12 @@ class IOutbox(Interface):
         @return: Deferred firing when the row is durable (committed).
         """
 
-    def recordResult(eventID, relayURL, accepted, message):  # type: ignore[no-untyped-def]
+    def recordResult(eventID, relayURL, accepted, message, refused=False):  # type: ignore[no-untyped-def]
         """
         Record a relay's C{OK} (or a failure to deliver, with C{accepted}
-        false). An event whose relays all accepted leaves the outbox.
+        false). With C{refused}, the relay refused the event for good (a
+        final refusal): it is settled and not retried. An event whose relays
+        all accepted or refused it for good leaves the outbox.
 
         @return: Deferred firing when recorded.
         """
@@ -161,7 +163,7 @@ class IOutbox(Interface):
     def pending():  # type: ignore[no-untyped-def]
         """
         @return: Deferred firing with a list of L{relaypool.store.OutboxEntry}
-            not yet accepted by every relay, oldest first.
+            not yet settled by every relay, oldest first.
         """
 
     def discard(eventID):  # type: ignore[no-untyped-def]

@@ -1,7 +1,8 @@
 """
 The outbox publisher: events accepted from downstream clients are written
 to a durable outbox before they go upstream, and re-published with backoff
-to every relay that has not accepted them yet, across restarts.
+to every relay that has not accepted them yet (nor refused them for good),
+across restarts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from relaypool.errors import PublishFailed
 from relaypool.interfaces import IOutbox
 from relaypool.mux import Backoff
 from relaypool.nostr.event import Event
+from relaypool.nostr.messages import isFinalRefusal
 from relaypool.relaypool import PublishResult, RelayPool
 from relaypool.store import OutboxEntry, RelayDelivery
 
@@ -32,6 +34,14 @@ RETRY_BACKOFF = Backoff(initial=5.0, maximum=600.0)
 """
 The default delays between retries of one event to one relay.
 """
+
+
+def _unsettled(entry: OutboxEntry) -> list[str]:
+    """
+    The relays, sorted, that have not settled C{entry}: neither accepted it
+    nor refused it for good.
+    """
+    return sorted(url for url, delivery in entry.relays.items() if not delivery.settled)
 
 
 def _stableFraction(eventID: str, url: str, attempts: int) -> float:
@@ -49,7 +59,8 @@ class RelayBacklog:
     """
     What waits in the outbox for one relay.
 
-    @ivar waiting: events the relay has not accepted yet.
+    @ivar waiting: events the relay has not settled yet (neither accepted
+        nor refused for good).
     @ivar oldestAge: seconds since the oldest of them was enqueued.
     """
 
@@ -63,8 +74,9 @@ class OutboxStats:
     The outbox's figures, as L{OutboxPublisher.stats} reports them.
 
     @ivar retrying: retry publishes in flight.
-    @ivar waiting: events in the outbox (some relay has not accepted them),
-        as of the last pass of the retry loop.
+    @ivar waiting: events in the outbox (some relay has not settled them:
+        neither accepted nor refused for good), as of the last pass of the
+        retry loop.
     @ivar oldestAge: seconds since the oldest of them was enqueued, L{None}
         when none waits.
     @ivar relays: per relay URL with events waiting, its L{RelayBacklog}.
@@ -87,10 +99,10 @@ class OutboxPublisher(service.Service):
 
     While running, one L{LoopingCall} reads the outbox every
     C{retryInterval} seconds and re-publishes each event to each relay that
-    has not accepted it, is connected, and whose backoff is due: after
-    C{n} recorded failures a relay is retried C{backoff.delay(n)} seconds
-    after the last one. An event enqueued more than C{maxAge} seconds ago is
-    discarded from the outbox, and logged. The loop runs at once on start,
+    has not settled it (see below), is connected, and whose backoff is due:
+    after C{n} recorded failures a relay is retried C{backoff.delay(n)}
+    seconds after the last one. An event enqueued more than C{maxAge}
+    seconds ago is discarded from the outbox, and logged. The loop runs at once on start,
     so that what a crash interrupted resumes as soon as relays connect.
     Each pass also notes what waits, for L{stats}.
 
@@ -98,7 +110,14 @@ class OutboxPublisher(service.Service):
     per-relay answer hook, also after the quorum fired; a relay silent until
     the pool's publish timeout is recorded then as a failed attempt. A
     C{duplicate:} answer (C{OK true} or C{OK false}) means the relay has the
-    event: it is recorded as accepted.
+    event: it is recorded as accepted. A final refusal (C{OK false} with
+    C{blocked:}, C{invalid:}, C{pow:}, C{restricted:} or C{mute:}, see
+    L{isFinalRefusal}) is recorded as refused and logged once: sending the
+    event again would get the same answer, so that relay is never retried.
+    Either way the relay I{settled} the event, and an event every relay
+    settled leaves the outbox. Every other answer is temporary and retried
+    (C{rate-limited:}, C{auth-required:}, C{error:}, no known prefix, no
+    answer).
 
     The outbox's clock (the store's times) must agree with the reactor's
     C{seconds()}, as wall-clock time does.
@@ -125,8 +144,8 @@ class OutboxPublisher(service.Service):
         @param reactor: an L{IReactorTime}; C{None} means the global reactor.
         @param quorum: how many relays must accept an event for L{submit}'s
             result to succeed.
-        @param maxAge: seconds after which an event not accepted by every
-            relay is given up.
+        @param maxAge: seconds after which an event not settled by every
+            relay (accepted, or refused for good) is given up.
         @param backoff: the delays between retries to one relay.
         @param retryInterval: seconds between two reads of the outbox.
         @param maxInFlight: the most retry publishes in flight.
@@ -197,8 +216,9 @@ class OutboxPublisher(service.Service):
         """
         Enqueue C{event} for every relay of the pool, then publish it to
         them. The relays' answers are recorded in the outbox; the relays that
-        did not accept it are retried in the background. Every relay's
-        answer is recorded, also those arriving after the result fired.
+        did not accept it are retried in the background, except those that
+        refused it for good. Every relay's answer is recorded, also those
+        arriving after the result fired.
 
         @return: a Deferred firing with the pool's L{PublishResult} once
             C{quorum} relays accepted (C{succeeded} true), or once that became
@@ -276,6 +296,19 @@ class OutboxPublisher(service.Service):
             del self._publishing[eventID]
 
     def _record(self, eventID: str, url: str, accepted: bool, message: str) -> Deferred[None]:
+        """
+        Record C{url}'s answer to C{eventID}; a final refusal settles the
+        relay, and is logged.
+        """
+        refused = not accepted and isFinalRefusal(message)
+        if refused:
+            self.log.info(
+                "outbox: {url} refused event {eventID} for good, not retrying: {message}",
+                url=url,
+                eventID=eventID,
+                message=message,
+            )
+
         def failed(failure: Failure) -> None:
             self.log.failure(
                 "outbox: could not record {url}'s answer to {eventID}",
@@ -285,7 +318,7 @@ class OutboxPublisher(service.Service):
             )
 
         recorded: Deferred[None] = self._outbox.recordResult(  # type: ignore[no-untyped-call]
-            eventID, url, accepted, message
+            eventID, url, accepted, message, refused=refused
         )
         return recorded.addErrback(failed)
 
@@ -309,12 +342,13 @@ class OutboxPublisher(service.Service):
 
     def _isDue(self, entry: OutboxEntry, url: str, delivery: RelayDelivery, now: float) -> bool:
         """
-        Whether C{url}'s backoff for C{entry} is over: C{backoff.delay(n)}
-        after the last of C{n} failures; with no answer recorded yet, once
-        the first publish surely finished (the pool's C{publishTimeout}) and
+        Whether C{url} is to be published C{entry} again: it has not settled
+        it, and its backoff is over: C{backoff.delay(n)} after the last of
+        C{n} failures; with no answer recorded yet, once the first publish
+        surely finished (the pool's C{publishTimeout}) and
         C{backoff.initial} passed since enqueueing.
         """
-        if delivery.accepted:
+        if delivery.settled:
             return False
         fraction = _stableFraction(entry.event.id, url, delivery.attempts)
         delay = self._backoff.delay(delivery.attempts, lambda: fraction)
@@ -328,13 +362,13 @@ class OutboxPublisher(service.Service):
         at C{now}, for L{stats}.
         """
         backlogs: dict[str, tuple[int, float]] = {}
-        for entry in entries:
-            for url, delivery in entry.relays.items():
-                if not delivery.accepted:
-                    waiting, oldest = backlogs.get(url, (0, entry.enqueuedAt))
-                    backlogs[url] = (waiting + 1, min(oldest, entry.enqueuedAt))
-        self._waiting = len(entries)
-        self._oldestEnqueuedAt = min((entry.enqueuedAt for entry in entries), default=None)
+        waiting = [entry for entry in entries if _unsettled(entry)]
+        for entry in waiting:
+            for url in _unsettled(entry):
+                count, oldest = backlogs.get(url, (0, entry.enqueuedAt))
+                backlogs[url] = (count + 1, min(oldest, entry.enqueuedAt))
+        self._waiting = len(waiting)
+        self._oldestEnqueuedAt = min((entry.enqueuedAt for entry in waiting), default=None)
         self._backlogs = backlogs
         self._readAt = now
 
@@ -353,7 +387,7 @@ class OutboxPublisher(service.Service):
                     " not accepted by {relays}",
                     eventID=event.id,
                     age=age,
-                    relays=", ".join(u for u, d in sorted(entry.relays.items()) if not d.accepted),
+                    relays=", ".join(_unsettled(entry)),
                 )
                 work.append(self._outbox.discard(event.id))  # type: ignore[no-untyped-call]
                 continue

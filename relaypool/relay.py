@@ -44,6 +44,7 @@ from relaypool.nostr.messages import (
     RelayNotice,
     RelayOK,
     decodeMessage,
+    isRelayFailure,
     reasonPrefix,
     relayMessageFromList,
 )
@@ -267,8 +268,13 @@ class Relay:
 
     @ivar url: the normalized relay URL.
     @ivar metrics: the relay's L{ConnectionMetrics} (latency of OK and EOSE,
-        errors for invalid events and rejected publishes), the foundation's
-        health model applied per relay.
+        errors for invalid events and for publishes the relay failed: an
+        C{OK false "error: ..."} or one without a known prefix, see
+        L{isRelayFailure}), the foundation's health model applied per
+        relay. Refusals by the relay's rules (C{blocked:}, C{invalid:},
+        C{pow:}, C{restricted:}, C{mute:}, C{rate-limited:},
+        C{auth-required:}) and C{duplicate:} answers are answers in time,
+        never health errors.
     """
 
     def __init__(
@@ -833,9 +839,12 @@ class Relay:
         if stored:
             self.counters.okAccepted += 1
             self._rateLimitStrikes = 0
-            self.metrics.recordSuccess(now - pending.sentAt, now)
         else:
             self.counters.okRejected += 1
+        if stored or not isRelayFailure(message.message):
+            # A refusal by the relay's rules is an answer in time too; the
+            # owner counts failures against the relay's health.
+            self.metrics.recordSuccess(now - pending.sentAt, now)
         self._owner.relayOK(self, message.eventId, stored, message.message)
 
     def _republishAfterAuth(

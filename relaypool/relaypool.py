@@ -48,6 +48,7 @@ from relaypool.nostr.messages import (
     RelayMessage,
     RelayNotice,
     RelayOK,
+    isRelayFailure,
 )
 from relaypool.nostr.url import parseRelayURL
 from relaypool.relay import Relay
@@ -187,6 +188,14 @@ class _Count:
 class RelayPool(service.Service):
     """
     A pool of upstream Nostr relays, an C{IService}.
+
+    A relay's health counts as errors its invalid events and protocol
+    errors, and the C{OK false} answers that say it failed (C{error:}, or
+    no known prefix; see L{relaypool.nostr.messages.isRelayFailure}). An
+    answer by its rules is an answer in time, never an error: C{duplicate:},
+    the final refusals (C{blocked:}, C{invalid:}, C{pow:}, C{restricted:},
+    C{mute:}), C{rate-limited:} (the relay is backed off instead, see
+    C{rateLimitBackoff}) and C{auth-required:} (after the one AUTH retry).
 
     @param ringCapacity: the bound of the inbound queue behind L{recv}, and of
         each subscription's L{Subscription.next} buffer.
@@ -696,7 +705,9 @@ class RelayPool(service.Service):
         Send C{event} to every relay (or to C{relays}) and collect their OKs.
 
         A relay that answers C{duplicate:}, with C{OK true} or C{OK false},
-        has the event: it counts as accepting it.
+        has the event: it counts as accepting it. Only the C{OK false}
+        answers that say the relay failed count against its health (see
+        L{RelayPool}).
 
         The returned Deferred fires as soon as the outcome is known, but the
         publish goes on listening until every relay answered or C{timeout}
@@ -989,8 +1000,9 @@ class RelayPool(service.Service):
         if publish is None or relay.url not in publish.outstanding:
             return
         if not accepted:
-            relay.metrics.recordError(self.reactor.seconds())
             message = message or "error: rejected without a reason"
+            if isRelayFailure(message):
+                relay.metrics.recordError(self.reactor.seconds())
         self._answer(publish, relay.url, accepted, message)
         self._checkPublish(publish)
 

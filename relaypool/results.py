@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from relaypool.nostr.messages import RelayMessage
+from relaypool.nostr.messages import RelayMessage, isFinalRefusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,15 @@ class PublishResult:
         Whether at least C{quorum} relays accepted.
         """
         return len(self.accepted) >= self.quorum
+
+    def retryable(self) -> frozenset[str]:
+        """
+        @return: the relays that did not accept and might on a retry: those
+            that timed out or refused for a temporary reason, not those that
+            refused for good (see L{isFinalRefusal}).
+        """
+        temporary = (url for url, reason in self.rejected.items() if not isFinalRefusal(reason))
+        return self.timedOut.union(temporary)
 
     def reasons(self) -> str:
         """

@@ -62,23 +62,36 @@ class RelayDelivery:
     """
     What one relay did with an outbox event.
 
-    @ivar accepted: whether the relay answered C{OK true}.
+    @ivar accepted: whether the relay has the event (C{OK true}, or a
+        C{duplicate:} answer).
     @ivar attempts: how many results were recorded for this relay.
     @ivar lastMessage: the message of the last recorded result.
     @ivar lastAttemptAt: when the last result was recorded (the store's
         clock), C{None} before the first.
+    @ivar refused: whether the relay refused the event for good (a final
+        refusal, see L{relaypool.nostr.messages.isFinalRefusal}).
     """
 
     accepted: bool
     attempts: int
     lastMessage: str
     lastAttemptAt: float | None
+    refused: bool = False
+
+    @property
+    def settled(self) -> bool:
+        """
+        Whether the relay is done with the event: it accepted it or refused
+        it for good, so it is not published to again.
+        """
+        return self.accepted or self.refused
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
     """
-    An event waiting in the outbox for some relays to accept it.
+    An event waiting in the outbox for some relays to accept it (or to
+    refuse it for good).
 
     @ivar event: the event to publish.
     @ivar enqueuedAt: when it was enqueued (the store's clock).
@@ -533,16 +546,16 @@ class SQLiteEventStore:
         )
 
     def recordResult(
-        self, eventID: str, relayURL: str, accepted: bool, message: str
+        self, eventID: str, relayURL: str, accepted: bool, message: str, refused: bool = False
     ) -> Deferred[None]:
         """
         Record a relay's answer; see L{IOutbox.recordResult}. Once a relay
-        accepted an event it stays accepted. A result for an event or relay
-        not in the outbox is ignored.
+        accepted an event, or refused it for good, it stays so. A result for
+        an event or relay not in the outbox is ignored.
         """
         return self._submit(
             self._writer,
-            partial(_recordResult, eventID, relayURL, accepted, message, self._clock()),
+            partial(_recordResult, eventID, relayURL, accepted, message, refused, self._clock()),
         )
 
     def pending(self) -> Deferred[list[OutboxEntry]]:
@@ -781,26 +794,29 @@ def _recordResult(
     relayURL: str,
     accepted: bool,
     message: str,
+    refused: bool,
     now: float,
     connection: sqlite3.Connection,
 ) -> None:
     connection.execute(
-        "UPDATE outbox_relays SET accepted = max(accepted, ?), attempts = attempts + 1,"
-        " last_message = ?, last_attempt_at = ? WHERE event_id = ? AND relay = ?",
-        (int(accepted), message, now, eventID, relayURL),
+        "UPDATE outbox_relays SET accepted = max(accepted, ?), refused = max(refused, ?),"
+        " attempts = attempts + 1, last_message = ?, last_attempt_at = ?"
+        " WHERE event_id = ? AND relay = ?",
+        (int(accepted), int(refused), message, now, eventID, relayURL),
     )
-    if accepted:
+    if accepted or refused:
+        # The event leaves the outbox once every relay settled it.
         connection.execute(
             "DELETE FROM outbox WHERE event_id = ? AND NOT EXISTS (SELECT 1 FROM"
-            " outbox_relays WHERE event_id = ? AND accepted = 0)",
+            " outbox_relays WHERE event_id = ? AND accepted = 0 AND refused = 0)",
             (eventID, eventID),
         )
 
 
 def _pending(connection: sqlite3.Connection) -> list[OutboxEntry]:
     relays: dict[str, dict[str, RelayDelivery]] = {}
-    for eventID, url, accepted, attempts, message, lastAttemptAt in connection.execute(
-        "SELECT event_id, relay, accepted, attempts, last_message, last_attempt_at"
+    for eventID, url, accepted, attempts, message, lastAttemptAt, refused in connection.execute(
+        "SELECT event_id, relay, accepted, attempts, last_message, last_attempt_at, refused"
         " FROM outbox_relays"
     ):
         relays.setdefault(eventID, {})[url] = RelayDelivery(
@@ -808,6 +824,7 @@ def _pending(connection: sqlite3.Connection) -> list[OutboxEntry]:
             attempts=attempts,
             lastMessage=message,
             lastAttemptAt=lastAttemptAt,
+            refused=bool(refused),
         )
     return [
         OutboxEntry(

@@ -96,7 +96,32 @@ _VERSION_2 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_VERSION_1, _VERSION_2)
+_VERSION_3 = (
+    # A relay that refused an outbox event for good (a final refusal, see
+    # relaypool.nostr.messages.FINAL_REFUSAL_PREFIXES) is settled: it is
+    # not retried, and the event does not wait for it.
+    "ALTER TABLE outbox_relays ADD COLUMN refused INTEGER NOT NULL DEFAULT 0",
+    # Settle the final refusals recorded before, then drop the events that
+    # wait for no relay any more. The prefixes are those of this version,
+    # written out: a migration step never changes.
+    """
+    UPDATE outbox_relays SET refused = 1
+    WHERE accepted = 0 AND (
+        last_message GLOB 'blocked:*' OR last_message GLOB 'invalid:*'
+        OR last_message GLOB 'pow:*' OR last_message GLOB 'restricted:*'
+        OR last_message GLOB 'mute:*'
+    )
+    """,
+    """
+    DELETE FROM outbox WHERE NOT EXISTS (
+        SELECT 1 FROM outbox_relays
+        WHERE outbox_relays.event_id = outbox.event_id
+        AND accepted = 0 AND refused = 0
+    )
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_VERSION_1, _VERSION_2, _VERSION_3)
 """
 The SQL statements of each migration step, step C{n} taking a database from
 version C{n} to C{n + 1}.

@@ -621,23 +621,48 @@ class StoreTests(GatewayTestCase):
         self.assertEqual(pending, [])
 
     @inlineCallbacks
-    def test_outboxRejected(self) -> Any:
+    def publishRefused(self, refusal: str) -> Any:
         """
-        With an outbox, a relay's rejection is an honest C{OK false}, and the
-        event stays in the outbox to be retried.
+        Publish an event through an outbox to one relay that answers C{OK
+        false} with C{refusal}.
+
+        @return: a Deferred firing with the client's C{OK} message, the
+            event, and the events left in the outbox.
         """
         store, (relay,), pool, outbox = yield self.startOutbox()
-        relay.misbehaviour.rejectWith = "rate-limited: later"
+        relay.misbehaviour.rejectWith = refusal
         gateway = yield self.startGateway(pool, store=store, outbox=outbox)
         client = yield self.connect(gateway)
         event = makeEvent()
         client.send("EVENT", eventDict(event))
         ok = yield client.waitForVerb("OK", event.id)
+        pending = yield store.pending()
+        return ok, event, [entry.event for entry in pending]
+
+    @inlineCallbacks
+    def test_outboxRejected(self) -> Any:
+        """
+        With an outbox, a relay's rejection is an honest C{OK false}, and the
+        event stays in the outbox to be retried.
+        """
+        ok, event, pending = yield self.publishRefused("rate-limited: later")
         self.assertFalse(ok[2])
         self.assertTrue(ok[3].startswith("rate-limited: "), ok[3])
         self.assertTrue(ok[3].endswith(f"; {RETRYING}"), ok[3])
-        pending = yield store.pending()
-        self.assertEqual([entry.event for entry in pending], [event])
+        self.assertEqual(pending, [event])
+
+    @inlineCallbacks
+    def test_outboxRefusedForGood(self) -> Any:
+        """
+        With an outbox, a final refusal (C{blocked:}) is an honest C{OK
+        false} that does not claim retries, and the event does not stay in
+        the outbox: the relay would refuse it again.
+        """
+        ok, event, pending = yield self.publishRefused("blocked: not welcome")
+        self.assertFalse(ok[2])
+        self.assertTrue(ok[3].startswith("blocked: "), ok[3])
+        self.assertNotIn(RETRYING, ok[3])
+        self.assertEqual(pending, [])
 
     @inlineCallbacks
     def test_outboxDuplicate(self) -> Any:

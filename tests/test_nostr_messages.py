@@ -23,6 +23,8 @@ from relaypool.nostr.messages import (
     RelayEvent,
     RelayNotice,
     RelayOK,
+    isFinalRefusal,
+    isRelayFailure,
     parseClientMessage,
     parseRelayMessage,
     reasonPrefix,
@@ -280,3 +282,27 @@ class ReasonPrefixTests(SynchronousTestCase):
         """
         for message in ("", "blocked", "something: else", "see https://x", " invalid: x"):
             self.assertIsNone(reasonPrefix(message))
+
+    def test_finalRefusals(self) -> None:
+        """
+        C{blocked:}, C{invalid:}, C{pow:}, C{restricted:} and C{mute:} are
+        final refusals; every other answer, a message without a known prefix
+        included, is temporary.
+        """
+        for prefix in ("blocked", "invalid", "pow", "restricted", "mute"):
+            self.assertTrue(isFinalRefusal(f"{prefix}: why"), prefix)
+        temporary = ("rate-limited: x", "error: x", "auth-required: x", "duplicate: x", "", "no")
+        for message in temporary:
+            self.assertFalse(isFinalRefusal(message), message)
+
+    def test_relayFailures(self) -> None:
+        """
+        Only C{error:} and a message without a known prefix report a failure
+        of the relay; refusals by its rules do not.
+        """
+        for message in ("error: x", "", "something: else"):
+            self.assertTrue(isRelayFailure(message), message)
+        for prefix in ("blocked", "invalid", "pow", "restricted", "mute", "rate-limited"):
+            self.assertFalse(isRelayFailure(f"{prefix}: x"), prefix)
+        for prefix in ("auth-required", "duplicate"):
+            self.assertFalse(isRelayFailure(f"{prefix}: x"), prefix)

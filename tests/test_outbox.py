@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -24,6 +25,7 @@ from relaypool.errors import PublishFailed, QueueFull
 from relaypool.mux import Backoff
 from relaypool.names import StaticNameService
 from relaypool.nostr.event import Event
+from relaypool.nostr.messages import ClientEvent
 from relaypool.outbox import OutboxPublisher, RelayBacklog
 from relaypool.relaypool import NO_ANSWER, PublishResult, RelayPool
 from relaypool.store import OutboxEntry, SQLiteEventStore
@@ -136,7 +138,7 @@ class _FakeOutbox:
         return d
 
     def recordResult(
-        self, eventID: str, relayURL: str, accepted: bool, message: str
+        self, eventID: str, relayURL: str, accepted: bool, message: str, refused: bool = False
     ) -> Deferred[None]:
         return succeed(None)
 
@@ -171,6 +173,19 @@ class PublisherTests(TestCase):
         return OutboxPublisher(self.clock, self.pool, self.store, **kwargs)  # type: ignore[arg-type]
 
     @inlineCallbacks
+    def restart(self) -> Any:
+        """
+        Close the store and open its file again, with a new pool, as after
+        a restart.
+
+        @return: a Deferred firing with a new publisher over them.
+        """
+        yield self.store.close()
+        self.store = self.openStore()
+        self.pool = _FakePool(self.clock, A, B)
+        return self.publisher()
+
+    @inlineCallbacks
     def relays(self) -> Any:
         """
         The outbox's only entry's relays, or L{None} when it is empty.
@@ -186,15 +201,15 @@ class PublisherTests(TestCase):
         the accepting relay is marked accepted, the rejecting one keeps its
         reason and one attempt.
         """
-        self.pool.answers[B] = (False, "blocked: not you")
+        self.pool.answers[B] = (False, "error: not now")
         result = yield self.publisher().submit(makeEvent())
         self.assertEqual(
-            (dict(result.accepted), dict(result.rejected)), ({A: ""}, {B: "blocked: not you"})
+            (dict(result.accepted), dict(result.rejected)), ({A: ""}, {B: "error: not now"})
         )
         relays = yield self.relays()
         self.assertEqual(
             (relays[A].accepted, relays[B].accepted, relays[B].attempts, relays[B].lastMessage),
-            (True, False, 1, "blocked: not you"),
+            (True, False, 1, "error: not now"),
         )
 
     @inlineCallbacks
@@ -299,6 +314,78 @@ class PublisherTests(TestCase):
         self.assertEqual(self.pool.calls[1], (event.id, (B,), 1))
         relays = yield self.relays()
         self.assertIsNone(relays)
+
+    @inlineCallbacks
+    def test_finalRefusalNotRetried(self) -> Any:
+        """
+        A relay that refused an event for good (here C{blocked:}) settles
+        it: with the other relay accepting, the event leaves the outbox,
+        stops counting as waiting, and is never published again.
+        """
+        self.pool.answers[B] = (False, "blocked: not you")
+        publisher = self.publisher()
+        yield publisher.submit(makeEvent())
+        relays = yield self.relays()
+        self.assertIsNone(relays)
+        self.clock.advance(600)
+        yield publisher.retryDue()
+        stats = publisher.stats()
+        self.assertEqual(
+            (len(self.pool.calls), stats.waiting, dict(stats.relays)), (1, 0, {})
+        )
+
+    @inlineCallbacks
+    def test_finalRefusalsSettle(self) -> Any:
+        """
+        Every final refusal prefix (C{blocked:}, C{invalid:}, C{pow:},
+        C{restricted:}, C{mute:}) settles the relay: it is not retried while
+        the event waits for the other relay, and not counted as waiting.
+        """
+        publisher = self.publisher()
+        self.pool.answers[A] = (False, "error: down")
+        for message in ("blocked: a", "invalid: b", "pow: c", "restricted: d", "mute: e"):
+            self.pool.answers[B] = (False, message)
+            yield publisher.submit(makeEvent(content=message))
+        self.clock.advance(5)
+        yield publisher.retryDue()
+        self.assertEqual({relays for _, relays, _ in self.pool.calls[5:]}, {(A,)})
+        stats = publisher.stats()
+        self.assertEqual((stats.waiting, set(stats.relays)), (5, {A}))
+
+    @inlineCallbacks
+    def test_temporaryRefusalsRetried(self) -> Any:
+        """
+        Temporary answers (C{rate-limited:}, C{error:}, C{auth-required:},
+        and a message without a known prefix) are retried after the backoff.
+        """
+        publisher = self.publisher()
+        messages = ("rate-limited: slow", "error: busy", "auth-required: who", "go away")
+        for message in messages:
+            self.pool.answers[B] = (False, message)
+            yield publisher.submit(makeEvent(content=message))
+        self.clock.advance(5)
+        yield publisher.retryDue()
+        self.assertEqual([relays for _, relays, _ in self.pool.calls[4:]], [(B,)] * 4)
+
+    @inlineCallbacks
+    def test_finalRefusalLoggedOnce(self) -> Any:
+        """
+        A final refusal is logged once, naming the event, the relay and the
+        reason, also when the event stays in the outbox for another relay.
+        """
+        events: list[dict[str, Any]] = []
+        publisher = self.publisher()
+        publisher.log = Logger(observer=events.append)
+        self.pool.answers = {A: (False, "error: down"), B: (False, "pow: difficulty 30")}
+        event = makeEvent()
+        yield publisher.submit(event)
+        for _ in range(3):
+            self.clock.advance(600)
+            yield publisher.retryDue()
+        lines = [formatEvent(e) for e in events if "refused" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        for part in (event.id, B, "pow: difficulty 30"):
+            self.assertIn(part, lines[0])
 
     @inlineCallbacks
     def test_backoffGrows(self) -> Any:
@@ -429,14 +516,26 @@ class PublisherTests(TestCase):
         self.pool.answers[B] = (False, "error: down")
         event = makeEvent()
         yield self.publisher().submit(event)
-        yield self.store.close()
-        self.store = self.openStore()
-        self.pool = _FakePool(self.clock, A, B)
+        publisher = yield self.restart()
         self.clock.advance(5)
-        yield self.publisher().retryDue()
+        yield publisher.retryDue()
         self.assertEqual(self.pool.calls, [(event.id, (B,), 1)])
         relays = yield self.relays()
         self.assertIsNone(relays)
+
+    @inlineCallbacks
+    def test_refusalSurvivesRestart(self) -> Any:
+        """
+        A relay's refusal for good is durable: a new publisher over the same
+        database file retries only the relay that refused temporarily.
+        """
+        self.pool.answers = {A: (False, "error: down"), B: (False, "restricted: members")}
+        event = makeEvent()
+        yield self.publisher().submit(event)
+        publisher = yield self.restart()
+        self.clock.advance(600)
+        yield publisher.retryDue()
+        self.assertEqual(self.pool.calls, [(event.id, (A,), 1)])
 
     @inlineCallbacks
     def test_statsShowWaiting(self) -> Any:
@@ -531,7 +630,7 @@ class EndToEndTests(TestCase):
         once it accepted, the event is on both relays and out of the outbox.
         """
         first, second = self.relays
-        second.misbehaviour.rejectWith = "blocked: come back later"
+        second.misbehaviour.rejectWith = "error: come back later"
         publisher = OutboxPublisher(
             reactor, self.pool, self.store, quorum=2, backoff=Backoff(initial=0.05, jitter=0.0)
         )
@@ -564,6 +663,27 @@ class EndToEndTests(TestCase):
         self.assertEqual(set(result.accepted), {self.pool.relayURLs()[0]})
         second.sendOK(event.id, True, "")
         yield _untilDeferred(lambda: self.store.pending().addCallback(lambda p: p == []))
+
+    @inlineCallbacks
+    def test_finalRefusalLeavesOutboxHealthy(self) -> Any:
+        """
+        A relay answering C{OK false "blocked: ..."} settles the event: with
+        the other relay accepting, nothing waits in the outbox, a pass
+        sends the refusing relay nothing, and its health score stays 100.
+        """
+        first, second = self.relays
+        second.misbehaviour.rejectWith = "blocked: not on this relay"
+        publisher = OutboxPublisher(reactor, self.pool, self.store, backoff=Backoff(initial=0.0))
+        event = makeEvent()
+        result = yield publisher.submit(event)
+        self.assertTrue(result.succeeded)
+        yield _untilDeferred(lambda: self.store.pending().addCallback(lambda p: p == []))
+        yield publisher.retryDue()
+        sent = [m for m in second.received if isinstance(m, ClientEvent)]
+        self.assertEqual(len(sent), 1)
+        self.assertEqual(publisher.stats().waiting, 0)
+        [refusing] = [s for s in self.pool.stats().values() if s.url == second.url + "/"]
+        self.assertEqual((refusing.healthScore, refusing.okRejected), (100.0, 1))
 
     @inlineCallbacks
     def test_duplicateRejectionLeavesOutbox(self) -> Any:

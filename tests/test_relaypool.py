@@ -612,6 +612,38 @@ class PublishTests(PoolTestMixin, TestCase):
         self.assertEqual((stats.healthScore, stats.okAccepted, stats.okRejected), (100.0, 5, 0))
 
     @inlineCallbacks
+    def test_refusalsByRulesKeepHealth(self) -> Any:
+        """
+        Refusals by a relay's rules (final ones such as C{blocked:},
+        C{invalid:}, C{pow:}, C{restricted:}, and C{rate-limited:} after
+        the relay layer's one retry) are answers, not health errors: the
+        score stays 100 while they count as rejected.
+        """
+        a = yield self.startRelay()
+        pool = self.makePool(a, rateLimitBackoff=Backoff(initial=0.01, maximum=0.01, jitter=0))
+        yield self.connected(pool)
+        refusals = ("blocked: no", "invalid: no", "pow: 30", "restricted: no", "rate-limited: no")
+        for message in refusals:
+            a.misbehaviour.rejectWith = message
+            yield self.assertFailure(pool.publish(makeEvent(content=message)), PublishFailed)
+        stats = pool.stats()[a.url + "/"]
+        self.assertEqual((stats.healthScore, stats.okRejected), (100.0, 5))
+
+    @inlineCallbacks
+    def test_failureAnswersCostHealth(self) -> Any:
+        """
+        An C{OK false "error: ..."}, or one without a known prefix, says the
+        relay failed: it counts against the relay's health.
+        """
+        a = yield self.startRelay()
+        pool = self.makePool(a)
+        yield self.connected(pool)
+        for message in ("error: disk full", "no idea"):
+            a.misbehaviour.rejectWith = message
+            yield self.assertFailure(pool.publish(makeEvent(content=message)), PublishFailed)
+        self.assertLess(pool.stats()[a.url + "/"].healthScore, 100.0)
+
+    @inlineCallbacks
     def test_answerHookHearsLateAnswers(self) -> Any:
         """
         C{onAnswer} hears every relay's answer, also those arriving after

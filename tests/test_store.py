@@ -595,6 +595,48 @@ class LifecycleTests(StoreTestMixin, TestCase):
         self.addCleanup(connection.close)
         self.assertEqual(schemaVersion(connection), SCHEMA_VERSION)
 
+    @inlineCallbacks
+    def test_migrateFromVersion2(self) -> Any:
+        """
+        A version-2 database (outbox without refusals) is migrated when
+        opened: relays whose last answer was a final refusal are settled,
+        an event left waiting for no relay leaves the outbox, and the
+        others keep their records.
+        """
+        path = self.mktemp()
+        settled, waiting = note(content="settled"), note(content="waiting")
+        connection = sqlite3.connect(path, isolation_level=None)
+        migrate(connection, target=2)
+        for event in (settled, waiting):
+            connection.execute(
+                "INSERT INTO outbox (event_id, raw, enqueued_at) VALUES (?, ?, ?)",
+                (event.id, event.toJSON(), NOW),
+            )
+        connection.executemany(
+            "INSERT INTO outbox_relays (event_id, relay, accepted, attempts, last_message,"
+            " last_attempt_at) VALUES (?, ?, ?, 1, ?, ?)",
+            [
+                (settled.id, "ws://a", 1, "", NOW),
+                (settled.id, "ws://b", 0, "blocked: not here", NOW),
+                (waiting.id, "ws://a", 0, "rate-limited: slow down", NOW),
+                (waiting.id, "ws://b", 0, "pow: difficulty 30", NOW),
+            ],
+        )
+        connection.close()
+        store = self.openStore(path)
+        [entry] = yield store.pending()
+        self.assertEqual(entry.event, waiting)
+        self.assertEqual(
+            {url: (d.refused, d.attempts, d.lastMessage) for url, d in entry.relays.items()},
+            {
+                "ws://a": (False, 1, "rate-limited: slow down"),
+                "ws://b": (True, 1, "pow: difficulty 30"),
+            },
+        )
+        connection = sqlite3.connect(path)
+        self.addCleanup(connection.close)
+        self.assertEqual(schemaVersion(connection), SCHEMA_VERSION)
+
     def test_newerVersion(self) -> None:
         """
         A database with a newer schema version than this relaypool knows

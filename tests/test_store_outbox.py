@@ -105,6 +105,38 @@ class OutboxTests(StoreTestMixin, TestCase):
         self.assertTrue(entry.relays[A].accepted)
 
     @inlineCallbacks
+    def test_refusedSettles(self) -> Any:
+        """
+        A relay that refused an event for good is recorded as refused (and
+        settled) and stays so after a later temporary answer; once the
+        other relay accepted, the event leaves the outbox.
+        """
+        store = self.openStore()
+        event = note()
+        yield store.enqueue(event, [A, B])
+        yield store.recordResult(event.id, A, False, "blocked: no", refused=True)
+        yield store.recordResult(event.id, A, False, "error: later")
+        [entry] = yield store.pending()
+        self.assertEqual(
+            (entry.relays[A].refused, entry.relays[A].settled, entry.relays[B].settled),
+            (True, True, False),
+        )
+        yield store.recordResult(event.id, B, True, "")
+        self.assertEqual((yield store.pending()), [])
+
+    @inlineCallbacks
+    def test_allRefused(self) -> Any:
+        """
+        An event every relay refused for good leaves the outbox.
+        """
+        store = self.openStore()
+        event = note()
+        yield store.enqueue(event, [A, B])
+        yield store.recordResult(event.id, A, False, "blocked: no", refused=True)
+        yield store.recordResult(event.id, B, False, "pow: difficulty 30", refused=True)
+        self.assertEqual((yield store.pending()), [])
+
+    @inlineCallbacks
     def test_enqueueAgain(self) -> Any:
         """
         Enqueueing an event already pending adds the new relays and keeps
@@ -203,6 +235,24 @@ class OutboxTests(StoreTestMixin, TestCase):
         yield store.close()
         reopened = self.openStore(store.path)
         self.assertEqual([entry.event for entry in (yield reopened.pending())], [event])
+
+    @inlineCallbacks
+    def test_refusedSurvivesReopen(self) -> Any:
+        """
+        A relay's refusal for good is still recorded when the store is
+        reopened.
+        """
+        store = self.openStore()
+        event = note()
+        yield store.enqueue(event, [A, B])
+        yield store.recordResult(event.id, A, False, "restricted: members only", refused=True)
+        yield store.close()
+        reopened = self.openStore(store.path)
+        [entry] = yield reopened.pending()
+        self.assertEqual(
+            (entry.relays[A].refused, entry.relays[A].lastMessage, entry.relays[B].refused),
+            (True, "restricted: members only", False),
+        )
 
 
 # Run by a child process: enqueue and save the events whose JSON is on

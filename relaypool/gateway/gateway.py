@@ -409,7 +409,7 @@ class Gateway(service.MultiService):
             ),
             _gauge(
                 "relaypool_outbox_waiting_events",
-                "Events in the outbox, not yet accepted by every relay.",
+                "Events in the outbox some relay has not settled (accepted or refused for good).",
                 outbox.waiting,
             ),
             _gauge(
@@ -420,13 +420,13 @@ class Gateway(service.MultiService):
             MetricFamily(
                 "relaypool_outbox_relay_waiting_events",
                 "gauge",
-                "Events in the outbox the relay has not accepted yet.",
+                "Events in the outbox the relay has not settled (accepted or refused for good).",
                 [({"relay": url}, float(b.waiting if b else 0)) for url, b in backlogs],
             ),
             MetricFamily(
                 "relaypool_outbox_relay_oldest_age_seconds",
                 "gauge",
-                "Age of the oldest event in the outbox the relay has not accepted (0 when none).",
+                "Age of the oldest event in the outbox the relay has not settled (0 when none).",
                 [({"relay": url}, b.oldestAge if b else 0.0) for url, b in backlogs],
             ),
         ]

@@ -234,7 +234,8 @@ RETRYING = "the relay pool keeps retrying in the background"
 """
 The end of the C{OK false} message for an event that missed its quorum but
 stays in the outbox, which re-publishes it to the relays that did not accept
-it.
+it: only when some relay timed out or refused for a temporary reason (not
+when every refusing relay refused for good).
 """
 
 
@@ -782,7 +783,8 @@ class RelayFacade:
         Publish C{event} and answer once the quorum is reached or missed:
         C{OK true} (C{"duplicate: ..."} when every relay that accepted
         already had it, and then it is not delivered again), or C{OK false}
-        with the relays' reasons, saying so when the outbox keeps retrying.
+        with the relays' reasons, saying so when the outbox keeps retrying
+        (some relay timed out or refused for a temporary reason).
         """
         viaOutbox = self._outbox is not None and not isEphemeral(event.kind)
         if viaOutbox:
@@ -801,7 +803,7 @@ class RelayFacade:
                         lambda f: _log.failure("Saving event {eventId} failed", f, eventId=event.id)
                     )
             else:
-                retrying = viaOutbox and bool(result.rejected or result.timedOut)
+                retrying = viaOutbox and bool(result.retryable())
                 self._ok(session, event.id, False, _failureMessage(result, retrying))
 
         def failed(failure: Failure) -> None:

@@ -27,6 +27,7 @@ from relaypool.nostr.filter import (
     matchesAny,
 )
 from relaypool.nostr.messages import (
+    FINAL_REFUSAL_PREFIXES,
     MAX_SUBSCRIPTION_ID_LENGTH,
     REASON_PREFIXES,
     ClientAuth,
@@ -43,6 +44,8 @@ from relaypool.nostr.messages import (
     RelayMessage,
     RelayNotice,
     RelayOK,
+    isFinalRefusal,
+    isRelayFailure,
     parseClientMessage,
     parseRelayMessage,
     reasonPrefix,
@@ -56,6 +59,7 @@ __all__ = [
     "parseRelayURL",
     "DEFAULT_EVENT_LIMITS",
     "DEFAULT_FILTER_LIMITS",
+    "FINAL_REFUSAL_PREFIXES",
     "MAX_SUBSCRIPTION_ID_LENGTH",
     "REASON_PREFIXES",
     "ClientAuth",
@@ -84,6 +88,8 @@ __all__ = [
     "informationURL",
     "isAddressable",
     "isEphemeral",
+    "isFinalRefusal",
+    "isRelayFailure",
     "isRegular",
     "isReplaceable",
     "matchesAny",

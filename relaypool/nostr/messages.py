@@ -37,6 +37,39 @@ The machine-readable prefixes of C{OK} and C{CLOSED} messages defined by
 NIP-01 and NIP-42.
 """
 
+FINAL_REFUSAL_PREFIXES = frozenset({"blocked", "invalid", "pow", "restricted", "mute"})
+"""
+The prefixes of an C{OK false} that settle the event with that relay: it
+refused the event by its rules (C{blocked}, C{restricted}), found it broken
+(C{invalid}), short of the proof of work it asks for (C{pow}; the id cannot
+change), or handled it and dropped it (C{mute}). Sending the same event
+again gets the same answer, so it is never retried; see L{isFinalRefusal}.
+
+Every other C{OK false} is temporary and retried: C{rate-limited},
+C{auth-required} (the relay layer already tried NIP-42 AUTH once),
+C{error}, and a message without a known prefix (NIP-01 makes it only
+human-readable: retrying with backoff is the conservative reading).
+"""
+
+
+def isFinalRefusal(message: str) -> bool:
+    """
+    Whether an C{OK false} C{message} is a final refusal: its prefix is one
+    of L{FINAL_REFUSAL_PREFIXES}, so sending the event again is pointless.
+    """
+    return reasonPrefix(message) in FINAL_REFUSAL_PREFIXES
+
+
+def isRelayFailure(message: str) -> bool:
+    """
+    Whether an C{OK false} C{message} reports a failure of the relay
+    (C{error:}, or no known prefix) rather than an answer by its rules
+    (a final refusal, C{rate-limited:}, C{auth-required:}, C{duplicate:}).
+    Only failures, and missing answers, count against a relay's health.
+    """
+    prefix = reasonPrefix(message)
+    return prefix is None or prefix == "error"
+
 
 @dataclass(frozen=True, slots=True)
 class RelayEvent:
