@@ -190,6 +190,13 @@ class PublishFailed(RelayPoolError):
 # --- the store --------------------------------------------------------------
 
 
+class CountUnavailable(RelayPoolError):
+    """
+    No relay answered a NIP-45 COUNT, and the caller asked the pool not to
+    fetch the events to count them.
+    """
+
+
 class StoreError(RelayPoolError):
     """
     The event store failed, or was used after it closed.

@@ -48,10 +48,12 @@ from relaypool.nostr.messages import (
     reasonPrefix,
     relayMessageFromList,
 )
-from relaypool.nostr.nip11 import Limitation
+from relaypool.nostr.nip11 import Limitation, RelayInformation
 from relaypool.nostr.url import parseRelayURL
 
 log = Logger()
+
+_NO_COUNT = "unsupported: the relay's NIP-11 document does not list NIP-45 (COUNT)"
 
 def _follow(source: Deferred[bool]) -> Deferred[bool]:
     """
@@ -306,6 +308,7 @@ class Relay:
         self.metrics = ConnectionMetrics(reactor.seconds(), healthPolicy)
         self.counters = RelayCounters()
         self.limitation = Limitation()
+        self.information: RelayInformation | None = None
         self.connectedSince: float | None = None
         self.downSince: float | None = reactor.seconds()
         self._holdingForInformation = False
@@ -359,17 +362,32 @@ class Relay:
 
     def holdForInformation(self) -> None:
         """
-        Keep REQs waiting until L{applyLimitation} or L{informationUnavailable}
-        is called, so the relay's NIP-11 limits apply from the first REQ.
+        Keep REQs and COUNTs waiting until L{applyInformation},
+        L{applyLimitation} or L{informationUnavailable} is called, so the
+        relay's NIP-11 limits apply from the first REQ.
         """
         self._holdingForInformation = True
+
+    def applyInformation(self, information: RelayInformation) -> None:
+        """
+        Keep the relay's NIP-11 document (its C{supported_nips} say whether
+        it can count, see L{supportsCount}) and apply its limits. COUNTs
+        waiting for the document are refused if it says the relay cannot
+        count.
+        """
+        self.information = information
+        if self.supportsCount() is False:
+            self._refuseCounts(lambda wire: wire.queued and not wire.everSent, _NO_COUNT)
+        self.applyLimitation(information.limitation)
 
     def applyLimitation(self, limitation: Limitation) -> None:
         """
         Use the relay's NIP-11 limits from now on (C{max_subscriptions},
-        C{max_filters}, C{max_limit}, C{max_message_length}).
+        C{max_filters}, C{max_limit}, C{max_message_length}). Subscriptions
+        none of whose REQs went out yet are cut again under these limits.
         """
         self.limitation = limitation
+        self._recutUnsent()
         self.informationUnavailable()
 
     def informationUnavailable(self) -> None:
@@ -378,6 +396,28 @@ class Relay:
         """
         self._holdingForInformation = False
         self._placeWaiting()
+
+    def _refuseCounts(self, which: Callable[[_WireSubscription], bool], message: str) -> None:
+        """
+        End the COUNTs whose wire matches C{which}: the owner hears that the
+        relay closed them with C{message}.
+        """
+        refused = dict.fromkeys(
+            w.subscriptionId for w in self._wires.values() if w.isCount and which(w)
+        )
+        for subscriptionId in refused:
+            self.unsubscribe(subscriptionId)
+            self._owner.relayClosed(self, subscriptionId, message)
+
+    def supportsCount(self) -> bool | None:
+        """
+        @return: C{True} if the relay's NIP-11 document lists NIP-45,
+            C{False} if it lists its supported NIPs without 45, L{None} when
+            unknown (no document, or no C{supported_nips} in it).
+        """
+        if self.information is None or not self.information.supportedNips:
+            return None
+        return 45 in self.information.supportedNips
 
     def _slotChanged(self, slot: Any, onStateChange: Callable[[Any], None] | None) -> None:
         if onStateChange is not None:
@@ -506,8 +546,17 @@ class Relay:
 
     def count(self, subscriptionId: str, filters: Sequence[Filter]) -> None:
         """
-        Send a NIP-45 COUNT for C{filters}.
+        Send a NIP-45 COUNT for C{filters}; the owner hears the answer
+        through C{relayCount}, or C{relayClosed} when the relay refuses it.
+
+        A relay whose NIP-11 document lists its NIPs without 45 is not asked:
+        the owner hears C{relayClosed} at once (also when the document
+        arrives while the COUNT waits for it).
         """
+        if self.supportsCount() is False:
+            self.unsubscribe(subscriptionId)
+            self._owner.relayClosed(self, subscriptionId, _NO_COUNT)
+            return
         self._open_logical(subscriptionId, tuple(filters), isCount=True)
 
     def _open_logical(self, subscriptionId: str, filters: tuple[Filter, ...], isCount: bool) -> None:
@@ -515,13 +564,65 @@ class Relay:
             self.unsubscribe(subscriptionId)
         logical = _LogicalSubscription(subscriptionId)
         self._subscriptions[subscriptionId] = logical
+        for wire in self._cut(logical, filters, isCount):
+            self._place(wire)
+
+    def _cut(
+        self, logical: _LogicalSubscription, filters: tuple[Filter, ...], isCount: bool
+    ) -> list[_WireSubscription]:
+        """
+        Make the wire REQs (or the one COUNT) of C{logical} for C{filters}
+        under the relay's current limits and register them.
+
+        A COUNT is never split (counts of OR'd filters cannot be added up):
+        one the relay's C{max_filters} would split gets no wire and the
+        owner hears that the relay closed it.
+        """
         chunks = self._chunks(filters)
+        if isCount and len(chunks) > 1:
+            del self._subscriptions[logical.subscriptionId]
+            self._owner.relayClosed(
+                self,
+                logical.subscriptionId,
+                "error: relaypool: COUNT has more filters than the relay's max_filters",
+            )
+            return []
+        wires = []
         for index, chunk in enumerate(chunks):
-            wireId = subscriptionId if len(chunks) == 1 else f"{subscriptionId}:{index}"
-            wire = _WireSubscription(wireId, subscriptionId, chunk, isCount=isCount)
+            wireId = logical.subscriptionId if len(chunks) == 1 else f"{logical.subscriptionId}:{index}"
+            wire = _WireSubscription(wireId, logical.subscriptionId, chunk, isCount=isCount)
             logical.wires.append(wire)
             self._wires[wireId] = wire
-            self._place(wire)
+            wires.append(wire)
+        return wires
+
+    def _recutUnsent(self) -> None:
+        """
+        Cut again, under the limits just learnt, every subscription none of
+        whose wires was sent yet (they were cut before the limits were known
+        and all wait in the queue), keeping their place in the queue.
+        """
+        recut: dict[str, list[_WireSubscription]] = {}
+        for logical in list(self._subscriptions.values()):
+            if not logical.wires or any(w.everSent or not w.queued for w in logical.wires):
+                continue
+            old = logical.wires
+            for wire in old:
+                del self._wires[wire.wireId]
+            logical.wires = []
+            filters = tuple(f for wire in old for f in wire.filters)
+            recut[logical.subscriptionId] = self._cut(logical, filters, old[0].isCount)
+        if not recut:
+            return
+        waiting: deque[_WireSubscription] = deque()
+        for wire in self._waitingWires:
+            if wire.subscriptionId not in recut:
+                waiting.append(wire)
+                continue
+            for new in recut.pop(wire.subscriptionId):
+                new.queued = True
+                waiting.append(new)
+        self._waitingWires = waiting
 
     def _chunks(self, filters: tuple[Filter, ...]) -> list[tuple[Filter, ...]]:
         maxLimit = self.limitation.maxLimit
@@ -750,6 +851,13 @@ class Relay:
         else:
             if isinstance(message, RelayNotice):
                 log.info("{url}: NOTICE {message}", url=self.url, message=message.message)
+                if not self.supportsCount():
+                    # A relay that does not say it speaks NIP-45 and answers
+                    # NOTICE while COUNTs wait on this connection most
+                    # likely did not understand them.
+                    self._refuseCounts(
+                        lambda wire: wire.connection is connection, f"notice: {message.message}"
+                    )
             self._owner.relayOther(self, message)
 
     def _knownEvent(self, message: list[Any]) -> bool:

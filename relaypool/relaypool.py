@@ -27,6 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from relaypool.errors import (
+    CountUnavailable,
     InvalidEvent,
     PoolClosed,
     PublishFailed,
@@ -180,6 +181,7 @@ class _Count:
     deferred: Deferred[CountResult]
     filters: tuple[Filter, ...]
     timeout: float
+    fetch: bool
     counts: dict[str, int] = field(default_factory=dict)
     approximate: bool = False
     timeoutCall: Any = None
@@ -395,7 +397,7 @@ class RelayPool(service.Service):
             d = fetchRelayInformation(self.reactor, relay.url, timeout=self._informationTimeout)
 
             def applied(information: Any) -> None:
-                relay.applyLimitation(information.limitation)
+                relay.applyInformation(information)
 
             def unavailable(failure: Any) -> None:
                 log.debug(
@@ -644,11 +646,23 @@ class RelayPool(service.Service):
         subscription.onEvent(collect)
         return subscription.whenEOSE().addCallback(lambda _: limitEvents(filters, collected.values()))
 
-    def count(self, filters: Sequence[Filter], timeout: float | None = None) -> Deferred[CountResult]:
+    def count(
+        self, filters: Sequence[Filter], timeout: float | None = None, fetch: bool = True
+    ) -> Deferred[CountResult]:
         """
-        Ask every connected relay for a NIP-45 COUNT. Relays that do not
-        support it are left out; if none does, the events are fetched and
-        the unique ones counted.
+        Ask every connected relay for a NIP-45 COUNT.
+
+        Relays that cannot count are left out at once: those whose NIP-11
+        document lists their NIPs without 45, and those answering the COUNT
+        with C{CLOSED} (or with a C{NOTICE}, when their document does not
+        list 45). Only relays that stay silent are waited for, at most
+        C{timeout} (default: the pool's C{eoseTimeout}).
+
+        @param fetch: when no relay counted, fetch the events and count the
+            unique ones (C{True}), or fail with L{CountUnavailable}
+            (C{False}, for a caller with a better fallback, such as a store).
+        @return: a Deferred firing with the L{CountResult}: the largest
+            relay count, or the exact count of the fetched events.
         """
         filters = tuple(filters)
         if self._closed:
@@ -656,13 +670,13 @@ class RelayPool(service.Service):
         countId = f"rc{next(self._ids)}"
         connected = [url for url, relay in self._relays.items() if relay.isConnected()]
         limit = self.eoseTimeout if timeout is None else timeout
-        state = _Count(set(connected), Deferred(), filters, limit)
+        state = _Count(set(connected), Deferred(), filters, limit, fetch)
         self._counts[countId] = state
         for url in connected:
             self._relays[url].count(countId, filters)
-        if not connected:
+        if not state.outstanding:
             self._finishCount(countId)
-        else:
+        elif countId in self._counts:
             state.timeoutCall = self.reactor.callLater(limit, self._finishCount, countId)
         return state.deferred
 
@@ -686,6 +700,8 @@ class RelayPool(service.Service):
             )
         elif self._closed:
             state.deferred.errback(PoolClosed("the relay pool stopped"))
+        elif not state.fetch:
+            state.deferred.errback(CountUnavailable("no connected relay answered the COUNT"))
         else:
             self.query(state.filters, state.timeout).addCallback(
                 lambda events: CountResult(len(events), False, {})

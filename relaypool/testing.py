@@ -150,8 +150,12 @@ class Misbehaviour:
     @ivar requireAuth: send a NIP-42 challenge on connect and refuse REQ,
         COUNT and EVENT (C{auth-required:}) until the connection sent a
         valid kind-22242 AUTH event.
-    @ivar countSupported: answer NIP-45 COUNT; when false, COUNT gets
-        C{CLOSED "unsupported: ..."}.
+    @ivar countSupported: answer NIP-45 COUNT; when false, COUNT gets the
+        answer C{countRefusal} says.
+    @ivar countRefusal: how a COUNT is answered when C{countSupported} is
+        false: C{"closed"} (C{CLOSED "unsupported: ..."}, as NIP-45 asks),
+        C{"notice"} (a C{NOTICE}, as relays that do not know the verb do),
+        or C{"ignore"} (no answer at all).
     """
 
     dropEvents: bool = False
@@ -165,6 +169,7 @@ class Misbehaviour:
     closeWith: str | None = None
     requireAuth: bool = False
     countSupported: bool = True
+    countRefusal: str = "closed"
 
 
 def _textFrame(payload: bytes) -> bytes:
@@ -696,7 +701,11 @@ class FakeRelay:
         if self._authRequired(protocol):
             protocol.sendClosed(subscriptionId, "auth-required: authenticate to count")
         elif not self.misbehaviour.countSupported:
-            protocol.sendClosed(subscriptionId, "unsupported: COUNT is not supported")
+            refusal = self.misbehaviour.countRefusal
+            if refusal == "notice":
+                protocol.sendMessages([RelayNotice("unknown message type: COUNT").toJSON()])
+            elif refusal != "ignore":
+                protocol.sendClosed(subscriptionId, "unsupported: COUNT is not supported")
         else:
             count = sum(1 for e in self.events if matchesAny(filters, e))
             protocol.sendMessages([RelayCount(subscriptionId, count).toJSON()])

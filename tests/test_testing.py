@@ -682,6 +682,31 @@ class MisbehaviourTests(_RelayTestCase):
         self.assertEqual(message[:2], ["CLOSED", "c"])
         self.assertTrue(message[2].startswith("unsupported: "))
 
+    async def test_countRefusalNotice(self) -> None:
+        """
+        C{countRefusal="notice"}: an unsupported COUNT gets a C{NOTICE}, as
+        from a relay that does not know the verb.
+        """
+        relay = await self.startRelay()
+        relay.misbehaviour.countSupported = False
+        relay.misbehaviour.countRefusal = "notice"
+        client = await self.connect(relay)
+        client.send("COUNT", "c", {})
+        self.assertEqual((await client.next())[0], "NOTICE")
+
+    async def test_countRefusalIgnore(self) -> None:
+        """
+        C{countRefusal="ignore"}: an unsupported COUNT gets no answer; the
+        REQ sent after it is answered first.
+        """
+        relay = await self.startRelay()
+        relay.misbehaviour.countSupported = False
+        relay.misbehaviour.countRefusal = "ignore"
+        client = await self.connect(relay)
+        client.send("COUNT", "c", {})
+        client.send("REQ", "s", {})
+        self.assertEqual(await client.next(), ["EOSE", "s"])
+
 
 class AuthTests(_RelayTestCase):
     """

@@ -57,6 +57,7 @@ event is not delivered twice.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,10 +66,17 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaypool.errors import InvalidEvent, InvalidMessage, PoolClosed, PublishFailed
+from relaypool.errors import (
+    CountUnavailable,
+    InvalidEvent,
+    InvalidMessage,
+    PoolClosed,
+    PublishFailed,
+)
 from relaypool.gateway.auth import expectedRelayURL, makeChallenge, verifyAuthEvent
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits, TokenBucket
 from relaypool.gateway.registry import Claims, ConnectionRegistry, ConnId
@@ -823,14 +831,23 @@ class RelayFacade:
         if refusal is not None:
             self._closed(session, subscriptionId, refusal)
             return
-        if self._pool is not None:
-            d: Deferred[tuple[int, bool]] = maybeDeferred(
-                self._pool.count, message.filters
-            ).addCallback(lambda result: (result.count, result.approximate))
+        d: Deferred[tuple[int, bool]]
+        if self._pool is None:
+            d = self._countStored(message.filters)
         else:
-            d = maybeDeferred(self._store.count, message.filters).addCallback(
-                lambda count: (count, False)
-            )
+            # With a store, the relays that can count are asked; when none
+            # can, the store (the cache of what they sent) answers, rather
+            # than fetching every matching event from them to count it.
+            d = maybeDeferred(
+                self._pool.count, message.filters, fetch=self._store is None
+            ).addCallback(lambda result: (result.count, result.approximate))
+            if self._store is not None:
+
+                def uncounted(failure: Failure) -> Deferred[tuple[int, bool]]:
+                    failure.trap(CountUnavailable)  # type: ignore[no-untyped-call]
+                    return self._countStored(message.filters)
+
+                d.addErrback(uncounted)
 
         def counted(result: tuple[int, bool]) -> None:
             self._send(session, RelayCount(subscriptionId, *result).toJSON())
@@ -840,6 +857,9 @@ class RelayFacade:
             self._closed(session, subscriptionId, "error: could not count events")
 
         d.addCallbacks(counted, failed)
+
+    def _countStored(self, filters: Sequence[Filter]) -> Deferred[tuple[int, bool]]:
+        return maybeDeferred(self._store.count, filters).addCallback(lambda count: (count, False))
 
     def _handleAuth(self, session: _Session, event: Event) -> None:
         if session.challenge is None:
@@ -932,6 +952,14 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def onPong(self, payload: bytes) -> None:
         if self._session is not None:
             self.factory.registry.touch(self._session.connId)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        # Autobahn leaves its close handshake timer running when the
+        # registry aborts a client that never answered our close frame.
+        if self.closeHandshakeTimeoutCall is not None:
+            self.closeHandshakeTimeoutCall.cancel()
+            self.closeHandshakeTimeoutCall = None
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         factory = self.factory
