@@ -100,6 +100,7 @@ def serve(events: int) -> None:
         limits=GatewayLimits(
             maxConnectionsPerIP=100_000,
             maxPendingBytes=64 << 20,
+            maxBacklogBytes=64 << 20,
             reqsPerSecond=1000.0,
             reqBurst=1000,
         ),

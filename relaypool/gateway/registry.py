@@ -129,18 +129,19 @@ class _WriteMeter:
     the connection's backlog).
     """
 
-    __slots__ = ("onDrained", "paused")
+    __slots__ = ("connId", "paused", "registry")
 
-    def __init__(self, onDrained: Callable[[], None]) -> None:
+    def __init__(self, registry: ConnectionRegistry, connId: ConnId) -> None:
         self.paused = False
-        self.onDrained = onDrained
+        self.registry = registry
+        self.connId = connId
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self.onDrained()
+        self.registry._drained(self.connId)
 
     def stopProducing(self) -> None:
         # The connection is lost; unregister() forgets its backlog.
@@ -156,10 +157,11 @@ class _Connection:
     lastSeen: float
     rooms: set[Hashable] = field(default_factory=set)
     closing: bool = False
-    backlog: deque[tuple[Any, int]] = field(default_factory=deque)
+    # Made when first needed: most connections never have either.
+    backlog: deque[tuple[Any, int]] | None = None
     backlogBytes: int = 0
     behindSince: float | None = None
-    drainWaiters: list[Callable[[], None]] = field(default_factory=list)
+    drainWaiters: list[Callable[[], None]] | None = None
 
 
 class ConnectionRegistry(service.Service):
@@ -253,7 +255,7 @@ class ConnectionRegistry(service.Service):
         if claims is None:
             claims = Claims(ip=getattr(transport.getPeer(), "host", None))
         connId = next(self._ids)
-        meter = _WriteMeter(lambda: self._drained(connId))
+        meter = _WriteMeter(self, connId)
         try:
             transport.registerProducer(meter, True)
         except RuntimeError:
@@ -430,6 +432,8 @@ class ConnectionRegistry(service.Service):
         conn = self._conns.get(connId)
         if conn is None or conn.closing:
             return False
+        if conn.drainWaiters is None:
+            conn.drainWaiters = []
         conn.drainWaiters.append(callback)
         return True
 
@@ -446,6 +450,8 @@ class ConnectionRegistry(service.Service):
             self._droppedDead += 1
             return False
         if conn.backlog or conn.meter.paused:
+            if conn.backlog is None:
+                conn.backlog = deque()
             conn.backlog.append((prepared, size))
             conn.backlogBytes += size
             self._checkLag(conn, self._reactor.seconds())
@@ -493,7 +499,8 @@ class ConnectionRegistry(service.Service):
         self._checkLag(conn, self._reactor.seconds())
         if conn.backlog or conn.meter.paused:
             return
-        waiters, conn.drainWaiters = conn.drainWaiters, []
+        conn.backlog = None
+        waiters, conn.drainWaiters = conn.drainWaiters or [], None
         for waiter in waiters:
             waiter()
 
@@ -551,9 +558,9 @@ class ConnectionRegistry(service.Service):
 
     def _beginClose(self, conn: _Connection, code: int, reason: str) -> bool:
         conn.closing = True
-        conn.backlog.clear()
+        conn.backlog = None
         conn.backlogBytes = 0
-        conn.drainWaiters.clear()
+        conn.drainWaiters = None
         self._closing[conn.connId] = self._reactor.seconds() + self._closeTimeout
         self._scheduleAbort()
         if conn.protocol.state != WebSocketProtocol.STATE_OPEN:
