@@ -572,7 +572,8 @@ class RelayFacade:
         writable, reading stored events from the store a page at a time; go
         live once all is sent and the upstream subscription's EOSE came.
         """
-        if member.loading or member.history is not None:
+        if member.loading or member.history is not None or member.seen is None:
+            # Still loading or reading a page; or already live.
             return
         connId = member.session.connId
         while member.stored or member.unread or member.arrived:
