@@ -58,9 +58,9 @@ def serve(events: int) -> None:
 
     from relaypool.gateway.gateway import Gateway
     from relaypool.gateway.limits import GatewayLimits
-    from relaypool.names import StaticNameService
-    from relaypool.relaypool import RelayPool
     from relaypool.testing import FakeRelay, makeEvent
+    from relaypool.transport.names import StaticNameService
+    from relaypool.upstream.relaypool import RelayPool
 
     batch = [makeEvent(content=f"fan-out event {i}") for i in range(events)]
 

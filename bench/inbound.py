@@ -13,7 +13,7 @@ is timed from the moment the subscription is sent (every connection already
 open) to the moment every relay's EOSE was handled; it must deliver exactly
 M unique events. Variants:
 
-    - C{pool verify} / C{pool no-verify}: L{relaypool.relaypool.RelayPool}
+    - C{pool verify} / C{pool no-verify}: L{relaypool.upstream.relaypool.RelayPool}
       with C{verifySignatures} on or off, counting C{Subscription.onEvent}
       calls;
     - C{floor verify} / C{floor no-verify}: K bare Autobahn client
@@ -169,10 +169,10 @@ async def runPool(urls: Sequence[str], events: int, verify: bool) -> None:
     """
     from twisted.internet import reactor
 
-    from relaypool.names import StaticNameService
     from relaypool.nostr.event import Event
     from relaypool.nostr.filter import Filter
-    from relaypool.relaypool import RelayPool
+    from relaypool.transport.names import StaticNameService
+    from relaypool.upstream.relaypool import RelayPool
 
     pool = RelayPool(
         reactor,

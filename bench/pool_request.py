@@ -1,5 +1,5 @@
 """
-Request/reply throughput of L{relaypool.pool.Pool} against a bare Autobahn
+Request/reply throughput of L{relaypool.transport.pool.Pool} against a bare Autobahn
 connection, over a loopback echo server running in a separate process.
 
 Usage: C{python bench/pool_request.py [--requests N] [--depth D] [--rounds R]}
@@ -96,9 +96,9 @@ async def pooled(port: int, connections: int, total: int, depth: int) -> float:
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
-    from relaypool.mux import UniformMultiplexer
-    from relaypool.names import StaticNameService
-    from relaypool.pool import Pool
+    from relaypool.transport.mux import UniformMultiplexer
+    from relaypool.transport.names import StaticNameService
+    from relaypool.transport.pool import Pool
     from tests.echo import clientFactory
 
     name = f"127.0.0.1:{port}"

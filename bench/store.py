@@ -1,5 +1,5 @@
 """
-Benchmark of L{relaypool.store.SQLiteEventStore}: insert throughput and
+Benchmark of L{relaypool.store.sqlite.SQLiteEventStore}: insert throughput and
 query latency at 100k and 1M stored events, beside the same work on a plain
 SQLite table with no index (a table scan).
 
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from relaypool.nostr.event import Event  # noqa: E402
 from relaypool.nostr.filter import Filter  # noqa: E402
-from relaypool.store import SQLiteEventStore  # noqa: E402
+from relaypool.store.sqlite import SQLiteEventStore  # noqa: E402
 
 AUTHORS = 2000
 START = 1_600_000_000

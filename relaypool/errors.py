@@ -178,7 +178,7 @@ class PublishFailed(RelayPoolError):
     """
     A publish did not reach its quorum.
 
-    @ivar result: the L{relaypool.relaypool.PublishResult} with every relay's
+    @ivar result: the L{relaypool.upstream.relaypool.PublishResult} with every relay's
         outcome.
     """
 

@@ -38,7 +38,7 @@ class INameService(Interface):
         @param name: C{"host:port"}; an IPv6 host is written C{"[::1]:7777"}.
         @type name: L{str}
         @param callback: called with a C{frozenset} of
-            L{relaypool.names.Address} at once (with the current set, maybe
+            L{relaypool.transport.names.Address} at once (with the current set, maybe
             empty while the first lookup is in flight) and again each time the
             set changes, never twice in a row with the same set.
         @return: an L{INameSubscription}.
@@ -49,7 +49,7 @@ class INameService(Interface):
 class IRequestProtocol(Interface):
     """
     A connected protocol that can carry request/reply exchanges; what a
-    L{relaypool.pool.Pool} needs from the protocols its multiplexer holds.
+    L{relaypool.transport.pool.Pool} needs from the protocols its multiplexer holds.
 
     The multiplexer also uses it to drain a connection whose address went
     away: it waits on L{whenIdle} for up to its drain timeout, then calls
@@ -162,7 +162,7 @@ class IOutbox(Interface):
 
     def pending():  # type: ignore[no-untyped-def]
         """
-        @return: Deferred firing with a list of L{relaypool.store.OutboxEntry}
+        @return: Deferred firing with a list of L{relaypool.store.sqlite.OutboxEntry}
             not yet settled by every relay, oldest first.
         """
 

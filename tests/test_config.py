@@ -1,5 +1,5 @@
 """
-Tests for L{relaypool.config}: defaults, TOML files, command-line overrides
+Tests for L{relaypool.daemon.config}: defaults, TOML files, command-line overrides
 and validation errors that name their key.
 """
 
@@ -9,7 +9,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaypool.config import SETTINGS, Config, buildConfig, loadConfigFile, validateRelayURL
+from relaypool.daemon.config import SETTINGS, Config, buildConfig, loadConfigFile, validateRelayURL
 from relaypool.errors import ConfigError, InvalidRelayURL
 from relaypool.gateway.limits import GatewayLimits
 

@@ -21,10 +21,10 @@ from relaypool.gateway.auth import (
     verifyAuthEvent,
 )
 from relaypool.gateway.gateway import Gateway
-from relaypool.names import StaticNameService
 from relaypool.nostr.event import AUTH_KIND, Event, generatePrivateKey
-from relaypool.relaypool import RelayPool
 from relaypool.testing import TEST_PRIVATE_KEY, TEST_PUBLIC_KEY
+from relaypool.transport.names import StaticNameService
+from relaypool.upstream.relaypool import RelayPool
 from tests.test_gateway_protocol import GatewayTestCase
 
 NOW = 1_700_000_000

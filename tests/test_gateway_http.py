@@ -24,8 +24,8 @@ from relaypool.gateway.http import GatewayResource, makeSite
 from relaypool.gateway.limits import GatewayLimits
 from relaypool.gateway.prometheus import MetricFamily, render
 from relaypool.gateway.registry import ConnectionRegistry
-from relaypool.names import StaticNameService
-from relaypool.relaypool import RelayPool
+from relaypool.transport.names import StaticNameService
+from relaypool.upstream.relaypool import RelayPool
 from tests.test_gateway_registry import connectClient, listen, makeWebSocketFactory, waitFor
 
 INFORMATION = {

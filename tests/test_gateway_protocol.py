@@ -23,15 +23,15 @@ from relaypool import __version__
 from relaypool.gateway.gateway import Gateway
 from relaypool.gateway.limits import GatewayLimits
 from relaypool.gateway.protocol import RECENT_IDS, RETRYING, RelayFacade
-from relaypool.names import StaticNameService
 from relaypool.nostr.event import Event, generatePrivateKey
 from relaypool.nostr.filter import Filter, filtersKey
 from relaypool.nostr.messages import ClientCount, ClientEvent, ClientReq
 from relaypool.nostr.nip11 import RelayInformation
-from relaypool.outbox import OutboxPublisher
-from relaypool.relaypool import RelayPool
-from relaypool.store import SQLiteEventStore
+from relaypool.store.outbox import OutboxPublisher
+from relaypool.store.sqlite import SQLiteEventStore
 from relaypool.testing import FakeRelay, forgeSignature, makeEvent
+from relaypool.transport.names import StaticNameService
+from relaypool.upstream.relaypool import RelayPool
 from tests.wsclient import NostrClient
 
 #: How long a test waits for a frame or a condition that must come: a safety

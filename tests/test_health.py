@@ -1,12 +1,12 @@
 """
-Tests for L{relaypool.health}.
+Tests for L{relaypool.transport.health}.
 """
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaypool.health import ConnectionMetrics, HealthPolicy
+from relaypool.transport.health import ConnectionMetrics, HealthPolicy
 
 
 class ConnectionMetricsTests(SynchronousTestCase):

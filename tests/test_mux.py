@@ -1,5 +1,5 @@
 """
-Tests for L{relaypool.mux}.
+Tests for L{relaypool.transport.mux}.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaypool.errors import ConnectionDrained, NoConnectionAvailable, PoolClosed, QueueFull
-from relaypool.mux import Backoff, SlotStatus, UniformMultiplexer
-from relaypool.names import Address, StaticNameService
+from relaypool.transport.mux import Backoff, SlotStatus, UniformMultiplexer
+from relaypool.transport.names import Address, StaticNameService
 from tests.echo import EchoServerFactory, clientFactory, serve, waitFor
 
 NAME = "echo.test:80"

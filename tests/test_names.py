@@ -1,5 +1,5 @@
 """
-Tests for L{relaypool.names}.
+Tests for L{relaypool.transport.names}.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaypool.errors import InvalidName
-from relaypool.names import Address, DNSNameService, StaticNameService, parseName
+from relaypool.transport.names import Address, DNSNameService, StaticNameService, parseName
 
 
 class ParseNameTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{relaypool.outbox.OutboxPublisher}: durable publishing with
+Tests for L{relaypool.store.outbox.OutboxPublisher}: durable publishing with
 retries, over a real SQLite store; a fake pool where time matters, real
 fake relays for the end-to-end cases, and a child process killed with
 C{SIGKILL} for crash recovery.
@@ -22,14 +22,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from relaypool.errors import PublishFailed, QueueFull
-from relaypool.mux import Backoff
-from relaypool.names import StaticNameService
 from relaypool.nostr.event import Event
 from relaypool.nostr.messages import ClientEvent
-from relaypool.outbox import OutboxPublisher, RelayBacklog
-from relaypool.relaypool import NO_ANSWER, PublishResult, RelayPool
-from relaypool.store import OutboxEntry, SQLiteEventStore
+from relaypool.store.outbox import OutboxPublisher, RelayBacklog
+from relaypool.store.sqlite import OutboxEntry, SQLiteEventStore
 from relaypool.testing import FakeRelay, makeEvent
+from relaypool.transport.mux import Backoff
+from relaypool.transport.names import StaticNameService
+from relaypool.upstream.relaypool import NO_ANSWER, PublishResult, RelayPool
 
 A = "ws://a.example"
 B = "ws://b.example"
@@ -707,9 +707,9 @@ class EndToEndTests(TestCase):
 _CHILD = """
 import sys
 from twisted.internet import defer, reactor
-from relaypool.outbox import OutboxPublisher, RelayBacklog
-from relaypool.relaypool import RelayPool
-from relaypool.store import SQLiteEventStore
+from relaypool.store.outbox import OutboxPublisher, RelayBacklog
+from relaypool.upstream.relaypool import RelayPool
+from relaypool.store.sqlite import SQLiteEventStore
 from relaypool.testing import makeEvent
 
 path, url, count = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -45,11 +45,11 @@ class PluginTests(TestCase):
     def test_found(self) -> None:
         """
         L{getPlugins} finds a service maker named C{relaypool} whose module
-        is L{relaypool.service}.
+        is L{relaypool.daemon.service}.
         """
         makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
         self.assertIn("relaypool", makers)
-        self.assertEqual(makers["relaypool"].module, "relaypool.service")
+        self.assertEqual(makers["relaypool"].module, "relaypool.daemon.service")
 
     def test_importLight(self) -> None:
         """
@@ -66,13 +66,13 @@ class PluginTests(TestCase):
 
     def test_serviceModuleNoReactor(self) -> None:
         """
-        Importing L{relaypool.service} (what twistd does before installing
+        Importing L{relaypool.daemon.service} (what twistd does before installing
         a reactor chosen with C{-r}) does not import the reactor.
         """
         result = _run(
             sys.executable,
             "-c",
-            "import sys; import relaypool.service; print('twisted.internet.reactor' in sys.modules)",
+            "import sys; import relaypool.daemon.service; print('twisted.internet.reactor' in sys.modules)",
         )
         self.assertEqual((result.returncode, result.stdout.strip()), (0, "False"))
 

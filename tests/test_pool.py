@@ -1,5 +1,5 @@
 """
-Tests for L{relaypool.pool}.
+Tests for L{relaypool.transport.pool}.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaypool.errors import AcquireTimeout, PoolClosed, QueueFull
-from relaypool.health import HealthPolicy
-from relaypool.mux import Backoff, UniformMultiplexer
-from relaypool.names import Address, StaticNameService
-from relaypool.pool import Pool, PoolStats
+from relaypool.transport.health import HealthPolicy
+from relaypool.transport.mux import Backoff, UniformMultiplexer
+from relaypool.transport.names import Address, StaticNameService
+from relaypool.transport.pool import Pool, PoolStats
 from tests.echo import EchoServerFactory, clientFactory, serve, waitFor
 
 NAME = "echo.test:80"

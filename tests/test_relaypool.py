@@ -1,5 +1,5 @@
 """
-Tests for L{relaypool.relaypool}: the RelayPool against real fake relays on
+Tests for L{relaypool.upstream.relaypool}: the RelayPool against real fake relays on
 127.0.0.1.
 """
 
@@ -22,14 +22,14 @@ from relaypool.errors import (
     TooManyRelays,
     UnknownRelay,
 )
-from relaypool.mux import Backoff
-from relaypool.names import StaticNameService
 from relaypool.nostr.event import generatePrivateKey, publicKeyFor
-from relaypool.nostr.filter import Filter
+from relaypool.nostr.filter import Filter, limitEvents
 from relaypool.nostr.messages import ClientCount, ClientReq, RelayEOSE, RelayEvent
 from relaypool.nostr.nip11 import Limitation, RelayInformation
-from relaypool.relaypool import NO_ANSWER, RelayPool, limitEvents
 from relaypool.testing import FakeRelay, forgeSignature, makeEvent
+from relaypool.transport.mux import Backoff
+from relaypool.transport.names import StaticNameService
+from relaypool.upstream.relaypool import NO_ANSWER, RelayPool
 
 FAST = Backoff(initial=0.05, maximum=0.2, jitter=0.0, resetAfter=0.5)
 KIND1 = Filter.fromDict({"kinds": [1]})

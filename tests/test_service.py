@@ -1,5 +1,5 @@
 """
-Tests for L{relaypool.service}: the C{twistd relaypool} options, the status
+Tests for L{relaypool.daemon.service}: the C{twistd relaypool} options, the status
 logger, ordered shutdown, and the whole daemon serving a WebSocket client
 in front of fake relays.
 """
@@ -27,12 +27,8 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaypool.config import Config, buildConfig
-from relaypool.errors import StartupError
-from relaypool.mux import SlotStatus
-from relaypool.names import Address
-from relaypool.relaypool import RelayStats
-from relaypool.service import (
+from relaypool.daemon.config import Config, buildConfig
+from relaypool.daemon.service import (
     ConnectionStateLogger,
     Options,
     OrderedMultiService,
@@ -40,8 +36,12 @@ from relaypool.service import (
     StatusLogger,
     makeService,
 )
+from relaypool.daemon.tryit import TryItFailed, tryRelay
+from relaypool.errors import StartupError
 from relaypool.testing import FakeRelay, makeEvent
-from relaypool.tryit import TryItFailed, tryRelay
+from relaypool.transport.mux import SlotStatus
+from relaypool.transport.names import Address
+from relaypool.upstream.relaypool import RelayStats
 
 
 def _parse(*args: str) -> Options:
@@ -565,7 +565,7 @@ class DaemonTests(TestCase):
 
 class TryItTests(TestCase):
     """
-    L{relaypool.tryit} against the daemon.
+    L{relaypool.daemon.tryit} against the daemon.
     """
 
     @inlineCallbacks

@@ -1,5 +1,5 @@
 """
-Tests for L{relaypool.store.SQLiteEventStore} as an event store.
+Tests for L{relaypool.store.sqlite.SQLiteEventStore} as an event store.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from relaypool.errors import QueueFull, SchemaVersionError, StoreError
 from relaypool.nostr.event import Event, isAddressable, isReplaceable, publicKeyFor
 from relaypool.nostr.filter import Filter
-from relaypool.store import SQLiteEventStore
-from relaypool.storeschema import SCHEMA_VERSION, migrate, schemaVersion
+from relaypool.store.schema import SCHEMA_VERSION, migrate, schemaVersion
+from relaypool.store.sqlite import SQLiteEventStore
 
 _T = TypeVar("_T")
 

@@ -1,5 +1,5 @@
 """
-Tests for L{relaypool.store.SQLiteEventStore} as a durable outbox, and for
+Tests for L{relaypool.store.sqlite.SQLiteEventStore} as a durable outbox, and for
 its durability when the process is killed.
 """
 
@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from relaypool.errors import QueueFull
 from relaypool.nostr.filter import Filter
-from relaypool.store import RelayDelivery
+from relaypool.store.sqlite import RelayDelivery
 from tests.test_store import NOW, FakeWallClock, StoreTestMixin, note
 
 A, B = "wss://a.example", "wss://b.example"
@@ -261,7 +261,7 @@ _CHILD = """
 import sys
 from twisted.internet import defer, reactor
 from relaypool.nostr.event import Event
-from relaypool.store import SQLiteEventStore
+from relaypool.store.sqlite import SQLiteEventStore
 
 events = [Event.fromJSON(line) for line in sys.stdin.buffer.read().splitlines()]
 store = SQLiteEventStore(sys.argv[1], batchSize=int(sys.argv[2]))

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaypool import __version__
+from relaypool._version import __version__
 from relaypool.gateway.http import GatewayResource, makeSite
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.prometheus import MetricFamily, render
@@ -42,7 +42,7 @@ def _gauge(name: str, help: str, value: float) -> MetricFamily:
 
 def _relayDocument(stats: Any, now: float) -> dict[str, Any]:
     """
-    One relay's C{/stats} entry: its L{relaypool.results.RelayStats} fields,
+    One relay's C{/stats} entry: its L{relaypool.upstream.results.RelayStats} fields,
     where C{connectedSince} (seconds since the epoch, or L{None}) comes with
     C{connectedAt}, the same time in ISO 8601 UTC, and C{connectedFor}, the
     seconds since then.
@@ -66,7 +66,7 @@ def _readableTime(moment: float | None, now: float) -> tuple[str | None, float |
 class Gateway(service.MultiService):
     """
     A NIP-01 relay endpoint for downstream clients, backed by a
-    L{relaypool.relaypool.RelayPool} and/or an event store.
+    L{relaypool.upstream.relaypool.RelayPool} and/or an event store.
 
     @ivar registry: the L{ConnectionRegistry} of downstream connections (a
         child service).
@@ -93,12 +93,12 @@ class Gateway(service.MultiService):
     ) -> None:
         """
         @param reactor: the reactor; the global one if L{None}.
-        @param pool: the L{relaypool.relaypool.RelayPool}, or L{None} to serve
+        @param pool: the L{relaypool.upstream.relaypool.RelayPool}, or L{None} to serve
             C{store} alone (the gateway is then a plain relay).
         @param listen: a Twisted server endpoint string.
         @param store: an L{relaypool.interfaces.IEventStore}: C{REQ}s are
             answered from it first, and accepted events saved to it.
-        @param outbox: an L{relaypool.outbox.OutboxPublisher}: accepted
+        @param outbox: an L{relaypool.store.outbox.OutboxPublisher}: accepted
             events are published through it (durably) instead of directly.
         @param quorum: upstream acceptances an C{OK true} needs under the
             C{"quorum"} policy.
@@ -281,7 +281,7 @@ class Gateway(service.MultiService):
             seconds since the epoch, ISO 8601 UTC and seconds ago), and the
             outbox's retries in flight and what waits in it (events, the
             oldest one's age in seconds, the same per relay; as of the
-            outbox's last pass, see L{relaypool.outbox.OutboxPublisher.stats}).
+            outbox's last pass, see L{relaypool.store.outbox.OutboxPublisher.stats}).
         """
         document: dict[str, Any] = {
             "registry": asdict(self.registry.stats()),

@@ -1,6 +1,6 @@
 """
 The relay facade: a NIP-01 relay toward downstream clients, backed by a
-L{relaypool.relaypool.RelayPool} and/or an event store.
+L{relaypool.upstream.relaypool.RelayPool} and/or an event store.
 
 Shared subscriptions
 ====================
@@ -81,7 +81,7 @@ from relaypool.gateway.auth import expectedRelayURL, makeChallenge, verifyAuthEv
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits, TokenBucket
 from relaypool.gateway.registry import Claims, ConnectionRegistry, ConnId
 from relaypool.nostr.event import AUTH_KIND, Event, isEphemeral
-from relaypool.nostr.filter import Filter, filtersKey, matchesAny
+from relaypool.nostr.filter import Filter, filtersKey, limitEvents, matchesAny
 from relaypool.nostr.messages import (
     ClientAuth,
     ClientClose,
@@ -98,7 +98,7 @@ from relaypool.nostr.messages import (
     reasonPrefix,
 )
 from relaypool.nostr.url import parseRelayURL
-from relaypool.relaypool import PublishResult, limitEvents
+from relaypool.upstream.relaypool import PublishResult
 
 _log = Logger()
 
@@ -301,10 +301,10 @@ class RelayFacade:
     ) -> None:
         """
         @param registry: the registry the connections are registered in.
-        @param pool: the L{relaypool.relaypool.RelayPool}, or L{None} to
+        @param pool: the L{relaypool.upstream.relaypool.RelayPool}, or L{None} to
             serve the store alone.
         @param store: an L{relaypool.interfaces.IEventStore}, or L{None}.
-        @param outbox: an L{relaypool.outbox.OutboxPublisher} that publishes
+        @param outbox: an L{relaypool.store.outbox.OutboxPublisher} that publishes
             accepted events durably, or L{None} to publish through C{pool}.
         @param quorum: upstream acceptances an C{OK true} needs.
         @param okPolicy: one of L{OK_POLICIES}; C{"local"} needs a store.

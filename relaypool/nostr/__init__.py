@@ -24,6 +24,7 @@ from relaypool.nostr.filter import (
     Filter,
     FilterLimits,
     filtersKey,
+    limitEvents,
     matchesAny,
 )
 from relaypool.nostr.messages import (
@@ -92,6 +93,7 @@ __all__ = [
     "isRelayFailure",
     "isRegular",
     "isReplaceable",
+    "limitEvents",
     "matchesAny",
     "parseClientMessage",
     "parseRelayMessage",

@@ -6,7 +6,7 @@ that identify a filter set whatever the order it was written in.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -256,3 +256,21 @@ def filtersKey(filters: Sequence[Filter]) -> bytes:
 
 def _letter(condition: tuple[str, frozenset[str]]) -> str:
     return condition[0]
+
+
+def limitEvents(filters: Sequence[Filter], events: Iterable[Event]) -> list[Event]:
+    """
+    Apply NIP-01 C{limit}s to a union of events: each filter keeps its newest
+    C{limit} matches (all of them without a limit).
+
+    @return: the unique kept events, newest first, ties by lowest id.
+    """
+    ordered = sorted(events, key=lambda e: (-e.createdAt, e.id))
+    kept: dict[str, Event] = {}
+    for f in filters:
+        matched = (e for e in ordered if f.matches(e))
+        for index, event in enumerate(matched):
+            if f.limit is not None and index >= f.limit:
+                break
+            kept[event.id] = event
+    return sorted(kept.values(), key=lambda e: (-e.createdAt, e.id))

@@ -1,5 +1,5 @@
 """
-The values a L{relaypool.relaypool.RelayPool} hands out: raw messages,
+The values a L{relaypool.upstream.relaypool.RelayPool} hands out: raw messages,
 publish and count outcomes, per-relay and pool-wide figures.
 """
 

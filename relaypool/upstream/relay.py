@@ -7,7 +7,7 @@ is live (and moving it when a connection drops, with C{since} set to the
 newest event seen), NIP-42 AUTH and the one retry it allows, C{rate-limited}
 back-off, the relay's NIP-11 limits, and a bounded outbound queue. What spans
 relays (dedup, verification, EOSE merging, quorum) is the
-L{relaypool.relaypool.RelayPool}'s, told through the L{RelayOwner} calls.
+L{relaypool.upstream.relaypool.RelayPool}'s, told through the L{RelayOwner} calls.
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from relaypool.errors import InvalidEvent, InvalidMessage
-from relaypool.health import ConnectionMetrics, HealthPolicy
 from relaypool.interfaces import INameService
-from relaypool.mux import Backoff, UniformMultiplexer
 from relaypool.nostr.event import AUTH_KIND, Event
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.messages import (
@@ -50,6 +48,8 @@ from relaypool.nostr.messages import (
 )
 from relaypool.nostr.nip11 import Limitation, RelayInformation
 from relaypool.nostr.url import parseRelayURL
+from relaypool.transport.health import ConnectionMetrics, HealthPolicy
+from relaypool.transport.mux import Backoff, UniformMultiplexer
 
 log = Logger()
 

@@ -30,7 +30,7 @@ from relaypool.errors import QueueFull, StoreError
 from relaypool.interfaces import IEventStore, IOutbox
 from relaypool.nostr.event import Event, isAddressable, isEphemeral, isReplaceable
 from relaypool.nostr.filter import Filter
-from relaypool.storeschema import migrate
+from relaypool.store.schema import migrate
 
 _T = TypeVar("_T")
 

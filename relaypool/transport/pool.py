@@ -22,9 +22,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaypool.errors import AcquireTimeout, NoConnectionAvailable, PoolClosed, QueueFull
-from relaypool.health import ConnectionMetrics, HealthPolicy
-from relaypool.mux import OPEN, SlotStatus, UniformMultiplexer
-from relaypool.names import Address
+from relaypool.transport.health import ConnectionMetrics, HealthPolicy
+from relaypool.transport.mux import OPEN, SlotStatus, UniformMultiplexer
+from relaypool.transport.names import Address
 
 __all__ = ["CleanupHandle", "Pool", "PoolStats"]
 

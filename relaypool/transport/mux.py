@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from relaypool.errors import ConnectionDrained, NoConnectionAvailable, PoolClosed, QueueFull
 from relaypool.interfaces import INameService, INameSubscription, IRequestProtocol
-from relaypool.names import Address
+from relaypool.transport.names import Address
 
 __all__ = [
     "BACKING_OFF",

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from relaypool.config import (
+from relaypool.daemon.config import (
     SETTINGS,
     Config,
     Setting,
@@ -33,9 +33,9 @@ from relaypool.errors import ConfigError, InvalidRelayURL, StartupError, StoreEr
 
 if TYPE_CHECKING:
     from relaypool.gateway.gateway import Gateway
-    from relaypool.outbox import OutboxPublisher
-    from relaypool.relaypool import RelayPool
-    from relaypool.store import SQLiteEventStore
+    from relaypool.store.outbox import OutboxPublisher
+    from relaypool.store.sqlite import SQLiteEventStore
+    from relaypool.upstream.relaypool import RelayPool
 
 __all__ = [
     "ConnectionStateLogger",
@@ -177,7 +177,7 @@ def _clockTime(seconds: float | None, now: float) -> str:
 class ConnectionStateLogger:
     """
     Logs the state changes of upstream connection slots (each a
-    L{relaypool.mux.SlotStatus}), one line per change, in the
+    L{relaypool.transport.mux.SlotStatus}), one line per change, in the
     C{relaypool.connections} namespace.
 
     A retry's C{connecting} is not logged: the failure before it said when
@@ -208,7 +208,7 @@ class ConnectionStateLogger:
         Log C{slot}'s new state if it is worth a line.
 
         @param relayURL: the relay the slot connects to.
-        @param slot: a L{relaypool.mux.SlotStatus}.
+        @param slot: a L{relaypool.transport.mux.SlotStatus}.
         """
         where = f"{relayURL} {slot.address} #{slot.index}"
         attempts = slot.attempts
@@ -361,7 +361,7 @@ def _exitProcess(status: int) -> None:
 class RelayPoolService(OrderedMultiService):
     """
     The daemon: the event store, and with relays configured a
-    L{relaypool.names.DNSNameService}, the L{RelayPool}, its
+    L{relaypool.transport.names.DNSNameService}, the L{RelayPool}, its
     L{OutboxPublisher} and a L{StatusLogger}; then the L{Gateway} serving
     clients.
 
@@ -409,9 +409,9 @@ class RelayPoolService(OrderedMultiService):
 
     def _build(self) -> None:
         from relaypool.gateway.gateway import Gateway
-        from relaypool.names import DNSNameService
-        from relaypool.outbox import OutboxPublisher
-        from relaypool.relaypool import RelayPool
+        from relaypool.store.outbox import OutboxPublisher
+        from relaypool.transport.names import DNSNameService
+        from relaypool.upstream.relaypool import RelayPool
 
         reactor = self._reactor
         if reactor is None:
@@ -498,7 +498,7 @@ class RelayPoolService(OrderedMultiService):
         self._watchListening()
 
     def _openStore(self, reactor: Any) -> SQLiteEventStore:
-        from relaypool.store import SQLiteEventStore
+        from relaypool.store.sqlite import SQLiteEventStore
 
         config = self.config
         try:

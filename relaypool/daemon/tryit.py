@@ -3,7 +3,7 @@ Try a relay (a running relaypool, or any Nostr relay): publish a signed
 note with a fresh key, wait for its C{OK}, read it back by id, and print
 each step.
 
-    python -m relaypool.tryit [ws://127.0.0.1:7777] [--timeout SECONDS]
+    python -m relaypool.daemon.tryit [ws://127.0.0.1:7777] [--timeout SECONDS]
 
 Exits 0 when the note came back, 1 with a one-line reason otherwise.
 """
@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from twisted.python.failure import Failure
 
-from relaypool.config import validateRelayURL
+from relaypool.daemon.config import validateRelayURL
 from relaypool.errors import InvalidRelayURL, RelayPoolError
 from relaypool.nostr.event import AUTH_KIND, Event, generatePrivateKey, publicKeyFor
 
@@ -242,10 +242,10 @@ def _publish(client: _Client, note: Event, reactor: Any, timeout: float) -> Defe
 
 def main(reactor: Any, *argv: str) -> Deferred[None]:
     """
-    The C{python -m relaypool.tryit} command, for L{twisted.internet.task.react}.
+    The C{python -m relaypool.daemon.tryit} command, for L{twisted.internet.task.react}.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m relaypool.tryit",
+        prog="python -m relaypool.daemon.tryit",
         description="Publish a note to a Nostr relay and read it back.",
     )
     parser.add_argument("url", nargs="?", default=DEFAULT_URL, help=f"default {DEFAULT_URL}")

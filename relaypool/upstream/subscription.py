@@ -1,5 +1,5 @@
 """
-One logical subscription of a L{relaypool.relaypool.RelayPool} over several
+One logical subscription of a L{relaypool.upstream.relaypool.RelayPool} over several
 relays: event delivery once per event, EOSE merged across relays with a
 timeout, and a bounded buffer for L{Subscription.next}.
 """

@@ -22,11 +22,11 @@ from twisted.python.failure import Failure
 
 from relaypool.errors import PublishFailed
 from relaypool.interfaces import IOutbox
-from relaypool.mux import Backoff
 from relaypool.nostr.event import Event
 from relaypool.nostr.messages import isFinalRefusal
-from relaypool.relaypool import PublishResult, RelayPool
-from relaypool.store import OutboxEntry, RelayDelivery
+from relaypool.store.sqlite import OutboxEntry, RelayDelivery
+from relaypool.transport.mux import Backoff
+from relaypool.upstream.relaypool import PublishResult, RelayPool
 
 __all__ = ["RETRY_BACKOFF", "OutboxPublisher", "OutboxStats", "RelayBacklog"]
 

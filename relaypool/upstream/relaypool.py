@@ -15,7 +15,7 @@ full, outbound queues refuse and count.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import count as counter
 from typing import Any
@@ -34,12 +34,9 @@ from relaypool.errors import (
     TooManyRelays,
     UnknownRelay,
 )
-from relaypool.health import HealthPolicy
-from relaypool.information import fetchRelayInformation
 from relaypool.interfaces import IEventStore, INameService
-from relaypool.mux import Backoff
 from relaypool.nostr.event import Event
-from relaypool.nostr.filter import Filter, matchesAny
+from relaypool.nostr.filter import Filter, limitEvents, matchesAny
 from relaypool.nostr.messages import (
     ClientMessage,
     RelayClosed,
@@ -52,15 +49,18 @@ from relaypool.nostr.messages import (
     isRelayFailure,
 )
 from relaypool.nostr.url import parseRelayURL
-from relaypool.relay import Relay
-from relaypool.results import (
+from relaypool.transport.health import HealthPolicy
+from relaypool.transport.mux import Backoff
+from relaypool.upstream.information import fetchRelayInformation
+from relaypool.upstream.relay import Relay
+from relaypool.upstream.results import (
     CountResult,
     PoolMessage,
     PoolTotals,
     PublishResult,
     RelayStats,
 )
-from relaypool.subscription import Subscription
+from relaypool.upstream.subscription import Subscription
 
 __all__ = [
     "CountResult",
@@ -71,7 +71,6 @@ __all__ = [
     "RelayPool",
     "RelayStats",
     "Subscription",
-    "limitEvents",
     "AnswerHook",
     "NO_ANSWER",
 ]
@@ -278,7 +277,7 @@ class RelayPool(service.Service):
         self._onStateChange = onStateChange
         self._ownNameService = nameService is None
         if nameService is None:
-            from relaypool.names import DNSNameService
+            from relaypool.transport.names import DNSNameService
 
             nameService = DNSNameService(reactor)
         self._nameService = nameService
@@ -1065,21 +1064,3 @@ def _remember(entries: OrderedDict[str, None], key: str, capacity: int) -> None:
     entries.move_to_end(key)
     if len(entries) > capacity:
         entries.popitem(last=False)
-
-
-def limitEvents(filters: Sequence[Filter], events: Iterable[Event]) -> list[Event]:
-    """
-    Apply NIP-01 C{limit}s to a union of events: each filter keeps its newest
-    C{limit} matches (all of them without a limit).
-
-    @return: the unique kept events, newest first, ties by lowest id.
-    """
-    ordered = sorted(events, key=lambda e: (-e.createdAt, e.id))
-    kept: dict[str, Event] = {}
-    for f in filters:
-        matched = (e for e in ordered if f.matches(e))
-        for index, event in enumerate(matched):
-            if f.limit is not None and index >= f.limit:
-                break
-            kept[event.id] = event
-    return sorted(kept.values(), key=lambda e: (-e.createdAt, e.id))

@@ -2,7 +2,7 @@
 Per-connection request metrics and the health score derived from them.
 
 Pure bookkeeping: callers pass the current time in, so the same class serves
-a connection of a L{relaypool.pool.Pool} and a relay of the Nostr layer.
+a connection of a L{relaypool.transport.pool.Pool} and a relay of the Nostr layer.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-The schema of L{relaypool.store}'s SQLite database and its migrations.
+The schema of L{relaypool.store.sqlite}'s SQLite database and its migrations.
 
 The schema version is kept in C{PRAGMA user_version}. L{MIGRATIONS} holds one
 step per version: step C{n} takes a database from version C{n} to C{n + 1},

@@ -1,0 +1,5 @@
+"""
+The release of relaypool; setup.cfg reads it from here.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,4 @@
+"""
+The twistd relaypool daemon: settings (a TOML file and the command line), the
+service wiring and the try-it client.
+"""
