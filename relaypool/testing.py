@@ -15,7 +15,6 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import orjson
 from autobahn.twisted.resource import WebSocketResource
@@ -31,7 +30,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from relaypool.errors import InvalidEvent, InvalidMessage
+from relaypool.errors import InvalidEvent, InvalidMessage, InvalidRelayURL
 from relaypool.nostr.event import (
     AUTH_KIND,
     Event,
@@ -56,6 +55,7 @@ from relaypool.nostr.messages import (
     parseClientMessage,
 )
 from relaypool.nostr.nip11 import Limitation, RelayInformation
+from relaypool.nostr.url import parseRelayURL
 
 __all__ = [
     "TEST_PRIVATE_KEY",
@@ -189,10 +189,10 @@ def _newestFirst(event: Event) -> tuple[int, str]:
 
 def _isLocalURL(url: str, port: int) -> bool:
     try:
-        parts = urlsplit(url)
-        return parts.hostname in ("127.0.0.1", "localhost") and parts.port == port
-    except ValueError:
+        parsed = parseRelayURL(url)
+    except InvalidRelayURL:
         return False
+    return parsed.host in ("127.0.0.1", "localhost") and parsed.port == port
 
 
 @dataclass(slots=True)

@@ -180,9 +180,9 @@ class InformationURLTests(SynchronousTestCase):
 
     def test_uppercaseScheme(self) -> None:
         """
-        The scheme is case-insensitive.
+        The scheme is case-insensitive; the URL is the normalized relay URL's.
         """
-        self.assertEqual(informationURL("WSS://relay.example.com"), "https://relay.example.com")
+        self.assertEqual(informationURL("WSS://relay.example.com"), "https://relay.example.com/")
 
     def test_invalid(self) -> None:
         """

@@ -14,7 +14,8 @@ class ParseRelayURLTests(SynchronousTestCase):
     def test_normalizes(self) -> None:
         """
         Scheme and host are lowercased, blanks stripped, an empty path
-        becomes C{/}, and the default port follows the scheme.
+        becomes C{/}, the default port follows the scheme, and the path and
+        query are kept apart.
         """
         self.assertEqual(
             parseRelayURL(" WSS://Relay.Example.COM "),
@@ -22,7 +23,7 @@ class ParseRelayURLTests(SynchronousTestCase):
         )
         self.assertEqual(
             parseRelayURL("ws://127.0.0.1:7777/a?b=1"),
-            RelayURL("ws://127.0.0.1:7777/a?b=1", "127.0.0.1", 7777, False),
+            RelayURL("ws://127.0.0.1:7777/a?b=1", "127.0.0.1", 7777, False, "/a", "b=1"),
         )
 
     def test_nameForNameService(self) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from relaypool.errors import ConfigError, InvalidRelayURL
 from relaypool.gateway.limits import GatewayLimits
+from relaypool.gateway.protocol import OK_POLICIES as GATEWAY_OK_POLICIES
 from relaypool.nostr.url import parseRelayURL
 
 __all__ = [
@@ -41,7 +42,11 @@ __all__ = [
 
 _LIMITS = GatewayLimits()
 
-OK_POLICIES = ("auto", "quorum", "local")
+OK_POLICIES = ("auto", *GATEWAY_OK_POLICIES)
+"""
+The values of the C{ok-policy} setting: the gateway's, and C{"auto"}
+(C{"quorum"} with relays, C{"local"} without).
+"""
 
 
 @dataclass(frozen=True, slots=True)

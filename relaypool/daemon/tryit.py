@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -27,6 +26,7 @@ from twisted.python.failure import Failure
 from relaypool.daemon.config import validateRelayURL
 from relaypool.errors import InvalidRelayURL, RelayPoolError
 from relaypool.nostr.event import AUTH_KIND, Event, generatePrivateKey, publicKeyFor
+from relaypool.nostr.url import parseRelayURL
 
 __all__ = ["TryItFailed", "main", "tryRelay"]
 
@@ -112,13 +112,10 @@ def _endpoint(reactor: Any, url: str, timeout: float) -> Any:
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
     from twisted.internet.ssl import optionsForClientTLS
 
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    secure = parts.scheme == "wss"
-    port = parts.port or (443 if secure else 80)
-    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    if secure:
-        return wrapClientTLS(optionsForClientTLS(host), endpoint)
+    parsed = parseRelayURL(url)
+    endpoint = HostnameEndpoint(reactor, parsed.host, parsed.port, timeout=timeout)
+    if parsed.secure:
+        return wrapClientTLS(optionsForClientTLS(parsed.host), endpoint)
     return endpoint
 
 

@@ -6,7 +6,6 @@ verification of their kind-22242 C{AUTH} events.
 from __future__ import annotations
 
 import secrets
-from urllib.parse import urlsplit
 
 from relaypool.errors import InvalidEvent, InvalidRelayURL
 from relaypool.nostr.event import AUTH_KIND, Event
@@ -44,8 +43,7 @@ def _normalized(url: str) -> tuple[bool, str, int, str, str] | None:
         parsed = parseRelayURL(url)
     except InvalidRelayURL:
         return None
-    parts = urlsplit(parsed.url)
-    return parsed.secure, parsed.host, parsed.port, parts.path.rstrip("/"), parts.query
+    return parsed.secure, parsed.host, parsed.port, parsed.path.rstrip("/"), parsed.query
 
 
 def relayURLMatches(claimed: str, relayURL: str) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -228,6 +227,4 @@ def informationURL(relayURL: str) -> str:
     @raise InvalidRelayURL: if C{relayURL} is not a C{ws://} or C{wss://}
         URL with a host.
     """
-    scheme = "https" if parseRelayURL(relayURL).secure else "http"
-    parts = urlsplit(relayURL.strip())
-    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
+    return parseRelayURL(relayURL).informationURL

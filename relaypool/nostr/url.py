@@ -21,12 +21,25 @@ class RelayURL:
     @ivar host: the host name or IP literal (no brackets).
     @ivar port: the port, 80 or 443 when the URL has none.
     @ivar secure: whether the scheme is C{wss}.
+    @ivar path: the path, at least C{/}.
+    @ivar query: the query without its C{?}, or C{""}.
     """
 
     url: str
     host: str
     port: int
     secure: bool
+    path: str = "/"
+    query: str = ""
+
+    @property
+    def informationURL(self) -> str:
+        """
+        The HTTP URL of the relay's NIP-11 document: C{http://} for C{ws://},
+        C{https://} for C{wss://}, the rest of the normalized URL unchanged.
+        """
+        rest = self.url.split("://", 1)[1]
+        return f"{'https' if self.secure else 'http'}://{rest}"
 
     @property
     def name(self) -> str:
@@ -66,7 +79,11 @@ def parseRelayURL(url: object) -> RelayURL:
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
         netloc += f":{port}"
-    normalized = f"{scheme}://{netloc}{parts.path or '/'}"
+    path = parts.path or "/"
+    normalized = f"{scheme}://{netloc}{path}"
     if parts.query:
         normalized += f"?{parts.query}"
-    return RelayURL(normalized, host, port if port is not None else (443 if secure else 80), secure)
+    defaultPort = 443 if secure else 80
+    return RelayURL(
+        normalized, host, port if port is not None else defaultPort, secure, path, parts.query
+    )
