@@ -79,11 +79,13 @@ class ConfigError(RelayPoolError, ValueError):
     A configuration value (config file or command line) is invalid.
 
     @ivar key: the name of the offending key, as the user wrote it.
+    @ivar message: what is wrong with it.
     """
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+        self.message = message
 
 
 class StartupError(RelayPoolError, SystemExit):

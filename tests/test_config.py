@@ -50,7 +50,7 @@ class DefaultsTests(SynchronousTestCase):
         """
         The gateway limits default to L{GatewayLimits}' defaults.
         """
-        self.assertEqual(Config().gatewayLimits(), GatewayLimits())
+        self.assertEqual(Config().limits, GatewayLimits())
 
     def test_requestHeadBounds(self) -> None:
         """
@@ -59,17 +59,19 @@ class DefaultsTests(SynchronousTestCase):
         """
         limits = buildConfig(
             overrides={"max-request-line": "100", "max-header-bytes": "200", "max-headers": "3"}
-        ).gatewayLimits()
+        ).limits
         self.assertEqual(
             (limits.maxRequestLine, limits.maxHeaderBytes, limits.maxHeaders), (100, 200, 3)
         )
 
     def test_everySettingHasADefault(self) -> None:
         """
-        Every setting names a L{Config} attribute, and every attribute has a
-        setting.
+        Every setting names a L{Config} attribute or a L{GatewayLimits} field
+        (in L{Config.limits}), and every one of those has a setting.
         """
-        self.assertEqual(sorted(s.attribute for s in SETTINGS), sorted(Config.__dataclass_fields__))
+        attributes = set(Config.__dataclass_fields__) - {"limits"}
+        attributes |= set(GatewayLimits.__dataclass_fields__)
+        self.assertEqual(sorted(s.attribute for s in SETTINGS), sorted(attributes))
 
     def test_okPolicyAutoWithRelays(self) -> None:
         """
@@ -354,6 +356,18 @@ class ValidationTests(SynchronousTestCase):
         """
         error = self.assertRaises(ConfigError, buildConfig, {"colour": "blue"})
         self.assertEqual(str(error), "colour: unknown setting")
+
+    def test_limitCheckNamesTheOption(self) -> None:
+        """
+        A gateway limit that L{GatewayLimits} refuses is an error naming the
+        option, not the field.
+        """
+        error = self.assertRaises(
+            ConfigError, buildConfig, None, {"max-subscription-id-length": "65"}
+        )
+        self.assertEqual(
+            str(error), "max-subscription-id-length: must be at most 64 (NIP-01), got 65"
+        )
 
     def test_fileErrorsNameTheFile(self) -> None:
         """

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from relaypool.errors import ConfigError, InvalidRelayURL
-from relaypool.gateway.limits import GatewayLimits
+from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.protocol import OK_POLICIES as GATEWAY_OK_POLICIES
 from relaypool.nostr.url import parseRelayURL
 
@@ -40,8 +40,6 @@ __all__ = [
     "validateRelayURL",
 ]
 
-_LIMITS = GatewayLimits()
-
 OK_POLICIES = ("auto", *GATEWAY_OK_POLICIES)
 """
 The values of the C{ok-policy} setting: the gateway's, and C{"auto"}
@@ -52,8 +50,7 @@ The values of the C{ok-policy} setting: the gateway's, and C{"auto"}
 @dataclass(frozen=True, slots=True)
 class Config:
     """
-    Every setting of the daemon, with its default. The gateway limits'
-    defaults are L{GatewayLimits}'.
+    Every setting of the daemon, with its default.
 
     @ivar relays: upstream relay URLs; none means the daemon serves its store
         alone.
@@ -67,6 +64,8 @@ class Config:
     @ivar storeMaxBytes: the store's size bound in bytes; 0 means none.
     @ivar statusInterval: seconds between per-relay status log lines; 0
         turns them off.
+    @ivar limits: the gateway's limits, one setting for each field of
+        L{GatewayLimits}.
     """
 
     relays: tuple[str, ...] = ()
@@ -88,25 +87,7 @@ class Config:
     okPolicy: str = "auto"
     outboxMaxAge: float = 7 * 86400.0
     outboxMaxEvents: int = 10_000
-    maxSubscriptions: int = _LIMITS.maxSubscriptions
-    maxFilters: int = _LIMITS.maxFilters
-    maxLimit: int = _LIMITS.maxLimit
-    maxMessageSize: int = _LIMITS.maxMessageSize
-    eventsPerSecond: float = _LIMITS.eventsPerSecond
-    eventBurst: int = _LIMITS.eventBurst
-    reqsPerSecond: float = _LIMITS.reqsPerSecond
-    reqBurst: int = _LIMITS.reqBurst
-    maxConnectionsPerIP: int = _LIMITS.maxConnectionsPerIP
-    maxPendingBytes: int = _LIMITS.maxPendingBytes
-    maxLag: float = _LIMITS.maxLag
-    maxBacklogBytes: int = _LIMITS.maxBacklogBytes
-    maxCatchUpEvents: int = _LIMITS.maxCatchUpEvents
-    storePageEvents: int = _LIMITS.storePageEvents
-    pingInterval: float = _LIMITS.pingInterval
-    maxIdle: float = _LIMITS.maxIdle
-    maxRequestLine: int = _LIMITS.maxRequestLine
-    maxHeaderBytes: int = _LIMITS.maxHeaderBytes
-    maxHeaders: int = _LIMITS.maxHeaders
+    limits: GatewayLimits = DEFAULT_LIMITS
     statusInterval: float = 60.0
     name: str = "relaypool"
     description: str = "a Nostr relay pool: one connection to many relays"
@@ -118,33 +99,6 @@ class Config:
         if self.okPolicy != "auto":
             return self.okPolicy
         return "quorum" if self.relays else "local"
-
-    def gatewayLimits(self) -> GatewayLimits:
-        """
-        @return: the gateway limits these settings give (the others keep
-            L{GatewayLimits}' defaults).
-        """
-        return GatewayLimits(
-            maxSubscriptions=self.maxSubscriptions,
-            maxFilters=self.maxFilters,
-            maxLimit=self.maxLimit,
-            maxMessageSize=self.maxMessageSize,
-            eventsPerSecond=self.eventsPerSecond,
-            eventBurst=self.eventBurst,
-            reqsPerSecond=self.reqsPerSecond,
-            reqBurst=self.reqBurst,
-            maxConnectionsPerIP=self.maxConnectionsPerIP,
-            maxPendingBytes=self.maxPendingBytes,
-            maxLag=self.maxLag,
-            maxBacklogBytes=self.maxBacklogBytes,
-            maxCatchUpEvents=self.maxCatchUpEvents,
-            storePageEvents=self.storePageEvents,
-            pingInterval=self.pingInterval,
-            maxIdle=self.maxIdle,
-            maxRequestLine=self.maxRequestLine,
-            maxHeaderBytes=self.maxHeaderBytes,
-            maxHeaders=self.maxHeaders,
-        )
 
 
 class _Invalid(Exception):
@@ -274,10 +228,20 @@ class Setting:
     help: str
     parse: _Parser
 
+    def isLimit(self) -> bool:
+        """
+        @return: whether the setting is one of the gateway's limits, a field
+            of L{GatewayLimits} (in L{Config.limits}).
+        """
+        return self.attribute in _LIMIT_FIELDS
+
     def default(self) -> object:
         """
-        @return: the setting's default, from L{Config}.
+        @return: the setting's default, from L{Config}, or from
+            L{GatewayLimits} for one of the gateway's limits.
         """
+        if self.isLimit():
+            return getattr(DEFAULT_LIMITS, self.attribute)
         return _DEFAULTS[self.attribute]
 
     def isFlag(self) -> bool:
@@ -398,6 +362,12 @@ SETTINGS: tuple[Setting, ...] = (
         "stored events a REQ's answer reads from the store at a time",
         _POSITIVE_INT,
     ),
+    Setting(
+        "max-subscription-id-length",
+        "maxSubscriptionIdLength",
+        "characters in a subscription id (at most 64, NIP-01's bound)",
+        _POSITIVE_INT,
+    ),
     Setting("ping-interval", "pingInterval", "seconds between pings of clients", _POSITIVE_SECONDS),
     Setting("max-idle", "maxIdle", "seconds a silent client stays connected", _POSITIVE_SECONDS),
     Setting(
@@ -424,7 +394,9 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 _DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Config)}
+_LIMIT_FIELDS = frozenset(f.name for f in fields(GatewayLimits))
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
+_BY_ATTRIBUTE = {setting.attribute: setting for setting in SETTINGS}
 
 
 def loadConfigFile(path: str) -> dict[str, Any]:
@@ -471,6 +443,7 @@ def buildConfig(
         a positive integer, got "two"}, and the file it is in, if any.
     """
     values: dict[str, object] = {}
+    limits: dict[str, object] = {}
     fromFile = f" (in {fileName})" if fileName else ""
     for source, fromText, where in (
         (fileValues or {}, False, fromFile),
@@ -481,12 +454,35 @@ def buildConfig(
             if setting is None:
                 raise ConfigError(key, f"{_unknown(key)}{where}")
             try:
-                values[setting.attribute] = setting.parse(value, fromText)
+                parsed = setting.parse(value, fromText)
             except _Invalid as e:
                 raise ConfigError(key, f"{e}{where}") from None
-    config = Config(**values)  # type: ignore[arg-type]
+            (limits if setting.isLimit() else values)[setting.attribute] = parsed
+    _checkLimitsTogether(limits)
+    try:
+        gatewayLimits = GatewayLimits(**limits)  # type: ignore[arg-type]
+    except ConfigError as e:
+        raise ConfigError(_BY_ATTRIBUTE[e.key].key, e.message) from None
+    config = Config(limits=gatewayLimits, **values)  # type: ignore[arg-type]
     _checkTogether(config)
     return config
+
+
+def _checkLimitsTogether(limits: Mapping[str, object]) -> None:
+    """
+    Check the gateway limits that constrain each other, naming the options
+    (L{GatewayLimits} checks them too, naming its fields).
+
+    @raise ConfigError: naming the key that is out of line.
+    """
+    pending = limits.get("maxPendingBytes", DEFAULT_LIMITS.maxPendingBytes)
+    backlog = limits.get("maxBacklogBytes", DEFAULT_LIMITS.maxBacklogBytes)
+    assert isinstance(pending, int) and isinstance(backlog, int)
+    if backlog < pending:
+        raise ConfigError(
+            "max-backlog-bytes",
+            f"must be at least max-pending-bytes ({pending}), got {backlog}",
+        )
 
 
 def _checkTogether(config: Config) -> None:
@@ -503,12 +499,6 @@ def _checkTogether(config: Config) -> None:
         raise ConfigError(
             "quorum",
             f"must be at most the number of relays ({len(config.relays)}), got {config.quorum}",
-        )
-    if config.maxBacklogBytes < config.maxPendingBytes:
-        raise ConfigError(
-            "max-backlog-bytes",
-            f"must be at least max-pending-bytes ({config.maxPendingBytes}), "
-            f"got {config.maxBacklogBytes}",
         )
     if config.okPolicy == "quorum" and not config.relays:
         raise ConfigError("ok-policy", '"quorum" needs at least one relay: add one or use "local"')

@@ -452,7 +452,7 @@ class RelayPoolService(OrderedMultiService):
             reactor,
             self.pool,
             config.listen,
-            limits=config.gatewayLimits(),
+            limits=config.limits,
             store=store,
             outbox=self.outbox,
             quorum=config.quorum,
