@@ -24,7 +24,9 @@ class DocumentsTests(SynchronousTestCase):
         Every machine-readable prefix the gateway starts an C{OK}, C{CLOSED}
         or C{NOTICE} message with is listed in the README.
         """
-        source = (ROOT / "relaypool" / "gateway" / "protocol.py").read_text()
+        gateway = ROOT / "relaypool" / "gateway"
+        modules = ("facade.py", "subscriptions.py", "publishing.py", "auth.py")
+        source = "".join((gateway / module).read_text() for module in modules)
         prefixes = set(re.findall(r'f?"([a-z]+(?:-[a-z]+)*): ', source))
         self.assertIn("blocked", prefixes)
         readme = (ROOT / "README.md").read_text()

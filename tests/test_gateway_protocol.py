@@ -20,9 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from relaypool import __version__
+from relaypool.gateway.facade import RelayFacade
 from relaypool.gateway.gateway import Gateway
 from relaypool.gateway.limits import GatewayLimits
-from relaypool.gateway.protocol import RECENT_IDS, RETRYING, RelayFacade
+from relaypool.gateway.publishing import RETRYING
+from relaypool.gateway.subscriptions import RECENT_IDS
 from relaypool.nostr.event import Event, generatePrivateKey
 from relaypool.nostr.filter import Filter, filtersKey
 from relaypool.nostr.messages import ClientCount, ClientEvent, ClientReq
@@ -323,7 +325,7 @@ class SubscriptionTests(GatewayTestCase):
         client = yield self.connect(gateway)
         client.send("REQ", "s", {"kinds": [1]})
         yield client.waitForVerb("EOSE", "s")
-        (shared,) = gateway.facade._shared.values()
+        (shared,) = gateway.facade.subscriptions._shared.values()
         for index in range(RECENT_IDS + 5):
             self.assertTrue(shared.markDelivered(f"{index:064x}"))
         self.assertEqual(len(shared.recent), RECENT_IDS)

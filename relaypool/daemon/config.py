@@ -28,7 +28,7 @@ from typing import Any
 
 from relaypool.errors import ConfigError, InvalidRelayURL
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
-from relaypool.gateway.protocol import OK_POLICIES as GATEWAY_OK_POLICIES
+from relaypool.gateway.publishing import OK_POLICIES as GATEWAY_OK_POLICIES
 from relaypool.nostr.url import parseRelayURL
 
 __all__ = [

@@ -20,10 +20,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaypool._version import __version__
+from relaypool.gateway.facade import RelayFacade
 from relaypool.gateway.http import GatewayResource, makeSite
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.prometheus import MetricFamily, render
-from relaypool.gateway.protocol import GatewayFactory, RelayFacade
+from relaypool.gateway.protocol import GatewayFactory
 from relaypool.gateway.registry import ConnectionRegistry
 from relaypool.nostr.nip11 import Limitation, RelayInformation
 

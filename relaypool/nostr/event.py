@@ -525,3 +525,11 @@ class Event:
                     return int(tag[1])
                 return None
         return None
+
+    def isExpired(self, now: float) -> bool:
+        """
+        @return: whether the event's NIP-40 expiration time is at or before
+            C{now} (unix seconds).
+        """
+        expiration = self.expiration()
+        return expiration is not None and expiration <= now

@@ -1,0 +1,380 @@
+"""
+The relay facade: a NIP-01 relay toward downstream clients, backed by a
+L{relaypool.upstream.relaypool.RelayPool} and/or an event store.
+
+It keeps each connection's L{Session}, parses what clients send, applies
+the per-connection limits and NIP-42, and hands the rest on: C{REQ} and
+C{CLOSE} to the L{SharedSubscriptions}, valid C{EVENT}s to the
+L{EventAcceptor}; it answers C{COUNT} itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaypool.errors import CountUnavailable, InvalidEvent, InvalidMessage
+from relaypool.gateway.auth import expectedRelayURL, makeChallenge, verifyAuthEvent
+from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits, TokenBucket
+from relaypool.gateway.publishing import EventAcceptor
+from relaypool.gateway.registry import ConnectionRegistry, ConnId
+from relaypool.gateway.session import Replies, Session
+from relaypool.gateway.subscriptions import SharedSubscriptions
+from relaypool.nostr.event import AUTH_KIND, Event
+from relaypool.nostr.filter import Filter
+from relaypool.nostr.messages import (
+    ClientAuth,
+    ClientClose,
+    ClientCount,
+    ClientEvent,
+    ClientReq,
+    RelayAuth,
+    RelayCount,
+    parseClientMessage,
+)
+from relaypool.nostr.url import parseRelayURL
+
+_log = Logger()
+
+
+@dataclass(frozen=True, slots=True)
+class FacadeStats:
+    """
+    A snapshot of the facade's counters.
+
+    @ivar sharedSubscriptions: upstream subscriptions shared by downstream
+        clients.
+    @ivar subscriptions: downstream subscriptions (live or catching up).
+    @ivar catchingUp: downstream subscriptions still loading stored events.
+    @ivar eventsPublished: well-formed C{EVENT} messages received from
+        clients.
+    @ivar eventsInvalid: events refused as invalid: malformed (in C{EVENT}
+        messages), or with a wrong id or signature, or expired.
+    @ivar eventsDelivered: events delivered to shared subscriptions (once
+        per subscription, whatever the number of recipients).
+    @ivar okAccepted: C{OK true} answers.
+    @ivar okRejected: C{OK false} answers.
+    @ivar rateLimited: messages refused with C{rate-limited:}.
+    @ivar notices: C{NOTICE} answers to malformed messages.
+    @ivar deniedConnections: WebSocket handshakes refused (per-IP limit or
+        shutdown).
+    """
+
+    sharedSubscriptions: int
+    subscriptions: int
+    catchingUp: int
+    eventsPublished: int
+    eventsInvalid: int
+    eventsDelivered: int
+    okAccepted: int
+    okRejected: int
+    rateLimited: int
+    notices: int
+    deniedConnections: int
+
+
+class RelayFacade:
+    """
+    The NIP-01 relay behaviour behind every downstream connection: shared
+    subscriptions, publishing with honest C{OK}, C{COUNT}, NIP-42 and the
+    per-connection limits.
+
+    @ivar subscriptions: the L{SharedSubscriptions} of every connection.
+    """
+
+    def __init__(
+        self,
+        registry: ConnectionRegistry,
+        pool: Any = None,
+        store: Any = None,
+        outbox: Any = None,
+        limits: GatewayLimits = DEFAULT_LIMITS,
+        quorum: int = 1,
+        okPolicy: str = "quorum",
+        authRequired: bool = False,
+        relayURL: str | None = None,
+        reactor: Any = None,
+    ) -> None:
+        """
+        @param registry: the registry the connections are registered in.
+        @param pool: the L{relaypool.upstream.relaypool.RelayPool}, or L{None} to
+            serve the store alone.
+        @param store: an L{relaypool.interfaces.IEventStore}, or L{None}.
+        @param outbox: an L{relaypool.store.outbox.OutboxPublisher} that publishes
+            accepted events durably, or L{None} to publish through C{pool}.
+        @param quorum: upstream acceptances an C{OK true} needs.
+        @param okPolicy: one of L{relaypool.gateway.publishing.OK_POLICIES};
+            C{"local"} needs a store.
+        @param authRequired: require NIP-42 authentication before C{REQ},
+            C{COUNT} and C{EVENT}.
+        @param relayURL: the public URL authentication events must name; if
+            L{None}, each connection's URL is derived from the C{Host} header
+            it connected with (see L{expectedRelayURL}).
+        @param reactor: an L{IReactorTime}; the global reactor if L{None}.
+        @raise ValueError: for a policy that cannot work with the given
+            pool and store.
+        @raise InvalidRelayURL: if C{relayURL} is not a relay URL.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._reactor = reactor
+        self._registry = registry
+        self._pool = pool
+        self._store = store
+        self.limits = limits
+        self._replies = Replies(registry)
+        self.subscriptions = SharedSubscriptions(registry, self._replies, pool, store, limits, reactor)
+        self._acceptor = EventAcceptor(
+            self._replies, self.subscriptions.deliverLocal, pool, store, outbox, quorum, okPolicy
+        )
+        self.authRequired = authRequired
+        self.relayURL = None if relayURL is None else parseRelayURL(relayURL).url
+        self._sessions: dict[ConnId, Session] = {}
+        self._eventsPublished = 0
+        self._eventsInvalid = 0
+        self._rateLimited = 0
+        self.deniedConnections = 0
+
+    # --- connections --------------------------------------------------------
+
+    def connect(self, connId: ConnId, host: str | None = None, secure: bool = False) -> Session:
+        """
+        Start serving a registered connection: sends the NIP-42 challenge
+        when authentication is required.
+
+        @param host: the C{Host} header of the connection's handshake.
+        @param secure: whether the client reached the gateway over TLS.
+        """
+        limits = self.limits
+        session = Session(
+            connId,
+            self._registry.claims(connId),
+            TokenBucket(limits.eventsPerSecond, limits.eventBurst, self._reactor),
+            TokenBucket(limits.reqsPerSecond, limits.reqBurst, self._reactor),
+        )
+        self._sessions[connId] = session
+        if self.authRequired:
+            session.challenge = makeChallenge()
+            session.relayURL = expectedRelayURL(self.relayURL, host, secure)
+            self._replies.send(session, RelayAuth(session.challenge).toJSON())
+        return session
+
+    def disconnect(self, session: Session) -> None:
+        """
+        Forget a connection: leave its subscriptions, closing the upstream
+        subscriptions nobody else uses. Idempotent.
+        """
+        session.open = False
+        self._sessions.pop(session.connId, None)
+        self.subscriptions.leaveAll(session)
+
+    def close(self) -> None:
+        """
+        Close every upstream subscription (the gateway is stopping).
+        """
+        for session in tuple(self._sessions.values()):
+            self.disconnect(session)
+
+    def notice(self, session: Session, message: str) -> None:
+        """
+        Send a C{NOTICE}.
+        """
+        self._replies.notice(session, message)
+
+    def deliverLocal(self, event: Event) -> None:
+        """
+        Deliver an event accepted from a downstream client to every matching
+        shared subscription.
+        """
+        self.subscriptions.deliverLocal(event)
+
+    # --- inbound messages ---------------------------------------------------
+
+    def handleMessage(self, session: Session, payload: bytes) -> None:
+        """
+        Handle one text message from a client.
+        """
+        if len(payload) > self.limits.maxMessageSize:
+            self.notice(
+                session,
+                f"invalid: message of {len(payload)} bytes is over the limit of "
+                f"{self.limits.maxMessageSize} bytes",
+            )
+            return
+        try:
+            message = parseClientMessage(payload)
+        except InvalidMessage as e:
+            if e.subscriptionId is not None:
+                self._replies.closed(session, e.subscriptionId, str(e))
+            else:
+                self.notice(session, str(e))
+            return
+        except InvalidEvent as e:
+            if e.eventId is not None:
+                self._eventsInvalid += 1
+                self._replies.ok(session, e.eventId, False, str(e))
+            else:
+                self.notice(session, str(e))
+            return
+        if isinstance(message, ClientReq):
+            self._handleReq(session, message)
+        elif isinstance(message, ClientEvent):
+            self._handleEvent(session, message.event)
+        elif isinstance(message, ClientClose):
+            member = session.subscriptions.get(message.subscriptionId)
+            if member is not None:
+                self.subscriptions.leave(member)
+        elif isinstance(message, ClientCount):
+            self._handleCount(session, message)
+        elif isinstance(message, ClientAuth):
+            self._handleAuth(session, message.event)
+
+    def _refuseQuery(
+        self, session: Session, subscriptionId: str, filters: tuple[Filter, ...]
+    ) -> str | None:
+        """
+        The C{CLOSED} message refusing a C{REQ} or C{COUNT}, if it must be.
+        """
+        limits = self.limits
+        if len(subscriptionId) > limits.maxSubscriptionIdLength:
+            return (
+                f"invalid: subscription id is longer than {limits.maxSubscriptionIdLength} "
+                "characters"
+            )
+        if self.authRequired and not session.pubkeys:
+            return "auth-required: authenticate with NIP-42 first"
+        if not session.reqs.take():
+            self._rateLimited += 1
+            return f"rate-limited: at most {limits.reqsPerSecond:g} requests per second"
+        if len(filters) > limits.maxFilters:
+            return f"invalid: at most {limits.maxFilters} filters per request"
+        return None
+
+    def _handleReq(self, session: Session, message: ClientReq) -> None:
+        subscriptionId = message.subscriptionId
+        refusal = self._refuseQuery(session, subscriptionId, message.filters)
+        if refusal is None:
+            existing = session.subscriptions.get(subscriptionId)
+            if existing is not None:
+                self.subscriptions.leave(existing)
+            elif len(session.subscriptions) >= self.limits.maxSubscriptions:
+                refusal = (
+                    f"blocked: at most {self.limits.maxSubscriptions} open subscriptions "
+                    "per connection"
+                )
+        if refusal is not None:
+            self._replies.closed(session, subscriptionId, refusal)
+            return
+        self.subscriptions.open(session, subscriptionId, message.filters)
+
+    def _handleEvent(self, session: Session, event: Event) -> None:
+        self._eventsPublished += 1
+        if self.authRequired and not session.pubkeys:
+            self._replies.ok(session, event.id, False, "auth-required: authenticate with NIP-42 first")
+            return
+        if not session.events.take():
+            self._rateLimited += 1
+            self._replies.ok(
+                session,
+                event.id,
+                False,
+                f"rate-limited: at most {self.limits.eventsPerSecond:g} events per second",
+            )
+            return
+        refusal = self._invalidity(event)
+        if refusal is not None:
+            self._eventsInvalid += 1
+            self._replies.ok(session, event.id, False, refusal)
+            return
+        self._acceptor.accept(session, event)
+
+    def _invalidity(self, event: Event) -> str | None:
+        try:
+            event.verify()
+        except InvalidEvent as e:
+            return str(e)
+        if event.kind == AUTH_KIND:
+            return f"invalid: kind {AUTH_KIND} events are only for AUTH messages"
+        if event.isExpired(self._reactor.seconds()):
+            return "invalid: event has expired"
+        return None
+
+    def _handleCount(self, session: Session, message: ClientCount) -> None:
+        subscriptionId = message.subscriptionId
+        refusal = self._refuseQuery(session, subscriptionId, message.filters)
+        if refusal is not None:
+            self._replies.closed(session, subscriptionId, refusal)
+            return
+        d: Deferred[tuple[int, bool]]
+        if self._pool is None:
+            d = self._countStored(message.filters)
+        else:
+            # With a store, the relays that can count are asked; when none
+            # can, the store (the cache of what they sent) answers, rather
+            # than fetching every matching event from them to count it.
+            d = maybeDeferred(
+                self._pool.count, message.filters, fetch=self._store is None
+            ).addCallback(lambda result: (result.count, result.approximate))
+            if self._store is not None:
+
+                def uncounted(failure: Failure) -> Deferred[tuple[int, bool]]:
+                    failure.trap(CountUnavailable)  # type: ignore[no-untyped-call]
+                    return self._countStored(message.filters)
+
+                d.addErrback(uncounted)
+
+        def counted(result: tuple[int, bool]) -> None:
+            self._replies.send(session, RelayCount(subscriptionId, *result).toJSON())
+
+        def failed(failure: Failure) -> None:
+            _log.failure("COUNT failed", failure)
+            self._replies.closed(session, subscriptionId, "error: could not count events")
+
+        d.addCallbacks(counted, failed)
+
+    def _countStored(self, filters: Sequence[Filter]) -> Deferred[tuple[int, bool]]:
+        return maybeDeferred(self._store.count, filters).addCallback(lambda count: (count, False))
+
+    def _handleAuth(self, session: Session, event: Event) -> None:
+        if session.challenge is None:
+            self._replies.ok(session, event.id, False, "restricted: this relay sent no AUTH challenge")
+            return
+        try:
+            verifyAuthEvent(event, session.challenge, session.relayURL, self._reactor.seconds())
+        except InvalidEvent as e:
+            self._replies.ok(session, event.id, False, str(e))
+            return
+        session.pubkeys.add(event.pubkey)
+        session.claims.pubkey = event.pubkey
+        self._replies.ok(session, event.id, True, "")
+
+    # --- statistics ---------------------------------------------------------
+
+    def stats(self) -> FacadeStats:
+        """
+        @return: a snapshot of the facade's counters.
+        """
+        replies = self._replies
+        return FacadeStats(
+            sharedSubscriptions=self.subscriptions.sharedCount(),
+            subscriptions=sum(len(s.subscriptions) for s in self._sessions.values()),
+            catchingUp=self.subscriptions.catchingUpCount(),
+            eventsPublished=self._eventsPublished,
+            eventsInvalid=self._eventsInvalid,
+            eventsDelivered=self.subscriptions.eventsDelivered,
+            okAccepted=replies.okAccepted,
+            okRejected=replies.okRejected,
+            rateLimited=self._rateLimited,
+            notices=replies.notices,
+            deniedConnections=self.deniedConnections,
+        )
+
+
+__all__ = ["FacadeStats", "RelayFacade"]

@@ -1,0 +1,224 @@
+"""
+Accepting the events downstream clients publish, under the gateway's OK
+policy.
+
+
+C{EVENT} is validated locally (shape, sizes, id, signature, NIP-40
+expiration); an invalid event is answered C{OK false "invalid: ..."} and
+never reaches a relay. Then, under the C{"quorum"} policy, it is published
+through the outbox (if any) or C{RelayPool.publish} and answered C{OK true}
+only once C{quorum} relays accepted it (C{"duplicate: ..."} when they all had
+it already), else C{OK false} with their reasons (saying so when the outbox
+keeps retrying); under the C{"local"} policy it is
+answered C{OK true} once the store committed it, and forwarded upstream in
+the background. Accepted events are delivered to the matching subscriptions
+of every downstream client at once; each shared subscription remembers the
+last L{RECENT_IDS} ids it delivered, so that a relay's echo of the same
+event is not delivered twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from relaypool.errors import PublishFailed
+from relaypool.gateway.session import Replies, Session
+from relaypool.nostr.event import Event, isEphemeral
+from relaypool.nostr.messages import reasonPrefix
+from relaypool.upstream.relaypool import PublishResult
+
+_log = Logger()
+
+OK_POLICIES = ("quorum", "local")
+"""
+The values of the C{okPolicy} option: C{"quorum"} answers C{OK true} once
+C{quorum} upstream relays accepted the event; C{"local"} once the store
+committed it.
+"""
+
+RETRYING = "the relay pool keeps retrying in the background"
+"""
+The end of the C{OK false} message for an event that missed its quorum but
+stays in the outbox, which re-publishes it to the relays that did not accept
+it: only when some relay timed out or refused for a temporary reason (not
+when every refusing relay refused for good).
+"""
+
+
+def _failureMessage(result: PublishResult, retrying: bool = False) -> str:
+    """
+    The C{OK false} message for a publish that missed its quorum: the
+    relays' common reason prefix if they agree on one, else C{error}, then
+    every relay's reason, then L{RETRYING} if C{retrying}.
+    """
+    prefixes = {reasonPrefix(message) for message in result.rejected.values()}
+    prefix = "error"
+    if len(prefixes) == 1 and not result.timedOut:
+        (only,) = prefixes
+        prefix = only or prefix
+    message = (
+        f"{prefix}: accepted by {len(result.accepted)} of the {result.quorum} relays "
+        f"required ({result.reasons() or 'no relay to publish to'})"
+    )
+    return f"{message}; {RETRYING}" if retrying else message
+
+
+def _duplicateMessage(result: PublishResult) -> str | None:
+    """
+    The C{OK true} message for a publish that reached its quorum: when
+    every relay that accepted answered C{duplicate:} (the event was there
+    already), C{"duplicate: ..."} with their answers, else L{None} (the
+    message is empty).
+    """
+    answers = sorted(result.accepted.items())
+    if not answers or any(reasonPrefix(message) != "duplicate" for _, message in answers):
+        return None
+    held = "; ".join(f"{url}: {message}" for url, message in answers)
+    return f"duplicate: the relays already have this event ({held})"
+
+
+class EventAcceptor:
+    """
+    Stores and publishes the valid events downstream clients send, and
+    answers each with an honest C{OK} under the OK policy.
+    """
+
+    def __init__(
+        self,
+        replies: Replies,
+        deliverLocal: Callable[[Event], None],
+        pool: Any = None,
+        store: Any = None,
+        outbox: Any = None,
+        quorum: int = 1,
+        okPolicy: str = "quorum",
+    ) -> None:
+        """
+        @param deliverLocal: called with each accepted event, to deliver it
+            to the downstream subscriptions it matches.
+        @param pool: the L{relaypool.upstream.relaypool.RelayPool}, or
+            L{None} to serve the store alone.
+        @param store: an L{relaypool.interfaces.IEventStore}, or L{None}.
+        @param outbox: an L{relaypool.store.outbox.OutboxPublisher} that
+            publishes accepted events durably, or L{None} to publish through
+            C{pool}.
+        @param quorum: upstream acceptances an C{OK true} needs.
+        @param okPolicy: one of L{OK_POLICIES}; C{"local"} needs a store.
+        @raise ValueError: for a policy that cannot work with the given
+            pool and store.
+        """
+        if okPolicy not in OK_POLICIES:
+            raise ValueError(f"okPolicy must be one of {OK_POLICIES}, got {okPolicy!r}")
+        if pool is None and store is None:
+            raise ValueError("the gateway needs a relay pool, a store, or both")
+        if (okPolicy == "local" or pool is None) and store is None:
+            raise ValueError('okPolicy "local" needs a store')
+        self._replies = replies
+        self.deliverLocal = deliverLocal
+        self._pool = pool
+        self._store = store
+        self._outbox = outbox
+        self._quorum = quorum
+        self._local = okPolicy == "local" or pool is None
+
+    def accept(self, session: Session, event: Event) -> None:
+        """
+        Store and publish a valid C{event} from C{session} and answer it.
+        """
+        if self._local:
+            self._acceptLocally(session, event)
+        else:
+            self._acceptOnQuorum(session, event)
+
+    def _acceptLocally(self, session: Session, event: Event) -> None:
+        if isEphemeral(event.kind):
+            self._replies.ok(session, event.id, True, "")
+            self.deliverLocal(event)
+            self._forward(event)
+            return
+
+        def saved(stored: bool) -> None:
+            if stored:
+                self._replies.ok(session, event.id, True, "")
+                self.deliverLocal(event)
+                self._forward(event)
+            else:
+                self._replies.ok(
+                    session,
+                    event.id,
+                    True,
+                    "duplicate: already have this event, or a newer one replaces it",
+                )
+
+        def failed(failure: Failure) -> None:
+            _log.failure("Saving event {eventId} failed", failure, eventId=event.id)
+            self._replies.ok(session, event.id, False, "error: could not store the event")
+
+        maybeDeferred(self._store.save, event).addCallbacks(saved, failed)
+
+    def _forward(self, event: Event) -> None:
+        """
+        Publish a locally accepted event upstream in the background.
+        """
+        if self._pool is None:
+            return
+        if self._outbox is not None and not isEphemeral(event.kind):
+            d: Deferred[Any] = maybeDeferred(self._outbox.submit, event)
+        else:
+            d = maybeDeferred(self._pool.publish, event, self._quorum)
+        d.addErrback(self._forwardFailed, event)
+
+    def _forwardFailed(self, failure: Failure, event: Event) -> None:
+        if isinstance(failure.value, PublishFailed):
+            _log.info(
+                "Event {eventId} did not reach its quorum upstream: {reasons}",
+                eventId=event.id,
+                reasons=failure.value.result.reasons(),
+            )
+        else:
+            _log.failure("Forwarding event {eventId} failed", failure, eventId=event.id)
+
+    def _acceptOnQuorum(self, session: Session, event: Event) -> None:
+        """
+        Publish C{event} and answer once the quorum is reached or missed:
+        C{OK true} (C{"duplicate: ..."} when every relay that accepted
+        already had it, and then it is not delivered again), or C{OK false}
+        with the relays' reasons, saying so when the outbox keeps retrying
+        (some relay timed out or refused for a temporary reason).
+        """
+        viaOutbox = self._outbox is not None and not isEphemeral(event.kind)
+        if viaOutbox:
+            d: Deferred[Any] = maybeDeferred(self._outbox.submit, event)
+        else:
+            d = maybeDeferred(self._pool.publish, event, self._quorum)
+
+        def published(result: PublishResult) -> None:
+            if result.succeeded:
+                duplicate = _duplicateMessage(result)
+                self._replies.ok(session, event.id, True, duplicate or "")
+                if duplicate is None:
+                    self.deliverLocal(event)
+                if self._store is not None and not isEphemeral(event.kind):
+                    maybeDeferred(self._store.save, event).addErrback(
+                        lambda f: _log.failure("Saving event {eventId} failed", f, eventId=event.id)
+                    )
+            else:
+                retrying = viaOutbox and bool(result.retryable())
+                self._replies.ok(session, event.id, False, _failureMessage(result, retrying))
+
+        def failed(failure: Failure) -> None:
+            if isinstance(failure.value, PublishFailed):
+                published(failure.value.result)
+                return
+            _log.failure("Publishing event {eventId} failed", failure, eventId=event.id)
+            self._replies.ok(session, event.id, False, f"error: {failure.getErrorMessage()}")
+
+        d.addCallbacks(published, failed)
+
+
+__all__ = ["OK_POLICIES", "RETRYING", "EventAcceptor"]

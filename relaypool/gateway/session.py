@@ -1,0 +1,79 @@
+"""
+One downstream connection's state in the relay facade, and the replies the
+facade sends to it, counted for its statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from relaypool.gateway.limits import TokenBucket
+from relaypool.gateway.registry import Claims, ConnectionRegistry, ConnId
+from relaypool.nostr.messages import RelayClosed, RelayNotice, RelayOK
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    """
+    The facade's state for one downstream connection.
+
+    @ivar subscriptions: by subscription id, the connection's
+        L{relaypool.gateway.subscriptions.Member}s.
+    """
+
+    connId: ConnId
+    claims: Claims
+    events: TokenBucket
+    reqs: TokenBucket
+    challenge: str | None = None
+    relayURL: str | None = None
+    pubkeys: set[str] = field(default_factory=set)
+    subscriptions: dict[str, Any] = field(default_factory=dict)
+    open: bool = True
+
+
+class Replies:
+    """
+    Sends frames to sessions through the registry, nothing to a session that
+    is closed, and counts the C{OK} and C{NOTICE} answers.
+    """
+
+    def __init__(self, registry: ConnectionRegistry) -> None:
+        self._registry = registry
+        self.okAccepted = 0
+        self.okRejected = 0
+        self.notices = 0
+
+    def send(self, session: Session, frame: bytes) -> None:
+        """
+        Send one frame to C{session}, if it is still open.
+        """
+        if session.open:
+            self._registry.sendText(session.connId, frame)
+
+    def ok(self, session: Session, eventId: str, accepted: bool, message: str) -> None:
+        """
+        Send C{["OK", eventId, accepted, message]}.
+        """
+        if accepted:
+            self.okAccepted += 1
+        else:
+            self.okRejected += 1
+        self.send(session, RelayOK(eventId, accepted, message).toJSON())
+
+    def closed(self, session: Session, subscriptionId: str, message: str) -> None:
+        """
+        Send C{["CLOSED", subscriptionId, message]}.
+        """
+        self.send(session, RelayClosed(subscriptionId, message).toJSON())
+
+    def notice(self, session: Session, message: str) -> None:
+        """
+        Send a C{NOTICE}.
+        """
+        self.notices += 1
+        self.send(session, RelayNotice(message).toJSON())
+
+
+__all__ = ["Replies", "Session"]
