@@ -2,7 +2,6 @@
 Shared subscriptions: the downstream clients' subscriptions, with one
 upstream subscription per distinct filter set.
 
-
 Identical filter sets (compared by L{filtersKey} after their C{limit} is
 clamped) share one upstream subscription, a L{_SharedSubscription}. Its live
 members are grouped by the subscription id they chose, and each group is a
