@@ -2,7 +2,6 @@
 Accepting the events downstream clients publish, under the gateway's OK
 policy.
 
-
 C{EVENT} is validated locally (shape, sizes, id, signature, NIP-40
 expiration); an invalid event is answered C{OK false "invalid: ..."} and
 never reaches a relay. Then, under the C{"quorum"} policy, it is published
