@@ -8,6 +8,8 @@ user can plug in their own name service, request protocol or event store.
 
 from __future__ import annotations
 
+from typing import Any
+
 from zope.interface import Interface
 
 # zope Interface methods have no "self"; mypy-zope understands this.
@@ -181,3 +183,86 @@ __all__ = [
     "IOutbox",
     "IRequestProtocol",
 ]
+
+
+class IRelayPool(Interface):
+    """
+    Many upstream Nostr relays behind one API: what the gateway needs of
+    L{relaypool.upstream.relaypool.RelayPool}.
+    """
+
+    def subscribe(
+        filters: Any, eoseTimeout: Any = None, closeOnEOSE: bool = False, relays: Any = None
+    ) -> Any:
+        """
+        Subscribe to C{filters} on every relay (or on C{relays}).
+
+        @return: a L{relaypool.upstream.subscription.Subscription}, whose
+            events are unique and verified and whose EOSE fires once.
+        @raise relaypool.errors.PoolClosed: if the pool stopped.
+        """
+
+    def query(filters: Any, timeout: float | None = None) -> Any:
+        """
+        @return: a Deferred firing with the unique stored events of every
+            relay matching C{filters}, newest first, limits applied.
+        """
+
+    def count(filters: Any, timeout: float | None = None, fetch: bool = True) -> Any:
+        """
+        @return: a Deferred firing with a
+            L{relaypool.upstream.results.CountResult} from the relays that
+            can count; with no such relay, from the fetched events if
+            C{fetch}, else failing with L{relaypool.errors.CountUnavailable}.
+        """
+
+    def publish(
+        event: Any,
+        quorum: int = 1,
+        timeout: float | None = None,
+        relays: Any = None,
+        onAnswer: Any = None,
+    ) -> Any:
+        """
+        Send C{event} to every relay (or C{relays}).
+
+        @return: a Deferred firing with a
+            L{relaypool.upstream.results.PublishResult} once C{quorum} relays
+            accepted, or failing with L{relaypool.errors.PublishFailed}.
+        """
+
+    def relayURLs() -> Any:
+        """
+        @return: the URL of every relay in the pool.
+        """
+
+    def stats() -> Any:
+        """
+        @return: per relay URL, its L{relaypool.upstream.results.RelayStats}.
+        """
+
+    def totals() -> Any:
+        """
+        @return: the pool-wide L{relaypool.upstream.results.PoolTotals}.
+        """
+
+
+class IPublisher(Interface):
+    """
+    Publishes accepted events upstream durably: what the gateway needs of
+    L{relaypool.store.outbox.OutboxPublisher}.
+    """
+
+    def submit(event: Any) -> Any:
+        """
+        Record C{event} for every relay, then publish it.
+
+        @return: a Deferred firing with the
+            L{relaypool.upstream.results.PublishResult} (failing if the event
+            could not be recorded).
+        """
+
+    def stats() -> Any:
+        """
+        @return: the publisher's L{relaypool.store.outbox.OutboxStats}.
+        """

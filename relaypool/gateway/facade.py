@@ -25,6 +25,7 @@ from relaypool.gateway.publishing import EventAcceptor
 from relaypool.gateway.registry import ConnectionRegistry, ConnId
 from relaypool.gateway.session import Replies, Session
 from relaypool.gateway.subscriptions import SharedSubscriptions
+from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
 from relaypool.nostr.event import AUTH_KIND, Event
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.messages import (
@@ -90,9 +91,9 @@ class RelayFacade:
     def __init__(
         self,
         registry: ConnectionRegistry,
-        pool: Any = None,
-        store: Any = None,
-        outbox: Any = None,
+        pool: IRelayPool | None = None,
+        store: IEventStore | None = None,
+        outbox: IPublisher | None = None,
         limits: GatewayLimits = DEFAULT_LIMITS,
         quorum: int = 1,
         okPolicy: str = "quorum",
@@ -340,6 +341,7 @@ class RelayFacade:
         d.addCallbacks(counted, failed)
 
     def _countStored(self, filters: Sequence[Filter]) -> Deferred[tuple[int, bool]]:
+        assert self._store is not None, "counted from the store only when there is one"
         return maybeDeferred(self._store.count, filters).addCallback(lambda count: (count, False))
 
     def _handleAuth(self, session: Session, event: Event) -> None:

@@ -26,6 +26,7 @@ from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.prometheus import MetricFamily, render
 from relaypool.gateway.protocol import GatewayFactory
 from relaypool.gateway.registry import ConnectionRegistry
+from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
 from relaypool.nostr.nip11 import Limitation, RelayInformation
 
 _log = Logger()
@@ -79,11 +80,11 @@ class Gateway(service.MultiService):
     def __init__(
         self,
         reactor: Any = None,
-        pool: Any = None,
+        pool: IRelayPool | None = None,
         listen: str = "tcp:7777:interface=127.0.0.1",
         limits: GatewayLimits = DEFAULT_LIMITS,
-        store: Any = None,
-        outbox: Any = None,
+        store: IEventStore | None = None,
+        outbox: IPublisher | None = None,
         quorum: int = 1,
         okPolicy: str = "quorum",
         authRequired: bool = False,
@@ -399,6 +400,7 @@ class Gateway(service.MultiService):
         The outbox's gauges; every relay of the pool has a per-relay sample,
         0 when nothing waits for it.
         """
+        assert self._outbox is not None
         outbox = self._outbox.stats()
         urls = set(outbox.relays)
         if self._pool is not None:
@@ -433,6 +435,7 @@ class Gateway(service.MultiService):
         ]
 
     def _poolFamilies(self) -> list[MetricFamily]:
+        assert self._pool is not None
         totals = self._pool.totals()
         relays = sorted(self._pool.stats().values(), key=lambda stats: stats.url)
 

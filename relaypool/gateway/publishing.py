@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from relaypool.errors import PublishFailed
 from relaypool.gateway.session import Replies, Session
+from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
 from relaypool.nostr.event import Event, isEphemeral
 from relaypool.nostr.messages import reasonPrefix
 from relaypool.upstream.relaypool import PublishResult
@@ -91,9 +92,9 @@ class EventAcceptor:
         self,
         replies: Replies,
         deliverLocal: Callable[[Event], None],
-        pool: Any = None,
-        store: Any = None,
-        outbox: Any = None,
+        pool: IRelayPool | None = None,
+        store: IEventStore | None = None,
+        outbox: IPublisher | None = None,
         quorum: int = 1,
         okPolicy: str = "quorum",
     ) -> None:
@@ -158,6 +159,7 @@ class EventAcceptor:
             _log.failure("Saving event {eventId} failed", failure, eventId=event.id)
             self._replies.ok(session, event.id, False, "error: could not store the event")
 
+        assert self._store is not None, "the local policy needs a store"
         maybeDeferred(self._store.save, event).addCallbacks(saved, failed)
 
     def _forward(self, event: Event) -> None:
@@ -190,10 +192,13 @@ class EventAcceptor:
         with the relays' reasons, saying so when the outbox keeps retrying
         (some relay timed out or refused for a temporary reason).
         """
-        viaOutbox = self._outbox is not None and not isEphemeral(event.kind)
-        if viaOutbox:
-            d: Deferred[Any] = maybeDeferred(self._outbox.submit, event)
+        outbox = self._outbox
+        viaOutbox = outbox is not None and not isEphemeral(event.kind)
+        d: Deferred[Any]
+        if outbox is not None and viaOutbox:
+            d = maybeDeferred(outbox.submit, event)
         else:
+            assert self._pool is not None, "the quorum policy needs a pool"
             d = maybeDeferred(self._pool.publish, event, self._quorum)
 
         def published(result: PublishResult) -> None:

@@ -50,6 +50,7 @@ from relaypool.errors import PoolClosed
 from relaypool.gateway.limits import GatewayLimits
 from relaypool.gateway.registry import ConnectionRegistry, ConnId
 from relaypool.gateway.session import Replies, Session
+from relaypool.interfaces import IEventStore, IRelayPool
 from relaypool.nostr.event import Event
 from relaypool.nostr.filter import Filter, filtersKey, limitEvents, matchesAny
 from relaypool.nostr.messages import RelayEOSE
@@ -138,8 +139,8 @@ class SharedSubscriptions:
         self,
         registry: ConnectionRegistry,
         replies: Replies,
-        pool: Any,
-        store: Any,
+        pool: IRelayPool | None,
+        store: IEventStore | None,
         limits: GatewayLimits,
         clock: Any,
     ) -> None:
@@ -237,6 +238,7 @@ class SharedSubscriptions:
         upstream.onEOSE(lambda: self._upstreamEOSE(shared))
 
     def _historyQuery(self, filters: tuple[Filter, ...]) -> Deferred[list[Event]]:
+        assert self._pool is not None, "only a joiner behind a pool asks its relays"
         queries: list[Deferred[list[Event]]] = [maybeDeferred(self._pool.query, filters)]
         if self._store is not None:
             queries.append(maybeDeferred(self._store.query, filters))
@@ -274,6 +276,7 @@ class SharedSubscriptions:
             if not member.stored and member.unread:
                 size = min(len(member.unread), self.limits.storePageEvents)
                 page = [member.unread.popleft() for _ in range(size)]
+                assert self._store is not None, "only the store gives ids to read"
                 self._loadAnswer(member, maybeDeferred(self._store.fetch, page), self._pageRead)
                 return
             if not self._registry.isWritable(connId):

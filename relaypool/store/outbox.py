@@ -19,9 +19,10 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succe
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from relaypool.errors import PublishFailed
-from relaypool.interfaces import IOutbox
+from relaypool.interfaces import IOutbox, IPublisher
 from relaypool.nostr.event import Event
 from relaypool.nostr.messages import isFinalRefusal
 from relaypool.store.sqlite import OutboxEntry, RelayDelivery
@@ -91,6 +92,7 @@ class OutboxStats:
     readAt: float | None
 
 
+@implementer(IPublisher)
 class OutboxPublisher(service.Service):
     """
     Publishes events through a L{RelayPool} with an L{IOutbox} as the

@@ -25,6 +25,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from relaypool.errors import (
     CountUnavailable,
@@ -34,7 +35,7 @@ from relaypool.errors import (
     TooManyRelays,
     UnknownRelay,
 )
-from relaypool.interfaces import IEventStore, INameService
+from relaypool.interfaces import IEventStore, INameService, IRelayPool
 from relaypool.nostr.event import Event
 from relaypool.nostr.filter import Filter, limitEvents, matchesAny
 from relaypool.nostr.messages import (
@@ -186,6 +187,7 @@ class _Count:
     timeoutCall: Any = None
 
 
+@implementer(IRelayPool)
 class RelayPool(service.Service):
     """
     A pool of upstream Nostr relays, an C{IService}.
