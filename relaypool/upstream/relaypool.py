@@ -14,13 +14,12 @@ full, outbound queues refuse and count.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import count as counter
 from typing import Any
 
-import orjson
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
@@ -39,7 +38,6 @@ from relaypool.interfaces import IEventStore, INameService, IRelayPool
 from relaypool.nostr.event import Event
 from relaypool.nostr.filter import Filter, limitEvents, matchesAny
 from relaypool.nostr.messages import (
-    ClientMessage,
     RelayClosed,
     RelayCount,
     RelayEOSE,
@@ -53,6 +51,7 @@ from relaypool.nostr.url import parseRelayURL
 from relaypool.transport.health import HealthPolicy
 from relaypool.transport.mux import Backoff
 from relaypool.upstream.information import fetchRelayInformation
+from relaypool.upstream.raw import PoolSender, RawChannel
 from relaypool.upstream.relay import Relay
 from relaypool.upstream.results import (
     CountResult,
@@ -77,28 +76,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-
-class PoolSender:
-    """
-    A handle for sending raw client messages to every relay of a pool; any
-    number of callers may hold one.
-    """
-
-    def __init__(self, pool: RelayPool) -> None:
-        self._pool = pool
-
-    def broadcast(self, message: bytes | ClientMessage) -> int:
-        """
-        Queue C{message} to every relay (see L{Relay.send} for what happens
-        when a relay is disconnected or its outbound queue is full).
-
-        Replies to raw REQs and EVENTs sent this way come out of
-        L{RelayPool.recv}.
-
-        @return: how many relays took the message.
-        """
-        return self._pool._broadcast(message)
 
 
 @dataclass(slots=True)
@@ -289,14 +266,9 @@ class RelayPool(service.Service):
         self._publishes: dict[str, _Publish] = {}
         self._counts: dict[str, _Count] = {}
         self._ids = counter(1)
-        self._ring: deque[PoolMessage] = deque()
-        self._recvWaiters: deque[Deferred[PoolMessage]] = deque()
-        self._rawSubscriptions: OrderedDict[str, None] = OrderedDict()
-        self._rawPublishes: OrderedDict[str, None] = OrderedDict()
+        self._raw = RawChannel(ringCapacity, self._pressure)
         self._fullQueues = 0
-        self._ringFull = False
         self._paused = False
-        self._recvDropped = 0
         self._pingLoop: LoopingCall | None = None
         self._closed = False
 
@@ -335,8 +307,7 @@ class RelayPool(service.Service):
             self._finishPublish(self._publishes[eventId], closing=True)
         for countId in list(self._counts):
             self._finishCount(countId)
-        while self._recvWaiters:
-            self._recvWaiters.popleft().errback(PoolClosed("the relay pool stopped"))
+        self._raw.close()
         stopping: list[Deferred[Any]] = [relay.stop() for relay in self._relays.values()]
         if self._ownNameService:
             stopping.append(maybeDeferred(self._nameService.stopService))  # type: ignore[union-attr]
@@ -499,31 +470,10 @@ class RelayPool(service.Service):
         """
         @return: a L{PoolSender} for raw client messages.
         """
-        return PoolSender(self)
+        return PoolSender(self._broadcast, self._raw)
 
-    def _broadcast(self, message: bytes | ClientMessage) -> int:
-        data = message if isinstance(message, bytes) else message.toJSON()
-        self._noteRaw(data)
+    def _broadcast(self, data: bytes) -> int:
         return sum(1 for relay in self._relays.values() if relay.send(data))
-
-    def _noteRaw(self, data: bytes) -> None:
-        """
-        Remember the subscription ids of raw REQs and the ids of raw EVENTs
-        (bounded, oldest forgotten first) so their replies go to L{recv}.
-        """
-        try:
-            parsed = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(parsed, list) or len(parsed) < 2:
-            return
-        verb, argument = parsed[0], parsed[1]
-        if verb in ("REQ", "COUNT") and isinstance(argument, str):
-            _remember(self._rawSubscriptions, argument, self.ringCapacity)
-        elif verb == "CLOSE" and isinstance(argument, str):
-            self._rawSubscriptions.pop(argument, None)
-        elif verb == "EVENT" and isinstance(argument, dict) and isinstance(argument.get("id"), str):
-            _remember(self._rawPublishes, argument["id"], self.ringCapacity)
 
     def recv(self) -> Deferred[PoolMessage]:
         """
@@ -531,38 +481,13 @@ class RelayPool(service.Service):
             and EOSE/CLOSED for subscriptions opened with a raw REQ through
             L{sender}, OKs for raw EVENTs, and NOTICEs.
         """
-        if self._ring:
-            return succeed(self._popRing())
-        if self._closed:
-            return fail(PoolClosed("the relay pool stopped"))
-        d: Deferred[PoolMessage] = Deferred()
-        self._recvWaiters.append(d)
-        return d
+        return self._raw.recv()
 
     def tryRecv(self) -> PoolMessage | None:
         """
         @return: the next raw message, or L{None} if none is queued.
         """
-        return self._popRing() if self._ring else None
-
-    def _popRing(self) -> PoolMessage:
-        message = self._ring.popleft()
-        if self._ringFull and len(self._ring) <= self.ringCapacity // 2:
-            self._ringFull = False
-            self._pressure(-1)
-        return message
-
-    def _pushRing(self, message: PoolMessage, mayPause: bool) -> None:
-        if self._recvWaiters:
-            self._recvWaiters.popleft().callback(message)
-            return
-        if len(self._ring) >= self.ringCapacity and not mayPause:
-            self._recvDropped += 1
-            return
-        self._ring.append(message)
-        if not self._ringFull and len(self._ring) >= self.ringCapacity:
-            self._ringFull = True
-            self._pressure(+1)
+        return self._raw.tryRecv()
 
     def _pressure(self, change: int) -> None:
         """
@@ -929,10 +854,10 @@ class RelayPool(service.Service):
             eventsInvalid=sum(r.counters.eventsInvalid for r in relays),
             okAccepted=sum(r.counters.okAccepted for r in relays),
             okRejected=sum(r.counters.okRejected for r in relays),
-            inboundQueued=len(self._ring),
+            inboundQueued=self._raw.queued(),
             outboundQueued=sum(r.outboundQueued() for r in relays),
             outboundDropped=sum(r.counters.outboundDropped for r in relays),
-            recvDropped=self._recvDropped,
+            recvDropped=self._raw.dropped,
             cachedIds=len(self._seen),
             paused=self._paused,
         )
@@ -941,7 +866,7 @@ class RelayPool(service.Service):
 
     def relayEvent(self, relay: Relay, subscriptionId: str, event: Event) -> bool:
         subscription = self._subscriptions.get(subscriptionId)
-        raw = subscriptionId in self._rawSubscriptions
+        raw = self._raw.hasSubscription(subscriptionId)
         if subscription is None and not raw:
             return False
         if subscription is not None and not matchesAny(subscription.filters, event):
@@ -976,7 +901,7 @@ class RelayPool(service.Service):
             subscription._deliver(event, relay.url)
         elif raw and subscriptionId not in delivered:
             delivered.add(subscriptionId)
-            self._pushRing(PoolMessage(relay.url, RelayEvent(subscriptionId, event)), mayPause=True)
+            self._raw.push(PoolMessage(relay.url, RelayEvent(subscriptionId, event)), mayPause=True)
         return True
 
     def _invalid(self, relay: Relay, event: Event, why: str) -> None:
@@ -1026,8 +951,8 @@ class RelayPool(service.Service):
     def relayCount(self, relay: Relay, subscriptionId: str, count: int, approximate: bool) -> None:
         state = self._counts.get(subscriptionId)
         if state is None:
-            if subscriptionId in self._rawSubscriptions:
-                self._pushRing(
+            if self._raw.hasSubscription(subscriptionId):
+                self._raw.push(
                     PoolMessage(relay.url, RelayCount(subscriptionId, count, approximate)), mayPause=True
                 )
             return
@@ -1039,15 +964,15 @@ class RelayPool(service.Service):
 
     def relayOther(self, relay: Relay, message: RelayMessage) -> None:
         if isinstance(message, (RelayEOSE, RelayClosed)):
-            routed = message.subscriptionId in self._rawSubscriptions
+            routed = self._raw.hasSubscription(message.subscriptionId)
             if isinstance(message, RelayClosed) and routed:
-                self._rawSubscriptions.pop(message.subscriptionId, None)
+                self._raw.forgetSubscription(message.subscriptionId)
         elif isinstance(message, RelayOK):
-            routed = message.eventId in self._rawPublishes
+            routed = self._raw.hasPublish(message.eventId)
         else:
             routed = isinstance(message, RelayNotice)
         if routed:
-            self._pushRing(PoolMessage(relay.url, message), mayPause=not isinstance(message, RelayNotice))
+            self._raw.push(PoolMessage(relay.url, message), mayPause=not isinstance(message, RelayNotice))
 
     def relayConnectionChanged(self, relay: Relay) -> None:
         if relay.state() in ("open", "connecting"):
@@ -1059,10 +984,3 @@ class RelayPool(service.Service):
                 state.outstanding.discard(relay.url)
                 if not state.outstanding:
                     self._finishCount(countId)
-
-
-def _remember(entries: OrderedDict[str, None], key: str, capacity: int) -> None:
-    entries[key] = None
-    entries.move_to_end(key)
-    if len(entries) > capacity:
-        entries.popitem(last=False)
