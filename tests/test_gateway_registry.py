@@ -259,6 +259,42 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         self.assertTrue(self.registry.sendText(connId, b'["NOTICE","hi"]'))
         self.assertEqual(parseFrames(transport.value()), [(OPCODE_TEXT, b'["NOTICE","hi"]')])
 
+    def test_sendTextStr(self) -> None:
+        """
+        L{ConnectionRegistry.sendText}, L{ConnectionRegistry.broadcastText}
+        and L{ConnectionRegistry.broadcastRoomText} accept a L{str} and send
+        it UTF-8 encoded, counting its encoded size.
+        """
+        connId, transport = self.registerOpen()
+        self.registry.joinRoom(connId, "r")
+        self.assertTrue(self.registry.sendText(connId, '["NOTICE","h\u00e9"]'))
+        self.assertEqual(self.registry.broadcastText("\u00e9v"), 1)
+        self.assertEqual(self.registry.broadcastRoomText("r", "room"), 1)
+        self.assertEqual(
+            parseFrames(transport.value()),
+            [
+                (OPCODE_TEXT, '["NOTICE","h\u00e9"]'.encode()),
+                (OPCODE_TEXT, "\u00e9v".encode()),
+                (OPCODE_TEXT, b"room"),
+            ],
+        )
+
+    def test_sendTextWrongType(self) -> None:
+        """
+        A text frame that is neither L{bytes} nor L{str} fails with
+        L{TypeError} at the call, even with no recipient, and nothing is
+        sent.
+        """
+        connId, transport = self.registerOpen()
+        self.registry.joinRoom(connId, "r")
+        wrong: Any = {"not": "text"}
+        self.assertRaises(TypeError, self.registry.sendText, connId, wrong)
+        self.assertRaises(TypeError, self.registry.sendText, 42, wrong)
+        self.assertRaises(TypeError, self.registry.broadcastText, wrong)
+        self.assertRaises(TypeError, self.registry.broadcastRoomText, "r", wrong)
+        self.assertRaises(TypeError, self.registry.broadcastRoomText, "nobody", wrong)
+        self.assertEqual(transport.value(), b"")
+
     def test_sendTextUnknown(self) -> None:
         """
         Sending to an unregistered connection returns C{False}.

@@ -120,3 +120,36 @@ class HealthPolicyTests(SynchronousTestCase):
         metrics.recordSuccess(0.1, 0.0)
         metrics.recordError(0.0)
         self.assertTrue(policy.isUnhealthy(metrics))
+
+    def test_maxErrors(self) -> None:
+        """
+        C{maxErrors} errors in all make a connection unhealthy even when
+        successes keep its score up and break every streak.
+        """
+        policy = HealthPolicy(maxErrors=3, minScore=0.0)
+        metrics = ConnectionMetrics(0.0, policy)
+        for _ in range(2):
+            metrics.recordError(0.0)
+            metrics.recordSuccess(0.1, 0.0)
+        self.assertFalse(policy.isUnhealthy(metrics))
+        metrics.recordError(0.0)
+        self.assertTrue(policy.isUnhealthy(metrics))
+
+    def test_maxErrorsOffByDefault(self) -> None:
+        """
+        By default (C{maxErrors} 0) errors spread among many successes do
+        not make a connection unhealthy.
+        """
+        policy = HealthPolicy()
+        metrics = ConnectionMetrics(0.0, policy)
+        for _ in range(100):
+            metrics.recordError(0.0)
+            for _ in range(9):
+                metrics.recordSuccess(0.1, 0.0)
+        self.assertFalse(policy.isUnhealthy(metrics))
+
+    def test_maxErrorsNegative(self) -> None:
+        """
+        A negative C{maxErrors} is refused with L{ValueError}.
+        """
+        self.assertRaises(ValueError, HealthPolicy, maxErrors=-1)

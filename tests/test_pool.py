@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -19,6 +20,31 @@ from relaypool.transport.pool import Pool, PoolStats
 from tests.echo import EchoServerFactory, clientFactory, serve, waitFor
 
 NAME = "echo.test:80"
+CURRENT = Address("10.0.0.1", 80)
+OTHER = Address("10.0.0.2", 80)
+THIRD = Address("10.0.0.3", 80)
+
+
+class _MadeElsewhere:
+    """
+    A connection made outside the pool: an open WebSocket protocol's
+    C{is_closed}, C{sendClose} and an echoing C{request}.
+
+    @ivar closes: how many times C{sendClose} was called.
+    """
+
+    def __init__(self) -> None:
+        self.is_closed: Deferred[None] = Deferred()
+        self.closes = 0
+
+    def request(self, payload: bytes) -> Deferred[bytes]:
+        return succeed(payload)
+
+    def sendClose(self, code: int | None = None, reason: str | None = None) -> None:
+        self.closes += 1
+
+    def closed(self) -> None:
+        self.is_closed.callback(None)
 
 
 class UnconnectedPoolTests(SynchronousTestCase):
@@ -31,12 +57,191 @@ class UnconnectedPoolTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         mux = UniformMultiplexer(
             self.reactor,
-            StaticNameService({NAME: [Address("10.0.0.1", 80)]}),
+            StaticNameService({NAME: [CURRENT]}),
             NAME,
             clientFactory("ws://echo.test"),
         )
         self.pool = Pool(self.reactor, mux, queueSize=2, acquireTimeout=10.0)
         self.pool.startService()
+
+    def insertNew(self, address: Address = OTHER, pool: Pool | None = None) -> _MadeElsewhere:
+        """
+        @return: a connection made elsewhere, inserted into the pool.
+        """
+        connection = _MadeElsewhere()
+        self.assertTrue((pool or self.pool).insert(address, connection))
+        return connection
+
+    def test_limitsReadable(self) -> None:
+        """
+        The pool's C{maxConnections}, C{acquireTimeout} and
+        C{maxTotalConnections} are readable.
+        """
+        pool = Pool(self.reactor, self.pool._mux, maxConnections=3, acquireTimeout=7.5)
+        self.assertEqual((pool.maxConnections, pool.acquireTimeout), (3, 7.5))
+        self.assertEqual(pool.maxTotalConnections, 0)
+
+    def test_insertedConnectionUsed(self) -> None:
+        """
+        A connection inserted with L{Pool.insert} sends a queued request,
+        serves a waiting acquire and counts in the stats.
+        """
+        queued, waiting = self.pool.request(b"early"), self.pool.acquire()
+        connection = self.insertNew()
+        self.assertEqual(self.successResultOf(queued), b"early")
+        self.assertIs(self.successResultOf(waiting), connection)
+        self.assertEqual((self.pool.stats().total, self.pool.connectionCount()), (1, 1))
+        metrics = self.pool.metrics(connection)
+        assert metrics is not None
+        self.assertEqual(metrics.successes, 1)
+
+    def test_insertRefusedAtCap(self) -> None:
+        """
+        L{Pool.insert} returns C{False} and adds nothing once the pool holds
+        C{maxTotalConnections} connections across all addresses; a
+        removal makes room again. With the default 0 there is no cap.
+        """
+        capped = Pool(self.reactor, self.pool._mux, maxTotalConnections=2)
+        capped.startService()
+        self.insertNew(OTHER, capped)
+        self.insertNew(THIRD, capped)
+        self.assertFalse(capped.insert(OTHER, _MadeElsewhere()))
+        self.assertEqual(capped.connectionCount(), 2)
+        self.assertEqual(len(capped.remove(THIRD)), 1)
+        self.insertNew(OTHER, capped)
+        for _ in range(5):
+            self.insertNew()
+        self.assertEqual(self.pool.connectionCount(), 5)
+
+    def test_insertBadInput(self) -> None:
+        """
+        L{Pool.insert} refuses a non-address or a non-WebSocket protocol
+        with L{TypeError}, a closed or already inserted connection with
+        L{ValueError}, and raises L{PoolClosed} when the pool is not
+        running; C{maxTotalConnections} may not be negative.
+        """
+        notAnAddress: Any = "10.0.0.2:80"
+        self.assertRaises(TypeError, self.pool.insert, notAnAddress, _MadeElsewhere())
+        self.assertRaises(TypeError, self.pool.insert, OTHER, object())
+        closed = _MadeElsewhere()
+        closed.closed()
+        self.assertRaises(ValueError, self.pool.insert, OTHER, closed)
+        inserted = self.insertNew()
+        self.assertRaises(ValueError, self.pool.insert, THIRD, inserted)
+        self.assertRaises(TypeError, self.pool.acquire, address=notAnAddress)
+        self.assertRaises(ValueError, Pool, self.reactor, self.pool._mux, maxTotalConnections=-1)
+        self.pool.stopService()
+        self.assertRaises(PoolClosed, self.pool.insert, OTHER, _MadeElsewhere())
+
+    def test_acquireByAddress(self) -> None:
+        """
+        C{acquire(address=...)} takes only a connection to that address,
+        waiting (without holding up acquires for other addresses) until
+        one is there.
+        """
+        other, third = self.insertNew(OTHER), self.insertNew(THIRD)
+        self.assertIs(self.successResultOf(self.pool.acquire(address=THIRD)), third)
+        wantsThird = self.pool.acquire(address=THIRD)
+        self.assertIs(self.successResultOf(self.pool.acquire()), other)
+        self.assertNoResult(wantsThird)
+        self.pool.release(other)
+        self.assertNoResult(wantsThird)
+        self.assertIs(self.successResultOf(self.pool.acquire(address=OTHER)), other)
+        self.pool.release(third)
+        self.assertIs(self.successResultOf(wantsThird), third)
+
+    def test_acquireByAddressNotYetThere(self) -> None:
+        """
+        C{acquire(address=...)} for an address without a connection is
+        served by a connection inserted for it later, or times out.
+        """
+        served, expires = self.pool.acquire(address=OTHER), self.pool.acquire(address=THIRD)
+        connection = self.insertNew(OTHER)
+        self.assertIs(self.successResultOf(served), connection)
+        self.reactor.advance(10.0)
+        self.failureResultOf(expires).trap(AcquireTimeout)
+
+    def test_removeReturnsInserted(self) -> None:
+        """
+        L{Pool.remove} takes the connections inserted for an address out of
+        the pool without closing them, releases them if acquired, and
+        returns them; for an address with none it returns an empty list.
+        """
+        first, second, kept = self.insertNew(), self.insertNew(), self.insertNew(THIRD)
+        self.assertIs(self.successResultOf(self.pool.acquire(address=OTHER)), first)
+        self.assertEqual(self.pool.remove(OTHER), [first, second])
+        self.assertEqual((first.closes, second.closes), (0, 0))
+        self.assertEqual((self.pool.activeConnections(), self.pool.connectionCount()), (0, 1))
+        self.assertIsNone(self.pool.metrics(first))
+        self.assertEqual(self.pool.remove(OTHER), [])
+        self.assertIs(self.successResultOf(self.pool.acquire()), kept)
+
+    def test_insertedClosedLeaves(self) -> None:
+        """
+        An inserted connection that closes leaves the pool, acquired or
+        not, and its metrics go.
+        """
+        connection = self.insertNew()
+        self.successResultOf(self.pool.acquire())
+        self.pool.recordError(connection)
+        connection.closed()
+        self.assertEqual((self.pool.connectionCount(), self.pool.activeConnections()), (0, 0))
+        self.assertIsNone(self.pool.metrics(connection))
+        self.assertIsNone(self.pool.metrics(OTHER))
+
+    def test_evictInsertedCloses(self) -> None:
+        """
+        Eviction closes an inserted connection with a close handshake and
+        takes it out of the pool: an unhealthy one (here by seed 002's
+        total error count, C{maxErrors}) and an idle one.
+        """
+        pool = Pool(
+            self.reactor,
+            self.pool._mux,
+            healthPolicy=HealthPolicy(maxErrors=2, maxConsecutiveErrors=10, minScore=0.0),
+        )
+        pool.startService()
+        sick, idle = self.insertNew(OTHER, pool), self.insertNew(THIRD, pool)
+        for _ in range(2):
+            pool.recordError(sick)
+            pool.recordSuccess(sick, 0.01)
+        self.assertEqual(pool.evictUnhealthy(), 1)
+        self.assertEqual((sick.closes, pool.connectionCount()), (1, 1))
+        self.reactor.advance(60.0)
+        self.assertEqual(pool.evictIdle(60.0), 1)
+        self.assertEqual((idle.closes, pool.connectionCount()), (1, 0))
+
+    def test_stopClosesInserted(self) -> None:
+        """
+        Stopping the pool closes its inserted connections and fires once
+        they closed.
+        """
+        connection = self.insertNew()
+        stopped = self.pool.stopService()
+        self.assertEqual(connection.closes, 1)
+        self.assertNoResult(stopped)
+        connection.closed()
+        self.assertIsNone(self.successResultOf(stopped))
+
+    def test_recordByAddress(self) -> None:
+        """
+        L{Pool.recordSuccess} and L{Pool.recordError} given an L{Address}
+        count on that address's aggregate, which L{Pool.metrics} returns;
+        an address that is neither current nor connected is refused with
+        L{KeyError}.
+        """
+        self.pool.recordSuccess(CURRENT, 0.25)
+        self.pool.recordError(CURRENT)
+        aggregate = self.pool.metrics(CURRENT)
+        assert aggregate is not None
+        self.assertEqual((aggregate.successes, aggregate.errors), (1, 1))
+        self.assertEqual(aggregate.lastLatency, 0.25)
+        self.insertNew(OTHER)
+        self.pool.recordError(OTHER)
+        self.assertEqual(self.pool.metrics(OTHER).errors, 1)  # type: ignore[union-attr]
+        self.assertRaises(KeyError, self.pool.recordSuccess, THIRD, 0.1)
+        self.assertRaises(KeyError, self.pool.recordError, THIRD)
+        self.assertIsNone(self.pool.metrics(THIRD))
 
     def test_notRunning(self) -> None:
         """

@@ -167,6 +167,24 @@ class RelayManagementTests(PoolTestMixin, TestCase):
         self.assertEqual(pool.cleanup(), 1)
         self.assertEqual(pool.relayURLs(), [relay.url + "/"])
 
+    @inlineCallbacks
+    def test_cleanupRemovesStoppedRelaysAtOnce(self) -> Any:
+        """
+        cleanup removes a relay that is already dead (stopped) at once,
+        without waiting for deadAfter, while a relay that is only backing
+        off stays for its grace period.
+        """
+        relay = yield self.startRelay()
+        backingOff = deadURL()
+        pool = self.makePool(relay, backingOff, deadAfter=300.0)
+        yield self.connected(pool, 1)
+        stopped = pool.relay(relay.url)
+        yield stopped.stop()
+        self.assertTrue(stopped.isStopped())
+        self.assertEqual(pool.cleanup(), 1)
+        self.assertEqual(pool.relayURLs(), [backingOff + "/"])
+        self.assertEqual(pool.cleanup(), 0)
+
     def test_unknownRelayInSubscribe(self) -> None:
         """
         subscribe(relays=...) naming a relay not in the pool raises UnknownRelay.

@@ -73,6 +73,18 @@ _CLOSE_GOING_AWAY = 1001
 _CLOSE_POLICY_VIOLATION = 1008
 
 
+def _payload(text: bytes | str) -> bytes:
+    """
+    @return: C{text} as a text frame's UTF-8 payload.
+    @raise TypeError: if C{text} is neither L{bytes} nor L{str}.
+    """
+    if isinstance(text, bytes):
+        return text
+    if isinstance(text, str):
+        return text.encode("utf-8")
+    raise TypeError(f"a text frame is bytes (UTF-8) or str, not {type(text).__name__}")
+
+
 @dataclass(slots=True)
 class Claims:
     """
@@ -363,17 +375,20 @@ class ConnectionRegistry(service.Service):
 
     # --- sending ------------------------------------------------------------
 
-    def sendText(self, connId: ConnId, text: bytes) -> bool:
+    def sendText(self, connId: ConnId, text: bytes | str) -> bool:
         """
         Send one text frame to one connection, without waiting: it is written
         now, or queued in the connection's backlog if its transport's buffer
         is full.
 
-        @param text: the UTF-8 encoded frame payload.
+        @param text: the frame payload: UTF-8 encoded L{bytes}, or a L{str}
+            (encoded as UTF-8 here).
         @return: C{False} if it was neither written nor queued: the
             connection is unknown, closed or closing, or was evicted for
             staying behind.
+        @raise TypeError: if C{text} is neither L{bytes} nor L{str}.
         """
+        text = _payload(text)
         conn = self._conns.get(connId)
         if conn is None:
             return False
@@ -381,16 +396,17 @@ class ConnectionRegistry(service.Service):
         self._evictOverflowing()
         return written
 
-    def broadcastText(self, text: bytes) -> int:
+    def broadcastText(self, text: bytes | str) -> int:
         """
         Send one text frame to every registered connection; see
         L{broadcastRoomText}.
 
         @return: the number of connections it was written or queued to.
+        @raise TypeError: if C{text} is neither L{bytes} nor L{str}.
         """
-        return self._broadcast(tuple(self._conns.values()), text)
+        return self._broadcast(tuple(self._conns.values()), _payload(text))
 
-    def broadcastRoomText(self, room: Hashable, text: bytes) -> int:
+    def broadcastRoomText(self, room: Hashable, text: bytes | str) -> int:
         """
         Send one text frame to every member of a room. The frame is built
         once; a member that is closed is skipped silently; a member whose
@@ -398,8 +414,12 @@ class ConnectionRegistry(service.Service):
         stays behind (see the module docstring) is closed with code 1008 once
         every other member got the frame.
 
+        @param text: the frame payload: UTF-8 encoded L{bytes}, or a L{str}
+            (encoded as UTF-8 here).
         @return: the number of members it was written or queued to.
+        @raise TypeError: if C{text} is neither L{bytes} nor L{str}.
         """
+        text = _payload(text)
         members = self._rooms.get(room)
         if members is None:
             return 0

@@ -21,6 +21,9 @@ class HealthPolicy:
         unhealthy.
     @ivar maxConsecutiveErrors: a connection with this many errors in a row
         is unhealthy.
+    @ivar maxErrors: a connection with this many errors in all (in a row or
+        not; seed 002's stale rule, which uses 5) is unhealthy; 0 (the
+        default) sets no such limit.
     @ivar latencyTarget: seconds; a latency average above it lowers the
         score.
     @ivar ewmaAlpha: weight of the newest latency in the moving average.
@@ -30,13 +33,22 @@ class HealthPolicy:
     maxConsecutiveErrors: int = 5
     latencyTarget: float = 0.5
     ewmaAlpha: float = 0.2
+    maxErrors: int = 0
+
+    def __post_init__(self) -> None:
+        if self.maxErrors < 0:
+            raise ValueError(f"maxErrors must be 0 (no limit) or more, not {self.maxErrors}")
 
     def isUnhealthy(self, metrics: ConnectionMetrics) -> bool:
         """
-        @return: whether C{metrics} describe an unhealthy connection.
+        @return: whether C{metrics} describe an unhealthy connection: at
+            least C{maxConsecutiveErrors} errors in a row, at least
+            C{maxErrors} errors in all (unless 0), or a health score of at
+            most C{minScore}.
         """
         return (
             metrics.consecutiveErrors >= self.maxConsecutiveErrors
+            or 0 < self.maxErrors <= metrics.errors
             or metrics.healthScore() <= self.minScore
         )
 

@@ -4,7 +4,8 @@ through a bounded queue, exclusive acquire/release under a permit limit,
 per-connection metrics and eviction of idle or unhealthy connections.
 
 Request/reply needs protocols providing L{IRequestProtocol}; acquire and
-release work with any protocol.
+release work with any protocol. Connections made elsewhere join the pool
+with L{Pool.insert} (seed 003's address-keyed use).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -82,6 +83,17 @@ class CleanupHandle:
         self._onStop(self)
 
 
+class _Acquirer:
+    __slots__ = ("deferred", "timer", "address")
+
+    def __init__(
+        self, deferred: Deferred[Any], timer: IDelayedCall, address: Address | None
+    ) -> None:
+        self.deferred = deferred
+        self.timer = timer
+        self.address = address
+
+
 class _Queued:
     __slots__ = ("payload", "deferred")
 
@@ -101,7 +113,14 @@ class Pool(service.Service):
 
     L{acquire} hands out an open connection exclusively (L{request} and
     other acquirers leave it alone) until L{release}; at most
-    C{maxConnections} are held at once.
+    C{maxConnections} are held at once. C{acquire(address=...)} takes a
+    connection to that address only.
+
+    Besides the multiplexer's connections the pool uses connections made
+    elsewhere and handed to it with L{insert} (until L{remove} hands them
+    back, they close, or they are evicted); the pool holds at most
+    C{maxTotalConnections} connections in all, counting the multiplexer's
+    open ones, and refuses L{insert} at that cap.
 
     Metrics are kept per connection (while it is open) and per address (an
     aggregate of that address's connections, while the address is
@@ -123,6 +142,7 @@ class Pool(service.Service):
         acquireTimeout: float = 30.0,
         healthPolicy: HealthPolicy = _DEFAULT_POLICY,
         maxInFlight: int = 100,
+        maxTotalConnections: int = 0,
     ) -> None:
         """
         @param reactor: an L{IReactorTime}; the global reactor if L{None}.
@@ -133,7 +153,17 @@ class Pool(service.Service):
         @param acquireTimeout: the default L{acquire} timeout in seconds.
         @param healthPolicy: what L{evictUnhealthy} evicts.
         @param maxInFlight: requests one connection carries at most.
+        @param maxTotalConnections: how many open connections the pool holds
+            at most across all addresses, the multiplexer's and inserted
+            ones together; L{insert} is refused at this cap. 0 (the default)
+            sets no cap. (The multiplexer's own number is set by its
+            C{connectionsPerAddress} and the name service.)
+        @raise ValueError: if C{maxTotalConnections} is negative.
         """
+        if maxTotalConnections < 0:
+            raise ValueError(
+                f"maxTotalConnections must be 0 (no cap) or more, not {maxTotalConnections}"
+            )
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
@@ -145,8 +175,11 @@ class Pool(service.Service):
         self._acquireTimeout = acquireTimeout
         self._policy = healthPolicy
         self._maxInFlight = maxInFlight
+        self._maxTotalConnections = maxTotalConnections
         self._queue: deque[_Queued] = deque()
-        self._acquirers: deque[tuple[Deferred[Any], IDelayedCall]] = deque()
+        self._acquirers: deque[_Acquirer] = deque()
+        self._inserted: dict[Any, Address] = {}
+        self._cursor = 0
         self._held: set[Any] = set()
         self._inFlight: dict[Any, int] = {}
         self._metrics: dict[Any, ConnectionMetrics] = {}
@@ -154,6 +187,27 @@ class Pool(service.Service):
         self._addressMetrics: dict[Address, ConnectionMetrics] = {}
         self._cleanups: set[CleanupHandle] = set()
         self._unobserve: Callable[[], None] | None = None
+
+    @property
+    def maxConnections(self) -> int:
+        """
+        How many connections may be acquired at once.
+        """
+        return self._maxConnections
+
+    @property
+    def acquireTimeout(self) -> float:
+        """
+        The default L{acquire} timeout in seconds.
+        """
+        return self._acquireTimeout
+
+    @property
+    def maxTotalConnections(self) -> int:
+        """
+        How many open connections the pool holds at most (0: no cap).
+        """
+        return self._maxTotalConnections
 
     # --- service ----------------------------------------------------------
 
@@ -168,8 +222,8 @@ class Pool(service.Service):
     def stopService(self) -> Deferred[None]:
         """
         Stop the cleanup loops, fail waiting L{acquire} calls and queued
-        requests with L{PoolClosed}, and stop the multiplexer (close
-        handshake on every connection).
+        requests with L{PoolClosed}, stop the multiplexer and close the
+        inserted connections (close handshake on every connection).
 
         @return: a Deferred firing when every connection is closed.
         """
@@ -180,13 +234,17 @@ class Pool(service.Service):
         for handle in list(self._cleanups):
             handle.stop()
         acquirers, self._acquirers = self._acquirers, deque()
-        for waiter, timer in acquirers:
-            timer.cancel()
-            waiter.errback(PoolClosed("the pool stopped while acquire() waited"))
+        for acquirer in acquirers:
+            acquirer.timer.cancel()
+            acquirer.deferred.errback(PoolClosed("the pool stopped while acquire() waited"))
         queued, self._queue = self._queue, deque()
         for entry in queued:
             entry.deferred.errback(PoolClosed("the pool stopped before the request was sent"))
-        return self._mux.stopService()
+        closing = [self._closeInserted(connection) for connection in list(self._inserted)]
+        if not closing:
+            return self._mux.stopService()
+        closing.append(self._mux.stopService())
+        return gatherResults(closing).addCallback(lambda _: None)
 
     # --- request/reply ----------------------------------------------------
 
@@ -260,6 +318,8 @@ class Pool(service.Service):
         @return: the next open connection in round-robin order satisfying
             C{predicate}, or L{None}.
         """
+        if self._inserted:
+            return self._pickAmongAll(predicate)
         try:
             first = self._mux.pick()
         except NoConnectionAvailable:
@@ -274,6 +334,20 @@ class Pool(service.Service):
                 return connection
         return None
 
+    def _pickAmongAll(self, predicate: Callable[[Any], bool]) -> Any:
+        """
+        L{_pickWhere} when connections were inserted: round-robin over the
+        multiplexer's open connections followed by the inserted ones.
+        """
+        candidates = self._mux.readyConnections() + list(self._inserted)
+        count = len(candidates)
+        for step in range(count):
+            index = (self._cursor + step) % count
+            if predicate(candidates[index]):
+                self._cursor = index + 1
+                return candidates[index]
+        return None
+
     def _slotChanged(self, status: SlotStatus) -> None:
         if status.state == OPEN:
             self._dispatch()
@@ -281,21 +355,32 @@ class Pool(service.Service):
 
     # --- acquire/release --------------------------------------------------
 
-    def acquire(self, timeout: float | None = None) -> Deferred[Any]:
+    def acquire(
+        self, timeout: float | None = None, address: Address | None = None
+    ) -> Deferred[Any]:
         """
         Hold an open connection exclusively until L{release}.
 
         @param timeout: seconds to wait at most; L{None} for the pool's
             C{acquireTimeout}.
+        @param address: if given, only a connection to this address will do
+            (one of the multiplexer's or an inserted one); the call waits
+            for one like any other, even if the address is not current yet.
         @return: a Deferred firing with the connection; failing with
             L{AcquireTimeout} after C{timeout}, L{QueueFull} if C{queueSize}
             calls already wait, L{PoolClosed} if the pool is not running or
             stops.
+        @raise TypeError: if C{address} is neither an L{Address} nor
+            L{None}.
         """
+        if address is not None and not isinstance(address, Address):
+            raise TypeError(f"address must be an Address, not {type(address).__name__}")
         if not self.running:
             return fail(PoolClosed("the pool is not running"))
-        if not self._acquirers and self.availablePermits() > 0:
-            connection = self._pickWhere(self._isFree)
+        if self.availablePermits() > 0:
+            # Any waiting acquirer wants another address: a connection it
+            # could take would have been handed to it already.
+            connection = self._pickWhere(self._freeFor(address))
             if connection is not None:
                 self._held.add(connection)
                 return succeed(connection)
@@ -308,7 +393,7 @@ class Pool(service.Service):
 
         waiter: Deferred[Any] = Deferred(cancel)
         timer = self._reactor.callLater(seconds, self._acquireExpired, waiter, seconds)
-        entry = (waiter, timer)
+        entry = _Acquirer(waiter, timer, address)
         self._acquirers.append(entry)
         return waiter
 
@@ -338,33 +423,149 @@ class Pool(service.Service):
     def _isFree(self, connection: Any) -> bool:
         return connection not in self._held
 
-    def _serveAcquirers(self) -> None:
-        while self._acquirers and self.availablePermits() > 0:
-            connection = self._pickWhere(self._isFree)
-            if connection is None:
-                return
-            waiter, timer = self._acquirers.popleft()
-            timer.cancel()
-            self._held.add(connection)
-            waiter.callback(connection)
+    def _freeFor(self, address: Address | None) -> Callable[[Any], bool]:
+        """
+        @return: a predicate true of a connection that is not held and, if
+            C{address} is given, connected to it.
+        """
+        if address is None:
+            return self._isFree
+        return lambda connection: (
+            connection not in self._held and self._addressFor(connection) == address
+        )
 
-    def _forgetAcquirer(self, entry: tuple[Deferred[Any], IDelayedCall]) -> None:
+    def _serveAcquirers(self) -> None:
+        """
+        Hand free connections to waiting acquirers, oldest first; one that
+        wants an address with no free connection lets the next ones pass.
+        """
+        for entry in list(self._acquirers):
+            if self.availablePermits() <= 0:
+                return
+            connection = self._pickWhere(self._freeFor(entry.address))
+            if connection is None:
+                if entry.address is None:
+                    return
+                continue
+            self._acquirers.remove(entry)
+            entry.timer.cancel()
+            self._held.add(connection)
+            entry.deferred.callback(connection)
+
+    def _forgetAcquirer(self, entry: _Acquirer) -> None:
         if entry in self._acquirers:
             self._acquirers.remove(entry)
-        if entry[1].active():
-            entry[1].cancel()
+        if entry.timer.active():
+            entry.timer.cancel()
 
     def _acquireExpired(self, waiter: Deferred[Any], seconds: float) -> None:
-        self._acquirers = deque(entry for entry in self._acquirers if entry[0] is not waiter)
+        self._acquirers = deque(entry for entry in self._acquirers if entry.deferred is not waiter)
         waiter.errback(AcquireTimeout(f"no connection could be acquired within {seconds}s"))
+
+    # --- connections made elsewhere ---------------------------------------
+
+    def insert(self, address: Address, protocol: Any) -> bool:
+        """
+        Add a connection made elsewhere, to C{address}: from now on the pool
+        uses it like its multiplexer's (requests, L{acquire}, metrics,
+        eviction) and owns it: eviction and L{stopService} close it with a
+        close handshake. It leaves the pool when it closes or through
+        L{remove}.
+
+        @param protocol: an open Autobahn WebSocket protocol (its
+            C{is_closed} Deferred tells the pool when it closes).
+        @return: C{True} if it was added; C{False} if the pool already holds
+            C{maxTotalConnections} open connections.
+        @raise TypeError: if C{address} is not an L{Address} or C{protocol}
+            has no C{is_closed} Deferred.
+        @raise ValueError: if C{protocol} has closed or is already in the
+            pool.
+        @raise PoolClosed: if the pool is not running.
+        """
+        if not isinstance(address, Address):
+            raise TypeError(f"address must be an Address, not {type(address).__name__}")
+        closed = getattr(protocol, "is_closed", None)
+        if not isinstance(closed, Deferred):
+            raise TypeError(
+                f"{type(protocol).__name__} is not an Autobahn WebSocket protocol "
+                f"(it has no is_closed Deferred)"
+            )
+        if closed.called:
+            raise ValueError("the connection has closed")
+        if protocol in self._inserted or protocol in self._mux.readyConnections():
+            raise ValueError("the connection is already in the pool")
+        if not self.running:
+            raise PoolClosed("the pool is not running")
+        if 0 < self._maxTotalConnections <= self.connectionCount():
+            return False
+        self._inserted[protocol] = address
+        self._metricsFor(protocol)
+        closed.addBoth(self._insertedClosed, protocol)
+        self._dispatch()
+        self._serveAcquirers()
+        return True
+
+    def remove(self, address: Address) -> list[Any]:
+        """
+        Take the connections inserted for C{address} out of the pool without
+        closing them: the caller owns them again. Acquired ones are released
+        (L{release} of them does nothing); requests they carry still get
+        their replies. The multiplexer's own connections to C{address} stay:
+        they follow the name service.
+
+        @return: the connections removed, oldest first; empty if none was
+            inserted for C{address}.
+        """
+        removed = [c for c, a in self._inserted.items() if a == address]
+        for connection in removed:
+            self._dropInserted(connection)
+        if removed:
+            self._serveAcquirers()
+        return removed
+
+    def connectionCount(self) -> int:
+        """
+        @return: how many open connections the pool holds: the
+            multiplexer's and the inserted ones.
+        """
+        return len(self._mux.readyConnections()) + len(self._inserted)
+
+    def _insertedClosed(self, result: object, connection: Any) -> object:
+        if connection in self._inserted:
+            self._dropInserted(connection)
+            self._serveAcquirers()
+        return result
+
+    def _dropInserted(self, connection: Any) -> None:
+        del self._inserted[connection]
+        self._held.discard(connection)
+        self._forget(None, connection)
+
+    def _closeInserted(self, connection: Any) -> Deferred[Any]:
+        """
+        Take an inserted connection out of the pool and start its close
+        handshake.
+
+        @return: its C{is_closed} Deferred.
+        """
+        self._dropInserted(connection)
+        done: Deferred[None] = Deferred()
+
+        def closed(result: object) -> object:
+            done.callback(None)
+            return result
+
+        connection.is_closed.addBoth(closed)
+        connection.sendClose(code=1000, reason="relaypool: closing")
+        return done
 
     # --- metrics and eviction ---------------------------------------------
 
     def stats(self) -> PoolStats:
         """
-        @return: a snapshot of the pool.
+        @return: a snapshot of the pool (inserted connections included).
         """
-        ready = self._mux.readyConnections()
+        ready = self._mux.readyConnections() + list(self._inserted)
         active = sum(1 for c in ready if c in self._held or c in self._inFlight)
         unhealthy = sum(
             1 for c in ready if c in self._metrics and self._policy.isUnhealthy(self._metrics[c])
@@ -390,17 +591,77 @@ class Pool(service.Service):
             return self._addressMetrics.get(key)
         return self._metricsFor(key)
 
-    def recordSuccess(self, connection: Any, latency: float) -> None:
+    def recordSuccess(self, key: Any, latency: float) -> None:
         """
-        Count a reply that took C{latency} seconds on C{connection}.
-        """
-        self._record(connection, self._reactor.seconds(), latency)
+        Count a reply that took C{latency} seconds.
 
-    def recordError(self, connection: Any) -> None:
+        @param key: a connection (its metrics and its address's aggregate
+            count it; nothing is counted for a connection that is not open,
+            since its metrics went when it closed), or an L{Address} (its
+            aggregate counts it).
+        @raise KeyError: if C{key} is an L{Address} that is neither current
+            nor has a connection in the pool.
         """
-        Count a failed request on C{connection}.
+        self._recordOn(key, latency)
+
+    def recordError(self, key: Any) -> None:
         """
-        self._record(connection, self._reactor.seconds(), None)
+        Count a failed request.
+
+        @param key: a connection or an L{Address}, as for L{recordSuccess}.
+        @raise KeyError: if C{key} is an L{Address} that is neither current
+            nor has a connection in the pool.
+        """
+        self._recordOn(key, None)
+
+    def _recordOn(self, key: Any, latency: float | None) -> None:
+        """
+        Count a success (with C{latency}) or an error (C{latency} L{None})
+        on a connection or an address.
+        """
+        if not isinstance(key, Address):
+            self._record(key, self._reactor.seconds(), latency)
+            return
+        address = key
+        aggregate = self._addressMetrics.get(address)
+        if aggregate is None:
+            if not self._isKnown(address):
+                raise KeyError(f"{address} is neither current nor connected in this pool")
+            self._pruneAggregates()
+            now = self._reactor.seconds()
+            aggregate = self._addressMetrics[address] = ConnectionMetrics(now, self._policy)
+        now = self._reactor.seconds()
+        if latency is None:
+            aggregate.recordError(now)
+        else:
+            aggregate.recordSuccess(latency, now)
+
+    def _isKnown(self, address: Address) -> bool:
+        """
+        @return: whether C{address} is current in the multiplexer or has a
+            connection in the pool.
+        """
+        return (
+            address in self._mux.addresses()
+            or address in self._addressOf.values()
+            or address in self._inserted.values()
+        )
+
+    def _pruneAggregates(self) -> None:
+        for address in [a for a in self._addressMetrics if not self._isKnown(a)]:
+            del self._addressMetrics[address]
+
+    def _addressFor(self, connection: Any) -> Address | None:
+        """
+        @return: the address of an open connection of the pool, or L{None}.
+        """
+        address = self._inserted.get(connection)
+        if address is not None:
+            return address
+        try:
+            return self._mux.addressOf(connection)
+        except KeyError:
+            return None
 
     def _record(self, connection: Any, now: float, latency: float | None) -> None:
         metrics = self._metricsFor(connection)
@@ -418,64 +679,73 @@ class Pool(service.Service):
         metrics = self._metrics.get(connection)
         if metrics is not None:
             return metrics
-        try:
-            address = self._mux.addressOf(connection)
-        except KeyError:
+        address = self._addressFor(connection)
+        if address is None:
             return None
         now = self._reactor.seconds()
         metrics = self._metrics[connection] = ConnectionMetrics(now, self._policy)
         self._addressOf[connection] = address
         if address not in self._addressMetrics:
             self._addressMetrics[address] = ConnectionMetrics(now, self._policy)
-        self._mux.whenClosed(connection).addCallback(self._forget, connection)
+        if connection not in self._inserted:
+            # An inserted connection is forgotten when it leaves the pool.
+            self._mux.whenClosed(connection).addCallback(self._forget, connection)
         return metrics
 
     def _forget(self, result: object, connection: Any) -> None:
         self._metrics.pop(connection, None)
         self._inFlight.pop(connection, None)
-        address = self._addressOf.pop(connection)
-        if address not in self._mux.addresses() and address not in self._addressOf.values():
+        address = self._addressOf.pop(connection, None)
+        if address is not None and not self._isKnown(address):
             self._addressMetrics.pop(address, None)
 
     def evictIdle(self, maxIdle: float) -> int:
         """
-        Recycle every open connection that is neither acquired nor carrying
+        Evict every open connection that is neither acquired nor carrying
         requests and was last used (or first seen by the pool) C{maxIdle}
-        seconds ago or more. Its slot reconnects at once.
+        seconds ago or more: the multiplexer's are recycled (their slot
+        reconnects at once), inserted ones leave the pool and are closed.
 
         @return: how many were evicted.
         """
         now = self._reactor.seconds()
         evicted = 0
-        for connection in self._mux.readyConnections():
+        for connection in self._mux.readyConnections() + list(self._inserted):
             if connection in self._held or connection in self._inFlight:
                 continue
             metrics = self._metricsFor(connection)
             if metrics is not None and now - metrics.lastUsed >= maxIdle:
-                self._mux.recycle(connection)
+                self._evict(connection)
                 evicted += 1
         return evicted
 
     def evictUnhealthy(self) -> int:
         """
-        Recycle every open connection that is not acquired and is unhealthy
+        Evict every open connection that is not acquired and is unhealthy
         under the pool's L{HealthPolicy}; requests it still carries fail
-        with the protocol's connection-lost error. Its slot reconnects at
-        once.
+        with the protocol's connection-lost error. The multiplexer's are
+        recycled (their slot reconnects at once), inserted ones leave the
+        pool and are closed.
 
         @return: how many were evicted.
         """
         evicted = 0
-        for connection in self._mux.readyConnections():
+        for connection in self._mux.readyConnections() + list(self._inserted):
             metrics = self._metrics.get(connection)
             if (
                 connection not in self._held
                 and metrics is not None
                 and self._policy.isUnhealthy(metrics)
             ):
-                self._mux.recycle(connection)
+                self._evict(connection)
                 evicted += 1
         return evicted
+
+    def _evict(self, connection: Any) -> None:
+        if connection in self._inserted:
+            self._closeInserted(connection)
+        else:
+            self._mux.recycle(connection)
 
     def startCleanup(self, interval: float, maxIdle: float = 300.0) -> CleanupHandle:
         """

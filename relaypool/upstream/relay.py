@@ -426,6 +426,13 @@ class Relay:
 
     # --- state --------------------------------------------------------------
 
+    def isStopped(self) -> bool:
+        """
+        @return: whether L{stop} was called: the relay's connections are
+            closed or closing for good and it never reconnects.
+        """
+        return self._stopped
+
     def isConnected(self) -> bool:
         """
         @return: whether at least one connection is open.

@@ -183,8 +183,10 @@ class RelayPool(service.Service):
     @param broadcastCapacity: the bound of each relay's outbound queue.
     @param maxRelays: how many relays L{addRelay} accepts.
     @param verifySignatures: check each new event's id and signature.
-    @param deadAfter: L{cleanup} removes relays without an open connection for
-        this many seconds.
+    @param deadAfter: the grace period of L{cleanup}: it removes a relay that
+        is still trying (connecting or backing off) once it has had no open
+        connection for this many seconds; a dead (stopped) relay goes at
+        once.
     @param rateLimitBackoff: how long a relay is left alone after it answered
         C{rate-limited:} (the delay grows with repeated answers and resets
         after an accepted OK or an EOSE).
@@ -415,8 +417,13 @@ class RelayPool(service.Service):
 
     def cleanup(self) -> int:
         """
-        Remove relays that have had no open connection for C{deadAfter}
-        seconds.
+        Remove dead relays (seed 000's cleanup): at once those already dead,
+        that is stopped (L{Relay.stop} was called on it, say through
+        L{relay}): its connections are closed for good and it will never
+        reconnect; and, after a grace period, those that are only backing
+        off: no open connection for C{deadAfter} seconds (a relay that is
+        connecting, backing off or has no address yet may still come back).
+        L{addRelay} calls it when the pool is full.
 
         @return: how many were removed.
         """
@@ -424,7 +431,8 @@ class RelayPool(service.Service):
         dead = [
             url
             for url, relay in self._relays.items()
-            if relay.downSince is not None and now - relay.downSince >= self._deadAfter
+            if relay.isStopped()
+            or (relay.downSince is not None and now - relay.downSince >= self._deadAfter)
         ]
         for url in dead:
             self.removeRelay(url)
