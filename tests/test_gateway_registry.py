@@ -221,18 +221,19 @@ class RoomTests(_MemoryFixture, SynchronousTestCase):
 
     def test_unregisterLeavesEveryRoom(self) -> None:
         """
-        Unregistering a connection takes it out of all its rooms and calls
-        C{onRoomEmpty} for each room it leaves empty.
+        Unregistering a connection takes it out of all its rooms; a room it
+        leaves empty is gone.
         """
-        emptied: list[object] = []
-        self.registry.onRoomEmpty = emptied.append
         first, _ = self.registerOpen()
         second, _ = self.registerOpen()
         self.registry.joinRoom(first, "a")
         self.registry.joinRoom(first, "b")
         self.registry.joinRoom(second, "a")
         self.registry.unregister(first)
-        self.assertEqual((emptied, self.registry.roomSize("a")), (["b"], 1))
+        self.assertEqual(
+            (self.registry.roomSize("a"), self.registry.roomSize("b"), self.registry.roomCount()),
+            (1, 0, 1),
+        )
 
     def test_unknownConnectionJoinsNothing(self) -> None:
         """

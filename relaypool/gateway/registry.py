@@ -34,10 +34,12 @@ How a facade protocol uses the registry:
     - call L{ConnectionRegistry.register} from C{onOpen};
     - call L{ConnectionRegistry.touch} from C{onMessage}, C{onPing} and
       C{onPong};
+    - call L{ConnectionRegistry.leaveRoom} when a member leaves a room: it
+      says whether the room is now empty, so the facade can close its
+      upstream subscription (the registry is the one home of rooms'
+      members);
     - call L{ConnectionRegistry.unregister} from C{onClose}. Unregistering
-      leaves every room; L{ConnectionRegistry.onRoomEmpty} then names each
-      room left without members, so the facade can close its upstream
-      subscription. Connections the registry closes itself (slow clients,
+      leaves every room. Connections the registry closes itself (slow clients,
       idle ones, shutdown) also end in C{onClose}; those that do not close
       within C{closeTimeout} are aborted and unregistered by the registry.
       Autobahn's own C{closeHandshakeTimeout} is then redundant for them;
@@ -179,11 +181,6 @@ class _Connection:
 class ConnectionRegistry(service.Service):
     """
     The registry of downstream WebSocket connections, their rooms and claims.
-
-    @ivar onRoomEmpty: if set, called with a room each time
-        L{unregister} (by the facade, or by the registry for a connection it
-        aborted) leaves that room without members. L{leaveRoom} does not call
-        it: its return value says the same.
     """
 
     def __init__(
@@ -228,7 +225,6 @@ class ConnectionRegistry(service.Service):
         self._pingInterval = pingInterval
         self._maxIdle = maxIdle
         self._closeTimeout = closeTimeout
-        self.onRoomEmpty: Callable[[Hashable], None] | None = None
         self._ids = itertools.count(1)
         self._conns: dict[ConnId, _Connection] = {}
         self._rooms: dict[Hashable, dict[ConnId, _Connection]] = {}
@@ -291,8 +287,6 @@ class ConnectionRegistry(service.Service):
             del members[connId]
             if not members:
                 del self._rooms[room]
-                if self.onRoomEmpty is not None:
-                    self.onRoomEmpty(room)
         if self._closing.pop(connId, None) is not None and not self._closing:
             self._cancelAbortCall()
         if not self._conns:

@@ -70,12 +70,13 @@ class _Group:
     one registry room, one frame prefix.
     """
 
-    __slots__ = ("members", "prefix", "room")
+    __slots__ = ("prefix", "room")
 
     def __init__(self, key: bytes, subscriptionId: str) -> None:
+        # Its members are the registry's room's: the registry is the one home
+        # of who is in a room.
         self.room = (key, subscriptionId)
         self.prefix = b'["EVENT",' + orjson.dumps(subscriptionId) + b","
-        self.members: set[ConnId] = set()
 
 
 @dataclass(eq=False, slots=True)
@@ -329,7 +330,6 @@ class SharedSubscriptions:
         group = shared.groups.get(member.subscriptionId)
         if group is None:
             group = shared.groups[member.subscriptionId] = _Group(shared.key, member.subscriptionId)
-        group.members.add(session.connId)
         self._registry.joinRoom(session.connId, group.room)
 
     def _upstreamEOSE(self, shared: _SharedSubscription) -> None:
@@ -352,9 +352,7 @@ class SharedSubscriptions:
         del session.subscriptions[member.subscriptionId]
         if shared.catchingUp.pop((session.connId, member.subscriptionId), None) is None:
             group = shared.groups[member.subscriptionId]
-            group.members.discard(session.connId)
-            self._registry.leaveRoom(session.connId, group.room)
-            if not group.members:
+            if self._registry.leaveRoom(session.connId, group.room):
                 del shared.groups[member.subscriptionId]
         if member.history is not None:
             history, member.history = member.history, None
