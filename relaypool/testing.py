@@ -30,6 +30,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from relaypool._reactor import defaultReactor
 from relaypool.errors import InvalidEvent, InvalidMessage, InvalidRelayURL
 from relaypool.nostr.event import (
     AUTH_KIND,
@@ -440,10 +441,7 @@ class FakeRelay:
         information: RelayInformation | None = None,
         maxSubscriptions: int | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = defaultReactor(reactor)
         self._reactor = reactor
         self.port = port
         self.verify = verify

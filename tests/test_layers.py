@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).parent.parent / "relaypool"
 # Lowest first. The package's public face and the testing helpers may use
 # every layer.
 LAYERS = {
+    "_reactor": 0,
     "_version": 0,
     "errors": 0,
     "interfaces": 0,

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from relaypool._reactor import defaultReactor
 from relaypool.daemon.config import (
     SETTINGS,
     Config,
@@ -260,10 +261,7 @@ class StatusLogger(service.Service):
         @param interval: seconds between two rounds of status lines.
         @param reactor: an L{IReactorTime}; C{None} means the global reactor.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = defaultReactor(reactor)
         self._pool = pool
         self._interval = interval
         self._loop = LoopingCall(self.logStatus)
@@ -413,9 +411,7 @@ class RelayPoolService(OrderedMultiService):
         from relaypool.transport.names import DNSNameService
         from relaypool.upstream.relaypool import RelayPool
 
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = defaultReactor(self._reactor)
         config = self.config
         store = self._openStore(reactor)
         _StoreCloser(store).setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -555,9 +551,7 @@ class RelayPoolService(OrderedMultiService):
         stopped (it only re-raises a signal that stopped it), so the process
         ends itself once the reactor finished shutting down.
         """
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = defaultReactor(self._reactor)
         reactor.addSystemEventTrigger("after", "shutdown", self._exitProcess, status)
         reactor.stop()
 

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaypool._reactor import defaultReactor
 from relaypool.errors import CountUnavailable, InvalidEvent, InvalidMessage
 from relaypool.gateway.auth import expectedRelayURL, makeChallenge, verifyAuthEvent
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits, TokenBucket
@@ -121,10 +122,7 @@ class RelayFacade:
             pool and store.
         @raise InvalidRelayURL: if C{relayURL} is not a relay URL.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = defaultReactor(reactor)
         self._reactor = reactor
         self._registry = registry
         self._pool = pool

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaypool._reactor import defaultReactor
 from relaypool._version import __version__
 from relaypool.gateway.facade import RelayFacade
 from relaypool.gateway.http import GatewayResource, makeSite
@@ -118,10 +119,7 @@ class Gateway(service.MultiService):
             pool and store.
         """
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = defaultReactor(reactor)
         self._reactor = reactor
         self._pool = pool
         self._store = store

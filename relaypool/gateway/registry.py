@@ -64,6 +64,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from relaypool._reactor import defaultReactor
 from relaypool.errors import ConfigError, UnknownConnection
 
 ConnId = int
@@ -209,10 +210,7 @@ class ConnectionRegistry(service.Service):
         @param closeTimeout: seconds a connection the registry closes gets to
             finish the close handshake before its transport is aborted.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = defaultReactor(reactor)
         self._reactor = reactor
         if maxBacklogBytes < maxPendingBytes:
             raise ConfigError(

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from relaypool._reactor import defaultReactor
 from relaypool.errors import PublishFailed
 from relaypool.interfaces import IOutbox, IPublisher
 from relaypool.nostr.event import Event
@@ -152,10 +153,7 @@ class OutboxPublisher(service.Service):
         @param retryInterval: seconds between two reads of the outbox.
         @param maxInFlight: the most retry publishes in flight.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = defaultReactor(reactor)
         self._reactor = reactor
         self._pool = pool
         self._outbox = outbox

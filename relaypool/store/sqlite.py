@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from zope.interface import implementer
 
+from relaypool._reactor import defaultReactor
 from relaypool.errors import QueueFull, StoreError
 from relaypool.interfaces import IEventStore, IOutbox
 from relaypool.nostr.event import Event, isAddressable, isEphemeral, isReplaceable
@@ -389,11 +390,7 @@ class SQLiteEventStore:
             newer schema than this relaypool knows.
         @raise StoreError: if the database cannot be opened.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor  # type: ignore[assignment]
-        assert reactor is not None
+        reactor = defaultReactor(reactor)
         if clock is None:
             clock = time.time
         self.path = path

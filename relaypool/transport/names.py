@@ -22,6 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from relaypool._reactor import defaultReactor
 from relaypool.errors import InvalidName
 from relaypool.interfaces import INameService, INameSubscription
 
@@ -236,10 +237,7 @@ class DNSNameService(service.Service):
         @param refreshInterval: seconds between two re-resolutions of all
             names.
         """
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = defaultReactor(reactor)
         self._reactor = reactor
         self._refreshInterval = refreshInterval
         self._known: dict[str, frozenset[Address]] = {}

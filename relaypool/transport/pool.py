@@ -22,6 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaypool._reactor import defaultReactor
 from relaypool.errors import AcquireTimeout, NoConnectionAvailable, PoolClosed, QueueFull
 from relaypool.transport.health import ConnectionMetrics, HealthPolicy
 from relaypool.transport.mux import OPEN, SlotStatus, UniformMultiplexer
@@ -164,10 +165,7 @@ class Pool(service.Service):
             raise ValueError(
                 f"maxTotalConnections must be 0 (no cap) or more, not {maxTotalConnections}"
             )
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = defaultReactor(reactor)
         self._reactor = reactor
         self._mux = multiplexer
         self._queueSize = queueSize

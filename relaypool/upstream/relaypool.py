@@ -26,6 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from relaypool._reactor import defaultReactor
 from relaypool.errors import (
     CountUnavailable,
     InvalidEvent,
@@ -223,10 +224,7 @@ class RelayPool(service.Service):
         rateLimitBackoff: Backoff = Backoff(initial=1.0, maximum=60.0, jitter=0.0),
         onStateChange: Callable[[str, Any], None] | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = defaultReactor(reactor)
         for name, value in (
             ("ringCapacity", ringCapacity),
             ("cacheSize", cacheSize),
