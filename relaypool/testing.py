@@ -202,7 +202,7 @@ class _Subscription:
     prefix: bytes
 
 
-class _RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+class _RelayProtocol(WebSocketServerProtocol):
     """
     One client connection to a L{FakeRelay}.
     """
@@ -317,7 +317,7 @@ class _RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self.sendData(data)
 
 
-class _RelayFactory(WebSocketServerFactory):  # type: ignore[misc]
+class _RelayFactory(WebSocketServerFactory):
     protocol = _RelayProtocol  # type: ignore[assignment]
 
     def __init__(self, relay: FakeRelay) -> None:

@@ -40,7 +40,7 @@ class TryItFailed(RelayPoolError):
     """
 
 
-class _Client(WebSocketClientProtocol):  # type: ignore[misc]
+class _Client(WebSocketClientProtocol):
     """
     A minimal Nostr client: queues what it receives, and answers NIP-42
     C{AUTH} challenges with its key.

@@ -27,7 +27,7 @@ the two sizes is answered with a C{NOTICE} and the connection stays usable.
 """
 
 
-class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+class GatewayProtocol(WebSocketServerProtocol):
     """
     One downstream WebSocket connection: registers with the registry and
     hands its messages to the factory's L{RelayFacade}.
@@ -103,7 +103,7 @@ class GatewayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             factory.release(ip)
 
 
-class GatewayFactory(WebSocketServerFactory):  # type: ignore[misc]
+class GatewayFactory(WebSocketServerFactory):
     """
     The factory of L{GatewayProtocol}: the WebSocket options from the
     limits, and the count of connections per IP.

@@ -47,7 +47,7 @@ def fetchRelayInformation(
     return _fetch(client, informationURL(relayURL), timeout)
 
 
-class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):  # type: ignore[misc]
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
     """
     The HTTP client factory of one fetch, which does not log "Starting
     factory ..." and "Stopping factory ..." (Twisted's documented way to

@@ -111,7 +111,7 @@ class RelayOwner(Protocol):
         """A connection of the relay opened or closed."""
 
 
-class RelayConnection(WebSocketClientProtocol):  # type: ignore[misc]
+class RelayConnection(WebSocketClientProtocol):
     """
     One WebSocket connection to a relay; everything it reads goes to its
     L{Relay}.
@@ -195,7 +195,7 @@ class _WriteFlow:
         self.paused = True
 
 
-class _RelayFactory(WebSocketClientFactory):  # type: ignore[misc]
+class _RelayFactory(WebSocketClientFactory):
     protocol = RelayConnection  # type: ignore[assignment]
     # Not "Starting factory ..." on every connection attempt: the slot's
     # state changes are logged instead.
