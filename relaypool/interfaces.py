@@ -152,7 +152,7 @@ class IOutbox(Interface):
         @return: Deferred firing when the row is durable (committed).
         """
 
-    def recordResult(eventID, relayURL, accepted, message, refused=False):  # type: ignore[no-untyped-def]
+    def recordResult(eventId, relayURL, accepted, message, refused=False):  # type: ignore[no-untyped-def]
         """
         Record a relay's C{OK} (or a failure to deliver, with C{accepted}
         false). With C{refused}, the relay refused the event for good (a
@@ -168,7 +168,7 @@ class IOutbox(Interface):
             not yet settled by every relay, oldest first.
         """
 
-    def discard(eventID):  # type: ignore[no-untyped-def]
+    def discard(eventId):  # type: ignore[no-untyped-def]
         """
         Remove an event from the outbox (it aged out or is no longer wanted).
 

@@ -109,11 +109,11 @@ class _FakePool:
         Answer the C{index}th held publish: the relays in C{accepted} accept
         with their messages, the others reject.
         """
-        d, onAnswer, targets, eventID, quorum = self.held[index]
+        d, onAnswer, targets, eventId, quorum = self.held[index]
         rejected = {url: "error: no" for url in targets if url not in accepted}
         for url in targets:
             onAnswer(url, url in accepted, accepted.get(url, "error: no"))
-        _fire(d, PublishResult(eventID, quorum, accepted, rejected, frozenset()))
+        _fire(d, PublishResult(eventId, quorum, accepted, rejected, frozenset()))
 
 
 def _fire(d: Deferred[PublishResult], result: PublishResult) -> None:
@@ -138,7 +138,7 @@ class _FakeOutbox:
         return d
 
     def recordResult(
-        self, eventID: str, relayURL: str, accepted: bool, message: str, refused: bool = False
+        self, eventId: str, relayURL: str, accepted: bool, message: str, refused: bool = False
     ) -> Deferred[None]:
         return succeed(None)
 
@@ -146,7 +146,7 @@ class _FakeOutbox:
         self.pendingCalls += 1
         return succeed([])
 
-    def discard(self, eventID: str) -> Deferred[None]:
+    def discard(self, eventId: str) -> Deferred[None]:
         return succeed(None)
 
 

@@ -81,8 +81,8 @@ class PoolTestMixin:
         return pool
 
     def connected(self, pool: RelayPool, n: int | None = None) -> Deferred[None]:
-        want = pool.connectionCount() if n is None else n
-        return waitUntil(lambda: pool.activeConnectionCount() >= want)
+        want = pool.countRelays() if n is None else n
+        return waitUntil(lambda: pool.countActiveRelays() >= want)
 
 
 def deadURL() -> str:
@@ -144,15 +144,24 @@ class RelayManagementTests(PoolTestMixin, TestCase):
     def test_activeRelayURLs(self) -> Any:
         """
         activeRelayURLs lists only relays with an open connection;
-        connectionCount counts every relay.
+        countRelays counts every relay, countActiveRelays the connected ones
+        (and seed 000's names, connectionCount and activeConnectionCount,
+        say the same).
         """
         relay = yield self.startRelay()
         dead = deadURL()
         pool = self.makePool(relay, dead)
         yield self.connected(pool, 1)
         self.assertEqual(pool.activeRelayURLs(), [relay.url + "/"])
-        self.assertEqual(pool.connectionCount(), 2)
-        self.assertEqual(pool.activeConnectionCount(), 1)
+        self.assertEqual(
+            (
+                pool.countRelays(),
+                pool.countActiveRelays(),
+                pool.connectionCount(),
+                pool.activeConnectionCount(),
+            ),
+            (2, 1, 2, 1),
+        )
 
     @inlineCallbacks
     def test_cleanupRemovesDeadRelays(self) -> Any:
@@ -339,7 +348,7 @@ class SubscriptionTests(PoolTestMixin, TestCase):
         subscription.onEvent(lambda event, url: seen.append(event.id))
         yield subscription.whenEOSE()
         yield a.stop(abort=True)
-        yield waitUntil(lambda: pool.activeConnectionCount() == 0)
+        yield waitUntil(lambda: pool.countActiveRelays() == 0)
         meanwhile = [makeEvent(content=f"meanwhile {i}") for i in range(4)]
         a.store(*meanwhile)
         yield a.start()

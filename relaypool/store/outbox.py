@@ -46,13 +46,13 @@ def _unsettled(entry: OutboxEntry) -> list[str]:
     return sorted(url for url, delivery in entry.relays.items() if not delivery.settled)
 
 
-def _stableFraction(eventID: str, url: str, attempts: int) -> float:
+def _stableFraction(eventId: str, url: str, attempts: int) -> float:
     """
     The jitter of one retry: a fraction in [0, 1) fixed by the event, the
     relay and the attempt, so the due time of a retry is the same at every
     pass of the loop (and after a restart), yet differs between events.
     """
-    digest = hashlib.sha256(f"{eventID} {url} {attempts}".encode()).digest()
+    digest = hashlib.sha256(f"{eventId} {url} {attempts}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
@@ -290,35 +290,35 @@ class OutboxPublisher(service.Service):
         firing = maybeDeferred(self._pool.publish, event, quorum, relays=relays, onAnswer=answered)
         return firing.addBoth(published), finished
 
-    def _release(self, eventID: str) -> None:
-        self._publishing[eventID] -= 1
-        if self._publishing[eventID] <= 0:
-            del self._publishing[eventID]
+    def _release(self, eventId: str) -> None:
+        self._publishing[eventId] -= 1
+        if self._publishing[eventId] <= 0:
+            del self._publishing[eventId]
 
-    def _record(self, eventID: str, url: str, accepted: bool, message: str) -> Deferred[None]:
+    def _record(self, eventId: str, url: str, accepted: bool, message: str) -> Deferred[None]:
         """
-        Record C{url}'s answer to C{eventID}; a final refusal settles the
+        Record C{url}'s answer to C{eventId}; a final refusal settles the
         relay, and is logged.
         """
         refused = not accepted and isFinalRefusal(message)
         if refused:
             self.log.info(
-                "outbox: {url} refused event {eventID} for good, not retrying: {message}",
+                "outbox: {url} refused event {eventId} for good, not retrying: {message}",
                 url=url,
-                eventID=eventID,
+                eventId=eventId,
                 message=message,
             )
 
         def failed(failure: Failure) -> None:
             self.log.failure(
-                "outbox: could not record {url}'s answer to {eventID}",
+                "outbox: could not record {url}'s answer to {eventId}",
                 failure,
                 url=url,
-                eventID=eventID,
+                eventId=eventId,
             )
 
         recorded: Deferred[None] = self._outbox.recordResult(  # type: ignore[no-untyped-call]
-            eventID, url, accepted, message, refused=refused
+            eventId, url, accepted, message, refused=refused
         )
         return recorded.addErrback(failed)
 
@@ -383,9 +383,9 @@ class OutboxPublisher(service.Service):
             age = now - entry.enqueuedAt
             if age > self._maxAge:
                 self.log.warn(
-                    "outbox: gave up on event {eventID} after {age:.0f} s;"
+                    "outbox: gave up on event {eventId} after {age:.0f} s;"
                     " not accepted by {relays}",
-                    eventID=event.id,
+                    eventId=event.id,
                     age=age,
                     relays=", ".join(_unsettled(entry)),
                 )

@@ -543,7 +543,7 @@ class SQLiteEventStore:
         )
 
     def recordResult(
-        self, eventID: str, relayURL: str, accepted: bool, message: str, refused: bool = False
+        self, eventId: str, relayURL: str, accepted: bool, message: str, refused: bool = False
     ) -> Deferred[None]:
         """
         Record a relay's answer; see L{IOutbox.recordResult}. Once a relay
@@ -552,7 +552,7 @@ class SQLiteEventStore:
         """
         return self._submit(
             self._writer,
-            partial(_recordResult, eventID, relayURL, accepted, message, refused, self._clock()),
+            partial(_recordResult, eventId, relayURL, accepted, message, refused, self._clock()),
         )
 
     def pending(self) -> Deferred[list[OutboxEntry]]:
@@ -561,11 +561,11 @@ class SQLiteEventStore:
         """
         return self._submit(self._reader, _pending)
 
-    def discard(self, eventID: str) -> Deferred[None]:
+    def discard(self, eventId: str) -> Deferred[None]:
         """
         Remove an event from the outbox; see L{IOutbox.discard}.
         """
-        return self._submit(self._writer, partial(_discard, eventID))
+        return self._submit(self._writer, partial(_discard, eventId))
 
     # --- writer maintenance --------------------------------------------------
 
@@ -787,7 +787,7 @@ def _enqueue(
 
 
 def _recordResult(
-    eventID: str,
+    eventId: str,
     relayURL: str,
     accepted: bool,
     message: str,
@@ -799,24 +799,24 @@ def _recordResult(
         "UPDATE outbox_relays SET accepted = max(accepted, ?), refused = max(refused, ?),"
         " attempts = attempts + 1, last_message = ?, last_attempt_at = ?"
         " WHERE event_id = ? AND relay = ?",
-        (int(accepted), int(refused), message, now, eventID, relayURL),
+        (int(accepted), int(refused), message, now, eventId, relayURL),
     )
     if accepted or refused:
         # The event leaves the outbox once every relay settled it.
         connection.execute(
             "DELETE FROM outbox WHERE event_id = ? AND NOT EXISTS (SELECT 1 FROM"
             " outbox_relays WHERE event_id = ? AND accepted = 0 AND refused = 0)",
-            (eventID, eventID),
+            (eventId, eventId),
         )
 
 
 def _pending(connection: sqlite3.Connection) -> list[OutboxEntry]:
     relays: dict[str, dict[str, RelayDelivery]] = {}
-    for eventID, url, accepted, attempts, message, lastAttemptAt, refused in connection.execute(
+    for eventId, url, accepted, attempts, message, lastAttemptAt, refused in connection.execute(
         "SELECT event_id, relay, accepted, attempts, last_message, last_attempt_at, refused"
         " FROM outbox_relays"
     ):
-        relays.setdefault(eventID, {})[url] = RelayDelivery(
+        relays.setdefault(eventId, {})[url] = RelayDelivery(
             accepted=bool(accepted),
             attempts=attempts,
             lastMessage=message,
@@ -827,16 +827,16 @@ def _pending(connection: sqlite3.Connection) -> list[OutboxEntry]:
         OutboxEntry(
             event=_eventFromJSON(raw),
             enqueuedAt=enqueuedAt,
-            relays=MappingProxyType(relays.get(eventID, {})),
+            relays=MappingProxyType(relays.get(eventId, {})),
         )
-        for eventID, raw, enqueuedAt in connection.execute(
+        for eventId, raw, enqueuedAt in connection.execute(
             "SELECT event_id, raw, enqueued_at FROM outbox ORDER BY seq"
         )
     ]
 
 
-def _discard(eventID: str, connection: sqlite3.Connection) -> None:
-    connection.execute("DELETE FROM outbox WHERE event_id = ?", (eventID,))
+def _discard(eventId: str, connection: sqlite3.Connection) -> None:
+    connection.execute("DELETE FROM outbox WHERE event_id = ?", (eventId,))
 
 
 __all__ = ["OutboxEntry", "RelayDelivery", "SQLiteEventStore"]

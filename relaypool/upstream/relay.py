@@ -549,7 +549,7 @@ class Relay:
         Open C{subscriptionId} on this relay, now or as soon as a connection
         (and the relay's C{max_subscriptions}) allows.
         """
-        self._open_logical(subscriptionId, tuple(filters), isCount=False)
+        self._openLogical(subscriptionId, tuple(filters), isCount=False)
 
     def count(self, subscriptionId: str, filters: Sequence[Filter]) -> None:
         """
@@ -564,9 +564,9 @@ class Relay:
             self.unsubscribe(subscriptionId)
             self._owner.relayClosed(self, subscriptionId, _NO_COUNT)
             return
-        self._open_logical(subscriptionId, tuple(filters), isCount=True)
+        self._openLogical(subscriptionId, tuple(filters), isCount=True)
 
-    def _open_logical(self, subscriptionId: str, filters: tuple[Filter, ...], isCount: bool) -> None:
+    def _openLogical(self, subscriptionId: str, filters: tuple[Filter, ...], isCount: bool) -> None:
         if subscriptionId in self._subscriptions:
             self.unsubscribe(subscriptionId)
         logical = _LogicalSubscription(subscriptionId)

@@ -436,17 +436,21 @@ class RelayPool(service.Service):
             self.removeRelay(url)
         return len(dead)
 
-    def connectionCount(self) -> int:
+    def countRelays(self) -> int:
         """
         @return: how many relays the pool holds, connected or not.
         """
         return len(self._relays)
 
-    def activeConnectionCount(self) -> int:
+    def countActiveRelays(self) -> int:
         """
         @return: how many relays have an open connection.
         """
         return sum(1 for relay in self._relays.values() if relay.isConnected())
+
+    # The names of seed 000's RelayPool, which counts relays as connections.
+    connectionCount = countRelays
+    activeConnectionCount = countActiveRelays
 
     def relayURLs(self) -> list[str]:
         """
