@@ -9,8 +9,10 @@ L{WebSocketClientFactory} plugs in.
 from __future__ import annotations
 
 import random as _random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory
@@ -36,6 +38,7 @@ __all__ = [
     "DRAINING",
     "OPEN",
     "Backoff",
+    "IllegalTransition",
     "SlotStatus",
     "UniformMultiplexer",
 ]
@@ -129,31 +132,105 @@ def _ignoreCancelled(failure: Failure) -> None:
     failure.trap(CancelledError)  # type: ignore[no-untyped-call]
 
 
+class _State(Enum):
+    """
+    Where a L{_Slot} is; L{_EXPOSED} gives the name L{SlotStatus} shows.
+    """
+
+    NEW = "new"
+    ATTEMPTING = "attempting"  # TCP (and TLS) connection attempt under way
+    HANDSHAKING = "handshaking"  # connected; WebSocket opening handshake under way
+    OPEN = "open"
+    BACKING_OFF = "backing-off"  # waiting for the retry timer
+    DRAINING = "draining"  # address removed; waiting for the requests to finish
+    DRAINED_CLOSING = "drained-closing"  # close handshake after draining, then gone
+    RECYCLING = "recycling"  # close handshake, then connect again at once
+    RECYCLING_ABORT = "recycling-abort"  # handshake aborted, then connect again
+    CANCELLING = "cancelling"  # attempt cancelled for good
+    ABORTING = "aborting"  # handshake aborted for good
+    CLOSING = "closing"  # close handshake for good
+    GONE = "gone"  # nothing left; the multiplexer forgot the slot
+
+
+class _Input(Enum):
+    """
+    What can happen to a L{_Slot}.
+    """
+
+    START = "start"  # the multiplexer made the slot
+    RETRY_DUE = "retry-due"  # the backoff delay is over
+    CONNECTED = "connected"  # the attempt made a connection (argument: protocol)
+    CONNECT_FAILED = "connect-failed"  # the attempt failed (argument: Failure)
+    OPENED = "opened"  # the WebSocket handshake finished
+    CLOSED = "closed"  # the connection closed (argument: protocol)
+    RECYCLE = "recycle"  # UniformMultiplexer.recycle
+    REMOVE = "remove"  # the name service dropped the address
+    STOP = "stop"  # the multiplexer stops
+    IDLE = "idle"  # a draining connection has no request left
+    DRAIN_EXPIRED = "drain-expired"  # the drain timeout is over
+
+
+_EXPOSED = {
+    _State.NEW: CONNECTING,
+    _State.ATTEMPTING: CONNECTING,
+    _State.HANDSHAKING: CONNECTING,
+    _State.OPEN: OPEN,
+    _State.BACKING_OFF: BACKING_OFF,
+    _State.DRAINING: DRAINING,
+    _State.DRAINED_CLOSING: DRAINING,
+    _State.RECYCLING: CLOSING,
+    _State.RECYCLING_ABORT: CONNECTING,
+    _State.CANCELLING: CONNECTING,
+    _State.ABORTING: CONNECTING,
+    _State.CLOSING: CLOSING,
+    _State.GONE: CLOSING,
+}
+
+
+class IllegalTransition(RuntimeError):
+    """
+    A connection slot got an input its state has no transition for: a bug in
+    the multiplexer.
+    """
+
+
 class _Slot:
     """
     One connection kept to one address: connects, reconnects with backoff,
-    drains and closes.
+    drains and closes. L{_TABLE} is its whole behaviour; the methods are its
+    inputs and its outputs.
+
+    @ivar attempts: failed attempts in a row (see L{SlotStatus}).
+    @ivar protocol: the connection's protocol from C{CONNECTED} to
+        C{CLOSED}, else L{None}.
     """
 
     def __init__(self, mux: UniformMultiplexer, address: Address, index: int) -> None:
         self.mux = mux
         self.address = address
         self.index = index
-        self.state = CONNECTING
+        self._state = _State.NEW
+        self._inputs: deque[tuple[_Input, Any]] = deque()
+        self._feeding = False
         self.attempts = 0
         self.nextRetry: float | None = None
         self.lastError: str | None = None
         self.failingSince: float | None = None
         self.protocol: Any = None
-        self.retired = False
         self._openedAt: float | None = None
-        self._recycling = False
         self._connecting: Deferred[Any] | None = None
         self._retryCall: IDelayedCall | None = None
         self._abortCall: IDelayedCall | None = None
         self._drainCall: IDelayedCall | None = None
         self._idle: Deferred[Any] | None = None
         self._closedWaiters: list[Deferred[None]] = []
+
+    @property
+    def state(self) -> str:
+        """
+        The state's public name (C{"connecting"}, C{"open"}, ...).
+        """
+        return _EXPOSED[self._state]
 
     def status(self) -> SlotStatus:
         return SlotStatus(
@@ -166,164 +243,305 @@ class _Slot:
             self.failingSince,
         )
 
-    def _setState(self, state: str) -> None:
-        self.state = state
-        self.mux._stateChanged(self)
+    def _feed(self, what: _Input, argument: Any = None) -> None:
+        """
+        Take one input: move to the state L{_TRANSITIONS} gives and run its
+        outputs. An input arriving while outputs run waits until they are
+        done, so every transition runs to completion.
 
-    def connect(self) -> None:
-        self._retryCall = None
-        self.nextRetry = None
-        self._setState(CONNECTING)
-        connecting = maybeDeferred(self.mux._connect, self.address)
-        self._connecting = connecting
-        connecting.addCallbacks(self._connected, self._connectFailed)
-
-    def _connected(self, protocol: Any) -> None:
-        self._connecting = None
-        self.protocol = protocol
-        self.mux._byProtocol[protocol] = self
-        protocol.is_open.addCallback(self._opened, protocol)
-        protocol.is_closed.addCallback(self._closed, protocol)
-
-    def _connectFailed(self, failure: Failure) -> None:
-        self._connecting = None
-        if self.retired:
-            self.mux._slotGone(self)
+        @raise IllegalTransition: if the current state has no transition for
+            C{what}; the slot stays where it was.
+        """
+        self._inputs.append((what, argument))
+        if self._feeding:
             return
-        # Logged with the state change (see SlotStatus.lastError).
-        self.lastError = failure.getErrorMessage()
-        self._backOff()
+        self._feeding = True
+        try:
+            while self._inputs:
+                what, argument = self._inputs.popleft()
+                try:
+                    self._state, outputs = _TRANSITIONS[self._state, what]
+                except KeyError:
+                    raise IllegalTransition(
+                        f"connection slot {self.address} #{self.index} of {self.mux._name} "
+                        f"got {what.value!r} in state {self._state.value!r}"
+                    ) from None
+                for output in outputs:
+                    output(self, argument)
+        finally:
+            self._feeding = False
+            self._inputs.clear()
 
-    def _opened(self, result: object, protocol: Any) -> object:
-        if protocol is self.protocol and self.state == CONNECTING and not self.retired:
-            self._openedAt = self.mux._reactor.seconds()
-            self.mux._slotOpened(self)
-        return result
+    # --- inputs -------------------------------------------------------------
 
-    def _closed(self, result: object, protocol: Any) -> object:
-        if protocol is not self.protocol:
-            return result
-        now = self.mux._reactor.seconds()
-        for call in (self._abortCall, self._drainCall):
-            if call is not None and call.active():
-                call.cancel()
-        self._abortCall = self._drainCall = None
-        if self._idle is not None:
-            idle, self._idle = self._idle, None
-            idle.cancel()
-        self.mux._byProtocol.pop(protocol, None)
-        self.mux._unready(protocol)
-        self.protocol = None
-        wasOpen = self._openedAt is not None
-        if self._openedAt is not None and now - self._openedAt >= self.mux._backoff.resetAfter:
-            self.attempts = 0
-            self.failingSince = None
-        self._openedAt = None
-        if self.retired:
-            self.mux._slotGone(self)
-        elif self._recycling:
-            self._recycling = False
-            self.connect()
-        else:
-            self.lastError = _closeReason(protocol, wasOpen)
-            self._backOff()
-        waiters, self._closedWaiters = self._closedWaiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-        return result
+    def start(self) -> None:
+        self._feed(_Input.START)
 
-    def _backOff(self) -> None:
-        if self.attempts == 0:
-            self.failingSince = self.mux._reactor.seconds()
-        self.attempts += 1
-        delay = self.mux._backoff.delay(self.attempts, self.mux._random)
-        self.nextRetry = self.mux._reactor.seconds() + delay
-        self._retryCall = self.mux._reactor.callLater(delay, self.connect)
-        self._setState(BACKING_OFF)
+    def remove(self) -> None:
+        """
+        Stop for good after draining: the name service dropped the address.
+        """
+        self._feed(_Input.REMOVE)
+
+    def stop(self) -> None:
+        """
+        Stop for good, closing at once: the multiplexer stops.
+        """
+        self._feed(_Input.STOP)
+
+    def recycle(self) -> Deferred[None]:
+        closed = self.whenClosed()
+        self._feed(_Input.RECYCLE)
+        return closed
 
     def whenClosed(self) -> Deferred[None]:
         waiter: Deferred[None] = Deferred()
         self._closedWaiters.append(waiter)
         return waiter
 
-    def retire(self, graceful: bool) -> None:
-        """
-        Stop for good: drain first if C{graceful} (address removed), else
-        close at once (multiplexer stopping).
-        """
-        self.retired = True
-        if self.state == BACKING_OFF:
-            if self._retryCall is not None and self._retryCall.active():
-                self._retryCall.cancel()
-            self._retryCall = None
-            self.mux._slotGone(self)
-        elif self._connecting is not None:
+    def _retryDue(self) -> None:
+        self._feed(_Input.RETRY_DUE)
+
+    def _connected(self, protocol: Any) -> None:
+        self._feed(_Input.CONNECTED, protocol)
+
+    def _connectFailed(self, failure: Failure) -> None:
+        self._feed(_Input.CONNECT_FAILED, failure)
+
+    def _opened(self, result: object, protocol: Any) -> object:
+        self._checkCurrent(protocol)
+        self._feed(_Input.OPENED)
+        return result
+
+    def _closed(self, result: object, protocol: Any) -> object:
+        self._checkCurrent(protocol)
+        self._feed(_Input.CLOSED, protocol)
+        return result
+
+    def _checkCurrent(self, protocol: Any) -> None:
+        if protocol is not self.protocol:
+            raise IllegalTransition(
+                f"connection slot {self.address} #{self.index} of {self.mux._name} "
+                f"got an event of {protocol!r}, not of its connection {self.protocol!r}"
+            )
+
+    def _drained(self, result: object) -> None:
+        self._idle = None
+        self._feed(_Input.IDLE)
+
+    def _drainExpired(self) -> None:
+        self._drainCall = None
+        self._feed(_Input.DRAIN_EXPIRED)
+
+    # --- outputs (each called with the input's argument) --------------------
+
+    def _announce(self, argument: object) -> None:
+        self.mux._stateChanged(self)
+
+    def _attempt(self, argument: object) -> None:
+        connecting = maybeDeferred(self.mux._connect, self.address)
+        self._connecting = connecting
+        connecting.addCallbacks(self._connected, self._connectFailed)
+
+    def _forgetAttempt(self, argument: object) -> None:
+        self._connecting = None
+
+    def _cancelAttempt(self, argument: object) -> None:
+        if self._connecting is not None:
             self._connecting.cancel()
-        elif self.state == CONNECTING:
-            self._abort()
-        elif self.state == OPEN and graceful:
-            self._drain()
-        elif self.state in (OPEN, DRAINING):
-            self.close(CLOSING)
 
-    def recycle(self) -> Deferred[None]:
-        closed = self.whenClosed()
-        if not self.retired and self.state in (CONNECTING, OPEN):
-            self._recycling = True
-            if self.state == OPEN:
-                self.close(CLOSING)
-            else:
-                self._abort()
-        return closed
+    def _watch(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.mux._byProtocol[protocol] = self
+        protocol.is_open.addCallback(self._opened, protocol)
+        protocol.is_closed.addCallback(self._closed, protocol)
 
-    def _drain(self) -> None:
+    def _markOpened(self, argument: object) -> None:
+        self._openedAt = self.mux._reactor.seconds()
+
+    def _makeReady(self, argument: object) -> None:
+        self.mux._ready.append(self.protocol)
+
+    def _serveWaiters(self, argument: object) -> None:
+        self.mux._serveWaiters()
+
+    def _unready(self, argument: object) -> None:
+        self.mux._unready(self.protocol)
+
+    def _recordAttemptError(self, failure: Failure) -> None:
+        self.lastError = failure.getErrorMessage()
+
+    def _recordHandshakeError(self, protocol: Any) -> None:
+        self.lastError = _closeReason(protocol, wasOpen=False)
+
+    def _recordCloseError(self, protocol: Any) -> None:
+        self.lastError = _closeReason(protocol, wasOpen=True)
+
+    def _resetIfStable(self, argument: object) -> None:
+        """
+        A connection that stayed open C{resetAfter} seconds ends the run of
+        failed attempts.
+        """
+        openedAt, self._openedAt = self._openedAt, None
+        if openedAt is None:
+            return
+        if self.mux._reactor.seconds() - openedAt >= self.mux._backoff.resetAfter:
+            self.attempts = 0
+            self.failingSince = None
+
+    def _scheduleRetry(self, argument: object) -> None:
+        now = self.mux._reactor.seconds()
+        if self.attempts == 0:
+            self.failingSince = now
+        self.attempts += 1
+        delay = self.mux._backoff.delay(self.attempts, self.mux._random)
+        self.nextRetry = now + delay
+        self._retryCall = self.mux._reactor.callLater(delay, self._retryDue)
+
+    def _forgetRetry(self, argument: object) -> None:
+        self._retryCall = None
+        self.nextRetry = None
+
+    def _cancelRetry(self, argument: object) -> None:
+        if self._retryCall is not None and self._retryCall.active():
+            self._retryCall.cancel()
+        self._forgetRetry(argument)
+
+    def _awaitIdle(self, argument: object) -> None:
         protocol = self.protocol
-        self.mux._unready(protocol)
-        self._setState(DRAINING)
         if not IRequestProtocol.providedBy(protocol):
-            self.close(DRAINING)
+            self._feed(_Input.IDLE)
             return
         self._drainCall = self.mux._reactor.callLater(self.mux._drainTimeout, self._drainExpired)
         idle: Deferred[Any] = protocol.whenIdle()  # type: ignore[no-untyped-call]
         self._idle = idle
         idle.addCallback(self._drained).addErrback(_ignoreCancelled)
 
-    def _drained(self, result: object) -> None:
-        self._idle = None
-        self.close(DRAINING)
-
-    def _drainExpired(self) -> None:
-        self._drainCall = None
-        self.protocol.failPending(
-            ConnectionDrained(
-                f"{self.address} was removed from {self.mux._name} and its connection "
-                f"did not finish its requests within {self.mux._drainTimeout}s"
-            )
-        )
-        self.close(DRAINING)
-
-    def close(self, state: str) -> None:
-        """
-        Start the close handshake; abort the connection if it does not finish
-        within the close timeout.
-        """
+    def _stopDrainWait(self, argument: object) -> None:
         if self._drainCall is not None and self._drainCall.active():
             self._drainCall.cancel()
         self._drainCall = None
         if self._idle is not None:
             idle, self._idle = self._idle, None
             idle.cancel()
-        self.mux._unready(self.protocol)
-        self._setState(state)
+
+    def _failPending(self, argument: object) -> None:
+        self.protocol.failPending(
+            ConnectionDrained(
+                f"{self.address} was removed from {self.mux._name} and its connection "
+                f"did not finish its requests within {self.mux._drainTimeout}s"
+            )
+        )
+
+    def _sendClose(self, argument: object) -> None:
+        """
+        Start the close handshake; abort the connection if it does not finish
+        within the close timeout.
+        """
         if self._abortCall is None:
             self._abortCall = self.mux._reactor.callLater(self.mux._closeTimeout, self._abort)
         self.protocol.sendClose(code=1000, reason="relaypool: closing")
 
-    def _abort(self) -> None:
+    def _abort(self, argument: object = None) -> None:
         self._abortCall = None
         transport = getattr(self.protocol, "transport", None)
         if transport is not None:
             transport.abortConnection()
+
+    def _forgetConnection(self, protocol: Any) -> None:
+        self._stopDrainWait(protocol)
+        if self._abortCall is not None and self._abortCall.active():
+            self._abortCall.cancel()
+        self._abortCall = None
+        self.mux._byProtocol.pop(protocol, None)
+        self.mux._unready(protocol)
+        self.protocol = None
+
+    def _fireClosed(self, argument: object) -> None:
+        waiters, self._closedWaiters = self._closedWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _gone(self, argument: object) -> None:
+        self.mux._slotGone(self)
+
+
+_Output = Callable[[_Slot, Any], None]
+
+# Every legal (state, input) pair of a slot: the state it leads to and the
+# outputs (methods of _Slot, each called with the input's argument) run in
+# that order. Any other pair raises IllegalTransition. Failed attempts, be
+# the TCP connection refused or the WebSocket handshake rejected, back off
+# longer each time; a connection that opened resets the count once it stayed
+# open Backoff.resetAfter seconds.
+_TABLE = """
+state            input           next state       outputs
+new              start           attempting       _announce _attempt
+attempting       connected       handshaking      _forgetAttempt _watch
+attempting       connect-failed  backing-off      _forgetAttempt _recordAttemptError _scheduleRetry _announce
+attempting       remove          cancelling       _cancelAttempt
+attempting       stop            cancelling       _cancelAttempt
+cancelling       connect-failed  gone             _forgetAttempt _gone
+cancelling       connected       aborting         _forgetAttempt _watch _abort
+handshaking      opened          open             _markOpened _makeReady _announce _serveWaiters
+handshaking      closed          backing-off      _forgetConnection _recordHandshakeError _scheduleRetry _announce _fireClosed
+handshaking      recycle         recycling-abort  _abort
+handshaking      remove          aborting         _abort
+handshaking      stop            aborting         _abort
+open             closed          backing-off      _recordCloseError _forgetConnection _resetIfStable _scheduleRetry _announce _fireClosed
+open             recycle         recycling        _unready _announce _sendClose
+open             remove          draining         _unready _announce _awaitIdle
+open             stop            closing          _unready _announce _sendClose
+backing-off      retry-due       attempting       _forgetRetry _announce _attempt
+backing-off      remove          gone             _cancelRetry _gone
+backing-off      stop            gone             _cancelRetry _gone
+draining         idle            drained-closing  _stopDrainWait _announce _sendClose
+draining         drain-expired   drained-closing  _stopDrainWait _failPending _announce _sendClose
+draining         closed          gone             _forgetConnection _gone _fireClosed
+draining         recycle         draining
+draining         stop            closing          _stopDrainWait _announce _sendClose
+drained-closing  closed          gone             _forgetConnection _gone _fireClosed
+drained-closing  recycle         drained-closing
+drained-closing  stop            closing          _announce
+recycling        closed          attempting       _forgetConnection _resetIfStable _announce _attempt _fireClosed
+recycling        recycle         recycling
+recycling        remove          closing
+recycling        stop            closing
+recycling-abort  closed          attempting       _forgetConnection _announce _attempt _fireClosed
+recycling-abort  opened          recycling-abort
+recycling-abort  recycle         recycling-abort
+recycling-abort  remove          aborting
+recycling-abort  stop            aborting
+aborting         closed          gone             _forgetConnection _gone _fireClosed
+aborting         opened          aborting
+aborting         recycle         aborting
+aborting         stop            aborting
+closing          closed          gone             _forgetConnection _gone _fireClosed
+closing          recycle         closing
+closing          stop            closing
+"""
+
+
+def _parseTable(
+    table: str,
+) -> dict[tuple[_State, _Input], tuple[_State, tuple[_Output, ...]]]:
+    """
+    @return: C{table}'s rows (after its heading) by state and input.
+    @raise ValueError: if a row names an unknown state or input or repeats
+        a pair.
+    @raise AttributeError: if a row names an output L{_Slot} lacks.
+    """
+    transitions: dict[tuple[_State, _Input], tuple[_State, tuple[_Output, ...]]] = {}
+    for row in table.strip().splitlines()[1:]:
+        state, what, after, *outputs = row.split()
+        key = (_State(state), _Input(what))
+        if key in transitions:
+            raise ValueError(f"the slot's transition table repeats {state} {what}")
+        transitions[key] = (_State(after), tuple(getattr(_Slot, name) for name in outputs))
+    return transitions
+
+
+_TRANSITIONS = _parseTable(_TABLE)
 
 
 class UniformMultiplexer(service.Service):
@@ -461,7 +679,7 @@ class UniformMultiplexer(service.Service):
             self._retired.update(slots)
         self._slots.clear()
         for slot in list(self._retired):
-            slot.retire(graceful=False)
+            slot.stop()
         self._checkStopped()
         return done
 
@@ -615,12 +833,12 @@ class UniformMultiplexer(service.Service):
             slots = self._slots.pop(address)
             self._retired.update(slots)
             for slot in slots:
-                slot.retire(graceful=True)
+                slot.remove()
         for address in sorted(addresses - current):
             slots = [_Slot(self, address, i) for i in range(self._connectionsPerAddress)]
             self._slots[address] = slots
             for slot in slots:
-                slot.connect()
+                slot.start()
 
     def _stateChanged(self, slot: _Slot) -> None:
         if self._onStateChange is None and not self._observers:
@@ -631,9 +849,7 @@ class UniformMultiplexer(service.Service):
         for observer in list(self._observers):
             observer(status)
 
-    def _slotOpened(self, slot: _Slot) -> None:
-        self._ready.append(slot.protocol)
-        slot._setState(OPEN)
+    def _serveWaiters(self) -> None:
         while self._waiters and self._ready:
             waiter, timer = self._waiters.pop(0)
             if timer is not None and timer.active():
