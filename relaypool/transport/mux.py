@@ -27,6 +27,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 
+from relaypool._reactor import defaultReactor
 from relaypool.errors import ConnectionDrained, NoConnectionAvailable, PoolClosed, QueueFull
 from relaypool.interfaces import INameService, INameSubscription, IRequestProtocol
 from relaypool.transport.names import Address
@@ -604,10 +605,7 @@ class UniformMultiplexer(service.Service):
         """
         if connectionsPerAddress < 1:
             raise ValueError("connectionsPerAddress must be at least 1")
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            reactor = globalReactor
+        reactor = defaultReactor(reactor)
         self._reactor = reactor
         self._nameService = nameService
         self._name = name
