@@ -20,3 +20,8 @@ def defaultReactor(reactor: _R | None) -> _R:
     from twisted.internet import reactor as globalReactor
 
     return cast(_R, cast(Any, globalReactor))
+
+
+__all__ = [
+    "defaultReactor",
+]

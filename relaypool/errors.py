@@ -228,3 +228,33 @@ class InvalidMetric(RelayPoolError, ValueError):
     A metric family's name, type or label names are not valid in the
     Prometheus text exposition format.
     """
+
+
+__all__ = [
+    "AcquireTimeout",
+    "ConfigError",
+    "ConnectionDrained",
+    "ConnectionLost",
+    "CountUnavailable",
+    "InvalidEvent",
+    "InvalidFilter",
+    "InvalidKey",
+    "InvalidMessage",
+    "InvalidMetric",
+    "InvalidName",
+    "InvalidRelayInformation",
+    "InvalidRelayURL",
+    "NoConnectionAvailable",
+    "NotConnected",
+    "PoolClosed",
+    "PublishFailed",
+    "QueueFull",
+    "RelayPoolError",
+    "SchemaVersionError",
+    "StartupError",
+    "StoreError",
+    "SubscriptionClosed",
+    "TooManyRelays",
+    "UnknownConnection",
+    "UnknownRelay",
+]

@@ -119,3 +119,23 @@ class LayerTests(SynchronousTestCase):
             if imported.startswith("relaypool.nostr")
         ]
         self.assertEqual(found, [])
+
+    def test_everyModuleHasAll(self) -> None:
+        """
+        Every module says what it exports in C{__all__}, and each name in it
+        exists.
+        """
+        import importlib
+
+        problems = []
+        for name in _modules():
+            dotted = "relaypool" if name == "__init__" else "relaypool." + name.removesuffix(
+                ".__init__"
+            )
+            module = importlib.import_module(dotted)
+            exported = getattr(module, "__all__", None)
+            if exported is None:
+                problems.append(f"{dotted} has no __all__")
+                continue
+            problems += [f"{dotted}.{n} is missing" for n in exported if not hasattr(module, n)]
+        self.assertEqual(problems, [])

@@ -533,3 +533,21 @@ class Event:
         """
         expiration = self.expiration()
         return expiration is not None and expiration <= now
+
+
+__all__ = [
+    "AUTH_KIND",
+    "DEFAULT_EVENT_LIMITS",
+    "MAX_CREATED_AT",
+    "PUBLIC_KEY_CACHE_SIZE",
+    "Event",
+    "EventLimits",
+    "computeEventId",
+    "generatePrivateKey",
+    "isAddressable",
+    "isEphemeral",
+    "isRegular",
+    "isReplaceable",
+    "publicKeyFor",
+    "serializeForId",
+]

@@ -274,3 +274,13 @@ def limitEvents(filters: Sequence[Filter], events: Iterable[Event]) -> list[Even
                 break
             kept[event.id] = event
     return sorted(kept.values(), key=lambda e: (-e.createdAt, e.id))
+
+
+__all__ = [
+    "DEFAULT_FILTER_LIMITS",
+    "Filter",
+    "FilterLimits",
+    "filtersKey",
+    "limitEvents",
+    "matchesAny",
+]

@@ -436,3 +436,31 @@ def parseClientMessage(
         _exactLength(message, 2, subscriptionId)
         return ClientClose(subscriptionId)
     _invalid(f"unknown message type {verb[:32]!r}")
+
+
+__all__ = [
+    "FINAL_REFUSAL_PREFIXES",
+    "MAX_SUBSCRIPTION_ID_LENGTH",
+    "REASON_PREFIXES",
+    "ClientAuth",
+    "ClientClose",
+    "ClientCount",
+    "ClientEvent",
+    "ClientMessage",
+    "ClientReq",
+    "RelayAuth",
+    "RelayClosed",
+    "RelayCount",
+    "RelayEOSE",
+    "RelayEvent",
+    "RelayMessage",
+    "RelayNotice",
+    "RelayOK",
+    "decodeMessage",
+    "isFinalRefusal",
+    "isRelayFailure",
+    "parseClientMessage",
+    "parseRelayMessage",
+    "reasonPrefix",
+    "relayMessageFromList",
+]

@@ -228,3 +228,10 @@ def informationURL(relayURL: str) -> str:
         URL with a host.
     """
     return parseRelayURL(relayURL).informationURL
+
+
+__all__ = [
+    "Limitation",
+    "RelayInformation",
+    "informationURL",
+]

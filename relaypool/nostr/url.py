@@ -87,3 +87,9 @@ def parseRelayURL(url: object) -> RelayURL:
     return RelayURL(
         normalized, host, port if port is not None else defaultPort, secure, path, parts.query
     )
+
+
+__all__ = [
+    "RelayURL",
+    "parseRelayURL",
+]

@@ -89,3 +89,9 @@ class _Discard:
 
     def connectionLost(self, reason: Any) -> None:
         pass
+
+
+__all__ = [
+    "MAX_DOCUMENT_BYTES",
+    "fetchRelayInformation",
+]

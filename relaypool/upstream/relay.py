@@ -1022,3 +1022,6 @@ class Relay:
             C{rate-limited} answer (in the past when it does not).
         """
         return self._rateLimitedUntil
+
+
+__all__ = ["Relay", "RelayConnection", "RelayCounters", "RelayOwner"]

@@ -126,3 +126,12 @@ class PoolTotals:
     recvDropped: int
     cachedIds: int
     paused: bool
+
+
+__all__ = [
+    "CountResult",
+    "PoolMessage",
+    "PoolTotals",
+    "PublishResult",
+    "RelayStats",
+]

@@ -184,3 +184,9 @@ class Subscription:
         if self._timeoutCall is not None and self._timeoutCall.active():
             self._timeoutCall.cancel()
         self._timeoutCall = None
+
+
+__all__ = [
+    "Subscription",
+    "SubscriptionOwner",
+]
