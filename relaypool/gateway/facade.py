@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -100,7 +100,7 @@ class RelayFacade:
         okPolicy: str = "quorum",
         authRequired: bool = False,
         relayURL: str | None = None,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
     ) -> None:
         """
         @param registry: the registry the connections are registered in.

@@ -6,7 +6,8 @@ rates.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 from relaypool.errors import ConfigError
 from relaypool.nostr.messages import MAX_SUBSCRIPTION_ID_LENGTH
@@ -124,7 +125,7 @@ class TokenBucket:
 
     __slots__ = ("_burst", "_clock", "_last", "_rate", "_tokens")
 
-    def __init__(self, rate: float, burst: float, clock: Any) -> None:
+    def __init__(self, rate: float, burst: float, clock: IReactorTime) -> None:
         """
         @param rate: tokens earned per second.
         @param burst: the most tokens the bucket holds; it starts full.

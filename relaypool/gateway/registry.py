@@ -58,7 +58,7 @@ from typing import Any
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -186,7 +186,7 @@ class ConnectionRegistry(service.Service):
 
     def __init__(
         self,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
         maxPendingBytes: int = 1 << 20,
         pingInterval: float = 30.0,
         maxIdle: float = 90.0,

@@ -43,6 +43,7 @@ from typing import Any
 
 import orjson
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -143,7 +144,7 @@ class SharedSubscriptions:
         pool: IRelayPool | None,
         store: IEventStore | None,
         limits: GatewayLimits,
-        clock: Any,
+        clock: IReactorTime,
     ) -> None:
         """
         @param pool: the L{relaypool.upstream.relaypool.RelayPool}, or

@@ -12,10 +12,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -134,7 +134,7 @@ class OutboxPublisher(service.Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime | None,
         pool: RelayPool,
         outbox: IOutbox,
         quorum: int = 1,
