@@ -319,6 +319,83 @@ class UnconnectedPoolTests(SynchronousTestCase):
             "total=0 active=0 idle=0 healthy=0 waiting=1 queued=1 utilization=0.0%",
         )
 
+    def sicken(self, connection: Any) -> None:
+        """
+        Record errors on C{connection} until the pool's policy finds it
+        unhealthy.
+        """
+        for _ in range(HealthPolicy().maxConsecutiveErrors):
+            self.pool.recordError(connection)
+        self.assertFalse(self.pool.isHealthy(connection))
+
+    def test_pickSkipsUnhealthy(self) -> None:
+        """
+        L{Pool.pick} skips an unhealthy connection while a healthy one is
+        open, round after round.
+        """
+        sick, well = self.insertNew(), self.insertNew()
+        self.sicken(sick)
+        self.assertEqual([self.pool.pick() for _ in range(4)], [well] * 4)
+        self.assertEqual(self.pool.usableConnections(), [well])
+
+    def test_pickUnhealthyWhenNoneHealthy(self) -> None:
+        """
+        When every open connection is unhealthy, L{Pool.pick} still picks
+        among them.
+        """
+        first, second = self.insertNew(), self.insertNew()
+        self.sicken(first)
+        self.sicken(second)
+        self.assertEqual({self.pool.pick(), self.pool.pick()}, {first, second})
+
+    def test_pickWhere(self) -> None:
+        """
+        L{Pool.pick} with C{where} picks only a connection for which it is
+        true, and L{None} when there is none.
+        """
+        first, second = self.insertNew(), self.insertNew()
+        self.assertIs(self.pool.pick(lambda c: c is second), second)
+        self.assertIsNone(self.pool.pick(lambda c: False))
+        self.assertIs(self.pool.pick(lambda c: c is first), first)
+
+    def test_pickSkipsAcquired(self) -> None:
+        """
+        L{Pool.pick} does not pick an acquired connection.
+        """
+        first, second = self.insertNew(), self.insertNew()
+        held = self.successResultOf(self.pool.acquire())
+        other = second if held is first else first
+        self.assertEqual([self.pool.pick() for _ in range(3)], [other] * 3)
+
+    def test_acquireSkipsUnhealthy(self) -> None:
+        """
+        L{Pool.acquire} hands out a healthy connection while one is open,
+        even when the unhealthy one is next in round-robin order.
+        """
+        sick, well = self.insertNew(), self.insertNew()
+        self.sicken(sick)
+        self.assertIs(self.successResultOf(self.pool.acquire()), well)
+
+    def test_recoveredConnectionIsPickedAgain(self) -> None:
+        """
+        A connection whose metrics recover (a success after its errors ends
+        the streak) is healthy again and picked again.
+        """
+        policy = HealthPolicy(minScore=0.0)
+        mux = UniformMultiplexer(
+            self.reactor, StaticNameService({}), NAME, clientFactory("ws://echo.test")
+        )
+        pool = Pool(self.reactor, mux, healthPolicy=policy)
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        sick, well = self.insertNew(pool=pool), self.insertNew(pool=pool)
+        for _ in range(policy.maxConsecutiveErrors):
+            pool.recordError(sick)
+        self.assertEqual({pool.pick(), pool.pick()}, {well})
+        pool.recordSuccess(sick, 0.01)
+        self.assertTrue(pool.isHealthy(sick))
+        self.assertEqual({pool.pick(), pool.pick()}, {sick, well})
+
 
 class PoolTests(TestCase):
     """

@@ -1205,3 +1205,155 @@ class CountSupportTests(PoolTestMixin, TestCase):
         result = yield pool.count([KIND1, Filter.fromDict({"kinds": [7]})], timeout=3600)
         self.assertEqual((result.count, result.perRelay), (2, {}))
         self.assertEqual([m for m in a.received if isinstance(m, ClientCount)], [])
+
+
+class ConnectionHealthTests(PoolTestMixin, TestCase):
+    """
+    A relay's connections live in its L{Pool}: each exchange is recorded on
+    the connection that carried it, picking prefers healthy connections,
+    and the keepalive sweep replaces unhealthy ones.
+    """
+
+    @inlineCallbacks
+    def twoConnections(self, **kwargs: Any) -> Any:
+        """
+        @return: a started fake relay, a pool with two connections to it,
+            and the pool's L{Relay} for it.
+        """
+        a = yield self.startRelay()
+        pool = self.makePool(a, connectionsPerAddress=2, **kwargs)
+        relay = pool.relay(a.url)
+        yield waitUntil(lambda: len(relay.openConnections()) == 2)
+        yield waitUntil(lambda: relay.information is not None)
+        return a, pool, relay
+
+    def successes(self, relay: Any) -> list[int]:
+        """
+        @return: the successes recorded on each open connection of C{relay}.
+        """
+        metrics = [relay.pool.metrics(c) for c in relay.openConnections()]
+        return [0 if m is None else m.successes for m in metrics]
+
+    def sicken(self, relay: Any, connection: Any) -> None:
+        for _ in range(relay.pool._policy.maxConsecutiveErrors):
+            relay.pool.recordError(connection)
+        self.assertFalse(relay.pool.isHealthy(connection))
+
+    @inlineCallbacks
+    def test_okLatencyOnItsConnection(self) -> Any:
+        """
+        A publish's OK records its latency on the connection that carried
+        the EVENT and the OK, and on no other.
+        """
+        a, pool, relay = yield self.twoConnections()
+        yield pool.publish(makeEvent())
+        self.assertEqual(sorted(self.successes(relay)), [0, 1])
+        latencies = [relay.pool.metrics(c).lastLatency for c in relay.openConnections()]
+        self.assertEqual(sum(latency is not None for latency in latencies), 1)
+
+    @inlineCallbacks
+    def test_eoseLatencyOnItsConnection(self) -> Any:
+        """
+        A REQ's EOSE records its latency on the connection the REQ went out
+        on.
+        """
+        a, pool, relay = yield self.twoConnections()
+        subscription = pool.subscribe([KIND1])
+        yield subscription.whenEOSE()
+        for connection in relay.openConnections():
+            metrics = relay.pool.metrics(connection)
+            successes = 0 if metrics is None else metrics.successes
+            self.assertEqual(successes, connection.subscriptionCount)
+        self.assertEqual(sorted(self.successes(relay)), [0, 1])
+
+    @inlineCallbacks
+    def test_countLatencyOnItsConnection(self) -> Any:
+        """
+        A COUNT's answer records its latency on the connection that carried
+        it.
+        """
+        a, pool, relay = yield self.twoConnections()
+        yield pool.count([KIND1])
+        self.assertEqual(sorted(self.successes(relay)), [0, 1])
+
+    @inlineCallbacks
+    def test_failureOnItsConnection(self) -> Any:
+        """
+        An C{OK false "error: ..."} counts as an error on the connection
+        that carried it, not on the relay's other connection.
+        """
+        a, pool, relay = yield self.twoConnections()
+        a.misbehaviour.rejectWith = "error: disk full"
+        yield self.assertFailure(pool.publish(makeEvent()), PublishFailed)
+        errors = [relay.pool.metrics(c) for c in relay.openConnections()]
+        self.assertEqual(sorted(0 if m is None else m.errors for m in errors), [0, 1])
+
+    @inlineCallbacks
+    def test_pickSkipsUnhealthyConnection(self) -> Any:
+        """
+        While a relay has a healthy connection, publishes go out on it and
+        never on an unhealthy one.
+        """
+        a, pool, relay = yield self.twoConnections()
+        sick, well = relay.openConnections()
+        self.sicken(relay, sick)
+        for i in range(4):
+            yield pool.publish(makeEvent(content=str(i)))
+        self.assertEqual(relay.pool.metrics(sick).successes, 0)
+        self.assertEqual(relay.pool.metrics(well).successes, 4)
+
+    @inlineCallbacks
+    def test_healthIsAggregateOfConnections(self) -> Any:
+        """
+        A relay's health score and latency in L{RelayPool.stats} are the
+        aggregate of its connections: the pool's aggregate for the relay's
+        address, counting the exchanges of both connections.
+        """
+        a, pool, relay = yield self.twoConnections()
+        sick, well = relay.openConnections()
+        relay.pool.recordError(sick)
+        relay.pool.recordSuccess(well, 0.25)
+        stats = pool.stats()[relay.url]
+        (address,) = relay.mux.addresses()
+        aggregate = relay.pool.metrics(address)
+        self.assertEqual((aggregate.errors, aggregate.successes), (1, 1))
+        self.assertEqual(
+            (stats.healthScore, stats.latency), (aggregate.healthScore(), aggregate.latencyEwma)
+        )
+        self.assertLess(stats.healthScore, 100.0)
+
+    @inlineCallbacks
+    def test_pongIsHealthProbe(self) -> Any:
+        """
+        The keepalive sweep pings every connection; each pong records its
+        round trip on its connection.
+        """
+        a, pool, relay = yield self.twoConnections()
+        pool._sweepConnections()
+        yield waitUntil(lambda: self.successes(relay) == [1, 1])
+
+    @inlineCallbacks
+    def test_unhealthyConnectionReplacedAndSubscriptionMoves(self) -> Any:
+        """
+        The keepalive sweep replaces an unhealthy connection with a fresh
+        one; the subscription it carried moves to a healthy connection and
+        keeps receiving events.
+        """
+        a, pool, relay = yield self.twoConnections()
+        subscription = pool.subscribe([KIND1])
+        seen: list[str] = []
+        subscription.onEvent(lambda event, url: seen.append(event.id))
+        yield subscription.whenEOSE()
+        (sick,) = [c for c in relay.openConnections() if c.subscriptionCount == 1]
+        self.sicken(relay, sick)
+        pool._sweepConnections()
+        self.assertNotIn(sick, relay.openConnections())
+        yield waitUntil(lambda: not sick.live)
+        yield waitUntil(lambda: len(relay.openConnections()) == 2)
+        carriers = [c for c in relay.openConnections() if c.subscriptionCount == 1]
+        self.assertEqual(len(carriers), 1)
+        self.assertIsNot(carriers[0], sick)
+        yield waitUntil(lambda: sum(isinstance(m, ClientReq) for m in a.received) == 2)
+        marker = makeEvent(content="marker")
+        a.store(marker)
+        yield waitUntil(lambda: marker.id in seen)

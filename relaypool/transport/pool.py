@@ -84,6 +84,17 @@ class CleanupHandle:
         self._onStop(self)
 
 
+def _excluding(excluded: set[Any], predicate: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """
+    @return: C{predicate} made false for the members of C{excluded}.
+    """
+
+    def accepts(connection: Any) -> bool:
+        return connection not in excluded and predicate(connection)
+
+    return accepts
+
+
 class _Acquirer:
     __slots__ = ("deferred", "timer", "address")
 
@@ -181,6 +192,7 @@ class Pool(service.Service):
         self._held: set[Any] = set()
         self._inFlight: dict[Any, int] = {}
         self._metrics: dict[Any, ConnectionMetrics] = {}
+        self._unhealthy: set[Any] = set()
         self._addressOf: dict[Any, Address] = {}
         self._addressMetrics: dict[Address, ConnectionMetrics] = {}
         self._cleanups: set[CleanupHandle] = set()
@@ -314,8 +326,12 @@ class Pool(service.Service):
     def _pickWhere(self, predicate: Callable[[Any], bool]) -> Any:
         """
         @return: the next open connection in round-robin order satisfying
-            C{predicate}, or L{None}.
+            C{predicate}, or L{None}; while a healthy connection is open,
+            unhealthy ones are skipped.
         """
+        unhealthy = self._unhealthy
+        if unhealthy and self._anyHealthy():
+            predicate = _excluding(unhealthy, predicate)
         if self._inserted:
             return self._pickAmongAll(predicate)
         try:
@@ -345,6 +361,67 @@ class Pool(service.Service):
                 self._cursor = index + 1
                 return candidates[index]
         return None
+
+    def _anyHealthy(self) -> bool:
+        """
+        @return: whether an open connection is not unhealthy.
+        """
+        unhealthy = self._unhealthy
+        return any(c not in unhealthy for c in self._mux.readyConnections()) or any(
+            c not in unhealthy for c in self._inserted
+        )
+
+    def isHealthy(self, connection: Any) -> bool:
+        """
+        @return: whether C{connection} is not unhealthy under the pool's
+            L{HealthPolicy} (a connection with nothing recorded is healthy).
+        """
+        return connection not in self._unhealthy
+
+    def pick(self, where: Callable[[Any], bool] | None = None) -> Any:
+        """
+        The connection to use for a message that needs no reply tracking by
+        the pool (the caller records the outcome with L{recordSuccess} and
+        L{recordError}).
+
+        @param where: if given, only a connection for which it is true will
+            do.
+        @return: the next open connection in round-robin order that is not
+            acquired and satisfies C{where}, skipping unhealthy connections
+            while a healthy one is open; L{None} if there is none.
+        """
+        if where is None:
+            return self._pickWhere(self._isFree)
+        held = self._held
+        return self._pickWhere(lambda connection: connection not in held and where(connection))
+
+    def usableConnections(self) -> list[Any]:
+        """
+        @return: the open connections L{pick} chooses among, in round-robin
+            order of the multiplexer then the inserted ones: those neither
+            acquired nor unhealthy, or (when every open connection is
+            unhealthy) those not acquired.
+        """
+        free = [c for c in self.connections() if c not in self._held]
+        healthy = [c for c in free if c not in self._unhealthy]
+        return healthy or free
+
+    def connections(self) -> list[Any]:
+        """
+        @return: every open connection of the pool: the multiplexer's, then
+            the inserted ones.
+        """
+        if not self._inserted:
+            return self._mux.readyConnections()
+        return self._mux.readyConnections() + list(self._inserted)
+
+    def addressMetrics(self) -> dict[Address, ConnectionMetrics]:
+        """
+        @return: the per-address aggregates the pool keeps (see
+            L{metrics}), by address.
+        """
+        self._pruneAggregates()
+        return dict(self._addressMetrics)
 
     def _slotChanged(self, status: SlotStatus) -> None:
         if status.state == OPEN:
@@ -672,6 +749,10 @@ class Pool(service.Service):
         else:
             metrics.recordSuccess(latency, now)
             aggregate.recordSuccess(latency, now)
+        if self._policy.isUnhealthy(metrics):
+            self._unhealthy.add(connection)
+        else:
+            self._unhealthy.discard(connection)
 
     def _metricsFor(self, connection: Any) -> ConnectionMetrics | None:
         metrics = self._metrics.get(connection)
@@ -692,6 +773,7 @@ class Pool(service.Service):
 
     def _forget(self, result: object, connection: Any) -> None:
         self._metrics.pop(connection, None)
+        self._unhealthy.discard(connection)
         self._inFlight.pop(connection, None)
         address = self._addressOf.pop(connection, None)
         if address is not None and not self._isKnown(address):

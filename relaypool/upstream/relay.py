@@ -2,6 +2,11 @@
 One upstream Nostr relay: NIP-01 over the connections a
 L{UniformMultiplexer} keeps to the relay's addresses.
 
+The connections live in a L{Pool} over that multiplexer, the one home of
+open connections, of picking one (round-robin, healthy ones first) and of
+their health: every exchange (EVENT to OK, REQ to EOSE, COUNT to COUNT, the
+keepalive ping to its pong) is recorded on the connection that carried it.
+
 A L{Relay} owns the per-relay protocol state: where each subscription's REQ
 is live (and moving it when a connection drops, with C{since} set to the
 newest event seen), NIP-42 AUTH and the one retry it allows, C{rate-limited}
@@ -48,8 +53,9 @@ from relaypool.nostr.messages import (
 )
 from relaypool.nostr.nip11 import Limitation, RelayInformation
 from relaypool.nostr.url import parseRelayURL
-from relaypool.transport.health import ConnectionMetrics, HealthPolicy
+from relaypool.transport.health import HealthPolicy
 from relaypool.transport.mux import Backoff, UniformMultiplexer
+from relaypool.transport.pool import Pool
 
 log = Logger()
 
@@ -123,6 +129,8 @@ class RelayConnection(WebSocketClientProtocol):
     authEventId: str | None = None
     lastSeen: float = 0.0
     subscriptionCount: int = 0
+    pingSentAt: float | None = None
+    live: bool = False
 
     def onConnect(self, response: Any) -> None:
         self.lastSeen = self.factory.relay.reactor.seconds()
@@ -130,7 +138,13 @@ class RelayConnection(WebSocketClientProtocol):
     def onOpen(self) -> None:
         self._writable = _WriteFlow(self.factory.relay)
         self.transport.registerProducer(self._writable, True)  # type: ignore[union-attr]
+        # is_open fires right after onOpen, once the multiplexer (and so the
+        # pool) counts the connection as open.
+        self.is_open.addCallback(self._opened)
+
+    def _opened(self, result: object) -> object:
         self.factory.relay._connectionOpened(self)
+        return result
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         relay = self.factory.relay
@@ -141,7 +155,17 @@ class RelayConnection(WebSocketClientProtocol):
         relay._frameReceived(self, payload)
 
     def onPong(self, payload: bytes) -> None:
-        self.lastSeen = self.factory.relay.reactor.seconds()
+        relay = self.factory.relay
+        self.lastSeen = relay.reactor.seconds()
+        relay._pongReceived(self)
+
+    def ping(self) -> None:
+        """
+        Send a keepalive ping; its pong is the connection's health probe.
+        """
+        if self.pingSentAt is None:
+            self.pingSentAt = self.factory.relay.reactor.seconds()
+        self.sendPing()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.relay._connectionClosed(self)
@@ -269,14 +293,18 @@ class Relay:
     One upstream relay: its connections, subscriptions and publishes.
 
     @ivar url: the normalized relay URL.
-    @ivar metrics: the relay's L{ConnectionMetrics} (latency of OK and EOSE,
-        errors for invalid events and for publishes the relay failed: an
-        C{OK false "error: ..."} or one without a known prefix, see
-        L{isRelayFailure}), the foundation's health model applied per
-        relay. Refusals by the relay's rules (C{blocked:}, C{invalid:},
-        C{pow:}, C{restricted:}, C{mute:}, C{rate-limited:},
-        C{auth-required:}) and C{duplicate:} answers are answers in time,
-        never health errors.
+    @ivar pool: the L{Pool} holding the relay's connections over C{mux}:
+        it picks the connection for each message and keeps each
+        connection's health. Recorded on the connection that carried them:
+        the latency of OK, EOSE (the first phase of a REQ), COUNT and the
+        keepalive pong; errors for invalid events, malformed messages,
+        and answers saying the relay failed (an C{OK false} or C{CLOSED}
+        with C{"error: ..."} or no known prefix, see L{isRelayFailure}).
+        Refusals by the relay's rules (C{blocked:}, C{invalid:}, C{pow:},
+        C{restricted:}, C{mute:}, C{rate-limited:}, C{auth-required:}) and
+        C{duplicate:} answers are answers in time, never health errors.
+        The relay's own health (L{healthScore}, L{latency}) is the
+        aggregate of its connections.
     """
 
     def __init__(
@@ -305,7 +333,6 @@ class Relay:
         self._pendingRequestCapacity = pendingRequestCapacity
         self._signingKey = signingKey
         self._rateLimitBackoff = rateLimitBackoff
-        self.metrics = ConnectionMetrics(reactor.seconds(), healthPolicy)
         self.counters = RelayCounters()
         self.limitation = Limitation()
         self.information: RelayInformation | None = None
@@ -322,7 +349,10 @@ class Relay:
             tls=tls,
             onStateChange=lambda slot: self._slotChanged(slot, onStateChange),
         )
-        self._open: list[RelayConnection] = []
+        self.pool = Pool(reactor, self.mux, healthPolicy=healthPolicy)
+        # The connection whose frame was handled last: the one an error the
+        # owner reports while handling it (see recordError) is counted on.
+        self._delivering: RelayConnection | None = None
         self._outbound: deque[bytes] = deque()
         self._subscriptions: dict[str, _LogicalSubscription] = {}
         self._wires: dict[str, _WireSubscription] = {}
@@ -333,7 +363,6 @@ class Relay:
         self._rateLimitCall: Any = None
         self._readingPaused = False
         self._stopped = False
-        self._nextConnection = 0
         self.pendingInformation: Deferred[Any] | None = None
 
     # --- lifecycle ---------------------------------------------------------
@@ -342,7 +371,7 @@ class Relay:
         """
         Start connecting.
         """
-        self.mux.startService()
+        self.pool.startService()
 
     def stop(self) -> Deferred[None]:
         """
@@ -357,7 +386,7 @@ class Relay:
         if self._rateLimitCall is not None and self._rateLimitCall.active():
             self._rateLimitCall.cancel()
         self._rateLimitCall = None
-        d: Deferred[None] = self.mux.stopService()
+        d: Deferred[None] = self.pool.stopService()
         return d
 
     def holdForInformation(self) -> None:
@@ -437,13 +466,48 @@ class Relay:
         """
         @return: whether at least one connection is open.
         """
-        return bool(self._open)
+        return bool(self.pool.connections())
 
     def openConnections(self) -> list[RelayConnection]:
         """
-        @return: the open connections.
+        @return: the open connections (the pool's).
         """
-        return list(self._open)
+        return self.pool.connections()
+
+    def healthScore(self) -> float:
+        """
+        The relay's health, the aggregate of its connections: the mean,
+        over the relay's addresses, of the pool's per-address aggregate
+        (which counts every exchange on every connection to that address,
+        surviving reconnects while the address is current).
+
+        @return: a score from 100 (healthy, also before any exchange) to 0.
+        """
+        aggregates = self.pool.addressMetrics().values()
+        if not aggregates:
+            return 100.0
+        return sum(m.healthScore() for m in aggregates) / len(aggregates)
+
+    def latency(self) -> float | None:
+        """
+        @return: the mean, over the relay's addresses with a reply, of the
+            pool's per-address latency average in seconds; L{None} before
+            any reply.
+        """
+        averages = [
+            m.latencyEwma for m in self.pool.addressMetrics().values() if m.latencyEwma is not None
+        ]
+        if not averages:
+            return None
+        return sum(averages) / len(averages)
+
+    def recordError(self) -> None:
+        """
+        Count an error (an invalid event the owner dropped) against the
+        connection whose message is being handled, if any.
+        """
+        if self._delivering is not None:
+            self.pool.recordError(self._delivering)
 
     def state(self) -> str:
         """
@@ -451,7 +515,7 @@ class Relay:
             slot state (C{"connecting"}, C{"backing-off"}, C{"draining"}), or
             C{"closed"} when stopped or without addresses.
         """
-        if self._open:
+        if self.pool.connections():
             return "open"
         if self._stopped:
             return "closed"
@@ -480,7 +544,7 @@ class Relay:
         Stop reading from every connection (the pool's inbound queue is full).
         """
         self._readingPaused = True
-        for connection in self._open:
+        for connection in self.pool.connections():
             connection.pauseReading()
 
     def resumeReading(self) -> None:
@@ -488,7 +552,7 @@ class Relay:
         Read again from every connection.
         """
         self._readingPaused = False
-        for connection in self._open:
+        for connection in self.pool.connections():
             connection.resumeReading()
 
     # --- outbound -----------------------------------------------------------
@@ -522,12 +586,8 @@ class Relay:
     def _writableConnection(self) -> RelayConnection | None:
         if self.reactor.seconds() < self._rateLimitedUntil:
             return None
-        for _ in range(len(self._open)):
-            self._nextConnection = (self._nextConnection + 1) % len(self._open)
-            connection = self._open[self._nextConnection]
-            if connection.isWritable():
-                return connection
-        return None
+        connection: RelayConnection | None = self.pool.pick(RelayConnection.isWritable)
+        return connection
 
     def _flushOutbound(self) -> None:
         while self._outbound:
@@ -656,7 +716,7 @@ class Relay:
                 self._waitingWires.remove(wire)
                 wire.queued = False
             if wire.connection is not None:
-                if not wire.isCount and wire.connection in self._open:
+                if not wire.isCount and wire.connection.live:
                     wire.connection.sendText(ClientClose(wire.wireId).toJSON())
                 wire.connection.subscriptionCount -= 1
                 wire.connection = None
@@ -678,7 +738,7 @@ class Relay:
             return None
         limit = self.limitation.maxSubscriptions
         best: RelayConnection | None = None
-        for connection in self._open:
+        for connection in self.pool.usableConnections():
             if isinstance(limit, int) and limit > 0 and connection.subscriptionCount >= limit:
                 continue
             if best is None or connection.subscriptionCount < best.subscriptionCount:
@@ -771,7 +831,7 @@ class Relay:
         if self._stopped:
             connection.sendClose(1001)
             return
-        self._open.append(connection)
+        connection.live = True
         self.counters.opens += 1
         if self.counters.opens > 1:
             self.counters.reconnects += 1
@@ -788,10 +848,10 @@ class Relay:
         self._owner.relayConnectionChanged(self)
 
     def _connectionClosed(self, connection: RelayConnection) -> None:
-        if connection not in self._open:
+        if not connection.live:
             return
-        self._open.remove(connection)
-        if not self._open:
+        connection.live = False
+        if not self.pool.connections():
             self.connectedSince = None
             self.downSince = self.reactor.seconds()
         orphans = [w for w in self._wires.values() if w.connection is connection]
@@ -808,14 +868,46 @@ class Relay:
                     self._place(wire)
         self._owner.relayConnectionChanged(self)
 
+    def _pongReceived(self, connection: RelayConnection) -> None:
+        """
+        The keepalive probe came back: its round trip is a success on the
+        connection.
+        """
+        sentAt, connection.pingSentAt = connection.pingSentAt, None
+        if sentAt is not None:
+            self.pool.recordSuccess(connection, self.reactor.seconds() - sentAt)
+
+    def keepalive(self, interval: float) -> None:
+        """
+        One keepalive round, run by the owner's one sweep for all relays
+        every C{interval} seconds: replace the connections that are
+        unhealthy under the relay's L{HealthPolicy} (their slots reconnect
+        and their subscriptions move, with C{since}), drop those silent for
+        two intervals (a ping unanswered for that long counts as an error
+        first), and ping the others; the pong is the health probe.
+        """
+        now = self.reactor.seconds()
+        evicted = self.pool.evictUnhealthy()
+        if evicted:
+            log.info("{url}: replacing {count} unhealthy connections", url=self.url, count=evicted)
+        for connection in self.pool.connections():
+            if now - connection.lastSeen > 2 * interval:
+                log.info("{url}: no answer to pings, reconnecting", url=self.url)
+                if connection.pingSentAt is not None:
+                    self.pool.recordError(connection)
+                connection.dropConnection(abort=True)
+            else:
+                connection.ping()
+
     def _protocolError(self, connection: RelayConnection, what: str) -> None:
         self.counters.protocolErrors += 1
-        self.metrics.recordError(self.reactor.seconds())
+        self.pool.recordError(connection)
         log.debug("{url}: ignored {what}", url=self.url, what=what)
 
     # --- inbound ------------------------------------------------------------
 
     def _frameReceived(self, connection: RelayConnection, payload: bytes) -> None:
+        self._delivering = connection
         try:
             decoded = decodeMessage(payload)
             if decoded[0] == "EVENT" and self._knownEvent(decoded):
@@ -837,8 +929,7 @@ class Relay:
                 self._owner.relayOther(self, message)
                 return
             if not wire.eosed:
-                now = self.reactor.seconds()
-                self.metrics.recordSuccess(now - wire.sentAt, now)
+                self.pool.recordSuccess(connection, self.reactor.seconds() - wire.sentAt)
                 self._rateLimitStrikes = 0
             self._wireFinished(wire, None)
         elif isinstance(message, RelayClosed):
@@ -848,6 +939,7 @@ class Relay:
             if wire is None or not wire.isCount:
                 self._owner.relayOther(self, message)
                 return
+            self.pool.recordSuccess(connection, self.reactor.seconds() - wire.sentAt)
             self._wires.pop(wire.wireId, None)
             self._release(wire)
             self._subscriptions.pop(wire.subscriptionId, None)
@@ -913,6 +1005,8 @@ class Relay:
             wire.queued = True
             self._waitingWires.append(wire)
             return
+        if isRelayFailure(message.message):
+            self.pool.recordError(connection)
         self._wireFinished(wire, message.message)
 
     def _retryAfterAuth(
@@ -920,7 +1014,7 @@ class Relay:
     ) -> None:
         if self._wires.get(wire.wireId) is not wire:
             return
-        if authenticated and connection in self._open:
+        if authenticated and connection.live:
             self._sendREQ(wire, connection)
         else:
             self._wireFinished(wire, reason)
@@ -947,7 +1041,6 @@ class Relay:
             self.send(ClientEvent(pending.event).toJSON())
             return
         del self._publishes[message.eventId]
-        now = self.reactor.seconds()
         # NIP-01: "duplicate:", with OK true or false, means the relay has
         # the event: an acceptance, and an answer in time, never an error.
         stored = message.accepted or prefix == "duplicate"
@@ -957,9 +1050,10 @@ class Relay:
         else:
             self.counters.okRejected += 1
         if stored or not isRelayFailure(message.message):
-            # A refusal by the relay's rules is an answer in time too; the
-            # owner counts failures against the relay's health.
-            self.metrics.recordSuccess(now - pending.sentAt, now)
+            # A refusal by the relay's rules is an answer in time too.
+            self.pool.recordSuccess(connection, self.reactor.seconds() - pending.sentAt)
+        else:
+            self.pool.recordError(connection)
         self._owner.relayOK(self, message.eventId, stored, message.message)
 
     def _republishAfterAuth(
@@ -967,7 +1061,7 @@ class Relay:
     ) -> None:
         if self._publishes.get(pending.event.id) is not pending:
             return
-        if authenticated and connection in self._open:
+        if authenticated and connection.live:
             connection.sendText(ClientEvent(pending.event).toJSON())
             return
         del self._publishes[pending.event.id]

@@ -46,7 +46,6 @@ from relaypool.nostr.messages import (
     RelayMessage,
     RelayNotice,
     RelayOK,
-    isRelayFailure,
 )
 from relaypool.nostr.url import parseRelayURL
 from relaypool.transport.health import HealthPolicy
@@ -811,17 +810,13 @@ class RelayPool(service.Service):
 
     def _sweepConnections(self) -> None:
         """
-        The one keepalive timer: ping every open connection, and drop those
-        silent for two intervals (their slots reconnect).
+        The one keepalive and health timer for all relays: each relay
+        replaces its unhealthy connections, drops those silent for two
+        intervals (their slots reconnect) and pings the others (see
+        L{Relay.keepalive}).
         """
-        now = self.reactor.seconds()
         for relay in self._relays.values():
-            for connection in relay.openConnections():
-                if now - connection.lastSeen > 2 * self._pingInterval:
-                    log.info("{url}: no answer to pings, reconnecting", url=relay.url)
-                    connection.dropConnection(abort=True)
-                else:
-                    connection.sendPing()
+            relay.keepalive(self._pingInterval)
 
     # --- stats --------------------------------------------------------------
 
@@ -843,8 +838,8 @@ class RelayPool(service.Service):
             eventsInvalid=c.eventsInvalid,
             okAccepted=c.okAccepted,
             okRejected=c.okRejected,
-            latency=relay.metrics.latencyEwma,
-            healthScore=relay.metrics.healthScore(),
+            latency=relay.latency(),
+            healthScore=relay.healthScore(),
             outboundQueued=relay.outboundQueued(),
             outboundDropped=c.outboundDropped,
             waitingSubscriptions=relay.waitingSubscriptions(),
@@ -916,7 +911,7 @@ class RelayPool(service.Service):
 
     def _invalid(self, relay: Relay, event: Event, why: str) -> None:
         relay.counters.eventsInvalid += 1
-        relay.metrics.recordError(self.reactor.seconds())
+        relay.recordError()
         log.debug("{url}: dropped event {id}: {why}", url=relay.url, id=event.id, why=why)
 
     def relayDuplicate(self, relay: Relay, subscriptionId: str, eventId: str) -> int | None:
@@ -952,9 +947,8 @@ class RelayPool(service.Service):
         if publish is None or relay.url not in publish.outstanding:
             return
         if not accepted:
+            # A failure was counted on the connection by the relay.
             message = message or "error: rejected without a reason"
-            if isRelayFailure(message):
-                relay.metrics.recordError(self.reactor.seconds())
         self._answer(publish, relay.url, accepted, message)
         self._checkPublish(publish)
 
