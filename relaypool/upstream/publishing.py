@@ -105,6 +105,7 @@ class PublishQuorum:
         self.quorum = quorum
         self.fired = False
         self.finished = False
+        self._decided: PublishResult | None = None
         self._outstanding: set[str] = set()
         self._accepted: dict[str, str] = {}
         self._rejected: dict[str, str] = {}
@@ -148,11 +149,12 @@ class PublishQuorum:
         """
         @return: a Deferred firing with the L{PublishResult} once C{quorum}
             relays accepted, or failing with L{PublishFailed} once that
-            became impossible or the timeout passed.
+            became impossible or the timeout passed; asked after it fired,
+            at once with the same result as the others.
         """
         waiter: Deferred[PublishResult] = Deferred()
-        if self.fired:
-            self._give(waiter, self.result())
+        if self._decided is not None:
+            self._give(waiter, self._decided)
         else:
             self._waiters.append(waiter)
         return waiter
@@ -253,7 +255,7 @@ class PublishQuorum:
 
     def _fire(self) -> None:
         self.fired = True
-        result = self.result()
+        self._decided = result = self.result()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             self._give(waiter, result)
