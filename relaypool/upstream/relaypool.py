@@ -28,10 +28,8 @@ from zope.interface import implementer
 
 from relaypool._reactor import defaultReactor
 from relaypool.errors import (
-    CountUnavailable,
     InvalidEvent,
     PoolClosed,
-    PublishFailed,
     TooManyRelays,
     UnknownRelay,
 )
@@ -50,7 +48,9 @@ from relaypool.nostr.messages import (
 from relaypool.nostr.url import parseRelayURL
 from relaypool.transport.health import HealthPolicy
 from relaypool.transport.mux import Backoff
+from relaypool.upstream.counting import CountQuorum
 from relaypool.upstream.information import fetchRelayInformation
+from relaypool.upstream.publishing import NO_ANSWER, POOL_STOPPED, AnswerHook, PublishQuorum
 from relaypool.upstream.raw import PoolSender, RawChannel
 from relaypool.upstream.relay import Relay
 from relaypool.upstream.results import (
@@ -109,59 +109,6 @@ class _SeenCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-AnswerHook = Callable[[str, bool, str], object]
-"""
-A publish's per-relay answer hook: called with a relay's URL, whether it has
-the event (C{OK true}, or any C{duplicate:} answer) and its message.
-"""
-
-NO_ANSWER = "error: relaypool: no OK from this relay before the publish timed out"
-"""
-The message an L{AnswerHook} gets for a relay still silent when its publish
-timed out.
-"""
-
-
-@dataclass(eq=False)
-class _Listener:
-    hook: AnswerHook
-    waiting: set[str]
-
-
-@dataclass(eq=False)
-class _Publish:
-    event: Event
-    quorum: int
-    outstanding: set[str]
-    waiters: list[Deferred[PublishResult]]
-    accepted: dict[str, str] = field(default_factory=dict)
-    rejected: dict[str, str] = field(default_factory=dict)
-    listeners: list[_Listener] = field(default_factory=list)
-    fired: bool = False
-    timeoutCall: Any = None
-
-    def result(self) -> PublishResult:
-        return PublishResult(
-            self.event.id,
-            self.quorum,
-            dict(self.accepted),
-            dict(self.rejected),
-            frozenset(self.outstanding),
-        )
-
-
-@dataclass(eq=False)
-class _Count:
-    outstanding: set[str]
-    deferred: Deferred[CountResult]
-    filters: tuple[Filter, ...]
-    timeout: float
-    fetch: bool
-    counts: dict[str, int] = field(default_factory=dict)
-    approximate: bool = False
-    timeoutCall: Any = None
 
 
 @implementer(IRelayPool)
@@ -262,8 +209,8 @@ class RelayPool(service.Service):
         self._relays: dict[str, Relay] = {}
         self._seen = _SeenCache(cacheSize)
         self._subscriptions: dict[str, Subscription] = {}
-        self._publishes: dict[str, _Publish] = {}
-        self._counts: dict[str, _Count] = {}
+        self._publishes: dict[str, PublishQuorum] = {}
+        self._counts: dict[str, CountQuorum] = {}
         self._ids = counter(1)
         self._raw = RawChannel(ringCapacity, self._pressure)
         self._fullQueues = 0
@@ -302,10 +249,10 @@ class RelayPool(service.Service):
         self._pingLoop = None
         for subscription in list(self._subscriptions.values()):
             subscription.close()
-        for eventId in list(self._publishes):
-            self._finishPublish(self._publishes[eventId], closing=True)
-        for countId in list(self._counts):
-            self._finishCount(countId)
+        for publish in list(self._publishes.values()):
+            publish.finish(POOL_STOPPED)
+        for counting in list(self._counts.values()):
+            counting.finish(closing=True)
         self._raw.close()
         stopping: list[Deferred[Any]] = [relay.stop() for relay in self._relays.values()]
         if self._ownNameService:
@@ -403,14 +350,9 @@ class RelayPool(service.Service):
     def _forgetRelay(self, url: str, reason: str) -> None:
         for subscription in list(self._subscriptions.values()):
             subscription._relayDone(url)
-        for publish in list(self._publishes.values()):
-            if url in publish.outstanding:
-                self._answer(publish, url, False, reason)
-                self._checkPublish(publish)
-        for countId, state in list(self._counts.items()):
-            state.outstanding.discard(url)
-            if not state.outstanding:
-                self._finishCount(countId)
+        quorums: list[PublishQuorum | CountQuorum] = [*self._publishes.values(), *self._counts.values()]
+        for quorum in quorums:
+            quorum.relayGone(url, reason)
 
     def cleanup(self) -> int:
         """
@@ -602,45 +544,33 @@ class RelayPool(service.Service):
         filters = tuple(filters)
         if self._closed:
             return fail(PoolClosed("the relay pool stopped"))
-        countId = f"rc{next(self._ids)}"
-        connected = [url for url, relay in self._relays.items() if relay.isConnected()]
         limit = self.eoseTimeout if timeout is None else timeout
-        state = _Count(set(connected), Deferred(), filters, limit, fetch)
-        self._counts[countId] = state
-        for url in connected:
-            self._relays[url].count(countId, filters)
-        if not state.outstanding:
-            self._finishCount(countId)
-        elif countId in self._counts:
-            state.timeoutCall = self.reactor.callLater(limit, self._finishCount, countId)
-        return state.deferred
 
-    def _finishCount(self, countId: str) -> None:
-        state = self._counts.pop(countId, None)
-        if state is None:
-            return
-        if state.timeoutCall is not None and state.timeoutCall.active():
-            state.timeoutCall.cancel()
-        for url in state.outstanding:
+        def fetchCount() -> Deferred[CountResult]:
+            return self.query(filters, limit).addCallback(lambda events: CountResult(len(events), False, {}))
+
+        counting = CountQuorum(
+            self.reactor,
+            f"rc{next(self._ids)}",
+            limit,
+            self._countFinished,
+            fetchCount if fetch else None,
+        )
+        self._counts[counting.countId] = counting
+        connected = [url for url, relay in self._relays.items() if relay.isConnected()]
+        counting.ask(connected, lambda url: self._relays[url].count(counting.countId, filters))
+        return counting.result
+
+    def _countFinished(self, counting: CountQuorum) -> None:
+        """
+        C{counting} stopped waiting: forget it, and withdraw its COUNT from
+        the relays that stayed silent.
+        """
+        del self._counts[counting.countId]
+        for url in counting.outstanding:
             relay = self._relays.get(url)
             if relay is not None:
-                relay.unsubscribe(countId)
-        if state.counts:
-            state.deferred.callback(
-                CountResult(
-                    max(state.counts.values()),
-                    state.approximate or len(state.counts) > 1,
-                    dict(state.counts),
-                )
-            )
-        elif self._closed:
-            state.deferred.errback(PoolClosed("the relay pool stopped"))
-        elif not state.fetch:
-            state.deferred.errback(CountUnavailable("no connected relay answered the COUNT"))
-        else:
-            self.query(state.filters, state.timeout).addCallback(
-                lambda events: CountResult(len(events), False, {})
-            ).chainDeferred(state.deferred)
+                relay.unsubscribe(counting.countId)
 
     # --- publish ------------------------------------------------------------
 
@@ -686,125 +616,46 @@ class RelayPool(service.Service):
             raise ValueError(f"quorum must be a positive integer, got {quorum!r}")
         targets = self._targets(relays)
         existing = self._publishes.get(event.id)
-        waiter: Deferred[PublishResult] = Deferred()
         if existing is not None and not existing.fired:
-            existing.waiters.append(waiter)
-            self._listen(existing, targets, onAnswer)
-            known = existing.outstanding.union(existing.accepted, existing.rejected)
-            self._send(existing, [url for url in targets if url not in known])
-            self._checkPublish(existing)
+            waiter = existing.whenDecided()
+            existing.listen(targets, onAnswer)
+            existing.sendTo([url for url in targets if not existing.knows(url)], self._sendEvent(event))
             return waiter
-        publish = _Publish(event, quorum, set(), [waiter])
+        publish = PublishQuorum(
+            self.reactor,
+            event,
+            quorum,
+            self.publishTimeout if timeout is None else timeout,
+            self._publishFinished,
+        )
+        waiter = publish.whenDecided()
         if existing is not None:
             # The earlier publish fired and only listens for stragglers:
             # take them over, without making the relays forget the event.
-            if existing.timeoutCall is not None and existing.timeoutCall.active():
-                existing.timeoutCall.cancel()
-            publish.outstanding, existing.outstanding = existing.outstanding, set()
-            publish.listeners, existing.listeners = existing.listeners, []
+            publish.takeOver(existing)
         self._publishes[event.id] = publish
-        self._listen(publish, targets, onAnswer)
-        self._send(publish, targets)
-        limit = self.publishTimeout if timeout is None else timeout
-        publish.timeoutCall = self.reactor.callLater(limit, self._finishPublish, publish)
-        self._checkPublish(publish)
+        publish.listen(targets, onAnswer)
+        publish.sendTo(targets, self._sendEvent(event))
         return waiter
 
-    def _listen(self, publish: _Publish, targets: Sequence[str], hook: AnswerHook | None) -> None:
+    def _sendEvent(self, event: Event) -> Callable[[str], bool]:
         """
-        Attach C{hook} to C{publish} for C{targets}, telling it at once the
-        answers C{publish} already has.
+        @return: a function sending C{event} to the relay at a URL, returning
+            whether the relay could queue it.
         """
-        if hook is None:
-            return
-        listener = _Listener(hook, set(targets))
-        publish.listeners.append(listener)
-        for url in targets:
-            if url in publish.accepted:
-                self._tell(listener, url, True, publish.accepted[url])
-            elif url in publish.rejected:
-                self._tell(listener, url, False, publish.rejected[url])
+        return lambda url: self._relays[url].publish(event)
 
-    def _send(self, publish: _Publish, targets: Sequence[str]) -> None:
+    def _publishFinished(self, publish: PublishQuorum) -> None:
         """
-        Send C{publish}'s event to C{targets}; a relay that cannot take it
-        counts as rejecting it.
-        """
-        for url in targets:
-            publish.outstanding.add(url)
-            if not self._relays[url].publish(publish.event):
-                self._answer(
-                    publish, url, False, "error: relaypool: could not queue the event for this relay"
-                )
-
-    def _answer(self, publish: _Publish, url: str, accepted: bool, message: str) -> None:
-        """
-        Record C{url}'s answer to C{publish} and pass it to the hooks; the
-        caller then checks the publish.
-        """
-        publish.outstanding.discard(url)
-        if accepted:
-            publish.accepted[url] = message
-        else:
-            publish.rejected[url] = message
-        for listener in publish.listeners:
-            self._tell(listener, url, accepted, message)
-
-    def _tell(self, listener: _Listener, url: str, accepted: bool, message: str) -> None:
-        if url not in listener.waiting:
-            return
-        listener.waiting.discard(url)
-        try:
-            listener.hook(url, accepted, message)
-        except Exception:
-            log.failure("A publish answer hook failed for {url}", url=url)
-
-    def _checkPublish(self, publish: _Publish) -> None:
-        if not publish.fired:
-            reached = len(publish.accepted) >= publish.quorum
-            if reached or len(publish.accepted) + len(publish.outstanding) < publish.quorum:
-                self._fire(publish)
-        if not publish.outstanding:
-            self._finishPublish(publish)
-
-    def _fire(self, publish: _Publish) -> None:
-        publish.fired = True
-        result = publish.result()
-        waiters, publish.waiters = publish.waiters, []
-        for waiter in waiters:
-            if result.succeeded:
-                waiter.callback(result)
-            else:
-                waiter.errback(
-                    PublishFailed(
-                        f"event {publish.event.id} accepted by {len(result.accepted)} of "
-                        f"quorum {publish.quorum}: {result.reasons() or 'no relays'}",
-                        result,
-                    )
-                )
-
-    def _finishPublish(self, publish: _Publish, closing: bool = False) -> None:
-        """
-        Stop listening for C{publish}'s answers (every relay answered, it
-        timed out, or the pool stops): tell its hooks that the relays still
-        silent did not answer, and fire it if it has not fired.
+        C{publish} stopped listening: forget it, and make the relays that
+        stayed silent forget the event.
         """
         if self._publishes.get(publish.event.id) is publish:
             del self._publishes[publish.event.id]
-        if publish.timeoutCall is not None and publish.timeoutCall.active():
-            publish.timeoutCall.cancel()
-        publish.timeoutCall = None
         for url in publish.outstanding:
             relay = self._relays.get(url)
             if relay is not None:
                 relay.forgetPublish(publish.event.id)
-        message = "error: relaypool: the relay pool stopped" if closing else NO_ANSWER
-        listeners, publish.listeners = publish.listeners, []
-        for listener in listeners:
-            for url in sorted(listener.waiting):
-                self._tell(listener, url, False, message)
-        if not publish.fired:
-            self._fire(publish)
 
     # --- keepalive ----------------------------------------------------------
 
@@ -926,11 +777,9 @@ class RelayPool(service.Service):
             subscription._relayDone(relay.url)
 
     def relayClosed(self, relay: Relay, subscriptionId: str, message: str) -> None:
-        if subscriptionId in self._counts:
-            state = self._counts[subscriptionId]
-            state.outstanding.discard(relay.url)
-            if not state.outstanding:
-                self._finishCount(subscriptionId)
+        counting = self._counts.get(subscriptionId)
+        if counting is not None:
+            counting.relayGone(relay.url, message)
             return
         subscription = self._subscriptions.get(subscriptionId)
         if subscription is not None:
@@ -944,27 +793,22 @@ class RelayPool(service.Service):
 
     def relayOK(self, relay: Relay, eventId: str, accepted: bool, message: str) -> None:
         publish = self._publishes.get(eventId)
-        if publish is None or relay.url not in publish.outstanding:
+        if publish is None or not publish.isWaitingFor(relay.url):
             return
         if not accepted:
             # A failure was counted on the connection by the relay.
             message = message or "error: rejected without a reason"
-        self._answer(publish, relay.url, accepted, message)
-        self._checkPublish(publish)
+        publish.relayAnswered(relay.url, accepted, message)
 
     def relayCount(self, relay: Relay, subscriptionId: str, count: int, approximate: bool) -> None:
-        state = self._counts.get(subscriptionId)
-        if state is None:
+        counting = self._counts.get(subscriptionId)
+        if counting is None:
             if self._raw.hasSubscription(subscriptionId):
                 self._raw.push(
                     PoolMessage(relay.url, RelayCount(subscriptionId, count, approximate)), mayPause=True
                 )
             return
-        state.counts[relay.url] = count
-        state.approximate = state.approximate or approximate
-        state.outstanding.discard(relay.url)
-        if not state.outstanding:
-            self._finishCount(subscriptionId)
+        counting.relayAnswered(relay.url, count, approximate)
 
     def relayOther(self, relay: Relay, message: RelayMessage) -> None:
         if isinstance(message, (RelayEOSE, RelayClosed)):
@@ -983,8 +827,5 @@ class RelayPool(service.Service):
             return
         for subscription in list(self._subscriptions.values()):
             subscription._relayDone(relay.url)
-        for countId, state in list(self._counts.items()):
-            if relay.url in state.outstanding:
-                state.outstanding.discard(relay.url)
-                if not state.outstanding:
-                    self._finishCount(countId)
+        for counting in list(self._counts.values()):
+            counting.relayGone(relay.url, "error: relaypool: the relay disconnected")
