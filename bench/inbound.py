@@ -14,7 +14,7 @@ open) to the moment every relay's EOSE was handled; it must deliver exactly
 M unique events. Variants:
 
     - C{pool verify} / C{pool no-verify}: L{relaypool.upstream.relaypool.RelayPool}
-      with C{verifySignatures} on or off, counting C{Subscription.onEvent}
+      with C{verify} on or off, counting C{Subscription.onEvent}
       calls;
     - C{floor verify} / C{floor no-verify}: K bare Autobahn client
       protocols doing, for each EVENT frame, C{orjson.loads}, a C{set}
@@ -177,8 +177,8 @@ async def runPool(urls: Sequence[str], events: int, verify: bool) -> None:
     pool = RelayPool(
         reactor,
         nameService=StaticNameService(),
-        verifySignatures=verify,
-        cacheSize=events + 5000,
+        verify=verify,
+        dedupSize=events + 5000,
         eoseTimeout=EOSE_TIMEOUT,
         fetchInformation=False,
     )

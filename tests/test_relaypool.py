@@ -410,12 +410,12 @@ class SubscriptionTests(PoolTestMixin, TestCase):
     @inlineCallbacks
     def test_verificationOff(self) -> Any:
         """
-        With verifySignatures=False, events are delivered without checking.
+        With verify=False, events are delivered without checking.
         """
         a = yield self.startRelay(verify=False)
         forged = forgeSignature(makeEvent())
         a.store(forged)
-        pool = self.makePool(a, verifySignatures=False)
+        pool = self.makePool(a, verify=False)
         yield self.connected(pool)
         got = yield pool.query([KIND1])
         self.assertEqual([e.sig for e in got], [forged.sig])
@@ -439,11 +439,11 @@ class SubscriptionTests(PoolTestMixin, TestCase):
     @inlineCallbacks
     def test_dedupCacheIsBounded(self) -> Any:
         """
-        The dedup cache never holds more than cacheSize ids.
+        The dedup cache never holds more than dedupSize ids.
         """
         a = yield self.startRelay()
         a.store(*[makeEvent(content=str(i)) for i in range(10)])
-        pool = self.makePool(a, cacheSize=4)
+        pool = self.makePool(a, dedupSize=4)
         yield self.connected(pool)
         got = yield pool.query([KIND1])
         self.assertEqual(len(got), 10)

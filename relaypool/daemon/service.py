@@ -422,10 +422,10 @@ class RelayPoolService(OrderedMultiService):
             pool = RelayPool(
                 reactor=reactor,
                 ringCapacity=config.ringCapacity,
-                cacheSize=config.dedupSize,
+                dedupSize=config.dedupSize,
                 broadcastCapacity=config.broadcastCapacity,
                 maxRelays=config.maxRelays,
-                verifySignatures=config.verify,
+                verify=config.verify,
                 nameService=names,
                 connectionsPerAddress=config.connectionsPerAddress,
                 eoseTimeout=config.eoseTimeout,

@@ -126,10 +126,10 @@ class RelayPool(service.Service):
 
     @param ringCapacity: the bound of the inbound queue behind L{recv}, and of
         each subscription's L{Subscription.next} buffer.
-    @param cacheSize: how many verified event ids the dedup cache remembers.
+    @param dedupSize: how many verified event ids the dedup cache remembers.
     @param broadcastCapacity: the bound of each relay's outbound queue.
     @param maxRelays: how many relays L{addRelay} accepts.
-    @param verifySignatures: check each new event's id and signature.
+    @param verify: check each new event's id and signature.
     @param deadAfter: the grace period of L{cleanup}: it removes a relay that
         is still trying (connecting or backing off) once it has had no open
         connection for this many seconds; a dead (stopped) relay goes at
@@ -148,10 +148,10 @@ class RelayPool(service.Service):
         self,
         reactor: Any = None,
         ringCapacity: int = 4096,
-        cacheSize: int = 10000,
+        dedupSize: int = 10000,
         broadcastCapacity: int = 64,
         maxRelays: int = 20,
-        verifySignatures: bool = True,
+        verify: bool = True,
         nameService: INameService | None = None,
         connectionsPerAddress: int = 1,
         backoff: Backoff = Backoff(),
@@ -173,7 +173,7 @@ class RelayPool(service.Service):
         reactor = defaultReactor(reactor)
         for name, value in (
             ("ringCapacity", ringCapacity),
-            ("cacheSize", cacheSize),
+            ("dedupSize", dedupSize),
             ("broadcastCapacity", broadcastCapacity),
             ("maxRelays", maxRelays),
         ):
@@ -183,7 +183,7 @@ class RelayPool(service.Service):
         self.ringCapacity = ringCapacity
         self.broadcastCapacity = broadcastCapacity
         self.maxRelays = maxRelays
-        self.verifySignatures = verifySignatures
+        self.verify = verify
         self.eoseTimeout = eoseTimeout
         self.publishTimeout = publishTimeout
         self._connectionsPerAddress = connectionsPerAddress
@@ -207,7 +207,7 @@ class RelayPool(service.Service):
             nameService = DNSNameService(reactor)
         self._nameService = nameService
         self._relays: dict[str, Relay] = {}
-        self._seen = _SeenCache(cacheSize)
+        self._seen = _SeenCache(dedupSize)
         self._subscriptions: dict[str, Subscription] = {}
         self._publishes: dict[str, PublishQuorum] = {}
         self._counts: dict[str, CountQuorum] = {}
@@ -730,7 +730,7 @@ class RelayPool(service.Service):
             return False
         seen = self._seen.get(event.id)
         if seen is None:
-            if self.verifySignatures:
+            if self.verify:
                 try:
                     event.verify()
                 except InvalidEvent as e:
