@@ -30,7 +30,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from relaypool._reactor import defaultReactor
+from relaypool._reactor import TimeTCPReactor, defaultReactor
 from relaypool.errors import InvalidEvent, InvalidMessage, InvalidRelayURL
 from relaypool.nostr.event import (
     AUTH_KIND,
@@ -435,7 +435,7 @@ class FakeRelay:
 
     def __init__(
         self,
-        reactor: Any = None,
+        reactor: TimeTCPReactor | None = None,
         port: int = 0,
         verify: bool = True,
         information: RelayInformation | None = None,

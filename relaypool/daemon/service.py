@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from relaypool._reactor import defaultReactor
+from relaypool._reactor import DaemonReactor, defaultReactor
 from relaypool.daemon.config import (
     SETTINGS,
     Config,
@@ -256,7 +256,9 @@ class StatusLogger(service.Service):
 
     log = Logger()
 
-    def __init__(self, pool: RelayPool, interval: float, reactor: Any = None) -> None:
+    def __init__(
+        self, pool: RelayPool, interval: float, reactor: IReactorTime | None = None
+    ) -> None:
         """
         @param interval: seconds between two rounds of status lines.
         @param reactor: an L{IReactorTime}; C{None} means the global reactor.
@@ -388,13 +390,13 @@ class RelayPoolService(OrderedMultiService):
     def __init__(
         self,
         config: Config,
-        reactor: Any = None,
+        reactor: DaemonReactor | None = None,
         exitProcess: Callable[[int], object] | None = None,
     ) -> None:
         """
         @param config: the settings.
-        @param reactor: the reactor every part uses; C{None} means the global
-            reactor.
+        @param reactor: the L{relaypool._reactor.DaemonReactor} every part
+            uses; C{None} means the global reactor.
         @param exitProcess: ends the process with a status, once the reactor
             stopped after the gateway failed to listen late (the default
             flushes stdout and stderr and calls L{os._exit}).
@@ -493,7 +495,7 @@ class RelayPoolService(OrderedMultiService):
         super().startService()  # type: ignore[no-untyped-call]
         self._watchListening()
 
-    def _openStore(self, reactor: Any) -> SQLiteEventStore:
+    def _openStore(self, reactor: IReactorFromThreads) -> SQLiteEventStore:
         from relaypool.store.sqlite import SQLiteEventStore
 
         config = self.config

@@ -21,8 +21,10 @@ import orjson
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.python.failure import Failure
 
+from relaypool._reactor import ClientReactor
 from relaypool.daemon.config import validateRelayURL
 from relaypool.errors import InvalidRelayURL, RelayPoolError
 from relaypool.nostr.event import AUTH_KIND, Event, generatePrivateKey, publicKeyFor
@@ -108,7 +110,7 @@ class _Client(WebSocketClientProtocol):
         return d
 
 
-def _endpoint(reactor: Any, url: str, timeout: float) -> Any:
+def _endpoint(reactor: ClientReactor, url: str, timeout: float) -> IStreamClientEndpoint:
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
     from twisted.internet.ssl import optionsForClientTLS
 
@@ -145,7 +147,7 @@ def _abort(failure: Failure, client: _Client) -> None:
 
 @inlineCallbacks
 def tryRelay(
-    reactor: Any, url: str, timeout: float = 10.0, out: Callable[[str], None] = print
+    reactor: ClientReactor, url: str, timeout: float = 10.0, out: Callable[[str], None] = print
 ) -> Any:
     """
     Publish a kind-1 note signed with a new key to the relay at C{url}, then
@@ -189,7 +191,7 @@ def tryRelay(
 
 @inlineCallbacks
 def _exchange(
-    client: _Client, privateKey: bytes, reactor: Any, timeout: float, out: Callable[[str], None]
+    client: _Client, privateKey: bytes, reactor: IReactorTime, timeout: float, out: Callable[[str], None]
 ) -> Any:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     note = Event.sign(privateKey, 1, f"hello from relaypool tryit {stamp}")
@@ -230,14 +232,14 @@ def _exchange(
     return found
 
 
-def _publish(client: _Client, note: Event, reactor: Any, timeout: float) -> Deferred[list[Any]]:
+def _publish(client: _Client, note: Event, reactor: IReactorTime, timeout: float) -> Deferred[list[Any]]:
     client.send("EVENT", note.toDict())
     return client.expect(lambda m: m[0] == "OK" and len(m) > 3 and m[1] == note.id).addTimeout(
         timeout, reactor
     )
 
 
-def main(reactor: Any, *argv: str) -> Deferred[None]:
+def main(reactor: ClientReactor, *argv: str) -> Deferred[None]:
     """
     The C{python -m relaypool.daemon.tryit} command, for L{twisted.internet.task.react}.
     """

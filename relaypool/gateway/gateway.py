@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaypool._reactor import defaultReactor
+from relaypool._reactor import TimeTCPReactor, defaultReactor
 from relaypool._version import __version__
 from relaypool.gateway.facade import RelayFacade
 from relaypool.gateway.http import GatewayResource, makeSite
@@ -80,7 +80,7 @@ class Gateway(service.MultiService):
 
     def __init__(
         self,
-        reactor: Any = None,
+        reactor: TimeTCPReactor | None = None,
         pool: IRelayPool | None = None,
         listen: str = "tcp:7777:interface=127.0.0.1",
         limits: GatewayLimits = DEFAULT_LIMITS,
@@ -95,7 +95,10 @@ class Gateway(service.MultiService):
         closeTimeout: float = 5.0,
     ) -> None:
         """
-        @param reactor: the reactor; the global one if L{None}.
+        @param reactor: a L{relaypool._reactor.TimeTCPReactor}; the global
+            reactor if L{None}. A C{listen} string for another transport
+            (C{ssl:}, C{unix:}) also needs that transport's reactor
+            interface, as the global reactor has.
         @param pool: the L{relaypool.upstream.relaypool.RelayPool}, or L{None} to serve
             C{store} alone (the gateway is then a plain relay).
         @param listen: a Twisted server endpoint string.

@@ -14,13 +14,14 @@ from typing import Any
 
 import orjson
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from relaypool._reactor import defaultReactor
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -265,7 +266,7 @@ class _QuietSite(Site):
 def makeSite(
     resource: Resource,
     timeout: float = 60.0,
-    reactor: Any = None,
+    reactor: IReactorTime | None = None,
     limits: GatewayLimits = DEFAULT_LIMITS,
 ) -> Site:
     """
@@ -280,7 +281,7 @@ def makeSite(
     @return: a site that writes no access log, shows no tracebacks, and
         answers request heads over the bounds with HTTP 414 or 431.
     """
-    site = _QuietSite(resource, timeout=timeout, reactor=reactor)
+    site = _QuietSite(resource, timeout=timeout, reactor=defaultReactor(reactor))
     site.limits = limits
     site.displayTracebacks = False
     return site

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.python.failure import Failure
 
-from relaypool._reactor import defaultReactor
+from relaypool._reactor import TimeTCPReactor, defaultReactor
 from relaypool.errors import ConnectionDrained, NoConnectionAvailable, PoolClosed, QueueFull
 from relaypool.interfaces import INameService, INameSubscription, IRequestProtocol
 from relaypool.transport.names import Address
@@ -565,7 +565,7 @@ class UniformMultiplexer(service.Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: TimeTCPReactor | None,
         nameService: INameService,
         name: str,
         factory: FactoryArgument,
@@ -580,8 +580,9 @@ class UniformMultiplexer(service.Service):
         maxWaiters: int = 1000,
     ) -> None:
         """
-        @param reactor: an L{IReactorTCP} and L{IReactorTime}; the global
-            reactor if L{None}.
+        @param reactor: a L{relaypool._reactor.TimeTCPReactor} (an
+            L{IReactorTCP} and L{IReactorTime}); the global reactor if
+            L{None}.
         @param nameService: resolves C{name}.
         @param name: C{"host:port"} to follow.
         @param factory: the factory building every connection's protocol, or

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.application import service
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -22,7 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relaypool._reactor import defaultReactor
+from relaypool._reactor import TimeResolverReactor, defaultReactor
 from relaypool.errors import InvalidName
 from relaypool.interfaces import INameService, INameSubscription
 
@@ -230,10 +229,13 @@ class DNSNameService(service.Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any = None, refreshInterval: float = 30.0) -> None:
+    def __init__(
+        self, reactor: TimeResolverReactor | None = None, refreshInterval: float = 30.0
+    ) -> None:
         """
-        @param reactor: provides C{nameResolver} and L{IReactorTime}; the
-            global reactor if L{None}.
+        @param reactor: a L{relaypool._reactor.TimeResolverReactor}
+            (C{nameResolver} and L{IReactorTime}); the global reactor if
+            L{None}.
         @param refreshInterval: seconds between two re-resolutions of all
             names.
         """

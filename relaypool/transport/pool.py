@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -147,7 +147,7 @@ class Pool(service.Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime | None,
         multiplexer: UniformMultiplexer,
         queueSize: int = 1000,
         maxConnections: int = 10,

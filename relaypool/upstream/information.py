@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 
+from relaypool._reactor import ClientReactor
 from relaypool.errors import InvalidRelayInformation
 from relaypool.nostr.nip11 import RelayInformation, informationURL
 
@@ -20,7 +21,7 @@ MAX_DOCUMENT_BYTES = 256 * 1024
 
 
 def fetchRelayInformation(
-    reactor: Any,
+    reactor: ClientReactor,
     relayURL: str,
     timeout: float = 10.0,
     tlsPolicy: Any = None,

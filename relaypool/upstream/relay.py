@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from relaypool._reactor import TimeTCPReactor
 from relaypool.errors import InvalidEvent, InvalidMessage
 from relaypool.interfaces import INameService
 from relaypool.nostr.event import AUTH_KIND, Event
@@ -309,7 +310,7 @@ class Relay:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: TimeTCPReactor,
         url: str,
         owner: RelayOwner,
         nameService: INameService,

@@ -26,7 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relaypool._reactor import defaultReactor
+from relaypool._reactor import ClientReactor, defaultReactor
 from relaypool.errors import (
     InvalidEvent,
     PoolClosed,
@@ -124,6 +124,8 @@ class RelayPool(service.Service):
     C{mute:}), C{rate-limited:} (the relay is backed off instead, see
     C{rateLimitBackoff}) and C{auth-required:} (after the one AUTH retry).
 
+    @param reactor: a L{relaypool._reactor.ClientReactor} (time, TCP and
+        name resolution); the global reactor if L{None}.
     @param ringCapacity: the bound of the inbound queue behind L{recv}, and of
         each subscription's L{Subscription.next} buffer.
     @param dedupSize: how many verified event ids the dedup cache remembers.
@@ -146,7 +148,7 @@ class RelayPool(service.Service):
 
     def __init__(
         self,
-        reactor: Any = None,
+        reactor: ClientReactor | None = None,
         ringCapacity: int = 4096,
         dedupSize: int = 10000,
         broadcastCapacity: int = 64,

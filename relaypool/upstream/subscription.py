@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 
 from relaypool.errors import SubscriptionClosed
 from relaypool.nostr.event import Event
@@ -22,7 +23,9 @@ class SubscriptionOwner(Protocol):
     What a L{Subscription} needs from the pool that made it.
     """
 
-    reactor: Any
+    @property
+    def reactor(self) -> IReactorTime:
+        """Schedules the EOSE timeout."""
 
     def _subscriptionClosed(self, subscription: Subscription) -> None:
         """The subscription closed: close it on the relays."""
