@@ -1,6 +1,6 @@
 """
-Tests for L{relaypool.daemon.config}: defaults, TOML files, command-line overrides
-and validation errors that name their key.
+Tests for L{relaypool.daemon.config}: defaults, TOML files, environment
+variables, command-line overrides and validation errors that name their key.
 """
 
 from __future__ import annotations
@@ -9,7 +9,15 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaypool.daemon.config import SETTINGS, Config, buildConfig, loadConfigFile, validateRelayURL
+from relaypool.daemon.config import (
+    SETTINGS,
+    Config,
+    ConfigSources,
+    buildConfig,
+    environmentValues,
+    loadConfigFile,
+    validateRelayURL,
+)
 from relaypool.errors import ConfigError, InvalidRelayURL
 from relaypool.gateway.limits import GatewayLimits
 
@@ -436,3 +444,159 @@ class ValidateRelayURLTests(SynchronousTestCase):
         """
         for url in ("relay.example", "http://relay.example", "ws:///path", "ws://[::1"):
             self.assertRaises(InvalidRelayURL, validateRelayURL, url)
+
+
+class EnvironmentTests(SynchronousTestCase):
+    """
+    Settings given as C{RELAYPOOL_<KEY>} environment variables.
+    """
+
+    def build(self, environ: dict[str, str], **kwargs: object) -> Config:
+        return buildConfig(environment=environmentValues(environ), **kwargs)  # type: ignore[arg-type]
+
+    def test_everySettingHasAVariable(self) -> None:
+        """
+        Every setting has a variable: C{RELAYPOOL_} and its key upper-cased
+        with C{_} for C{-}.
+        """
+        names = {setting.key: setting.variable() for setting in SETTINGS}
+        self.assertEqual(
+            (names["quorum"], names["dedup-size"], names["max-connections-per-ip"]),
+            ("RELAYPOOL_QUORUM", "RELAYPOOL_DEDUP_SIZE", "RELAYPOOL_MAX_CONNECTIONS_PER_IP"),
+        )
+        self.assertEqual(len(set(names.values())), len(SETTINGS))
+
+    def test_number(self) -> None:
+        """
+        C{RELAYPOOL_QUORUM=2} sets the quorum; numbers are parsed from text.
+        """
+        config = self.build(
+            {
+                "RELAYPOOL_QUORUM": "2",
+                "RELAYPOOL_RELAYS": "ws://a ws://b",
+                "RELAYPOOL_MAX_LAG": "2.5",
+            }
+        )
+        self.assertEqual((config.quorum, config.limits.maxLag), (2, 2.5))
+
+    def test_relaysList(self) -> None:
+        """
+        C{RELAYPOOL_RELAYS} is a list of URLs separated by commas and/or
+        blanks.
+        """
+        config = self.build({"RELAYPOOL_RELAYS": " ws://a, ws://b\n\twss://c ,"})
+        self.assertEqual(config.relays, ("ws://a", "ws://b", "wss://c"))
+
+    def test_flags(self) -> None:
+        """
+        A flag is true, yes or 1, or false, no or 0, in any case.
+        """
+        for text, value in (
+            ("true", True),
+            ("YES", True),
+            ("1", True),
+            ("False", False),
+            ("no", False),
+            ("0", False),
+        ):
+            config = self.build({"RELAYPOOL_AUTH_REQUIRED": text, "RELAYPOOL_VERIFY": text})
+            self.assertEqual((config.authRequired, config.verify), (value, value), text)
+
+    def test_badFlag(self) -> None:
+        """
+        Another flag value is an error naming the variable.
+        """
+        error = self.assertRaises(ConfigError, environmentValues, {"RELAYPOOL_VERIFY": "maybe"})
+        self.assertEqual(
+            str(error), 'RELAYPOOL_VERIFY: must be true or false (or yes, no, 1, 0), got "maybe"'
+        )
+
+    def test_badValueNamesVariable(self) -> None:
+        """
+        An invalid value is an error naming the variable, not the key.
+        """
+        error = self.assertRaises(ConfigError, self.build, {"RELAYPOOL_QUORUM": "two"})
+        self.assertEqual(str(error), 'RELAYPOOL_QUORUM: must be a positive integer, got "two"')
+        error = self.assertRaises(ConfigError, self.build, {"RELAYPOOL_RELAYS": "http://a"})
+        self.assertEqual(error.key, "RELAYPOOL_RELAYS")
+
+    def test_unknownVariable(self) -> None:
+        """
+        An unknown C{RELAYPOOL_} variable is an error naming it, with the
+        closest known one as a hint.
+        """
+        error = self.assertRaises(ConfigError, environmentValues, {"RELAYPOOL_QUORAM": "2"})
+        self.assertEqual(
+            str(error), "RELAYPOOL_QUORAM: unknown setting (did you mean RELAYPOOL_QUORUM?)"
+        )
+
+    def test_otherVariablesIgnored(self) -> None:
+        """
+        Variables without the prefix, and C{RELAYPOOL_CONFIG}, are not
+        settings.
+        """
+        values = environmentValues(
+            {"PATH": "/bin", "RELAYPOOLQUORUM": "x", "RELAYPOOL_CONFIG": "a.toml"}
+        )
+        self.assertEqual(values, {})
+
+    def test_precedence(self) -> None:
+        """
+        The command line overrides the environment, which overrides the
+        file, which overrides the default.
+        """
+        config = self.build(
+            {"RELAYPOOL_DEDUP_SIZE": "20", "RELAYPOOL_MAX_RELAYS": "7"},
+            fileValues={"dedup-size": 10, "max-relays": 5, "ring-capacity": 3},
+            overrides={"dedup-size": "30"},
+        )
+        self.assertEqual(
+            (config.dedupSize, config.maxRelays, config.ringCapacity, config.limits.maxFilters),
+            (30, 7, 3, Config().limits.maxFilters),
+        )
+
+
+class ConfigSourcesTests(SynchronousTestCase):
+    """
+    L{ConfigSources} reads the settings again from their sources.
+    """
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_configVariable(self) -> None:
+        """
+        Without C{--config}, C{RELAYPOOL_CONFIG} names the file; only the
+        C{RELAYPOOL_} variables are kept.
+        """
+        path = self.write("quorum = 2\nrelays = ['ws://a', 'ws://b']\n")
+        sources = ConfigSources.fromEnvironment(
+            {"RELAYPOOL_CONFIG": path, "HOME": "/root"}, None, {}
+        )
+        self.assertEqual(
+            (sources.path, dict(sources.environment)), (path, {"RELAYPOOL_CONFIG": path})
+        )
+        self.assertEqual(sources.load().quorum, 2)
+
+    def test_configOptionWins(self) -> None:
+        """
+        C{--config} overrides C{RELAYPOOL_CONFIG}.
+        """
+        sources = ConfigSources.fromEnvironment({"RELAYPOOL_CONFIG": "env.toml"}, "cli.toml", {})
+        self.assertEqual(sources.path, "cli.toml")
+
+    def test_loadReadsTheFileAgain(self) -> None:
+        """
+        L{ConfigSources.load} reads the file each time, with the environment
+        and the command line still over it.
+        """
+        path = self.write("dedup-size = 5\nmax-relays = 5\n")
+        sources = ConfigSources(path, {"RELAYPOOL_MAX_RELAYS": "9"}, {"quorum": "1"})
+        self.assertEqual(sources.load().dedupSize, 5)
+        with open(path, "w") as f:
+            f.write("dedup-size = 6\nmax-relays = 6\nquorum = 3\n")
+        config = sources.load()
+        self.assertEqual((config.dedupSize, config.maxRelays, config.quorum), (6, 9, 1))

@@ -106,6 +106,20 @@ class TokenBucketTests(SynchronousTestCase):
         clock.advance(3600)
         self.assertEqual([bucket.take() for _ in range(3)], [True, True, False])
 
+    def test_reconfigure(self) -> None:
+        """
+        L{TokenBucket.reconfigure} keeps the tokens earned, up to the new
+        burst, and refills at the new rate from then on.
+        """
+        clock = Clock()
+        bucket = TokenBucket(1.0, 5, clock)
+        bucket.reconfigure(0.5, 2)
+        self.assertEqual([bucket.take() for _ in range(3)], [True, True, False])
+        clock.advance(1)
+        self.assertFalse(bucket.take())
+        clock.advance(1)
+        self.assertTrue(bucket.take())
+
     def test_noTimers(self) -> None:
         """
         The bucket schedules nothing on the clock.

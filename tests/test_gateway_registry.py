@@ -583,6 +583,30 @@ class SweepTests(_MemoryFixture, SynchronousTestCase):
         self.clock.advance(30)
         self.assertEqual(parseFrames(transport.value()), [(OPCODE_PING, b"")] * 2)
 
+    def test_setBoundsPingInterval(self) -> None:
+        """
+        A new C{pingInterval} from L{ConnectionRegistry.setBounds} restarts
+        the running sweep at the new interval, keeping the connection.
+        """
+        _, transport = self.registerOpen()
+        self.registry.startService()
+        self.addCleanup(self.registry.stopService)
+        self.registry.setBounds(1 << 20, 5.0, 90.0, 10.0, 8 << 20)
+        self.clock.advance(5)
+        self.clock.advance(5)
+        self.assertEqual(parseFrames(transport.value()), [(OPCODE_PING, b"")] * 2)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_setBoundsChecked(self) -> None:
+        """
+        L{ConnectionRegistry.setBounds} refuses a C{maxBacklogBytes} under
+        C{maxPendingBytes}.
+        """
+        error = self.assertRaises(
+            ConfigError, self.registry.setBounds, 100, 5.0, 90.0, 10.0, 99
+        )
+        self.assertEqual(error.key, "maxBacklogBytes")
+
     def test_pingLoopReaps(self) -> None:
         """
         The sweep closes the connections silent for longer than C{maxIdle},

@@ -27,7 +27,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaypool.daemon.config import Config, buildConfig
+from relaypool.daemon.config import Config, ConfigSources, buildConfig
 from relaypool.daemon.service import (
     ConnectionStateLogger,
     Options,
@@ -128,6 +128,30 @@ class OptionsTests(SynchronousTestCase):
         """
         error = self.assertRaises(UsageError, _parse, "--quorum", "two")
         self.assertEqual(str(error), 'quorum: must be a positive integer, got "two"')
+
+    def test_environment(self) -> None:
+        """
+        C{RELAYPOOL_} variables set settings under the command line, and
+        C{RELAYPOOL_CONFIG} names the file; L{Options.sources} keeps them.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("max-relays = 4\ndedup-size = 3\n")
+        options = Options()
+        options.environ = {"RELAYPOOL_CONFIG": path, "RELAYPOOL_DEDUP_SIZE": "7", "X": "1"}
+        options.parseOptions(["--max-filters", "2", "--store", ":memory:"])
+        config = options.config
+        self.assertEqual((config.maxRelays, config.dedupSize, config.limits.maxFilters), (4, 7, 2))
+        self.assertEqual(options.sources.path, path)
+
+    def test_environmentError(self) -> None:
+        """
+        An invalid variable is one usage error line naming it.
+        """
+        options = Options()
+        options.environ = {"RELAYPOOL_QUORUM": "two"}
+        error = self.assertRaises(UsageError, options.parseOptions, [])
+        self.assertEqual(str(error), 'RELAYPOOL_QUORUM: must be a positive integer, got "two"')
 
     def test_invalidValueUnderTwistd(self) -> None:
         """
@@ -469,15 +493,16 @@ def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> Deferred[Non
     return wait()  # type: ignore[no-any-return]
 
 
-class DaemonTests(TestCase):
+class DaemonFixture(TestCase):
     """
-    The daemon serving real WebSocket clients on 127.0.0.1.
+    Starts the daemon in-process, on a free port of 127.0.0.1 with its store
+    in memory, and fake relays for it.
     """
 
     @inlineCallbacks
-    def startDaemon(self, **settings: object) -> Any:
+    def startDaemon(self, sources: ConfigSources | None = None, **settings: object) -> Any:
         overrides = {"listen": "tcp:0:interface=127.0.0.1", "store": ":memory:", **settings}
-        daemon = RelayPoolService(buildConfig(overrides=overrides))
+        daemon = RelayPoolService(buildConfig(overrides=overrides), sources=sources)
         daemon.startService()
         self.addCleanup(daemon.stopService)
         assert daemon.gateway is not None
@@ -493,6 +518,12 @@ class DaemonTests(TestCase):
             self.addCleanup(relay.stop)
             relays.append(relay)
         return relays
+
+
+class DaemonTests(DaemonFixture):
+    """
+    The daemon serving real WebSocket clients on 127.0.0.1.
+    """
 
     @inlineCallbacks
     def test_publishAndReadBack(self) -> Any:

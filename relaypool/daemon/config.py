@@ -13,17 +13,29 @@ false}. Every other flag is a boolean key of its own name
     quorum = 2
     store = "/var/lib/relaypool/events.db"
 
-An unknown key is an error. Values given on the command line override the
-file's (C{--relay} options replace the file's whole C{relays} list).
+An unknown key is an error.
+
+Every setting can also be given as an environment variable,
+C{RELAYPOOL_<KEY>}: the key upper-cased with C{_} for C{-}
+(C{RELAYPOOL_QUORUM=2}, C{RELAYPOOL_DEDUP_SIZE=50000}); C{RELAYPOOL_RELAYS}
+is a list of URLs separated by commas or blanks, and a flag is one of
+C{true}, C{false}, C{yes}, C{no}, C{1}, C{0}. C{RELAYPOOL_CONFIG} names the
+config file when C{--config} is not given. Any other C{RELAYPOOL_} variable
+is an error, as an unknown key is.
+
+The precedence is: command line > environment > file > default (C{--relay}
+options, or C{RELAYPOOL_RELAYS}, replace the file's whole C{relays} list).
+L{ConfigSources} keeps where the settings came from, to read them again.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from relaypool.errors import ConfigError, InvalidRelayURL
@@ -32,10 +44,14 @@ from relaypool.gateway.publishing import OK_POLICIES as GATEWAY_OK_POLICIES
 from relaypool.nostr.url import parseRelayURL
 
 __all__ = [
+    "CONFIG_VARIABLE",
+    "ENVIRONMENT_PREFIX",
     "SETTINGS",
     "Config",
+    "ConfigSources",
     "Setting",
     "buildConfig",
+    "environmentValues",
     "loadConfigFile",
     "validateRelayURL",
 ]
@@ -251,6 +267,13 @@ class Setting:
         """
         return isinstance(self.default(), bool)
 
+    def variable(self) -> str:
+        """
+        @return: the environment variable of the setting, C{RELAYPOOL_} and
+            its key upper-cased with C{_} for C{-} (C{RELAYPOOL_DEDUP_SIZE}).
+        """
+        return ENVIRONMENT_PREFIX + self.key.upper().replace("-", "_")
+
 
 _POSITIVE_INT = _number(int, 1, "a positive integer")
 _COUNT = _number(int, 0, "an integer >= 0")
@@ -393,10 +416,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("description", "description", "the gateway's NIP-11 description", _text),
 )
 
+ENVIRONMENT_PREFIX = "RELAYPOOL_"
+"""
+The prefix of the environment variables of settings (L{Setting.variable}).
+"""
+
+CONFIG_VARIABLE = ENVIRONMENT_PREFIX + "CONFIG"
+"""
+The environment variable naming the config file when C{--config} is not
+given.
+"""
+
 _DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Config)}
 _LIMIT_FIELDS = frozenset(f.name for f in fields(GatewayLimits))
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
 _BY_ATTRIBUTE = {setting.attribute: setting for setting in SETTINGS}
+_BY_VARIABLE = {setting.variable(): setting for setting in SETTINGS}
+_FLAG_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 def loadConfigFile(path: str) -> dict[str, Any]:
@@ -426,10 +462,44 @@ def _unknown(key: str) -> str:
     return f"unknown setting{hint}"
 
 
+def environmentValues(environ: Mapping[str, str]) -> dict[str, object]:
+    """
+    Find the settings given as environment variables (see the module
+    docstring): every variable starting with L{ENVIRONMENT_PREFIX}, except
+    L{CONFIG_VARIABLE}.
+
+    @return: their text by setting key, for L{buildConfig}'s C{environment};
+        C{relays} as a list, flags as booleans.
+    @raise ConfigError: naming the variable, for an unknown one (with the
+        closest known one as a hint) or a flag that is not a yes or a no.
+    """
+    values: dict[str, object] = {}
+    for name, text in sorted(environ.items()):
+        if not name.startswith(ENVIRONMENT_PREFIX) or name == CONFIG_VARIABLE:
+            continue
+        setting = _BY_VARIABLE.get(name)
+        if setting is None:
+            known = [*_BY_VARIABLE, CONFIG_VARIABLE]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(name, f"unknown setting{hint}")
+        if setting.key == "relays":
+            values[setting.key] = [url for url in re.split(r"[\s,]+", text) if url]
+        elif setting.isFlag():
+            flag = _FLAG_WORDS.get(text.strip().lower())
+            if flag is None:
+                raise ConfigError(name, f"must be true or false (or yes, no, 1, 0), got {_shown(text)}")
+            values[setting.key] = flag
+        else:
+            values[setting.key] = text
+    return values
+
+
 def buildConfig(
     fileValues: Mapping[str, object] | None = None,
     overrides: Mapping[str, object] | None = None,
     fileName: str | None = None,
+    environment: Mapping[str, object] | None = None,
 ) -> Config:
     """
     Validate settings and build a L{Config}.
@@ -437,26 +507,38 @@ def buildConfig(
     @param fileValues: settings from a config file, by key (see the module
         docstring), with TOML types.
     @param overrides: settings from the command line, by the same keys,
-        overriding C{fileValues}; numbers may be given as text.
+        overriding C{environment} and C{fileValues}; numbers may be given as
+        text.
     @param fileName: where C{fileValues} come from, named in their errors.
+    @param environment: settings from environment variables, by key (see
+        L{environmentValues}), overriding C{fileValues}; their errors name
+        the variable.
     @raise ConfigError: naming the first invalid key, e.g. C{quorum: must be
-        a positive integer, got "two"}, and the file it is in, if any.
+        a positive integer, got "two"}, and the file it is in, if any (or
+        the variable, C{RELAYPOOL_QUORUM: ...}).
     """
     values: dict[str, object] = {}
     limits: dict[str, object] = {}
     fromFile = f" (in {fileName})" if fileName else ""
-    for source, fromText, where in (
-        (fileValues or {}, False, fromFile),
-        (overrides or {}, True, ""),
-    ):
+
+    def variable(key: str) -> str:
+        setting = _BY_KEY.get(key)
+        return key if setting is None else setting.variable()
+
+    sources: tuple[tuple[Mapping[str, object], bool, Callable[[str], str], str], ...] = (
+        (fileValues or {}, False, str, fromFile),
+        (environment or {}, True, variable, ""),
+        (overrides or {}, True, str, ""),
+    )
+    for source, fromText, named, where in sources:
         for key, value in source.items():
             setting = _BY_KEY.get(key)
             if setting is None:
-                raise ConfigError(key, f"{_unknown(key)}{where}")
+                raise ConfigError(named(key), f"{_unknown(key)}{where}")
             try:
                 parsed = setting.parse(value, fromText)
             except _Invalid as e:
-                raise ConfigError(key, f"{e}{where}") from None
+                raise ConfigError(named(key), f"{e}{where}") from None
             (limits if setting.isLimit() else values)[setting.attribute] = parsed
     _checkLimitsTogether(limits)
     try:
@@ -466,6 +548,51 @@ def buildConfig(
     config = Config(limits=gatewayLimits, **values)  # type: ignore[arg-type]
     _checkTogether(config)
     return config
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSources:
+    """
+    Where the daemon's settings come from, kept to read them again (on
+    C{SIGHUP}) with the same precedence: command line > environment > file >
+    default.
+
+    @ivar path: the config file (C{--config}, else C{RELAYPOOL_CONFIG}), or
+        L{None}.
+    @ivar environment: the C{RELAYPOOL_} environment variables.
+    @ivar overrides: the settings given on the command line, by key.
+    """
+
+    path: str | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    overrides: Mapping[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def fromEnvironment(
+        cls, environ: Mapping[str, str], path: str | None, overrides: Mapping[str, object]
+    ) -> ConfigSources:
+        """
+        @param environ: the process's environment (L{os.environ}); only its
+            C{RELAYPOOL_} variables are kept.
+        @param path: the C{--config} option, or L{None} to use
+            C{RELAYPOOL_CONFIG}, if set and not empty.
+        @param overrides: the command line's settings, by key.
+        """
+        ours = {k: v for k, v in environ.items() if k.startswith(ENVIRONMENT_PREFIX)}
+        if path is None:
+            path = ours.get(CONFIG_VARIABLE) or None
+        return cls(path, ours, dict(overrides))
+
+    def load(self) -> Config:
+        """
+        Read the config file (if any) and build the L{Config}, validating
+        everything.
+
+        @raise ConfigError: one line naming what is wrong.
+        """
+        environment = environmentValues(self.environment)
+        fileValues = loadConfigFile(self.path) if self.path else {}
+        return buildConfig(fileValues, self.overrides, self.path, environment)
 
 
 def _checkLimitsTogether(limits: Mapping[str, object]) -> None:

@@ -6,11 +6,13 @@ the gateway into one service.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
@@ -23,14 +25,21 @@ from twisted.python.failure import Failure
 
 from relaypool._reactor import DaemonReactor, defaultReactor
 from relaypool.daemon.config import (
+    CONFIG_VARIABLE,
     SETTINGS,
     Config,
+    ConfigSources,
     Setting,
-    buildConfig,
-    loadConfigFile,
     validateRelayURL,
 )
-from relaypool.errors import ConfigError, InvalidRelayURL, StartupError, StoreError
+from relaypool.errors import (
+    ConfigError,
+    InvalidRelayURL,
+    StartupError,
+    StoreError,
+    TooManyRelays,
+)
+from relaypool.nostr.url import parseRelayURL
 
 if TYPE_CHECKING:
     from relaypool.gateway.gateway import Gateway
@@ -81,7 +90,11 @@ class Options(usage.Options):
     The options of C{twistd relaypool}; every setting of L{Config} has one.
     After parsing, L{config} holds the validated settings.
 
-    @ivar config: the L{Config} built from C{--config} and the command line.
+    @ivar config: the L{Config} built from the command line, the
+        environment and the config file.
+    @ivar sources: where they came from, to read them again on C{SIGHUP}.
+    @ivar environ: the environment read (L{os.environ} unless replaced
+        before parsing).
     """
 
     synopsis = "[--relay URL ...] [options]"
@@ -90,11 +103,19 @@ class Options(usage.Options):
         "their events and acknowledging publishes only when relays accepted "
         "them. Settings may also come from a TOML file (--config) whose keys "
         "are the long option names (relays = [...] for --relay, verify = false "
-        "for --no-verify); the command line overrides the file."
+        "for --no-verify). Every setting is also an environment variable "
+        "RELAYPOOL_<KEY> (RELAYPOOL_QUORUM=2, RELAYPOOL_RELAYS=\"wss://a wss://b\"). "
+        "Precedence: command line > environment > file > default. SIGHUP "
+        "re-reads the file."
     )
 
     optParameters = [
-        ["config", None, None, "a TOML file of settings; the command line overrides it"],
+        [
+            "config",
+            None,
+            None,
+            f"a TOML file of settings, re-read on SIGHUP [default: ${CONFIG_VARIABLE}]",
+        ],
     ] + [
         [setting.key, None, None, _describe(setting)]
         for setting in SETTINGS
@@ -105,10 +126,12 @@ class Options(usage.Options):
     ]
 
     config: Config
+    sources: ConfigSources
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["relays"] = []
+        self.environ: Mapping[str, str] = os.environ
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -136,7 +159,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """
-        Read the config file, apply the command line over it and validate.
+        Read the config file, apply the environment and then the command
+        line over it and validate.
 
         @raise usage.UsageError: with one line naming the invalid key.
         """
@@ -151,9 +175,9 @@ class Options(usage.Options):
                     overrides[setting.key] = not setting.default()
             elif self[name] is not None:
                 overrides[setting.key] = self[name]
+        self.sources = ConfigSources.fromEnvironment(self.environ, self["config"], overrides)
         try:
-            fileValues = loadConfigFile(self["config"]) if self["config"] else {}
-            self.config = buildConfig(fileValues, overrides, self["config"])
+            self.config = self.sources.load()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -380,6 +404,8 @@ class RelayPoolService(OrderedMultiService):
     @ivar outbox: the outbox publisher, once started with relays, else
         L{None}.
     @ivar gateway: the gateway, once started.
+    @ivar sources: where the settings came from, read again on C{SIGHUP}
+        (L{reload}); with L{None}, C{SIGHUP} is left alone.
     """
 
     store: SQLiteEventStore | None = None
@@ -392,9 +418,12 @@ class RelayPoolService(OrderedMultiService):
         config: Config,
         reactor: DaemonReactor | None = None,
         exitProcess: Callable[[int], object] | None = None,
+        sources: ConfigSources | None = None,
     ) -> None:
         """
         @param config: the settings.
+        @param sources: where C{config} came from: given, C{SIGHUP} reads
+            them again while the service runs (L{reload}).
         @param reactor: the L{relaypool._reactor.DaemonReactor} every part
             uses; C{None} means the global reactor.
         @param exitProcess: ends the process with a status, once the reactor
@@ -406,6 +435,8 @@ class RelayPoolService(OrderedMultiService):
         self._reactor = reactor
         self._exitProcess = _exitProcess if exitProcess is None else exitProcess
         self._watchingListening = False
+        self.sources = sources
+        self._previousHangup: Any = None
 
     def _build(self) -> None:
         from relaypool.gateway.gateway import Gateway
@@ -494,6 +525,133 @@ class RelayPoolService(OrderedMultiService):
             self._build()
         super().startService()  # type: ignore[no-untyped-call]
         self._watchListening()
+        if self.sources is not None:
+            self._previousHangup = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop handling C{SIGHUP} (restoring the handler before), then stop
+        the parts in the reverse order.
+        """
+        if self.sources is not None and self.running:
+            signal.signal(signal.SIGHUP, self._previousHangup or signal.SIG_DFL)
+            self._previousHangup = None
+        return super().stopService()
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        """
+        The C{SIGHUP} handler: reload in the reactor thread, then call the
+        handler that was there before, if it was a function.
+        """
+        defaultReactor(self._reactor).callFromThread(self.reload)
+        if callable(self._previousHangup):
+            self._previousHangup(signum, frame)
+
+    def reload(self) -> list[str] | None:
+        """
+        Read the settings again from L{sources} (the config file, with the
+        environment and the command line still over it) and apply them
+        (L{applyConfig}). Invalid settings are refused with one log line
+        naming the problem, and the running ones stay.
+
+        @return: the changes applied, or L{None} if the settings were
+            refused.
+        """
+        if self.sources is None or self.sources.path is None:
+            self.log.warn(
+                "relaypool: reload: no config file to re-read (--config or {variable});"
+                " nothing changed",
+                variable=CONFIG_VARIABLE,
+            )
+            return None
+        try:
+            config = self.sources.load()
+        except ConfigError as e:
+            self.log.error(
+                "relaypool: reload refused, the running settings stay: {problem}", problem=str(e)
+            )
+            return None
+        return self.applyConfig(config)
+
+    def applyConfig(self, new: Config) -> list[str]:
+        """
+        Apply C{new} settings to the running daemon as a difference from
+        L{config}, without dropping a downstream client: relays added and
+        removed on the pool; the gateway's limits, OK policy and quorum, the
+        NIP-11 name and description, and the pool's timeouts for the messages
+        from now on. A setting that only takes effect on a restart gets a log
+        line saying so, and keeps its running value in L{config}; the others
+        are still applied. One line sums up what changed.
+
+        To make one more setting reloadable, add its key to L{RELOADABLE}
+        and one C{if} below applying it.
+
+        @param new: valid settings (from L{ConfigSources.load}).
+        @return: one description per setting applied (C{"quorum 1 -> 2"}).
+        """
+        old = self.config
+        changed = [s for s in SETTINGS if _settingValue(old, s) != _settingValue(new, s)]
+        keys = {setting.key for setting in changed}
+        restart = [s for s in changed if s.key not in RELOADABLE]
+        if "relays" in keys and self.pool is None:
+            restart.append(_BY_KEY["relays"])
+        for setting in restart:
+            self.log.warn(
+                "relaypool: reload: {key} changed ({before} -> {after}) but needs a restart",
+                key=setting.key,
+                before=_shownValue(_settingValue(old, setting)),
+                after=_shownValue(_settingValue(new, setting)),
+            )
+        kept = {setting.attribute: getattr(old, setting.attribute) for setting in restart}
+        applied = [s for s in changed if s not in restart]
+        self.config = dataclasses.replace(new, **kept)
+        assert self.gateway is not None
+        pool = self.pool
+        if pool is not None and "relays" in keys:
+            self._applyRelays(pool, old.relays, new.relays)
+        if pool is not None:
+            pool.maxRelays = new.maxRelays
+            pool.eoseTimeout = new.eoseTimeout
+            pool.publishTimeout = new.publishTimeout
+        if keys & {"relays", "quorum", "ok-policy"}:
+            self.gateway.setOkPolicy(self.config.effectiveOkPolicy(), new.quorum)
+            if self.outbox is not None:
+                self.outbox.quorum = new.quorum
+        if any(setting.isLimit() for setting in applied):
+            self.gateway.setLimits(new.limits)
+        if keys & {"name", "description"}:
+            self.gateway.setInformation(new.name, new.description)
+        changes = [
+            f"{s.key} {_shownValue(_settingValue(old, s))} -> {_shownValue(_settingValue(new, s))}"
+            for s in applied
+        ]
+        self.log.info(
+            "relaypool: reloaded {path}: {changes}",
+            path=self.sources.path if self.sources is not None else "settings",
+            changes="; ".join(changes) if changes else "nothing changed",
+        )
+        return changes
+
+    def _applyRelays(self, pool: RelayPool, before: tuple[str, ...], after: tuple[str, ...]) -> None:
+        """
+        Add the relays in C{after} and not in C{before} to C{pool}, and
+        remove those in C{before} and not in C{after}, comparing normalized
+        URLs (C{ws://a} and C{ws://a/} are one relay).
+        """
+        was = {parseRelayURL(url).url for url in before}
+        now = {parseRelayURL(url).url for url in after}
+        for url in before:
+            if parseRelayURL(url).url not in now:
+                pool.removeRelay(url).addErrback(self._removeFailed, url)
+        for url in after:
+            if parseRelayURL(url).url not in was:
+                try:
+                    pool.addRelay(url)
+                except TooManyRelays as e:
+                    self.log.error("relaypool: reload: {problem}", problem=str(e))
+
+    def _removeFailed(self, failure: Failure, url: str) -> None:
+        self.log.failure("relaypool: reload: removing {url} failed", failure, url=url)
 
     def _openStore(self, reactor: IReactorFromThreads) -> SQLiteEventStore:
         from relaypool.store.sqlite import SQLiteEventStore
@@ -572,8 +730,48 @@ class RelayPoolService(OrderedMultiService):
         return self._startupError(
             f"cannot listen on {self.config.listen}: {reason or failure.getErrorMessage()}"
         )
+RELOADABLE = frozenset(
+    {
+        "relays",
+        "quorum",
+        "ok-policy",
+        "max-relays",
+        "eose-timeout",
+        "publish-timeout",
+        "name",
+        "description",
+        *(setting.key for setting in SETTINGS if setting.isLimit()),
+    }
+)
+"""
+The keys of the settings L{RelayPoolService.applyConfig} changes in a
+running daemon; the others need a restart.
+"""
+
+_BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+
+def _settingValue(config: Config, setting: Setting) -> object:
+    """
+    @return: the value of C{setting} in C{config}.
+    """
+    holder: object = config.limits if setting.isLimit() else config
+    return getattr(holder, setting.attribute)
+
+
+def _shownValue(value: object) -> str:
+    """
+    @return: C{value} for a log line: a list of relays as their URLs
+        separated by commas (C{[]} when empty).
+    """
+    if isinstance(value, tuple):
+        return "[" + ", ".join(value) + "]"
+    return str(value)
+
+
 def makeService(options: Options) -> RelayPoolService:
     """
-    Make the daemon's service from parsed L{Options}.
+    Make the daemon's service from parsed L{Options}: it re-reads its
+    settings on C{SIGHUP}.
     """
-    return RelayPoolService(options.config)
+    return RelayPoolService(options.config, sources=options.sources)

@@ -141,6 +141,25 @@ class RelayFacade:
         self._rateLimited = 0
         self.deniedConnections = 0
 
+    def setLimits(self, limits: GatewayLimits) -> None:
+        """
+        Apply new limits to every message from now on, also from the
+        connections already open (their rates change, keeping the tokens
+        they have, up to the new bursts).
+        """
+        self.limits = limits
+        self.subscriptions.limits = limits
+        for session in self._sessions.values():
+            session.events.reconfigure(limits.eventsPerSecond, limits.eventBurst)
+            session.reqs.reconfigure(limits.reqsPerSecond, limits.reqBurst)
+
+    def setOkPolicy(self, okPolicy: str, quorum: int) -> None:
+        """
+        Change when an accepted C{EVENT} is answered C{OK true}, for the
+        events accepted from now on (see L{EventAcceptor.setOkPolicy}).
+        """
+        self._acceptor.setOkPolicy(okPolicy, quorum)
+
     # --- connections --------------------------------------------------------
 
     def connect(self, connId: ConnId, host: str | None = None, secure: bool = False) -> Session:

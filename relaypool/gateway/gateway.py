@@ -162,6 +162,43 @@ class Gateway(service.MultiService):
         self.port: IListeningPort | None = None
         self._listening: Deferred[IListeningPort] | None = None
 
+    def setLimits(self, limits: GatewayLimits) -> None:
+        """
+        Apply new limits without dropping a connection: to every message
+        from now on (open connections included), to the registry's bounds
+        and sweep, and to the HTTP requests and WebSocket handshakes to
+        come (a connection keeps the frame size bound it opened with).
+        """
+        self.limits = limits
+        self.facade.setLimits(limits)
+        self.site.limits = limits  # type: ignore[attr-defined]  # makeSite's _QuietSite
+        self.factory.applyLimits()
+        self.registry.setBounds(
+            limits.maxPendingBytes,
+            limits.pingInterval,
+            limits.maxIdle,
+            limits.maxLag,
+            limits.maxBacklogBytes,
+        )
+
+    def setOkPolicy(self, okPolicy: str, quorum: int) -> None:
+        """
+        Change when a client's C{EVENT} is answered C{OK true}: C{okPolicy}
+        C{"quorum"} (once C{quorum} relays accepted it) or C{"local"}, for
+        the events accepted from now on.
+
+        @raise ValueError: for a policy that cannot work with the gateway's
+            pool and store.
+        """
+        self.facade.setOkPolicy(okPolicy, quorum)
+
+    def setInformation(self, name: str, description: str) -> None:
+        """
+        Change the NIP-11 name and description.
+        """
+        self._name = name
+        self._description = description
+
     def supportedNIPs(self) -> tuple[int, ...]:
         """
         @return: the NIPs this gateway implements: NIP-09 deletions only

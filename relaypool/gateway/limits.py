@@ -137,19 +137,32 @@ class TokenBucket:
         self._tokens = float(burst)
         self._last: float = clock.seconds()
 
+    def reconfigure(self, rate: float, burst: float) -> None:
+        """
+        Change the rate and the burst from now on: the tokens earned so far
+        at the old rate are kept, up to the new C{burst}.
+        """
+        self._refill()
+        self._tokens = min(float(burst), self._tokens)
+        self._rate = rate
+        self._burst = float(burst)
+
     def take(self) -> bool:
         """
         Take one token.
 
         @return: C{False} if the bucket is empty (nothing is taken).
         """
-        now = self._clock.seconds()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
+        self._refill()
         if self._tokens < 1.0:
             return False
         self._tokens -= 1.0
         return True
+
+    def _refill(self) -> None:
+        now = self._clock.seconds()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
 
 
 __all__ = ["DEFAULT_LIMITS", "GatewayLimits", "TokenBucket"]

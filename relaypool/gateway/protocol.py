@@ -126,14 +126,22 @@ class GatewayFactory(WebSocketServerFactory):
         self.facade = facade
         self.accepting = True
         self._perIP: dict[str, int] = {}
-        limits = facade.limits
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
-            maxMessagePayloadSize=HARD_SIZE_FACTOR * limits.maxMessageSize,
-            maxFramePayloadSize=HARD_SIZE_FACTOR * limits.maxMessageSize,
             autoPingInterval=0,
             failByDrop=False,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=5,
+        )
+        self.applyLimits()
+
+    def applyLimits(self) -> None:
+        """
+        Set the WebSocket message and frame size bounds from the facade's
+        limits, for the connections opened from now on.
+        """
+        size = HARD_SIZE_FACTOR * self.facade.limits.maxMessageSize
+        self.setProtocolOptions(  # type: ignore[no-untyped-call]
+            maxMessagePayloadSize=size, maxFramePayloadSize=size
         )
 
     def admit(self, ip: str) -> None:

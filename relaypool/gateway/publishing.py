@@ -126,6 +126,21 @@ class EventAcceptor:
         self._quorum = quorum
         self._local = okPolicy == "local" or pool is None
 
+    def setOkPolicy(self, okPolicy: str, quorum: int) -> None:
+        """
+        Change the policy and quorum given to L{__init__}, for the events
+        accepted from now on.
+
+        @raise ValueError: for a policy that cannot work with the pool and
+            store.
+        """
+        if okPolicy not in OK_POLICIES:
+            raise ValueError(f"okPolicy must be one of {OK_POLICIES}, got {okPolicy!r}")
+        if okPolicy == "local" and self._store is None:
+            raise ValueError('okPolicy "local" needs a store')
+        self._quorum = quorum
+        self._local = okPolicy == "local" or self._pool is None
+
     def accept(self, session: Session, event: Event) -> None:
         """
         Store and publish a valid C{event} from C{session} and answer it.

@@ -212,16 +212,9 @@ class ConnectionRegistry(service.Service):
         """
         reactor = defaultReactor(reactor)
         self._reactor = reactor
-        if maxBacklogBytes < maxPendingBytes:
-            raise ConfigError(
-                "maxBacklogBytes",
-                f"must be at least maxPendingBytes ({maxPendingBytes}), got {maxBacklogBytes}",
-            )
-        self._maxPendingBytes = maxPendingBytes
-        self._maxLag = maxLag
-        self._maxBacklogBytes = maxBacklogBytes
+        self._sweeper: LoopingCall | None = None
         self._pingInterval = pingInterval
-        self._maxIdle = maxIdle
+        self.setBounds(maxPendingBytes, pingInterval, maxIdle, maxLag, maxBacklogBytes)
         self._closeTimeout = closeTimeout
         self._ids = itertools.count(1)
         self._conns: dict[ConnId, _Connection] = {}
@@ -232,7 +225,6 @@ class ConnectionRegistry(service.Service):
         self._abortCall: IDelayedCall | None = None
         self._overflowing: list[tuple[_Connection, str]] = []
         self._emptyWaiters: list[Deferred[None]] = []
-        self._sweeper: LoopingCall | None = None
         self._evictedSlow = 0
         self._reapedIdle = 0
         self._droppedDead = 0
@@ -606,6 +598,36 @@ class ConnectionRegistry(service.Service):
             self._abortCall.cancel()
             self._abortCall = None
 
+    def setBounds(
+        self,
+        maxPendingBytes: int,
+        pingInterval: float,
+        maxIdle: float,
+        maxLag: float,
+        maxBacklogBytes: int,
+    ) -> None:
+        """
+        Change the bounds given to L{__init__} (but C{closeTimeout}), for
+        every connection, open or new, from now on; a new C{pingInterval}
+        restarts the running sweep with it.
+
+        @raise ConfigError: if C{maxBacklogBytes} is under C{maxPendingBytes}.
+        """
+        if maxBacklogBytes < maxPendingBytes:
+            raise ConfigError(
+                "maxBacklogBytes",
+                f"must be at least maxPendingBytes ({maxPendingBytes}), got {maxBacklogBytes}",
+            )
+        self._maxPendingBytes = maxPendingBytes
+        self._maxLag = maxLag
+        self._maxBacklogBytes = maxBacklogBytes
+        self._maxIdle = maxIdle
+        if pingInterval != self._pingInterval:
+            self._pingInterval = pingInterval
+            if self._sweeper is not None and self._sweeper.running:
+                self._sweeper.stop()
+                self._startSweep()
+
     # --- service ------------------------------------------------------------
 
     def startService(self) -> None:
@@ -615,6 +637,9 @@ class ConnectionRegistry(service.Service):
         ping the others.
         """
         super().startService()  # type: ignore[no-untyped-call]
+        self._startSweep()
+
+    def _startSweep(self) -> None:
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = self._reactor
         self._sweeper.start(self._pingInterval, now=False).addErrback(self._sweepFailed)

@@ -128,6 +128,9 @@ class OutboxPublisher(service.Service):
     Bounds: at most C{maxInFlight} retry publishes are in flight; the rest
     wait for a later pass. An event has at most one publish in flight at a
     time (the pool would merge a second one into the first).
+
+    @ivar quorum: how many relays must accept an event for L{submit}'s
+        result to succeed (may be changed while running).
     """
 
     log = Logger()
@@ -157,7 +160,7 @@ class OutboxPublisher(service.Service):
         self._reactor = reactor
         self._pool = pool
         self._outbox = outbox
-        self._quorum = quorum
+        self.quorum = quorum
         self._maxAge = maxAge
         self._backoff = backoff
         self._maxInFlight = maxInFlight
@@ -237,7 +240,7 @@ class OutboxPublisher(service.Service):
 
         enqueued: Deferred[None] = self._outbox.enqueue(event, relays)  # type: ignore[no-untyped-call]
         enqueued.addErrback(notEnqueued)
-        return enqueued.addCallback(lambda _: self._publish(event, relays, self._quorum)[0])
+        return enqueued.addCallback(lambda _: self._publish(event, relays, self.quorum)[0])
 
     def _publish(
         self, event: Event, relays: Sequence[str], quorum: int
