@@ -14,7 +14,7 @@ from typing import Any
 import txaio
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaypool.nostr.event import Event
+from relaypool.nostr.event import Event, generatePrivateKey, publicKeyFor
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.messages import ClientCount, ClientEvent, ClientReq, RelayMessage
 from relaypool.nostr.nip11 import Limitation, RelayInformation
@@ -504,6 +504,78 @@ class CountTests(RelayTestCase):
         self.assertEqual(self.received(ClientCount), [])
 
 
+    def test_countLostWithConnection(self) -> None:
+        """
+        A COUNT whose connection closes before the answer is closed for the
+        owner, not sent again.
+        """
+        self.fake.misbehaviour.countSupported = False
+        self.fake.misbehaviour.countRefusal = "ignore"
+        relay = self.connectedRelay()
+        relay.count("c", [KIND1])
+        self.flush()
+        self.network.linkOf(relay.openConnections()[0]).disconnect()
+        self.tick(BACKOFF.initial)
+        self.assertEqual(
+            self.owner.calls, [("closed", "c", "error: relaypool: connection lost before COUNT")]
+        )
+        self.assertEqual(len(self.received(ClientCount)), 1)
+
+
+class AuthTests(RelayTestCase):
+    """
+    NIP-42: answering the relay's challenge and retrying once.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.fake.misbehaviour.requireAuth = True
+        self.key = generatePrivateKey()
+
+    def test_reqRetriedAfterAuth(self) -> None:
+        """
+        A REQ closed with C{auth-required:} is sent again once the relay
+        accepted the relay's signed AUTH event.
+        """
+        event = makeEvent()
+        self.fake.store(event)
+        relay = self.connectedRelay(signingKey=self.key)
+        relay.subscribe("s", [KIND1])
+        self.flush()
+        self.assertEqual(self.fake.authenticated, {publicKeyFor(self.key)})
+        self.assertEqual(len(self.received(ClientReq)), 2)
+        self.assertEqual(self.owner.calls, [("event", "s", event.id), ("eose", "s")])
+
+    def test_publishRetriedAfterAuth(self) -> None:
+        """
+        An EVENT refused with C{auth-required:} is sent again after AUTH;
+        the owner hears the answer to that one.
+        """
+        relay = self.connectedRelay(signingKey=self.key)
+        event = makeEvent()
+        relay.publish(event)
+        self.flush()
+        self.assertEqual(self.owner.calls, [("ok", event.id, True, "")])
+        self.assertEqual(self.fake.events, [event])
+
+    def test_withoutKey(self) -> None:
+        """
+        Without a signing key, C{auth-required:} answers reach the owner as
+        they are, and are no health error.
+        """
+        relay = self.connectedRelay()
+        event = makeEvent()
+        relay.subscribe("s", [KIND1])
+        relay.publish(event)
+        self.flush()
+        [(_, closedMessage)] = self.owner.heard("closed")
+        [(_, accepted, okMessage)] = self.owner.heard("ok")
+        self.assertTrue(closedMessage.startswith("auth-required:"))
+        self.assertEqual(accepted, False)
+        self.assertTrue(okMessage.startswith("auth-required:"))
+        self.assertEqual(self.metrics(relay, relay.openConnections()[0]).errors, 0)
+
+
 class KeepaliveTests(RelayTestCase):
     """
     The keepalive round: the ping is the connection's health probe.
@@ -598,6 +670,28 @@ class RateLimitTests(RelayTestCase):
         self.tick(0.1)
         self.assertEqual(self.owner.calls, [("ok", event.id, True, "")])
         self.assertEqual(self.fake.events, [event])
+
+
+    def test_rateLimitedPublishLatency(self) -> None:
+        """
+        The latency recorded for a publish sent again after C{rate-limited}
+        is the retry's, from when it went out at the end of the back-off:
+        the back-off is the relay's rule, not its slowness.
+        """
+        self.fake.misbehaviour.rejectWith = "rate-limited: slow down"
+        self.fake.misbehaviour.delay = 0.1
+        relay = self.connectedRelay()
+        relay.publish(makeEvent())
+        self.flush()
+        self.tick(0.1)
+        self.assertEqual(relay.rateLimitedUntil(), 2.1)
+        self.fake.misbehaviour.rejectWith = None
+        self.tick(2.0)
+        self.tick(0.1)
+        self.assertEqual(len(self.owner.heard("ok")), 1)
+        metrics = self.metrics(relay, relay.openConnections()[0])
+        self.assertEqual(metrics.successes, 1)
+        self.assertAlmostEqual(metrics.lastLatency, 0.1)
 
 
 class HealthTests(RelayTestCase):
