@@ -4,6 +4,11 @@ An in-process NIP-01 relay for tests, benchmarks and users' own tests.
 L{FakeRelay} is a real WebSocket server on 127.0.0.1 holding its events in
 memory; its L{Misbehaviour} switches make it drop, delay, forge, refuse or
 reject, so clients can be tested against the relays they will meet.
+
+L{MemoryNetwork} is a L{MemoryReactorClock} whose TCP connections reach
+the servers listening on it over in-memory transports: a L{FakeRelay}
+started on it and a client connecting through it talk without sockets or
+real time, as C{treq.testing} does for HTTP.
 """
 
 from __future__ import annotations
@@ -22,13 +27,23 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, ITCPTransport
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    ITCPTransport,
+)
 from twisted.internet.protocol import connectionDone
+from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from relaypool._reactor import TimeTCPReactor, defaultReactor
 from relaypool.errors import InvalidEvent, InvalidMessage, InvalidRelayURL
@@ -62,6 +77,8 @@ __all__ = [
     "TEST_PRIVATE_KEY",
     "TEST_PUBLIC_KEY",
     "FakeRelay",
+    "MemoryLink",
+    "MemoryNetwork",
     "Misbehaviour",
     "forgeSignature",
     "makeEvent",
@@ -321,7 +338,7 @@ class _RelayFactory(WebSocketServerFactory):
     protocol = _RelayProtocol  # type: ignore[assignment]
 
     def __init__(self, relay: FakeRelay) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__(reactor=relay._reactor)  # type: ignore[no-untyped-call]
         self.relay = relay
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
             maxFramePayloadSize=MAX_MESSAGE_BYTES,
@@ -366,6 +383,14 @@ class _QuietSite(Site):
     """
 
     def log(self, request: http.Request) -> None:
+        pass
+
+    def startFactory(self) -> None:
+        # Without an access log, neither its file nor the once-a-second
+        # timer keeping its date.
+        pass
+
+    def stopFactory(self) -> None:
         pass
 
 
@@ -418,6 +443,9 @@ class FakeRelay:
     events; it answers EVENT with C{OK} (verifying signatures when
     C{verify}), COUNT with the count, AUTH per NIP-42, and serves its NIP-11
     document on C{GET /} with C{Accept: application/nostr+json}.
+
+    It listens through its reactor's C{listenTCP} and keeps its timers
+    there: on a L{MemoryNetwork} it serves that reactor's clients in memory.
 
     Only message sizes are bounded (L{MAX_MESSAGE_BYTES}): the stored
     events, C{received} and the replies held by L{Misbehaviour.delay} grow
@@ -481,7 +509,9 @@ class FakeRelay:
         """
         if self._listeningPort is None:
             webSocket = WebSocketResource(_RelayFactory(self))  # type: ignore[no-untyped-call]
-            site = _QuietSite(_RelayResource(self, webSocket))  # type: ignore[no-untyped-call]
+            site = _QuietSite(  # type: ignore[no-untyped-call]
+                _RelayResource(self, webSocket), reactor=self._reactor
+            )
             site.timeOut = None
             site.noisy = False
             self._tracker = _ConnectionTracker(site)
@@ -733,3 +763,199 @@ class FakeRelay:
         if not any(_isLocalURL(url, self.port) for url in event.tagValues("relay")):
             return "invalid: relay tag does not match this relay"
         return None
+
+
+class MemoryLink:
+    """
+    One TCP connection of a L{MemoryNetwork}: two L{iosim.FakeTransport}s
+    joined by an L{iosim.IOPump}.
+
+    @ivar client: the connecting side's protocol, as its factory built it.
+    @ivar server: the listening side's protocol, as its factory built it.
+    @ivar clientTransport: the client's transport.
+    @ivar serverTransport: the server's transport.
+    @ivar stalled: while true no byte moves, in either direction, as over a
+        dead route or to a peer that stopped reading; closing either end
+        still ends the connection (what was held is lost).
+    """
+
+    def __init__(
+        self,
+        client: IProtocol,
+        server: IProtocol,
+        clientTransport: iosim.FakeTransport,
+        serverTransport: iosim.FakeTransport,
+    ) -> None:
+        self.client = client
+        self.server = server
+        self.clientTransport = clientTransport
+        self.serverTransport = serverTransport
+        self.stalled = False
+        self._pump = iosim.connect(  # type: ignore[no-untyped-call]
+            server, serverTransport, client, clientTransport, greet=False
+        )
+
+    @property
+    def closed(self) -> bool:
+        """
+        Whether both ends have seen the connection close.
+        """
+        return bool(self.clientTransport.disconnected and self.serverTransport.disconnected)
+
+    def disconnect(self) -> None:
+        """
+        Close the connection from the server's side without a word, as a
+        relay that crashed or a route that died would: the client sees it
+        lost on the next L{MemoryNetwork.flush}.
+        """
+        self.serverTransport.abortConnection()  # type: ignore[no-untyped-call]
+
+    def pump(self) -> bool:
+        """
+        Move the bytes written so far and report a closed end to the other.
+
+        @return: whether anything moved.
+        """
+        if self.stalled:
+            if not (self.clientTransport.disconnecting or self.serverTransport.disconnecting):
+                return False
+            self.clientTransport.getOutBuffer()  # type: ignore[no-untyped-call]
+            self.serverTransport.getOutBuffer()  # type: ignore[no-untyped-call]
+        moved: bool = self._pump.pump(advanceClock=False)
+        return moved
+
+
+@implementer(IListeningPort)
+class _MemoryPort:
+    """
+    The L{IListeningPort} of a L{MemoryNetwork}: until L{stopListening},
+    connection attempts to its port reach its factory.
+    """
+
+    def __init__(self, network: MemoryNetwork, address: IPv4Address, factory: IProtocolFactory) -> None:
+        self._network = network
+        self._address = address
+        self.factory = factory
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> Deferred[None]:
+        if self._network._listening.get(self._address.port) is self:
+            del self._network._listening[self._address.port]
+            self.factory.doStop()
+        return succeed(None)
+
+    def getHost(self) -> IPv4Address:
+        return self._address
+
+
+class MemoryNetwork(MemoryReactorClock):
+    """
+    A L{MemoryReactorClock} whose TCP connections reach the servers that
+    listen on it, in memory.
+
+    A factory listening through L{listenTCP} (a L{FakeRelay} started on this
+    reactor, for instance) gets the connections that clients of this
+    reactor ask for with C{connectTCP} to its port, over
+    L{iosim.FakeTransport}s; an attempt to a port nothing listens on is
+    refused. Nothing happens behind the test's back: L{flush} completes the
+    attempts and moves the bytes, C{advance} moves time, as with
+    C{treq.testing}'s C{RequestTraversalAgent}. There are no sockets and
+    no real time, so tests are deterministic.
+
+    Autobahn schedules its handshake timers through C{txaio.config.loop}:
+    point it at this reactor for the test, and restore it after.
+
+    @ivar links: every connection completed so far, in order, closed ones
+        included.
+    """
+
+    _firstPort = 40000
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.links: list[MemoryLink] = []
+        self._listening: dict[int, _MemoryPort] = {}
+        self._attempted = 0
+        self._ports = itertools.count(self._firstPort)
+
+    def listenTCP(
+        self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
+    ) -> IListeningPort:
+        """
+        Listen on C{port} (a free one if 0) until the returned port's
+        C{stopListening}; the factory is started and stopped as by a real
+        port. The interface is ignored: every host reaches every port.
+        """
+        super().listenTCP(port, factory, backlog, interface)  # type: ignore[no-untyped-call]
+        if port == 0:
+            port = next(p for p in self._ports if p not in self._listening)
+        if port in self._listening:
+            raise OSError(f"port {port} is already listening")
+        listening = _MemoryPort(self, IPv4Address("TCP", interface or "0.0.0.0", port), factory)
+        self._listening[port] = listening
+        factory.doStart()
+        return listening
+
+    def linkOf(self, protocol: IProtocol) -> MemoryLink:
+        """
+        @return: the link one end of which is C{protocol}'s transport.
+        @raise KeyError: if there is none.
+        """
+        transport = getattr(protocol, "transport", None)
+        for link in self.links:
+            if transport is link.clientTransport or transport is link.serverTransport:
+                return link
+        raise KeyError(protocol)
+
+    def flush(self) -> bool:
+        """
+        Complete (or refuse) the connection attempts made so far, run the
+        calls due now, and move bytes and closed connections over every
+        link, until nothing moves.
+
+        @return: whether anything moved.
+        """
+        moved = False
+        for _ in range(10000):
+            self.advance(0)
+            progressed = self._completeAttempts()
+            for link in self.links:
+                if not link.closed and link.pump():
+                    progressed = True
+            if not progressed:
+                return moved
+            moved = True
+        raise RuntimeError("the memory network never settled")
+
+    def _completeAttempts(self) -> bool:
+        attempts = self.tcpClients[self._attempted :]
+        connectors = self.connectors[self._attempted :]
+        self._attempted = len(self.tcpClients)
+        for (host, port, factory, _timeout, _bindAddress), connector in zip(
+            attempts, connectors, strict=True
+        ):
+            if connector.stoppedConnecting:
+                continue
+            listening = self._listening.get(port)
+            if listening is None:
+                refused = ConnectionRefusedError(f"nothing listens on port {port}")  # type: ignore[no-untyped-call]
+                factory.clientConnectionFailed(connector, Failure(refused))  # type: ignore[no-untyped-call]
+                continue
+            clientAddress = IPv4Address("TCP", "127.0.0.1", next(self._ports))
+            serverAddress = IPv4Address("TCP", host, port)
+            client = factory.buildProtocol(serverAddress)
+            server = listening.factory.buildProtocol(clientAddress)
+            if client is None or server is None:
+                # A factory declined the connection: it never opens.
+                continue
+            self.links.append(
+                MemoryLink(
+                    client,
+                    server,
+                    iosim.FakeTransport(client, False, clientAddress, serverAddress),  # type: ignore[no-untyped-call]
+                    iosim.FakeTransport(server, True, serverAddress, clientAddress),  # type: ignore[no-untyped-call]
+                )
+            )
+        return bool(attempts)

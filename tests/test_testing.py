@@ -1,6 +1,6 @@
 """
 Tests for L{relaypool.testing}: the fake relay, driven by a plain Autobahn
-client over real TCP on 127.0.0.1.
+client over real TCP on 127.0.0.1, and the in-memory network.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from typing import Any
 
 import orjson
 import treq
+import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
@@ -25,6 +27,7 @@ from relaypool.testing import (
     TEST_PRIVATE_KEY,
     TEST_PUBLIC_KEY,
     FakeRelay,
+    MemoryNetwork,
     Misbehaviour,
     forgeSignature,
     makeEvent,
@@ -906,3 +909,136 @@ class LifecycleTests(_RelayTestCase):
         )
         await response.content()
         await relay.stop()
+
+
+class MemoryNetworkTests(SynchronousTestCase):
+    """
+    L{MemoryNetwork}: clients of the reactor reach the fake relays listening
+    on it, in memory, when the test flushes.
+    """
+
+    def setUp(self) -> None:
+        self.network = MemoryNetwork()
+        savedLoop = txaio.config.loop
+        txaio.config.loop = self.network
+        self.addCleanup(setattr, txaio.config, "loop", savedLoop)
+        self.relay = FakeRelay(self.network)
+        self.relay.start()
+
+    def connectRaw(self, port: int | None = None) -> Deferred[_Client]:
+        """
+        Ask the network for a WebSocket connection to the relay (or to
+        C{port}); nothing happens before a flush.
+        """
+        factory = WebSocketClientFactory(self.relay.url)
+        factory.protocol = _Client
+        endpoint = TCP4ClientEndpoint(self.network, "127.0.0.1", port or self.relay.port)
+        connecting: Deferred[_Client] = endpoint.connect(factory)
+        return connecting
+
+    def connect(self) -> _Client:
+        """
+        @return: an open WebSocket client of the relay.
+        """
+        client = self.successResultOf(self.flushed(self.connectRaw()))
+        self.successResultOf(client.is_open)
+        return client
+
+    def flushed(self, d: Deferred[Any]) -> Deferred[Any]:
+        self.network.flush()
+        return d
+
+    def test_relayAnswers(self) -> None:
+        """
+        A client's connection is made on the next flush, and the fake
+        relay's NIP-01 server answers over it.
+        """
+        event = makeEvent()
+        self.relay.store(event)
+        connecting = self.connectRaw()
+        self.assertNoResult(connecting)
+        self.network.flush()
+        client = self.successResultOf(connecting)
+        self.successResultOf(client.is_open)
+        client.send("REQ", "s", {"kinds": [1]})
+        self.assertEqual(list(client.inbox), [])
+        self.network.flush()
+        self.assertEqual(list(client.inbox), [["EVENT", "s", event.toDict()], ["EOSE", "s"]])
+        self.assertEqual(self.relay.connectionCount(), 1)
+
+    def test_freePorts(self) -> None:
+        """
+        A relay started without a port gets a free one of its own, in its
+        URL.
+        """
+        other = FakeRelay(self.network)
+        other.start()
+        self.assertNotEqual(self.relay.port, other.port)
+        self.assertNotIn(0, (self.relay.port, other.port))
+        self.assertEqual(other.url, f"ws://127.0.0.1:{other.port}")
+
+    def test_refusedWithoutListener(self) -> None:
+        """
+        An attempt to a port nothing listens on is refused.
+        """
+        connecting = self.connectRaw(port=self.relay.port + 1000)
+        self.network.flush()
+        self.failureResultOf(connecting, ConnectionRefusedError)
+
+    def test_stoppedRelay(self) -> None:
+        """
+        Stopping a relay closes its connections and fires once they are
+        closed; it refuses new ones until started again, on the same port.
+        """
+        client = self.connect()
+        stopped = self.relay.stop()
+        self.assertNoResult(stopped)
+        self.network.flush()
+        self.successResultOf(stopped)
+        self.successResultOf(client.is_closed)
+        self.failureResultOf(self.flushed(self.connectRaw()), ConnectionRefusedError)
+        self.relay.start()
+        self.connect()
+        self.assertEqual(self.relay.connectionCount(), 1)
+
+    def test_cancelledAttempt(self) -> None:
+        """
+        An attempt cancelled before the flush never reaches the relay.
+        """
+        connecting = self.connectRaw()
+        connecting.cancel()
+        self.network.flush()
+        self.failureResultOf(connecting, ConnectingCancelledError)
+        self.assertEqual((self.network.links, self.relay.connectionCount()), ([], 0))
+
+    def test_stalledLink(self) -> None:
+        """
+        Over a stalled link no byte moves until it is released; closing one
+        end still ends the connection.
+        """
+        client = self.connect()
+        link = self.network.linkOf(client)
+        link.stalled = True
+        client.send("REQ", "s", {})
+        self.network.flush()
+        self.assertEqual(list(client.inbox), [])
+        link.stalled = False
+        self.network.flush()
+        self.assertEqual(list(client.inbox), [["EOSE", "s"]])
+        link.stalled = True
+        client.transport.abortConnection()
+        self.network.flush()
+        self.assertTrue(link.closed)
+        self.assertEqual(self.relay.connectionCount(), 0)
+
+    def test_disconnect(self) -> None:
+        """
+        L{MemoryLink.disconnect} drops the connection from the server's side
+        without a close handshake.
+        """
+        client = self.connect()
+        self.network.linkOf(client).disconnect()
+        self.network.flush()
+        self.successResultOf(client.is_closed)
+        self.assertFalse(client.wasClean)
+        self.assertEqual(self.relay.connectionCount(), 0)

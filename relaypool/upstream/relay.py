@@ -1039,6 +1039,9 @@ class Relay:
         if prefix == "rate-limited" and not pending.retried:
             pending.retried = True
             self._rateLimited()
+            # The retry waits in the outbound queue until the back-off ends;
+            # its OK's latency counts from then.
+            pending.sentAt = self._rateLimitedUntil
             self.send(ClientEvent(pending.event).toJSON())
             return
         del self._publishes[message.eventId]
