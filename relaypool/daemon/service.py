@@ -28,9 +28,8 @@ from relaypool.daemon.config import (
     Setting,
     buildConfig,
     loadConfigFile,
-    validateRelayURL,
 )
-from relaypool.errors import ConfigError, InvalidRelayURL, StartupError, StoreError
+from relaypool.errors import ConfigError, StartupError, StoreError
 
 if TYPE_CHECKING:
     from relaypool.gateway.gateway import Gateway
@@ -53,8 +52,8 @@ def _optionName(setting: Setting) -> str:
     @return: the long option of C{setting}: C{relay} for the relay list,
         C{no-<key>} for a flag on by default, else the key itself.
     """
-    if setting.key == "relays":
-        return "relay"
+    if setting.option is not None:
+        return setting.option
     if setting.isFlag() and setting.default():
         return f"no-{setting.key}"
     return setting.key
@@ -74,6 +73,8 @@ def _describe(setting: Setting) -> str:
 
 
 _COMMAND = "twistd relaypool"
+
+_LISTS = {setting.key: setting for setting in SETTINGS if setting.option is not None}
 
 
 class Options(usage.Options):
@@ -98,7 +99,7 @@ class Options(usage.Options):
     ] + [
         [setting.key, None, None, _describe(setting)]
         for setting in SETTINGS
-        if not setting.isFlag() and setting.key != "relays"
+        if not setting.isFlag() and setting.option is None
     ]
     optFlags = [
         [_optionName(setting), None, _describe(setting)] for setting in SETTINGS if setting.isFlag()
@@ -108,7 +109,9 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self["relays"] = []
+        for setting in SETTINGS:
+            if setting.option is not None:
+                self[setting.key] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -127,12 +130,40 @@ class Options(usage.Options):
                 raise
             raise SystemExit(f"{_COMMAND}: {e}\nTry '{_COMMAND} --help'.") from None
 
+    def _addItem(self, key: str, value: str) -> None:
+        """
+        Add one item to the list setting C{key}, from its repeatable option.
+
+        @raise usage.UsageError: naming the option, if the item is invalid.
+        """
+        try:
+            self[key].append(_LISTS[key].parseItem(value))
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
     def opt_relay(self, url: str) -> None:
         """an upstream relay URL (ws:// or wss://); repeatable [default: none]"""
-        try:
-            self["relays"].append(validateRelayURL(url))
-        except InvalidRelayURL as e:
-            raise usage.UsageError(f"--relay: {e}") from None
+        self._addItem("relays", url)
+
+    def opt_allow_pubkey(self, pubkey: str) -> None:
+        """a pubkey (hex) that may publish under --write-restricted; repeatable"""
+        self._addItem("allow-pubkeys", pubkey)
+
+    def opt_deny_pubkey(self, pubkey: str) -> None:
+        """a pubkey (hex) whose events are refused (blocked:) and not served; repeatable"""
+        self._addItem("deny-pubkeys", pubkey)
+
+    def opt_allow_kind(self, kind: str) -> None:
+        """an event kind clients may publish; with any, only those; repeatable"""
+        self._addItem("allow-kinds", kind)
+
+    def opt_deny_kind(self, kind: str) -> None:
+        """an event kind refused (blocked:) and not served; repeatable"""
+        self._addItem("deny-kinds", kind)
+
+    def opt_admin_pubkey(self, pubkey: str) -> None:
+        """a pubkey (hex) allowed to use the NIP-86 management API; repeatable [default: none, API off]"""
+        self._addItem("admin-pubkeys", pubkey)
 
     def postOptions(self) -> None:
         """
@@ -143,9 +174,9 @@ class Options(usage.Options):
         overrides: dict[str, object] = {}
         for setting in SETTINGS:
             name = _optionName(setting)
-            if setting.key == "relays":
-                if self["relays"]:
-                    overrides["relays"] = list(self["relays"])
+            if setting.option is not None:
+                if self[setting.key]:
+                    overrides[setting.key] = list(self[setting.key])
             elif setting.isFlag():
                 if self[name]:
                     overrides[setting.key] = not setting.default()
@@ -457,6 +488,9 @@ class RelayPoolService(OrderedMultiService):
             relayURL=config.relayURL,
             name=config.name,
             description=config.description,
+            policy=config.eventPolicy(),
+            adminPubkeys=config.adminPubkeys,
+            adminAuthWindow=config.adminAuthWindow,
         )
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.gateway = gateway
