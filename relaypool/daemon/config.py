@@ -119,7 +119,11 @@ class Config:
             L{relaypool.gateway.facade.RelayFacade.setPolicy}.
         """
         return EventPolicy.fromLists(
-            self.allowPubkeys, self.denyPubkeys, self.allowKinds, self.denyKinds, self.writeRestricted
+            self.allowPubkeys,
+            self.denyPubkeys,
+            self.allowKinds,
+            self.denyKinds,
+            self.writeRestricted,
         )
 
     def effectiveOkPolicy(self) -> str:

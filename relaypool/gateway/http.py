@@ -159,9 +159,7 @@ class GatewayResource(Resource):
         @param management: the NIP-86 API answering C{POST /}, or L{None}.
         """
         super().__init__()
-        self.putChild(
-            b"", _RootPage(WebSocketResource(webSocketFactory), information, management)
-        )
+        self.putChild(b"", _RootPage(WebSocketResource(webSocketFactory), information, management))
         self.putChild(b"stats", _StatsPage(stats))
         self.putChild(b"metrics", _MetricsPage(metrics))
 

@@ -63,7 +63,9 @@ def _param(params: list[Any], index: int, what: str) -> Any:
 def _hexParam(params: list[Any], what: str) -> str:
     value = _param(params, 0, what)
     if not isinstance(value, str) or not _HEX64.fullmatch(value.lower()):
-        raise _CallError(f"parameter 1 must be a {what} (64 hex characters), got {orjson.dumps(value).decode()}")
+        raise _CallError(
+            f"parameter 1 must be a {what} (64 hex characters), got {orjson.dumps(value).decode()}"
+        )
     return value.lower()
 
 

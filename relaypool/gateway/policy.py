@@ -96,7 +96,9 @@ class EventPolicy:
             C{restricted: ...}) if not, else L{None}.
         """
         if event.id in self.bannedEvents:
-            return _because("blocked: this event is banned from this relay", self.bannedEvents[event.id])
+            return _because(
+                "blocked: this event is banned from this relay", self.bannedEvents[event.id]
+            )
         if event.pubkey in self.bannedPubkeys:
             return _because(
                 "blocked: this pubkey is banned from this relay", self.bannedPubkeys[event.pubkey]

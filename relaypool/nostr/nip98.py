@@ -69,7 +69,9 @@ def parseAuthorization(header: str | bytes | None) -> Event:
         base64 or not an event.
     """
     if header is None:
-        raise InvalidHTTPAuth("no Authorization header: send a NIP-98 event (Authorization: Nostr <base64>)")
+        raise InvalidHTTPAuth(
+            "no Authorization header: send a NIP-98 event (Authorization: Nostr <base64>)"
+        )
     if isinstance(header, bytes):
         header = header.decode("latin-1")
     scheme, _, token = header.strip().partition(" ")
@@ -114,7 +116,9 @@ def verifyHTTPAuth(
     @raise InvalidHTTPAuth: saying which check failed.
     """
     if event.kind != HTTP_AUTH_KIND:
-        raise InvalidHTTPAuth(f"the authorization event must be of kind {HTTP_AUTH_KIND}, not {event.kind}")
+        raise InvalidHTTPAuth(
+            f"the authorization event must be of kind {HTTP_AUTH_KIND}, not {event.kind}"
+        )
     if abs(event.createdAt - now) > window:
         raise InvalidHTTPAuth(
             f"the authorization event's created_at must be within {window:g} seconds of the "
@@ -132,7 +136,9 @@ def verifyHTTPAuth(
                 "the authorization event needs a payload tag, the SHA-256 of the body (hex)"
             )
     elif payload.lower() != hashlib.sha256(body).hexdigest():
-        raise InvalidHTTPAuth("the authorization event's payload tag is not the SHA-256 of the body")
+        raise InvalidHTTPAuth(
+            "the authorization event's payload tag is not the SHA-256 of the body"
+        )
     try:
         event.verify()
     except InvalidEvent as e:
