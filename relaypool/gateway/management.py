@@ -45,6 +45,21 @@ The content type of NIP-86 requests.
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_KIND = 65535
+_READ_ONLY = frozenset(
+    {
+        "supportedmethods",
+        "listbannedpubkeys",
+        "listallowedpubkeys",
+        "listbannedevents",
+        "listallowedkinds",
+        "relaypool_listdisallowedkinds",
+        "relaypool_listrelays",
+    }
+)
+"""
+The methods that change nothing, and are not logged.
+"""
+
 _NOT_PERSISTED = "not persisted: a restart or a config reload goes back to the config"
 
 
@@ -238,11 +253,7 @@ class ManagementAPI:
         d = maybeDeferred(handler, params)
 
         def done(result: object) -> bytes:
-            if not method.startswith("list") and method not in (
-                "supportedmethods",
-                "relaypool_listrelays",
-                "relaypool_listdisallowedkinds",
-            ):
+            if method not in _READ_ONLY:
                 _log.info(
                     "NIP-86: {admin} called {method} {params} ({persisted})",
                     admin=admin,

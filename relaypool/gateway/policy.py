@@ -28,10 +28,6 @@ from relaypool.nostr.event import Event
 __all__ = ["EventPolicy"]
 
 
-def _frozen(entries: Mapping[str, str]) -> dict[str, str]:
-    return dict(entries)
-
-
 @dataclass(frozen=True, slots=True)
 class EventPolicy:
     """
@@ -61,7 +57,7 @@ class EventPolicy:
         # Private copies: a caller's dict changing later must not change
         # the policy.
         for name in ("bannedPubkeys", "allowedPubkeys", "bannedEvents"):
-            object.__setattr__(self, name, _frozen(getattr(self, name)))
+            object.__setattr__(self, name, dict(getattr(self, name)))
         object.__setattr__(self, "allowedKinds", frozenset(self.allowedKinds))
         object.__setattr__(self, "disallowedKinds", frozenset(self.disallowedKinds))
 
