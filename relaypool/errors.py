@@ -74,6 +74,13 @@ class InvalidKey(RelayPoolError, ValueError):
     """
 
 
+class InvalidHTTPAuth(RelayPoolError, ValueError):
+    """
+    A NIP-98 C{Authorization} header is missing, malformed, or does not
+    authorize the request; the message says which check failed.
+    """
+
+
 class ConfigError(RelayPoolError, ValueError):
     """
     A configuration value (config file or command line) is invalid.
@@ -238,6 +245,7 @@ __all__ = [
     "CountUnavailable",
     "InvalidEvent",
     "InvalidFilter",
+    "InvalidHTTPAuth",
     "InvalidKey",
     "InvalidMessage",
     "InvalidMetric",

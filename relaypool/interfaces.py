@@ -131,6 +131,15 @@ class IEventStore(Interface):
             matching any of C{filters}.
         """
 
+    def delete(eventIds):  # type: ignore[no-untyped-def]
+        """
+        Remove the events with these ids, whatever their kind (an operator's
+        removal, not a NIP-09 deletion: they may be stored again later).
+
+        @param eventIds: a sequence of event ids.
+        @return: Deferred firing with how many were removed.
+        """
+
     def close():  # type: ignore[no-untyped-def]
         """
         Finish pending writes and close the database.
@@ -234,6 +243,22 @@ class IRelayPool(Interface):
     def relayURLs() -> Any:
         """
         @return: the URL of every relay in the pool.
+        """
+
+    def addRelay(url: str) -> None:
+        """
+        Add a relay and start connecting to it.
+
+        @raise relaypool.errors.InvalidRelayURL: for a malformed URL.
+        @raise relaypool.errors.TooManyRelays: if the pool is full.
+        """
+
+    def removeRelay(url: str) -> Any:
+        """
+        Remove a relay and close its connections.
+
+        @return: a Deferred firing with C{True} once they closed, C{False}
+            if the URL is not in the pool.
         """
 
     def stats() -> Any:

@@ -600,3 +600,104 @@ class ConfigSourcesTests(SynchronousTestCase):
             f.write("dedup-size = 6\nmax-relays = 6\nquorum = 3\n")
         config = sources.load()
         self.assertEqual((config.dedupSize, config.maxRelays, config.quorum), (6, 9, 1))
+
+
+PUBKEY = "ab" * 32
+
+
+class PolicySettingsTests(SynchronousTestCase):
+    """
+    The event policy and management API settings.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        By default nothing is allowed or denied, publishing is open, and the
+        management API is off with a 60-second NIP-98 window.
+        """
+        config = Config()
+        self.assertEqual(
+            (
+                config.allowPubkeys,
+                config.denyPubkeys,
+                config.allowKinds,
+                config.denyKinds,
+                config.writeRestricted,
+                config.adminPubkeys,
+                config.adminAuthWindow,
+                config.limits.maxBodyBytes,
+            ),
+            ((), (), (), (), False, (), 60.0, 65536),
+        )
+
+    def test_policy(self) -> None:
+        """
+        The lists and C{write-restricted} make the gateway's policy; pubkeys
+        are lowercased and kept once each.
+        """
+        config = buildConfig(
+            {
+                "allow-pubkeys": [PUBKEY.upper(), PUBKEY],
+                "deny-pubkeys": ["cd" * 32],
+                "allow-kinds": [1, 7],
+                "deny-kinds": [4],
+                "write-restricted": True,
+            }
+        )
+        policy = config.eventPolicy()
+        self.assertEqual(
+            (
+                dict(policy.allowedPubkeys),
+                dict(policy.bannedPubkeys),
+                policy.allowedKinds,
+                policy.disallowedKinds,
+                policy.writeRestricted,
+            ),
+            ({PUBKEY: ""}, {"cd" * 32: ""}, {1, 7}, {4}, True),
+        )
+
+    def test_badPubkey(self) -> None:
+        """
+        A pubkey that is not 64 hex characters is an error naming the key
+        and the value.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"deny-pubkeys": [PUBKEY, "npub1xyz"]})
+        self.assertEqual(
+            str(error), 'deny-pubkeys: "npub1xyz" is not a public key in hex (64 hex characters)'
+        )
+
+    def test_badKind(self) -> None:
+        """
+        A kind outside 0-65535 is an error naming the key.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"allow-kinds": [70000]})
+        self.assertEqual(str(error), "allow-kinds: 70000 is not an event kind (an integer 0-65535)")
+
+    def test_notAList(self) -> None:
+        """
+        A single value where a list is expected is an error naming the key.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"admin-pubkeys": PUBKEY})
+        self.assertIn("admin-pubkeys: must be a list of public keys in hex", str(error))
+
+    def test_allowWithoutWriteRestricted(self) -> None:
+        """
+        Allowed pubkeys without C{write-restricted} are an error saying
+        what to do, since they would restrict nothing.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"allow-pubkeys": [PUBKEY]})
+        self.assertIn("allow-pubkeys: only matters with write-restricted", str(error))
+
+    def test_adminSettings(self) -> None:
+        """
+        C{admin-pubkeys}, C{admin-auth-window} and C{max-body-bytes} are
+        read, from text on the command line too.
+        """
+        config = buildConfig(
+            {"admin-pubkeys": [PUBKEY]},
+            {"admin-auth-window": "30", "max-body-bytes": "1024"},
+        )
+        self.assertEqual(
+            (config.adminPubkeys, config.adminAuthWindow, config.limits.maxBodyBytes),
+            ((PUBKEY,), 30.0, 1024),
+        )

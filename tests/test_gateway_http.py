@@ -400,6 +400,38 @@ class RequestHeadBoundsTests(TestCase):
         )
         self.assertEqual(code, 200)
 
+    async def test_bodyTooLarge(self) -> None:
+        """
+        A request whose C{Content-Length} is over C{maxBodyBytes} gets HTTP
+        413 naming the bound, before its body is read.
+        """
+        code, body = await self.exchange(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000", maxBodyBytes=1000
+        )
+        self.assertEqual(code, 413)
+        self.assertIn(b"over 1000 bytes", body)
+
+    async def test_chunkedBody(self) -> None:
+        """
+        A request body without a C{Content-Length} (chunked) gets HTTP 411.
+        """
+        code, body = await self.exchange(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+        )
+        self.assertEqual(code, 411)
+        self.assertIn(b"Content-Length", body)
+
+    async def test_bodyWithinBound(self) -> None:
+        """
+        A body within C{maxBodyBytes} is read and the request answered (here
+        HTTP 415: C{POST /} takes NIP-86 calls only).
+        """
+        code, _ = await self.exchange(
+            b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+            maxBodyBytes=1000,
+        )
+        self.assertEqual(code, 415)
+
     async def test_malformed(self) -> None:
         """
         A malformed request head gets HTTP 400 with a short body.

@@ -160,6 +160,32 @@ class ApplyConfigTests(DaemonFixture):
         self.assertEqual(daemon.gateway.information()["name"], "x")
 
     @inlineCallbacks
+    def test_policyAndAdmins(self) -> Any:
+        """
+        A changed event policy replaces the gateway's at once: a connected
+        client's next EVENT of a newly denied kind is refused with
+        C{blocked:}; a changed list of admin pubkeys reaches the management
+        API.
+        """
+        daemon, port = yield self.startDaemon()
+        client = yield _connect(port)
+        admin = "ab" * 32
+        changes = daemon.applyConfig(
+            buildConfig(overrides={**_BASE, "deny-kinds": ["7"], "admin-pubkeys": [admin]})
+        )
+        self.assertEqual(changes, ["deny-kinds [] -> [7]", f"admin-pubkeys [] -> [{admin}]"])
+        self.assertEqual(daemon.gateway.management.admins, frozenset({admin}))
+        denied = makeEvent(kind=7, content="+")
+        client.send("EVENT", denied.toDict())
+        ok = yield client.next()
+        self.assertEqual(ok[:3], ["OK", denied.id, False])
+        self.assertTrue(ok[3].startswith("blocked:"), ok[3])
+        allowed = makeEvent(kind=1, content="still fine")
+        client.send("EVENT", allowed.toDict())
+        ok = yield client.next()
+        self.assertEqual(ok[:3], ["OK", allowed.id, True])
+
+    @inlineCallbacks
     def test_relaysWithoutPool(self) -> Any:
         """
         Relays given to a daemon started without any need a restart (it has

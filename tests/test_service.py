@@ -68,6 +68,40 @@ class OptionsTests(SynchronousTestCase):
         options = _parse("--relay", "wss://b.example", "--relay=ws://a.example:7000")
         self.assertEqual(options.config.relays, ("wss://b.example", "ws://a.example:7000"))
 
+    def test_repeatablePolicyLists(self) -> None:
+        """
+        C{--deny-pubkey}, C{--allow-kind}, C{--deny-kind} and
+        C{--admin-pubkey} may each be given several times.
+        """
+        options = _parse(
+            "--deny-pubkey", "ab" * 32, "--deny-pubkey", "cd" * 32,
+            "--allow-kind", "1", "--allow-kind=7", "--deny-kind", "4",
+            "--admin-pubkey", "ef" * 32,
+        )
+        config = options.config
+        self.assertEqual(
+            (config.denyPubkeys, config.allowKinds, config.denyKinds, config.adminPubkeys),
+            (("ab" * 32, "cd" * 32), (1, 7), (4,), ("ef" * 32,)),
+        )
+
+    def test_writeRestricted(self) -> None:
+        """
+        C{--write-restricted} with C{--allow-pubkey} restricts publishing to
+        the allowed pubkeys.
+        """
+        config = _parse("--write-restricted", "--allow-pubkey", "ab" * 32).config
+        self.assertEqual((config.writeRestricted, config.allowPubkeys), (True, ("ab" * 32,)))
+
+    def test_badPubkeyOption(self) -> None:
+        """
+        A bad pubkey on the command line is a usage error naming the option
+        and the key.
+        """
+        error = self.assertRaises(UsageError, _parse, "--admin-pubkey", "xyz")
+        self.assertEqual(
+            str(error), '--admin-pubkey: "xyz" is not a public key in hex (64 hex characters)'
+        )
+
     def test_badRelayScheme(self) -> None:
         """
         A C{--relay} that is not ws:// or wss:// is a usage error naming the

@@ -445,6 +445,35 @@ class DeletionTests(StoreTestMixin, TestCase):
         self.assertEqual((yield store.count([Filter(kinds=frozenset([5]))])), 2)
 
 
+class OperatorDeleteTests(StoreTestMixin, TestCase):
+    """
+    L{SQLiteEventStore.delete}: an operator's removal of events by id.
+    """
+
+    @inlineCallbacks
+    def test_delete(self) -> Any:
+        """
+        The named events are removed, whatever their author and kind, and
+        their number returned; others stay.
+        """
+        store = self.openStore()
+        first, second, kept = note(content="a"), note(kind=5, content="b", key=1), note(content="c")
+        yield gatherResults([store.save(first), store.save(second), store.save(kept)])
+        self.assertEqual((yield store.delete([first.id, second.id, "0" * 64])), 2)
+        self.assertEqual([e.id for e in (yield store.query([Filter()]))], [kept.id])
+
+    @inlineCallbacks
+    def test_storedAgain(self) -> Any:
+        """
+        A removed event may be stored again (unlike a NIP-09 deletion).
+        """
+        store = self.openStore()
+        event = note()
+        yield store.save(event)
+        yield store.delete([event.id])
+        self.assertTrue((yield store.save(event)))
+
+
 class ExpirationTests(StoreTestMixin, TestCase):
     """
     NIP-40 expiration.

@@ -3,9 +3,10 @@ The daemon's settings: one frozen L{Config} holding every value with its
 default, built from a TOML file and the command line.
 
 A TOML file uses the long option names of C{twistd relaypool} as its keys,
-with dashes, at the top level, with two exceptions: C{relays} is a list of
-URLs (the repeatable C{--relay}), and the C{--no-verify} flag is C{verify =
-false}. Every other flag is a boolean key of its own name
+with dashes, at the top level, with two exceptions: the lists behind
+repeatable options are named in the plural (C{relays} for C{--relay},
+C{deny-pubkeys} for C{--deny-pubkey}, ...), and the C{--no-verify} flag is
+C{verify = false}. Every other flag is a boolean key of its own name
 (C{auth-required = true}). For example::
 
     relays = ["wss://relay.damus.io", "wss://nos.lol"]
@@ -17,14 +18,16 @@ An unknown key is an error.
 
 Every setting can also be given as an environment variable,
 C{RELAYPOOL_<KEY>}: the key upper-cased with C{_} for C{-}
-(C{RELAYPOOL_QUORUM=2}, C{RELAYPOOL_DEDUP_SIZE=50000}); C{RELAYPOOL_RELAYS}
-is a list of URLs separated by commas or blanks, and a flag is one of
+(C{RELAYPOOL_QUORUM=2}, C{RELAYPOOL_DEDUP_SIZE=50000}); a list setting (C{RELAYPOOL_RELAYS},
+C{RELAYPOOL_DENY_KINDS}, ...) is a list of values separated by commas or
+blanks, and a flag is one of
 C{true}, C{false}, C{yes}, C{no}, C{1}, C{0}. C{RELAYPOOL_CONFIG} names the
 config file when C{--config} is not given. Any other C{RELAYPOOL_} variable
 is an error, as an unknown key is.
 
 The precedence is: command line > environment > file > default (C{--relay}
-options, or C{RELAYPOOL_RELAYS}, replace the file's whole C{relays} list).
+options, or C{RELAYPOOL_RELAYS}, replace the file's whole C{relays} list,
+and so for every list).
 L{ConfigSources} keeps where the settings came from, to read them again.
 """
 
@@ -40,6 +43,7 @@ from typing import Any
 
 from relaypool.errors import ConfigError, InvalidRelayURL
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
+from relaypool.gateway.policy import EventPolicy
 from relaypool.gateway.publishing import OK_POLICIES as GATEWAY_OK_POLICIES
 from relaypool.nostr.url import parseRelayURL
 
@@ -82,6 +86,16 @@ class Config:
         turns them off.
     @ivar limits: the gateway's limits, one setting for each field of
         L{GatewayLimits}.
+    @ivar allowPubkeys: the authors who may publish under
+        C{writeRestricted}.
+    @ivar denyPubkeys: authors whose events are refused and not served.
+    @ivar allowKinds: if any, the only kinds clients may publish.
+    @ivar denyKinds: kinds refused and not served.
+    @ivar writeRestricted: only C{allowPubkeys} may publish.
+    @ivar adminPubkeys: the pubkeys allowed to use the NIP-86 management
+        API; none turns it off.
+    @ivar adminAuthWindow: seconds a NIP-98 authorization's C{created_at}
+        may be from the daemon's clock.
     """
 
     relays: tuple[str, ...] = ()
@@ -107,6 +121,27 @@ class Config:
     statusInterval: float = 60.0
     name: str = "relaypool"
     description: str = "a Nostr relay pool: one connection to many relays"
+    allowPubkeys: tuple[str, ...] = ()
+    denyPubkeys: tuple[str, ...] = ()
+    allowKinds: tuple[int, ...] = ()
+    denyKinds: tuple[int, ...] = ()
+    writeRestricted: bool = False
+    adminPubkeys: tuple[str, ...] = ()
+    adminAuthWindow: float = 60.0
+
+    def eventPolicy(self) -> EventPolicy:
+        """
+        @return: the gateway's L{EventPolicy} from these settings: what a
+            (re)start or a reload gives to
+            L{relaypool.gateway.facade.RelayFacade.setPolicy}.
+        """
+        return EventPolicy.fromLists(
+            self.allowPubkeys,
+            self.denyPubkeys,
+            self.allowKinds,
+            self.denyKinds,
+            self.writeRestricted,
+        )
 
     def effectiveOkPolicy(self) -> str:
         """
@@ -205,10 +240,34 @@ def _relayURL(value: object, fromText: bool) -> str:
         raise _Invalid(str(e)) from None
 
 
-def _relayList(value: object, fromText: bool) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, list | tuple):
-        raise _Invalid(f"must be a list of ws:// or wss:// URLs, got {_shown(value)}")
-    return tuple(dict.fromkeys(_relayURL(url, fromText) for url in value))
+def _listOf(item: _Parser, description: str) -> _Parser:
+    """
+    @return: a parser of a list of values each parsed by C{item}, without
+        repeats, in order.
+    """
+
+    def parse(value: object, fromText: bool) -> tuple[Any, ...]:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise _Invalid(f"must be a list of {description}, got {_shown(value)}")
+        return tuple(dict.fromkeys(item(element, fromText) for element in value))
+
+    return parse
+
+
+def _pubkey(value: object, fromText: bool) -> str:
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text is None or len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise _Invalid(f"{_shown(value)} is not a public key in hex (64 hex characters)")
+    return text
+
+
+def _kind(value: object, fromText: bool) -> int:
+    kind = value
+    if fromText and isinstance(value, str) and value.strip().isdigit():
+        kind = int(value.strip())
+    if isinstance(kind, bool) or not isinstance(kind, int) or not 0 <= kind <= 65535:
+        raise _Invalid(f"{_shown(value)} is not an event kind (an integer 0-65535)")
+    return kind
 
 
 def _storePath(value: object, fromText: bool) -> str:
@@ -237,12 +296,31 @@ class Setting:
     """
     One setting: its key in a TOML file (the long option name), the L{Config}
     attribute it sets, and its help text.
+
+    @ivar option: for a list, the repeatable command-line option adding one
+        item (C{relay} for C{relays}); L{None} for any other setting.
+    @ivar item: for a list, the parser of one item, else L{None}.
     """
 
     key: str
     attribute: str
     help: str
     parse: _Parser
+    option: str | None = None
+    item: _Parser | None = None
+
+    def parseItem(self, value: str) -> object:
+        """
+        Check one item of a list given on the command line.
+
+        @return: the parsed item.
+        @raise ConfigError: naming the repeatable option, if it is invalid.
+        """
+        assert self.item is not None and self.option is not None, "only lists have items"
+        try:
+            return self.item(value, True)
+        except _Invalid as e:
+            raise ConfigError(f"--{self.option}", str(e)) from None
 
     def isLimit(self) -> bool:
         """
@@ -282,7 +360,14 @@ _SECONDS = _number(float, 0, "a number of seconds >= 0")
 _RATE = _number(float, 1e-3, "a positive number")
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("relays", "relays", "upstream relay URLs (ws:// or wss://)", _relayList),
+    Setting(
+        "relays",
+        "relays",
+        "upstream relay URLs (ws:// or wss://)",
+        _listOf(_relayURL, "ws:// or wss:// URLs"),
+        "relay",
+        _relayURL,
+    ),
     Setting("listen", "listen", "the gateway's Twisted server endpoint", _endpoint),
     Setting(
         "connections-per-address",
@@ -412,8 +497,66 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds between per-relay status log lines; 0: none",
         _SECONDS,
     ),
+    Setting(
+        "max-body-bytes",
+        "maxBodyBytes",
+        "bytes in an HTTP request body (NIP-86 calls; more: HTTP 413)",
+        _POSITIVE_INT,
+    ),
     Setting("name", "name", "the gateway's NIP-11 name", _text),
     Setting("description", "description", "the gateway's NIP-11 description", _text),
+    Setting(
+        "allow-pubkeys",
+        "allowPubkeys",
+        "a pubkey (hex) that may publish under write-restricted",
+        _listOf(_pubkey, "public keys in hex"),
+        "allow-pubkey",
+        _pubkey,
+    ),
+    Setting(
+        "deny-pubkeys",
+        "denyPubkeys",
+        "a pubkey (hex) whose events are refused (blocked:) and not served",
+        _listOf(_pubkey, "public keys in hex"),
+        "deny-pubkey",
+        _pubkey,
+    ),
+    Setting(
+        "allow-kinds",
+        "allowKinds",
+        "an event kind clients may publish; with any, only those (restricted:)",
+        _listOf(_kind, "event kinds"),
+        "allow-kind",
+        _kind,
+    ),
+    Setting(
+        "deny-kinds",
+        "denyKinds",
+        "an event kind refused (blocked:) and not served",
+        _listOf(_kind, "event kinds"),
+        "deny-kind",
+        _kind,
+    ),
+    Setting(
+        "write-restricted",
+        "writeRestricted",
+        "let only the allow-pubkeys publish (restricted:)",
+        _flag,
+    ),
+    Setting(
+        "admin-pubkeys",
+        "adminPubkeys",
+        "a pubkey (hex) allowed to use the NIP-86 management API (none: API off)",
+        _listOf(_pubkey, "public keys in hex"),
+        "admin-pubkey",
+        _pubkey,
+    ),
+    Setting(
+        "admin-auth-window",
+        "adminAuthWindow",
+        "seconds a NIP-98 authorization's created_at may be from the daemon's clock",
+        _POSITIVE_SECONDS,
+    ),
 )
 
 ENVIRONMENT_PREFIX = "RELAYPOOL_"
@@ -469,7 +612,7 @@ def environmentValues(environ: Mapping[str, str]) -> dict[str, object]:
     L{CONFIG_VARIABLE}.
 
     @return: their text by setting key, for L{buildConfig}'s C{environment};
-        C{relays} as a list, flags as booleans.
+        lists (C{relays}, C{deny-kinds}, ...) as lists, flags as booleans.
     @raise ConfigError: naming the variable, for an unknown one (with the
         closest known one as a hint) or a flag that is not a yes or a no.
     """
@@ -483,8 +626,8 @@ def environmentValues(environ: Mapping[str, str]) -> dict[str, object]:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(name, f"unknown setting{hint}")
-        if setting.key == "relays":
-            values[setting.key] = [url for url in re.split(r"[\s,]+", text) if url]
+        if setting.option is not None:
+            values[setting.key] = [item for item in re.split(r"[\s,]+", text) if item]
         elif setting.isFlag():
             flag = _FLAG_WORDS.get(text.strip().lower())
             if flag is None:
@@ -626,6 +769,12 @@ def _checkTogether(config: Config) -> None:
         raise ConfigError(
             "quorum",
             f"must be at most the number of relays ({len(config.relays)}), got {config.quorum}",
+        )
+    if config.allowPubkeys and not config.writeRestricted:
+        raise ConfigError(
+            "allow-pubkeys",
+            "only matters with write-restricted (only these pubkeys may then publish): "
+            "set write-restricted = true, or remove allow-pubkeys",
         )
     if config.okPolicy == "quorum" and not config.relays:
         raise ConfigError("ok-policy", '"quorum" needs at least one relay: add one or use "local"')

@@ -30,11 +30,9 @@ from relaypool.daemon.config import (
     Config,
     ConfigSources,
     Setting,
-    validateRelayURL,
 )
 from relaypool.errors import (
     ConfigError,
-    InvalidRelayURL,
     StartupError,
     StoreError,
     TooManyRelays,
@@ -62,8 +60,8 @@ def _optionName(setting: Setting) -> str:
     @return: the long option of C{setting}: C{relay} for the relay list,
         C{no-<key>} for a flag on by default, else the key itself.
     """
-    if setting.key == "relays":
-        return "relay"
+    if setting.option is not None:
+        return setting.option
     if setting.isFlag() and setting.default():
         return f"no-{setting.key}"
     return setting.key
@@ -83,6 +81,8 @@ def _describe(setting: Setting) -> str:
 
 
 _COMMAND = "twistd relaypool"
+
+_LISTS = {setting.key: setting for setting in SETTINGS if setting.option is not None}
 
 
 class Options(usage.Options):
@@ -119,7 +119,7 @@ class Options(usage.Options):
     ] + [
         [setting.key, None, None, _describe(setting)]
         for setting in SETTINGS
-        if not setting.isFlag() and setting.key != "relays"
+        if not setting.isFlag() and setting.option is None
     ]
     optFlags = [
         [_optionName(setting), None, _describe(setting)] for setting in SETTINGS if setting.isFlag()
@@ -130,7 +130,9 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self["relays"] = []
+        for setting in SETTINGS:
+            if setting.option is not None:
+                self[setting.key] = []
         self.environ: Mapping[str, str] = os.environ
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -150,12 +152,40 @@ class Options(usage.Options):
                 raise
             raise SystemExit(f"{_COMMAND}: {e}\nTry '{_COMMAND} --help'.") from None
 
+    def _addItem(self, key: str, value: str) -> None:
+        """
+        Add one item to the list setting C{key}, from its repeatable option.
+
+        @raise usage.UsageError: naming the option, if the item is invalid.
+        """
+        try:
+            self[key].append(_LISTS[key].parseItem(value))
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
     def opt_relay(self, url: str) -> None:
         """an upstream relay URL (ws:// or wss://); repeatable [default: none]"""
-        try:
-            self["relays"].append(validateRelayURL(url))
-        except InvalidRelayURL as e:
-            raise usage.UsageError(f"--relay: {e}") from None
+        self._addItem("relays", url)
+
+    def opt_allow_pubkey(self, pubkey: str) -> None:
+        """a pubkey (hex) that may publish under --write-restricted; repeatable"""
+        self._addItem("allow-pubkeys", pubkey)
+
+    def opt_deny_pubkey(self, pubkey: str) -> None:
+        """a pubkey (hex) whose events are refused (blocked:) and not served; repeatable"""
+        self._addItem("deny-pubkeys", pubkey)
+
+    def opt_allow_kind(self, kind: str) -> None:
+        """an event kind clients may publish; with any, only those; repeatable"""
+        self._addItem("allow-kinds", kind)
+
+    def opt_deny_kind(self, kind: str) -> None:
+        """an event kind refused (blocked:) and not served; repeatable"""
+        self._addItem("deny-kinds", kind)
+
+    def opt_admin_pubkey(self, pubkey: str) -> None:
+        """a pubkey (hex) allowed to use the NIP-86 management API; repeatable [default: none, API off]"""
+        self._addItem("admin-pubkeys", pubkey)
 
     def postOptions(self) -> None:
         """
@@ -167,9 +197,9 @@ class Options(usage.Options):
         overrides: dict[str, object] = {}
         for setting in SETTINGS:
             name = _optionName(setting)
-            if setting.key == "relays":
-                if self["relays"]:
-                    overrides["relays"] = list(self["relays"])
+            if setting.option is not None:
+                if self[setting.key]:
+                    overrides[setting.key] = list(self[setting.key])
             elif setting.isFlag():
                 if self[name]:
                     overrides[setting.key] = not setting.default()
@@ -490,6 +520,9 @@ class RelayPoolService(OrderedMultiService):
             relayURL=config.relayURL,
             name=config.name,
             description=config.description,
+            policy=config.eventPolicy(),
+            adminPubkeys=config.adminPubkeys,
+            adminAuthWindow=config.adminAuthWindow,
         )
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.gateway = gateway
@@ -621,6 +654,10 @@ class RelayPoolService(OrderedMultiService):
             self.gateway.setLimits(new.limits)
         if keys & {"name", "description"}:
             self.gateway.setInformation(new.name, new.description)
+        if keys & _POLICY_KEYS:
+            self.gateway.facade.setPolicy(new.eventPolicy())
+        if "admin-pubkeys" in keys:
+            self.gateway.management.admins = frozenset(new.adminPubkeys)
         changes = [
             f"{s.key} {_shownValue(_settingValue(old, s))} -> {_shownValue(_settingValue(new, s))}"
             for s in applied
@@ -730,6 +767,16 @@ class RelayPoolService(OrderedMultiService):
         return self._startupError(
             f"cannot listen on {self.config.listen}: {reason or failure.getErrorMessage()}"
         )
+
+
+_POLICY_KEYS = frozenset(
+    {"allow-pubkeys", "deny-pubkeys", "allow-kinds", "deny-kinds", "write-restricted"}
+)
+"""
+The keys of the settings that make the gateway's event policy
+(L{Config.eventPolicy}).
+"""
+
 RELOADABLE = frozenset(
     {
         "relays",
@@ -740,6 +787,8 @@ RELOADABLE = frozenset(
         "publish-timeout",
         "name",
         "description",
+        "admin-pubkeys",
+        *_POLICY_KEYS,
         *(setting.key for setting in SETTINGS if setting.isLimit()),
     }
 )
@@ -761,11 +810,11 @@ def _settingValue(config: Config, setting: Setting) -> object:
 
 def _shownValue(value: object) -> str:
     """
-    @return: C{value} for a log line: a list of relays as their URLs
-        separated by commas (C{[]} when empty).
+    @return: C{value} for a log line: a list (of relay URLs, pubkeys,
+        kinds) as its items separated by commas (C{[]} when empty).
     """
     if isinstance(value, tuple):
-        return "[" + ", ".join(value) + "]"
+        return "[" + ", ".join(str(item) for item in value) + "]"
     return str(value)
 
 

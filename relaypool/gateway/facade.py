@@ -22,6 +22,7 @@ from relaypool._reactor import defaultReactor
 from relaypool.errors import CountUnavailable, InvalidEvent, InvalidMessage
 from relaypool.gateway.auth import expectedRelayURL, makeChallenge, verifyAuthEvent
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits, TokenBucket
+from relaypool.gateway.policy import EventPolicy
 from relaypool.gateway.publishing import EventAcceptor
 from relaypool.gateway.registry import ConnectionRegistry, ConnId
 from relaypool.gateway.session import Replies, Session
@@ -65,6 +66,8 @@ class FacadeStats:
     @ivar notices: C{NOTICE} answers to malformed messages.
     @ivar deniedConnections: WebSocket handshakes refused (per-IP limit or
         shutdown).
+    @ivar eventsBlocked: events refused by the event policy (C{blocked:}
+        or C{restricted:}).
     """
 
     sharedSubscriptions: int
@@ -78,6 +81,7 @@ class FacadeStats:
     rateLimited: int
     notices: int
     deniedConnections: int
+    eventsBlocked: int
 
 
 class RelayFacade:
@@ -101,6 +105,7 @@ class RelayFacade:
         authRequired: bool = False,
         relayURL: str | None = None,
         reactor: IReactorTime | None = None,
+        policy: EventPolicy | None = None,
     ) -> None:
         """
         @param registry: the registry the connections are registered in.
@@ -118,6 +123,8 @@ class RelayFacade:
             L{None}, each connection's URL is derived from the C{Host} header
             it connected with (see L{expectedRelayURL}).
         @param reactor: an L{IReactorTime}; the global reactor if L{None}.
+        @param policy: the L{EventPolicy} (pubkey, event and kind lists,
+            write-restricted mode); L{None} for one that refuses nothing.
         @raise ValueError: for a policy that cannot work with the given
             pool and store.
         @raise InvalidRelayURL: if C{relayURL} is not a relay URL.
@@ -139,7 +146,21 @@ class RelayFacade:
         self._eventsPublished = 0
         self._eventsInvalid = 0
         self._rateLimited = 0
+        self._eventsBlocked = 0
         self.deniedConnections = 0
+        self.policy = EventPolicy()
+        self.setPolicy(EventPolicy() if policy is None else policy)
+
+    def setPolicy(self, policy: EventPolicy) -> None:
+        """
+        Replace the event policy at once, as a whole: the next C{EVENT} is
+        judged by it, and the events it hides are no longer delivered to any
+        subscription (events already sent stay sent).
+
+        @param policy: the new L{EventPolicy}.
+        """
+        self.policy = policy
+        self.subscriptions.policy = policy
 
     def setLimits(self, limits: GatewayLimits) -> None:
         """
@@ -311,6 +332,11 @@ class RelayFacade:
             self._eventsInvalid += 1
             self._replies.ok(session, event.id, False, refusal)
             return
+        refusal = self.policy.refusal(event)
+        if refusal is not None:
+            self._eventsBlocked += 1
+            self._replies.ok(session, event.id, False, refusal)
+            return
         self._acceptor.accept(session, event)
 
     def _invalidity(self, event: Event) -> str | None:
@@ -393,6 +419,7 @@ class RelayFacade:
             rateLimited=self._rateLimited,
             notices=replies.notices,
             deniedConnections=self.deniedConnections,
+            eventsBlocked=self._eventsBlocked,
         )
 
 

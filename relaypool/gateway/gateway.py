@@ -8,6 +8,7 @@ pages (NIP-11, C{/stats}, C{/metrics}) on one listening port.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -24,11 +25,14 @@ from relaypool._version import __version__
 from relaypool.gateway.facade import RelayFacade
 from relaypool.gateway.http import GatewayResource, makeSite
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
+from relaypool.gateway.management import ManagementAPI
+from relaypool.gateway.policy import EventPolicy
 from relaypool.gateway.prometheus import MetricFamily, render
 from relaypool.gateway.protocol import GatewayFactory
 from relaypool.gateway.registry import ConnectionRegistry
 from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
 from relaypool.nostr.nip11 import Limitation, RelayInformation
+from relaypool.nostr.nip98 import HTTP_AUTH_WINDOW
 
 _log = Logger()
 
@@ -73,7 +77,9 @@ class Gateway(service.MultiService):
 
     @ivar registry: the L{ConnectionRegistry} of downstream connections (a
         child service).
-    @ivar facade: the L{RelayFacade} handling their messages.
+    @ivar facade: the L{RelayFacade} handling their messages; its
+        C{setPolicy} replaces the event policy at once.
+    @ivar management: the L{ManagementAPI} answering NIP-86 calls.
     @ivar factory: the L{GatewayFactory} (WebSocket options, per-IP counts).
     @ivar port: the listening port once listening, else L{None}.
     """
@@ -93,6 +99,9 @@ class Gateway(service.MultiService):
         name: str = "relaypool",
         description: str = DEFAULT_DESCRIPTION,
         closeTimeout: float = 5.0,
+        policy: EventPolicy | None = None,
+        adminPubkeys: Iterable[str] = (),
+        adminAuthWindow: float = HTTP_AUTH_WINDOW,
     ) -> None:
         """
         @param reactor: a L{relaypool._reactor.TimeTCPReactor}; the global
@@ -118,6 +127,12 @@ class Gateway(service.MultiService):
         @param description: the NIP-11 description.
         @param closeTimeout: seconds connections get to finish their close
             handshake when the gateway stops, before they are aborted.
+        @param policy: the L{EventPolicy}; L{None} for one that refuses
+            nothing. Replace it later with C{facade.setPolicy}.
+        @param adminPubkeys: the pubkeys allowed to use the NIP-86
+            management API (C{POST /}); none turns it off.
+        @param adminAuthWindow: seconds a NIP-98 authorization event's
+            C{created_at} may be from the gateway's clock.
         @raise ValueError: for an C{okPolicy} that cannot work with the given
             pool and store.
         """
@@ -152,10 +167,16 @@ class Gateway(service.MultiService):
             authRequired,
             relayURL,
             reactor,
+            policy,
+        )
+        self.management = ManagementAPI(
+            self.facade, pool, store, adminPubkeys, quorum, adminAuthWindow, reactor
         )
         self.factory = GatewayFactory(self.registry, self.facade)
         self.site = makeSite(
-            GatewayResource(self.factory, self.information, self.stats, self.metrics),
+            GatewayResource(
+                self.factory, self.information, self.stats, self.metrics, self.management
+            ),
             reactor=reactor,
             limits=limits,
         )
@@ -191,6 +212,7 @@ class Gateway(service.MultiService):
             pool and store.
         """
         self.facade.setOkPolicy(okPolicy, quorum)
+        self.management.quorum = quorum
 
     def setInformation(self, name: str, description: str) -> None:
         """
@@ -202,11 +224,14 @@ class Gateway(service.MultiService):
     def supportedNIPs(self) -> tuple[int, ...]:
         """
         @return: the NIPs this gateway implements: NIP-09 deletions only
-            with a store (which applies them).
+            with a store (which applies them), NIP-86 and NIP-98 only with
+            admin pubkeys.
         """
         nips = [1, 11, 40, 42, 45]
         if self._store is not None:
             nips.append(9)
+        if self.management.admins:
+            nips += [86, 98]
         return tuple(sorted(nips))
 
     def information(self) -> dict[str, Any]:
@@ -249,6 +274,7 @@ class Gateway(service.MultiService):
         """
         super().startService()
         self._logAuthentication()
+        self._logManagement()
         self._startListening()
 
     def _startListening(self) -> None:
@@ -267,6 +293,15 @@ class Gateway(service.MultiService):
                 "NIP-42 AUTH required: AUTH events must name ws://<Host>/ (wss://<Host>/ over "
                 "TLS or with X-Forwarded-Proto: https) from the Host header each client "
                 "connects with; set --relay-url to name the public URL"
+            )
+
+    def _logManagement(self) -> None:
+        admins = len(self.management.admins)
+        if admins:
+            _log.info(
+                "NIP-86 management API on POST / for {admins} admin pubkeys; changes made "
+                "through it are not persisted (a restart or a reload goes back to the config)",
+                admins=admins,
             )
 
     def _listened(self, port: IListeningPort) -> IListeningPort:

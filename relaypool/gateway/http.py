@@ -1,7 +1,8 @@
 """
 The gateway's HTTP side, on the same port as its WebSocket endpoint: the
-NIP-11 relay information document, C{/stats} (JSON) and C{/metrics}
-(Prometheus text), and the bounds of request heads (HTTP 414 and 431).
+NIP-11 relay information document, the NIP-86 management API, C{/stats}
+(JSON) and C{/metrics} (Prometheus text), and the bounds of request heads
+and bodies (HTTP 414, 431, 411 and 413).
 """
 
 # twisted.web's Resource, Request and Site methods have no annotations.
@@ -23,6 +24,7 @@ from twisted.web.server import Request, Site
 
 from relaypool._reactor import defaultReactor
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
+from relaypool.gateway.management import RPC_CONTENT_TYPE, ManagementAPI
 from relaypool.gateway.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 REFUSAL_LINGER = 2.0
@@ -49,15 +51,36 @@ def _setCORSHeaders(request: Request) -> None:
 class _RootPage(Resource):
     """
     C{/}: hands WebSocket upgrades to Autobahn, answers the NIP-11 document
-    to C{Accept: application/nostr+json}, and a short text page otherwise.
+    to C{Accept: application/nostr+json}, and a short text page otherwise;
+    hands C{POST}s with C{Content-Type: application/nostr+json+rpc} to the
+    NIP-86 management API.
     """
 
     def __init__(
-        self, webSocketResource: WebSocketResource, information: Callable[[], dict[str, Any]]
+        self,
+        webSocketResource: WebSocketResource,
+        information: Callable[[], dict[str, Any]],
+        management: ManagementAPI | None = None,
     ) -> None:
         super().__init__()
         self._webSocketResource = webSocketResource
         self._information = information
+        self._management = management
+
+    def render_POST(self, request: Request) -> bytes | int:
+        """
+        Answer a NIP-86 call (see L{ManagementAPI.render}); HTTP 415 for
+        another content type, 404 without a management API.
+        """
+        contentType = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if contentType.lower() != RPC_CONTENT_TYPE:
+            request.setResponseCode(415)
+            return b"POST / is the NIP-86 management API: send Content-Type: application/nostr+json+rpc\n"
+        if self._management is None:
+            request.setResponseCode(404)
+            return b"this gateway has no NIP-86 management API\n"
+        return self._management.render(request)
 
     def render_GET(self, request: Request) -> bytes | int:
         upgrade = request.getHeader(b"upgrade")
@@ -124,6 +147,7 @@ class GatewayResource(Resource):
         information: Callable[[], dict[str, Any]],
         stats: Callable[[], dict[str, Any]],
         metrics: Callable[[], str],
+        management: ManagementAPI | None = None,
     ) -> None:
         """
         @param webSocketFactory: the
@@ -133,15 +157,18 @@ class GatewayResource(Resource):
         @param stats: returns the C{/stats} document, JSON-serializable.
         @param metrics: returns the C{/metrics} page, e.g. rendered by
             L{relaypool.gateway.prometheus.render}.
+        @param management: the NIP-86 API answering C{POST /}, or L{None}.
         """
         super().__init__()
-        self.putChild(b"", _RootPage(WebSocketResource(webSocketFactory), information))
+        self.putChild(b"", _RootPage(WebSocketResource(webSocketFactory), information, management))
         self.putChild(b"stats", _StatsPage(stats))
         self.putChild(b"metrics", _MetricsPage(metrics))
 
 
 _REFUSALS = {
     400: "Bad Request",
+    411: "Length Required",
+    413: "Content Too Large",
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
 }
@@ -182,6 +209,24 @@ class _GatewayChannel(http.HTTPChannel):
             self._refuseHeaders()
             return
         super().lineReceived(line)
+
+    def allHeadersReceived(self) -> None:
+        """
+        Refuse a request body over C{maxBodyBytes} (HTTP 413), or of unknown
+        length (chunked: HTTP 411), before reading it.
+        """
+        maxBody = self.factory.limits.maxBodyBytes
+        encoding = self.requests[-1].requestHeaders.getRawHeaders(b"transfer-encoding") or []
+        if any(b"chunked" in value.lower() for value in encoding):
+            self._refuse(411, "send the request body with a Content-Length")
+        elif self.length is not None and self.length > maxBody:
+            self._refuse(413, f"request body of {self.length} bytes is over {maxBody} bytes")
+        else:
+            super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if not self._refused:
+            super().allContentReceived()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._expectingRequestLine:

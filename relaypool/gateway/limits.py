@@ -67,6 +67,10 @@ class GatewayLimits:
         connection closed.
     @ivar maxHeaders: the most HTTP request headers; one more is answered
         with HTTP 431 and the connection closed.
+    @ivar maxBodyBytes: the largest HTTP request body (a NIP-86 call), in
+        bytes, by its C{Content-Length}; a larger one is answered with HTTP
+        413 and a body without a C{Content-Length} (chunked) with HTTP 411,
+        before the body is read, and the connection closed.
     """
 
     maxSubscriptions: int = 20
@@ -89,6 +93,7 @@ class GatewayLimits:
     maxRequestLine: int = 8192
     maxHeaderBytes: int = 16384
     maxHeaders: int = 100
+    maxBodyBytes: int = 65536
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 
 from relaypool.errors import PoolClosed
 from relaypool.gateway.limits import GatewayLimits
+from relaypool.gateway.policy import EventPolicy
 from relaypool.gateway.registry import ConnectionRegistry, ConnId
 from relaypool.gateway.session import Replies, Session
 from relaypool.interfaces import IEventStore, IRelayPool
@@ -135,6 +136,8 @@ class SharedSubscriptions:
 
     @ivar eventsDelivered: events delivered to shared subscriptions (once
         per subscription, whatever the number of recipients).
+    @ivar policy: the L{EventPolicy} whose hidden events (banned ids and
+        authors, disallowed kinds) are not delivered.
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class SharedSubscriptions:
         self._clock = clock
         self._shared: dict[bytes, _SharedSubscription] = {}
         self.eventsDelivered = 0
+        self.policy = EventPolicy()
 
     def open(self, session: Session, subscriptionId: str, filters: tuple[Filter, ...]) -> None:
         """
@@ -288,7 +292,7 @@ class SharedSubscriptions:
                     )
                 return
             event = (member.stored or member.arrived).popleft()
-            if not event.isExpired(self._clock.seconds()):
+            if not event.isExpired(self._clock.seconds()) and not self.policy.hides(event):
                 self._sendCatchingUp(member, event)
         if member.shared.eosed:
             self._goLive(member)
@@ -368,7 +372,11 @@ class SharedSubscriptions:
         Deliver an event to every member of a shared subscription: one frame
         per group to its room, and to each member catching up on its own.
         """
-        if event.isExpired(self._clock.seconds()) or not shared.markDelivered(event.id):
+        if (
+            event.isExpired(self._clock.seconds())
+            or self.policy.hides(event)
+            or not shared.markDelivered(event.id)
+        ):
             return
         self.eventsDelivered += 1
         tail = event.toJSON() + b"]"

@@ -503,6 +503,12 @@ class SQLiteEventStore:
         """
         return self._submit(self._reader, partial(_countEvents, tuple(filters), self._now()))
 
+    def delete(self, eventIds: Sequence[str]) -> Deferred[int]:
+        """
+        Remove the events with these ids; see L{IEventStore.delete}.
+        """
+        return self._submit(self._writer, partial(_deleteEvents, tuple(eventIds)))
+
     def close(self) -> Deferred[None]:
         """
         Finish the calls already made, close the database and end its
@@ -647,6 +653,13 @@ def _applyDeletion(connection: sqlite3.Connection, request: Event) -> None:
                 " AND created_at <= ?",
                 (pubkey, int(kind), address, request.createdAt),
             )
+
+
+def _deleteEvents(eventIds: tuple[str, ...], connection: sqlite3.Connection) -> int:
+    if not eventIds:
+        return 0
+    clause, params = _inClause("id", eventIds)
+    return connection.execute(f"DELETE FROM events WHERE {clause}", params).rowcount
 
 
 def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connection) -> bool:
