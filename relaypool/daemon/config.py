@@ -29,6 +29,7 @@ from typing import Any
 from relaypool.errors import ConfigError, InvalidRelayURL
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.publishing import OK_POLICIES as GATEWAY_OK_POLICIES
+from relaypool.gateway.status import DEFAULT_HISTORY, DEFAULT_SAMPLE_INTERVAL
 from relaypool.nostr.url import parseRelayURL
 
 __all__ = [
@@ -64,6 +65,9 @@ class Config:
     @ivar storeMaxBytes: the store's size bound in bytes; 0 means none.
     @ivar statusInterval: seconds between per-relay status log lines; 0
         turns them off.
+    @ivar statusPageInterval: seconds between two samples of the status
+        page's history.
+    @ivar statusPageHistory: samples the status page's history keeps.
     @ivar limits: the gateway's limits, one setting for each field of
         L{GatewayLimits}.
     """
@@ -89,6 +93,8 @@ class Config:
     outboxMaxEvents: int = 10_000
     limits: GatewayLimits = DEFAULT_LIMITS
     statusInterval: float = 60.0
+    statusPageInterval: float = DEFAULT_SAMPLE_INTERVAL
+    statusPageHistory: int = DEFAULT_HISTORY
     name: str = "relaypool"
     description: str = "a Nostr relay pool: one connection to many relays"
 
@@ -388,6 +394,18 @@ SETTINGS: tuple[Setting, ...] = (
         "statusInterval",
         "seconds between per-relay status log lines; 0: none",
         _SECONDS,
+    ),
+    Setting(
+        "status-page-interval",
+        "statusPageInterval",
+        "seconds between two samples of the status page's charts",
+        _POSITIVE_SECONDS,
+    ),
+    Setting(
+        "status-page-history",
+        "statusPageHistory",
+        "samples the status page's charts keep (the oldest is dropped)",
+        _number(int, 2, "an integer >= 2"),
     ),
     Setting("name", "name", "the gateway's NIP-11 name", _text),
     Setting("description", "description", "the gateway's NIP-11 description", _text),

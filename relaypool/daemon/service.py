@@ -457,6 +457,8 @@ class RelayPoolService(OrderedMultiService):
             relayURL=config.relayURL,
             name=config.name,
             description=config.description,
+            statusPageInterval=config.statusPageInterval,
+            statusPageHistory=config.statusPageHistory,
         )
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.gateway = gateway

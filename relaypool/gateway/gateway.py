@@ -27,6 +27,7 @@ from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.prometheus import MetricFamily, render
 from relaypool.gateway.protocol import GatewayFactory
 from relaypool.gateway.registry import ConnectionRegistry
+from relaypool.gateway.status import DEFAULT_HISTORY, DEFAULT_SAMPLE_INTERVAL, StatusBoard
 from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
 from relaypool.nostr.nip11 import Limitation, RelayInformation
 
@@ -75,6 +76,8 @@ class Gateway(service.MultiService):
         child service).
     @ivar facade: the L{RelayFacade} handling their messages.
     @ivar factory: the L{GatewayFactory} (WebSocket options, per-IP counts).
+    @ivar statusBoard: the L{StatusBoard} keeping the status page's history
+        (a child service).
     @ivar port: the listening port once listening, else L{None}.
     """
 
@@ -93,6 +96,8 @@ class Gateway(service.MultiService):
         name: str = "relaypool",
         description: str = DEFAULT_DESCRIPTION,
         closeTimeout: float = 5.0,
+        statusPageInterval: float = DEFAULT_SAMPLE_INTERVAL,
+        statusPageHistory: int = DEFAULT_HISTORY,
     ) -> None:
         """
         @param reactor: the reactor; the global one if L{None}.
@@ -115,8 +120,11 @@ class Gateway(service.MultiService):
         @param description: the NIP-11 description.
         @param closeTimeout: seconds connections get to finish their close
             handshake when the gateway stops, before they are aborted.
+        @param statusPageInterval: seconds between two samples of the status
+            page's history.
+        @param statusPageHistory: samples the status page's history keeps.
         @raise ValueError: for an C{okPolicy} that cannot work with the given
-            pool and store.
+            pool and store, or a status page history that cannot work.
         """
         super().__init__()
         reactor = defaultReactor(reactor)
@@ -151,8 +159,14 @@ class Gateway(service.MultiService):
             reactor,
         )
         self.factory = GatewayFactory(self.registry, self.facade)
+        self.statusBoard = StatusBoard(
+            self.stats, store, statusPageInterval, statusPageHistory, reactor
+        )
+        self.statusBoard.setServiceParent(self)
         self.site = makeSite(
-            GatewayResource(self.factory, self.information, self.stats, self.metrics),
+            GatewayResource(
+                self.factory, self.information, self.stats, self.metrics, self.statusBoard.status
+            ),
             reactor=reactor,
             limits=limits,
         )

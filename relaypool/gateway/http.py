@@ -23,6 +23,7 @@ from twisted.web.server import Request, Site
 
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from relaypool.gateway.status import StatusFiles, renderStatusPage, wantsStatusPage
 
 REFUSAL_LINGER = 2.0
 """
@@ -48,15 +49,20 @@ def _setCORSHeaders(request: Request) -> None:
 class _RootPage(Resource):
     """
     C{/}: hands WebSocket upgrades to Autobahn, answers the NIP-11 document
-    to C{Accept: application/nostr+json}, and a short text page otherwise.
+    to C{Accept: application/nostr+json}, the status page (if there is one)
+    to C{Accept: text/html}, and a short text page otherwise.
     """
 
     def __init__(
-        self, webSocketResource: WebSocketResource, information: Callable[[], dict[str, Any]]
+        self,
+        webSocketResource: WebSocketResource,
+        information: Callable[[], dict[str, Any]],
+        statusPage: bool = False,
     ) -> None:
         super().__init__()
         self._webSocketResource = webSocketResource
         self._information = information
+        self._statusPage = statusPage
 
     def render_GET(self, request: Request) -> bytes | int:
         upgrade = request.getHeader(b"upgrade")
@@ -69,6 +75,8 @@ class _RootPage(Resource):
             _setCORSHeaders(request)
             request.setHeader(b"content-type", b"application/nostr+json")
             return orjson.dumps(self._information())
+        if self._statusPage and wantsStatusPage(request):
+            return renderStatusPage(request)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return _PLAIN_PAGE
 
@@ -113,8 +121,10 @@ class _MetricsPage(Resource):
 
 class GatewayResource(Resource):
     """
-    The gateway's root resource: C{/} (WebSocket and NIP-11), C{/stats} and
-    C{/metrics}; every other path is a 404.
+    The gateway's root resource: C{/} (WebSocket, NIP-11 and the status
+    page), C{/stats}, C{/metrics}, and with a status board C{/status.json}
+    and C{/status/} (the page's script and style sheet); every other path is
+    a 404.
     """
 
     def __init__(
@@ -123,6 +133,7 @@ class GatewayResource(Resource):
         information: Callable[[], dict[str, Any]],
         stats: Callable[[], dict[str, Any]],
         metrics: Callable[[], str],
+        status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """
         @param webSocketFactory: the
@@ -132,11 +143,18 @@ class GatewayResource(Resource):
         @param stats: returns the C{/stats} document, JSON-serializable.
         @param metrics: returns the C{/metrics} page, e.g. rendered by
             L{relaypool.gateway.prometheus.render}.
+        @param status: returns the C{/status.json} document, e.g.
+            L{relaypool.gateway.status.StatusBoard.status}; L{None} for no
+            status page.
         """
         super().__init__()
-        self.putChild(b"", _RootPage(WebSocketResource(webSocketFactory), information))
+        root = _RootPage(WebSocketResource(webSocketFactory), information, status is not None)
+        self.putChild(b"", root)
         self.putChild(b"stats", _StatsPage(stats))
         self.putChild(b"metrics", _MetricsPage(metrics))
+        if status is not None:
+            self.putChild(b"status.json", _StatsPage(status))
+            self.putChild(b"status", StatusFiles())
 
 
 _REFUSALS = {
