@@ -266,6 +266,20 @@ class ValidationTests(SynchronousTestCase):
         self.assertEqual(buildConfig(overrides={"status-interval": "0"}).statusInterval, 0.0)
         self.assertInvalid("status-interval", "-1", 'must be a number of seconds >= 0, got "-1"')
 
+    def test_statusPageBounds(self) -> None:
+        """
+        The status page samples every positive number of seconds and keeps
+        at least 2 samples (one rate); less is refused with the bound.
+        """
+        config = buildConfig(
+            overrides={"status-page-interval": "0.5", "status-page-history": "2"}
+        )
+        self.assertEqual((config.statusPageInterval, config.statusPageHistory), (0.5, 2))
+        self.assertInvalid(
+            "status-page-interval", "0", 'must be a number of seconds >= 0.001, got "0"'
+        )
+        self.assertInvalid("status-page-history", "1", 'must be an integer >= 2, got "1"')
+
     def test_boolean(self) -> None:
         """
         A flag that is not a boolean.

@@ -45,6 +45,7 @@ from relaypool.errors import ConfigError, InvalidRelayURL
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.policy import EventPolicy
 from relaypool.gateway.publishing import OK_POLICIES as GATEWAY_OK_POLICIES
+from relaypool.gateway.status import DEFAULT_HISTORY, DEFAULT_SAMPLE_INTERVAL
 from relaypool.nostr.url import parseRelayURL
 
 __all__ = [
@@ -84,6 +85,9 @@ class Config:
     @ivar storeMaxBytes: the store's size bound in bytes; 0 means none.
     @ivar statusInterval: seconds between per-relay status log lines; 0
         turns them off.
+    @ivar statusPageInterval: seconds between two samples of the status
+        page's history.
+    @ivar statusPageHistory: samples the status page's history keeps.
     @ivar limits: the gateway's limits, one setting for each field of
         L{GatewayLimits}.
     @ivar allowPubkeys: the authors who may publish under
@@ -119,6 +123,8 @@ class Config:
     outboxMaxEvents: int = 10_000
     limits: GatewayLimits = DEFAULT_LIMITS
     statusInterval: float = 60.0
+    statusPageInterval: float = DEFAULT_SAMPLE_INTERVAL
+    statusPageHistory: int = DEFAULT_HISTORY
     name: str = "relaypool"
     description: str = "a Nostr relay pool: one connection to many relays"
     allowPubkeys: tuple[str, ...] = ()
@@ -502,6 +508,18 @@ SETTINGS: tuple[Setting, ...] = (
         "maxBodyBytes",
         "bytes in an HTTP request body (NIP-86 calls; more: HTTP 413)",
         _POSITIVE_INT,
+    ),
+    Setting(
+        "status-page-interval",
+        "statusPageInterval",
+        "seconds between two samples of the status page's charts",
+        _POSITIVE_SECONDS,
+    ),
+    Setting(
+        "status-page-history",
+        "statusPageHistory",
+        "samples the status page's charts keep (the oldest is dropped)",
+        _number(int, 2, "an integer >= 2"),
     ),
     Setting("name", "name", "the gateway's NIP-11 name", _text),
     Setting("description", "description", "the gateway's NIP-11 description", _text),

@@ -523,6 +523,8 @@ class RelayPoolService(OrderedMultiService):
             policy=config.eventPolicy(),
             adminPubkeys=config.adminPubkeys,
             adminAuthWindow=config.adminAuthWindow,
+            statusPageInterval=config.statusPageInterval,
+            statusPageHistory=config.statusPageHistory,
         )
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.gateway = gateway

@@ -30,6 +30,7 @@ from relaypool.gateway.policy import EventPolicy
 from relaypool.gateway.prometheus import MetricFamily, render
 from relaypool.gateway.protocol import GatewayFactory
 from relaypool.gateway.registry import ConnectionRegistry
+from relaypool.gateway.status import DEFAULT_HISTORY, DEFAULT_SAMPLE_INTERVAL, StatusBoard
 from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
 from relaypool.nostr.nip11 import Limitation, RelayInformation
 from relaypool.nostr.nip98 import HTTP_AUTH_WINDOW
@@ -81,6 +82,8 @@ class Gateway(service.MultiService):
         C{setPolicy} replaces the event policy at once.
     @ivar management: the L{ManagementAPI} answering NIP-86 calls.
     @ivar factory: the L{GatewayFactory} (WebSocket options, per-IP counts).
+    @ivar statusBoard: the L{StatusBoard} keeping the status page's history
+        (a child service).
     @ivar port: the listening port once listening, else L{None}.
     """
 
@@ -102,6 +105,8 @@ class Gateway(service.MultiService):
         policy: EventPolicy | None = None,
         adminPubkeys: Iterable[str] = (),
         adminAuthWindow: float = HTTP_AUTH_WINDOW,
+        statusPageInterval: float = DEFAULT_SAMPLE_INTERVAL,
+        statusPageHistory: int = DEFAULT_HISTORY,
     ) -> None:
         """
         @param reactor: a L{relaypool._reactor.TimeTCPReactor}; the global
@@ -133,8 +138,11 @@ class Gateway(service.MultiService):
             management API (C{POST /}); none turns it off.
         @param adminAuthWindow: seconds a NIP-98 authorization event's
             C{created_at} may be from the gateway's clock.
+        @param statusPageInterval: seconds between two samples of the status
+            page's history.
+        @param statusPageHistory: samples the status page's history keeps.
         @raise ValueError: for an C{okPolicy} that cannot work with the given
-            pool and store.
+            pool and store, or a status page history that cannot work.
         """
         super().__init__()
         reactor = defaultReactor(reactor)
@@ -173,9 +181,18 @@ class Gateway(service.MultiService):
             self.facade, pool, store, adminPubkeys, quorum, adminAuthWindow, reactor
         )
         self.factory = GatewayFactory(self.registry, self.facade)
+        self.statusBoard = StatusBoard(
+            self.stats, store, statusPageInterval, statusPageHistory, reactor
+        )
+        self.statusBoard.setServiceParent(self)
         self.site = makeSite(
             GatewayResource(
-                self.factory, self.information, self.stats, self.metrics, self.management
+                self.factory,
+                self.information,
+                self.stats,
+                self.metrics,
+                management=self.management,
+                status=self.statusBoard.status,
             ),
             reactor=reactor,
             limits=limits,

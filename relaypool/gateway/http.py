@@ -26,6 +26,7 @@ from relaypool._reactor import defaultReactor
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.management import RPC_CONTENT_TYPE, ManagementAPI
 from relaypool.gateway.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from relaypool.gateway.status import StatusFiles, renderStatusPage, wantsStatusPage
 
 REFUSAL_LINGER = 2.0
 """
@@ -51,9 +52,10 @@ def _setCORSHeaders(request: Request) -> None:
 class _RootPage(Resource):
     """
     C{/}: hands WebSocket upgrades to Autobahn, answers the NIP-11 document
-    to C{Accept: application/nostr+json}, and a short text page otherwise;
-    hands C{POST}s with C{Content-Type: application/nostr+json+rpc} to the
-    NIP-86 management API.
+    to C{Accept: application/nostr+json}, the status page (if there is one)
+    to C{Accept: text/html}, and a short text page otherwise; hands C{POST}s
+    with C{Content-Type: application/nostr+json+rpc} to the NIP-86
+    management API.
     """
 
     def __init__(
@@ -61,10 +63,12 @@ class _RootPage(Resource):
         webSocketResource: WebSocketResource,
         information: Callable[[], dict[str, Any]],
         management: ManagementAPI | None = None,
+        statusPage: bool = False,
     ) -> None:
         super().__init__()
         self._webSocketResource = webSocketResource
         self._information = information
+        self._statusPage = statusPage
         self._management = management
 
     def render_POST(self, request: Request) -> bytes | int:
@@ -93,6 +97,8 @@ class _RootPage(Resource):
             _setCORSHeaders(request)
             request.setHeader(b"content-type", b"application/nostr+json")
             return orjson.dumps(self._information())
+        if self._statusPage and wantsStatusPage(request):
+            return renderStatusPage(request)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return _PLAIN_PAGE
 
@@ -137,8 +143,10 @@ class _MetricsPage(Resource):
 
 class GatewayResource(Resource):
     """
-    The gateway's root resource: C{/} (WebSocket and NIP-11), C{/stats} and
-    C{/metrics}; every other path is a 404.
+    The gateway's root resource: C{/} (WebSocket, NIP-11 and the status
+    page), C{/stats}, C{/metrics}, and with a status board C{/status.json}
+    and C{/status/} (the page's script and style sheet); every other path is
+    a 404.
     """
 
     def __init__(
@@ -148,6 +156,7 @@ class GatewayResource(Resource):
         stats: Callable[[], dict[str, Any]],
         metrics: Callable[[], str],
         management: ManagementAPI | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """
         @param webSocketFactory: the
@@ -158,11 +167,20 @@ class GatewayResource(Resource):
         @param metrics: returns the C{/metrics} page, e.g. rendered by
             L{relaypool.gateway.prometheus.render}.
         @param management: the NIP-86 API answering C{POST /}, or L{None}.
+        @param status: returns the C{/status.json} document, e.g.
+            L{relaypool.gateway.status.StatusBoard.status}; L{None} for no
+            status page.
         """
         super().__init__()
-        self.putChild(b"", _RootPage(WebSocketResource(webSocketFactory), information, management))
+        root = _RootPage(
+            WebSocketResource(webSocketFactory), information, management, status is not None
+        )
+        self.putChild(b"", root)
         self.putChild(b"stats", _StatsPage(stats))
         self.putChild(b"metrics", _MetricsPage(metrics))
+        if status is not None:
+            self.putChild(b"status.json", _StatsPage(status))
+            self.putChild(b"status", StatusFiles())
 
 
 _REFUSALS = {

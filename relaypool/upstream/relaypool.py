@@ -696,6 +696,8 @@ class RelayPool(service.Service):
             outboundQueued=relay.outboundQueued(),
             outboundDropped=c.outboundDropped,
             waitingSubscriptions=relay.waitingSubscriptions(),
+            connections=len(relay.openConnections()),
+            name=None if relay.information is None else relay.information.name,
         )
 
     def totals(self) -> PoolTotals:

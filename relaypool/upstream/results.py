@@ -88,6 +88,9 @@ class CountResult:
 class RelayStats:
     """
     One relay's figures, as L{RelayPool.stats} reports them.
+
+    @ivar connections: the relay's open connections.
+    @ivar name: the name in the relay's NIP-11 document, if it gave one.
     """
 
     url: str
@@ -104,6 +107,8 @@ class RelayStats:
     outboundQueued: int
     outboundDropped: int
     waitingSubscriptions: int
+    connections: int = 0
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
