@@ -131,6 +131,15 @@ class IEventStore(Interface):
             matching any of C{filters}.
         """
 
+    def writeProblem():  # type: ignore[no-untyped-def]
+        """
+        Whether the store can write now, cheaply enough to be asked every
+        second (no query).
+
+        @return: why it cannot (one line a person can act on), or L{None}
+            if it can.
+        """
+
     def close():  # type: ignore[no-untyped-def]
         """
         Finish pending writes and close the database.
@@ -234,6 +243,11 @@ class IRelayPool(Interface):
     def relayURLs() -> Any:
         """
         @return: the URL of every relay in the pool.
+        """
+
+    def activeRelayURLs() -> Any:
+        """
+        @return: the URL of every relay with an open connection.
         """
 
     def stats() -> Any:

@@ -407,13 +407,15 @@ class RelayPoolService(OrderedMultiService):
 
     def _build(self) -> None:
         from relaypool.gateway.gateway import Gateway
+        from relaypool.gateway.metrics import GatewayMetrics
         from relaypool.store.outbox import OutboxPublisher
         from relaypool.transport.names import DNSNameService
         from relaypool.upstream.relaypool import RelayPool
 
         reactor = defaultReactor(self._reactor)
         config = self.config
-        store = self._openStore(reactor)
+        metrics = GatewayMetrics()
+        store = self._openStore(reactor, metrics.observeStore)
         _StoreCloser(store).setServiceParent(self)  # type: ignore[no-untyped-call]
         self.store = store
         if config.relays:
@@ -432,6 +434,7 @@ class RelayPoolService(OrderedMultiService):
                 publishTimeout=config.publishTimeout,
                 store=store,
                 onStateChange=ConnectionStateLogger(reactor),
+                onLatency=metrics.observeRelay,
             )
             for url in config.relays:
                 pool.addRelay(url)
@@ -457,6 +460,7 @@ class RelayPoolService(OrderedMultiService):
             relayURL=config.relayURL,
             name=config.name,
             description=config.description,
+            metrics=metrics,
         )
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.gateway = gateway
@@ -493,7 +497,9 @@ class RelayPoolService(OrderedMultiService):
         super().startService()  # type: ignore[no-untyped-call]
         self._watchListening()
 
-    def _openStore(self, reactor: Any) -> SQLiteEventStore:
+    def _openStore(
+        self, reactor: Any, onLatency: Callable[[str, float], None]
+    ) -> SQLiteEventStore:
         from relaypool.store.sqlite import SQLiteEventStore
 
         config = self.config
@@ -504,6 +510,7 @@ class RelayPoolService(OrderedMultiService):
                 maxEvents=config.storeMaxEvents or None,
                 maxBytes=config.storeMaxBytes or None,
                 maxOutbox=config.outboxMaxEvents,
+                onLatency=onLatency,
             )
         except StoreError as e:
             cause = e.__cause__
