@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -1353,6 +1354,30 @@ class HTTPTests(GatewayTestCase):
         ]
         self.assertEqual(
             [key for key in observed if (page.get(key) or 0) <= 0], [], "nothing observed"
+        )
+
+    @inlineCallbacks
+    def test_metricsDocumented(self) -> Any:
+        """
+        Every metric family of a gateway with relays, a store and an outbox
+        is named in the README's metrics tables.
+        """
+        fakes = yield self.startRelays(1)
+        pool = yield self.startPool(fakes)
+        store = self.openStore()
+        gateway = yield self.startGateway(
+            pool, store=store, outbox=OutboxPublisher(reactor, pool, store)
+        )
+        _, body = yield self.get(gateway, "/metrics")
+        names = {
+            line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE ")
+        }
+        readme = (Path(__file__).parent.parent / "README.md").read_text()
+        section = readme[readme.index("### Health and metrics") : readme.index("### The status")]
+        self.assertIn("nostr_client_messages_total", names)
+        self.assertEqual(
+            {name for name in names if f"`{name.removesuffix('_created')}`" not in section},
+            set(),
         )
 
     @inlineCallbacks
