@@ -230,13 +230,6 @@ class UnknownConnection(RelayPoolError, KeyError):
         return Exception.__str__(self)
 
 
-class InvalidMetric(RelayPoolError, ValueError):
-    """
-    A metric family's name, type or label names are not valid in the
-    Prometheus text exposition format.
-    """
-
-
 __all__ = [
     "AcquireTimeout",
     "ConfigError",
@@ -248,7 +241,6 @@ __all__ = [
     "InvalidHTTPAuth",
     "InvalidKey",
     "InvalidMessage",
-    "InvalidMetric",
     "InvalidName",
     "InvalidRelayInformation",
     "InvalidRelayURL",

@@ -140,6 +140,15 @@ class IEventStore(Interface):
         @return: Deferred firing with how many were removed.
         """
 
+    def writeProblem():  # type: ignore[no-untyped-def]
+        """
+        Whether the store can write now, cheaply enough to be asked every
+        second (no query).
+
+        @return: why it cannot (one line a person can act on), or L{None}
+            if it can.
+        """
+
     def close():  # type: ignore[no-untyped-def]
         """
         Finish pending writes and close the database.
@@ -259,6 +268,11 @@ class IRelayPool(Interface):
 
         @return: a Deferred firing with C{True} once they closed, C{False}
             if the URL is not in the pool.
+        """
+
+    def activeRelayURLs() -> Any:
+        """
+        @return: the URL of every relay with an open connection.
         """
 
     def stats() -> Any:

@@ -1,13 +1,18 @@
 """
-Tests for L{relaypool.gateway.http} and L{relaypool.gateway.prometheus}.
+Tests for L{relaypool.gateway.http} and L{relaypool.gateway.metrics}.
 """
 
 from __future__ import annotations
 
+import threading
+from queue import SimpleQueue
 from typing import Any
 
 import orjson
 from autobahn.websocket.protocol import WebSocketProtocol
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -18,11 +23,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from relaypool.errors import InvalidMetric
 from relaypool.gateway.gateway import Gateway
 from relaypool.gateway.http import GatewayResource, makeSite
 from relaypool.gateway.limits import GatewayLimits
-from relaypool.gateway.prometheus import MetricFamily, render
+from relaypool.gateway.metrics import LATENCY_BUCKETS, GatewayMetrics
 from relaypool.gateway.registry import ConnectionRegistry
 from relaypool.transport.names import StaticNameService
 from relaypool.upstream.relaypool import RelayPool
@@ -34,7 +38,22 @@ INFORMATION = {
     "limitation": {"max_subscriptions": 20},
 }
 STATS = {"connections": 3, "relays": [{"url": "wss://a", "state": "open"}]}
-METRICS = "# HELP relaypool_connections Open connections.\n# TYPE relaypool_connections gauge\nrelaypool_connections 3\n"
+HEALTH = {"status": "ok", "uptime": 1.5, "version": "0"}
+
+
+def connectionsGauge() -> list[GaugeMetricFamily]:
+    return [GaugeMetricFamily("relaypool_connections", "Open connections.", value=3)]
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """
+    @return: every sample of a metrics page, by name and sorted labels.
+    """
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 class GatewayResourceTests(TestCase):
@@ -44,12 +63,17 @@ class GatewayResourceTests(TestCase):
 
     def setUp(self) -> None:
         self.registry = ConnectionRegistry(closeTimeout=0.5)
+        metrics = GatewayMetrics(processMetrics=False)
+        metrics.addCollector(reactor, connectionsGauge)
+        self.readiness: tuple[int, dict[str, Any]] = (200, {"status": "ready", "reasons": []})
         self.site = makeSite(
             GatewayResource(
                 makeWebSocketFactory(self.registry),
                 lambda: INFORMATION,
                 lambda: STATS,
-                lambda: METRICS,
+                metrics.resource(),
+                liveness=lambda: (200, HEALTH),
+                readiness=lambda: self.readiness,
             )
         )
         self.portNumber = listen(self, self.site)
@@ -143,17 +167,52 @@ class GatewayResourceTests(TestCase):
 
     async def test_metrics(self) -> None:
         """
-        C{GET /metrics} returns the metrics page in the Prometheus text format.
+        C{GET /metrics} returns the metrics page in the Prometheus text
+        format, with the families of the collectors, computed at the scrape.
         """
         response, body = await self.request(b"/metrics")
         self.assertEqual(
-            (response.code, self.header(response, b"content-type"), body.decode()),
-            (200, b"text/plain; version=0.0.4; charset=utf-8", METRICS),
+            (response.code, self.header(response, b"content-type")),
+            (200, b"text/plain; version=0.0.4; charset=utf-8"),
+        )
+        self.assertEqual(samples(body.decode())[("relaypool_connections", ())], 3)
+
+    async def test_healthz(self) -> None:
+        """
+        C{GET /healthz} answers the liveness check's code and JSON document,
+        not to be cached.
+        """
+        response, body = await self.request(b"/healthz")
+        self.assertEqual(
+            (
+                response.code,
+                self.header(response, b"content-type"),
+                self.header(response, b"cache-control"),
+                orjson.loads(body),
+            ),
+            (200, b"application/json", b"no-store", HEALTH),
+        )
+
+    async def test_readyz(self) -> None:
+        """
+        C{GET /readyz} answers the readiness check's code and document at
+        each request: 200 when ready, 503 with the reasons when not.
+        """
+        ready = await self.request(b"/readyz")
+        self.readiness = (503, {"status": "not ready", "reasons": ["the store is closed"]})
+        notReady = await self.request(b"/readyz")
+        self.assertEqual(
+            [(response.code, orjson.loads(body)) for response, body in (ready, notReady)],
+            [
+                (200, {"status": "ready", "reasons": []}),
+                (503, {"status": "not ready", "reasons": ["the store is closed"]}),
+            ],
         )
 
     async def test_unknownPath(self) -> None:
         """
-        Paths other than C{/}, C{/stats} and C{/metrics} are 404.
+        Paths other than C{/}, C{/stats}, C{/metrics}, C{/healthz} and
+        C{/readyz} are 404.
         """
         codes = [(await self.request(path))[0].code for path in (b"/nope", b"/stats/more")]
         self.assertEqual(codes, [404, 404])
@@ -173,83 +232,133 @@ class GatewayResourceTests(TestCase):
         self.assertFalse(self.site.displayTracebacks)
 
 
-class PrometheusTests(SynchronousTestCase):
+class GatewayMetricsTests(SynchronousTestCase):
     """
-    L{render} and L{MetricFamily}.
+    L{GatewayMetrics}: a registry of its own, histograms fed by observers,
+    process metrics.
     """
 
-    def test_render(self) -> None:
+    def page(self, metrics: GatewayMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return samples(generate_latest(metrics.registry).decode())
+
+    def test_histograms(self) -> None:
         """
-        Each family renders as a HELP line, a TYPE line and one line per
-        sample, with labels in braces.
+        Each observer feeds its histogram by kind: the gateway's REQ to EOSE
+        and fan-out, each relay's EOSE, OK and COUNT (labelled by relay),
+        the store's writes and queries; with the documented buckets.
         """
-        families = [
-            MetricFamily("relaypool_events_total", "counter", "Events received.", [({}, 7)]),
-            MetricFamily(
-                "relaypool_relay_up",
-                "gauge",
-                "Relay state.",
-                [
-                    ({"url": "wss://a", "state": "open"}, 1),
-                    ({"url": "wss://b", "state": "closed"}, 0),
-                ],
-            ),
-        ]
+        metrics = GatewayMetrics(processMetrics=False)
+        metrics.observeGateway("eose", 0.003)
+        metrics.observeGateway("fanout", 0.0004)
+        metrics.observeRelay("eose", "ws://a/", 0.2)
+        metrics.observeRelay("ok", "ws://a/", 0.04)
+        metrics.observeRelay("count", "ws://b/", 7.0)
+        metrics.observeStore("write", 0.02)
+        metrics.observeStore("query", 0.6)
+        page = self.page(metrics)
         self.assertEqual(
-            render(families),
-            "# HELP relaypool_events_total Events received.\n"
-            "# TYPE relaypool_events_total counter\n"
-            "relaypool_events_total 7\n"
-            "# HELP relaypool_relay_up Relay state.\n"
-            "# TYPE relaypool_relay_up gauge\n"
-            'relaypool_relay_up{url="wss://a",state="open"} 1\n'
-            'relaypool_relay_up{url="wss://b",state="closed"} 0\n',
+            [
+                page[("relaypool_gateway_req_eose_seconds_bucket", (("le", "0.0025"),))],
+                page[("relaypool_gateway_req_eose_seconds_bucket", (("le", "0.005"),))],
+                page[("relaypool_gateway_fanout_seconds_count", ())],
+                page[("relaypool_relay_eose_seconds_sum", (("relay", "ws://a/"),))],
+                page[("relaypool_relay_ok_seconds_count", (("relay", "ws://a/"),))],
+                page[("relaypool_relay_count_seconds_bucket", (("le", "5.0"), ("relay", "ws://b/")))],
+                page[("relaypool_relay_count_seconds_bucket", (("le", "10.0"), ("relay", "ws://b/")))],
+                page[("relaypool_store_write_seconds_count", ())],
+                page[("relaypool_store_query_seconds_sum", ())],
+            ],
+            [0, 1, 1, 0.2, 1, 0, 1, 1, 0.6],
+        )
+        buckets = sorted(
+            float(dict(labels)["le"])
+            for name, labels in page
+            if name == "relaypool_store_write_seconds_bucket"
+        )
+        self.assertEqual(buckets, [*LATENCY_BUCKETS, float("inf")])
+
+    def test_unknownKind(self) -> None:
+        """
+        An observation of a kind no histogram has is ignored.
+        """
+        metrics = GatewayMetrics(processMetrics=False)
+        before = self.page(metrics)
+        metrics.observeGateway("nope", 1.0)
+        metrics.observeRelay("nope", "ws://a/", 1.0)
+        metrics.observeStore("nope", 1.0)
+        self.assertEqual(self.page(metrics), before)
+
+    def test_keepRelays(self) -> None:
+        """
+        L{GatewayMetrics.keepRelays} drops the histograms of the relays it
+        is not given.
+        """
+        metrics = GatewayMetrics(processMetrics=False)
+        metrics.observeRelay("ok", "ws://a/", 0.1)
+        metrics.observeRelay("eose", "ws://b/", 0.1)
+        metrics.keepRelays(["ws://b/"])
+        relays = {dict(labels).get("relay") for name, labels in self.page(metrics)}
+        self.assertEqual(relays - {None}, {"ws://b/"})
+
+    def test_separateRegistries(self) -> None:
+        """
+        Two L{GatewayMetrics} do not share observations, nor use the
+        library's global registry.
+        """
+        first, second = GatewayMetrics(), GatewayMetrics()
+        first.observeStore("write", 0.1)
+        self.assertEqual(
+            (
+                self.page(first)[("relaypool_store_write_seconds_count", ())],
+                self.page(second)[("relaypool_store_write_seconds_count", ())],
+            ),
+            (1, 0),
+        )
+        from prometheus_client import REGISTRY
+
+        self.assertNotIn(
+            "relaypool_store_write_seconds", {m.name for m in REGISTRY.collect()}
         )
 
-    def test_labelValueEscaping(self) -> None:
+    def test_processMetrics(self) -> None:
         """
-        Backslashes, double quotes and newlines in label values are escaped.
+        The process's metrics (C{process_*}) and C{python_info} are shown,
+        unless turned off.
         """
-        family = MetricFamily("m", "gauge", "h", [({"l": 'a\\b"c\nd'}, 1)])
-        self.assertIn('m{l="a\\\\b\\"c\\nd"} 1\n', render([family]))
+        names = {name for name, _ in self.page(GatewayMetrics())}
+        withoutNames = {name for name, _ in self.page(GatewayMetrics(processMetrics=False))}
+        self.assertTrue(
+            {"process_cpu_seconds_total", "process_open_fds", "python_info"} <= names, names
+        )
+        self.assertEqual({n for n in withoutNames if n.startswith(("process_", "python_"))}, set())
 
-    def test_helpEscaping(self) -> None:
+    def test_collectorInReactorThread(self) -> None:
         """
-        Backslashes and newlines in HELP text are escaped; quotes are not.
+        A collector's families are computed in the reactor thread when
+        another thread scrapes (the reactor's thread pool serves
+        C{/metrics}): the scrape waits for the reactor to run it.
         """
-        family = MetricFamily("m", "gauge", 'a\\b\n"c"', [])
-        self.assertEqual(render([family]).splitlines()[0], '# HELP m a\\\\b\\n"c"')
+        waiting: SimpleQueue[Any] = SimpleQueue()
+        metrics = GatewayMetrics(processMetrics=False)
 
-    def test_values(self) -> None:
-        """
-        Integral values render without a fraction, others as floats, and the
-        special values as NaN, +Inf and -Inf.
-        """
-        values = [3, 2.5, 1e20, float("nan"), float("inf"), float("-inf")]
-        family = MetricFamily("m", "gauge", "h", [({"i": str(i)}, v) for i, v in enumerate(values)])
-        rendered = [line.rsplit(" ", 1)[1] for line in render([family]).splitlines()[2:]]
-        self.assertEqual(rendered, ["3", "2.5", "1e+20", "NaN", "+Inf", "-Inf"])
+        class Reactor:
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                waiting.put(lambda: f(*args))
 
-    def test_invalidName(self) -> None:
-        """
-        A metric name outside the Prometheus grammar raises L{InvalidMetric}.
-        """
-        self.assertRaises(InvalidMetric, MetricFamily, "relay-pool", "gauge", "h", [])
+        threads: list[int] = []
 
-    def test_invalidType(self) -> None:
-        """
-        A metric type other than counter or gauge raises L{InvalidMetric}.
-        """
-        self.assertRaises(InvalidMetric, MetricFamily, "m", "histogram", "h", [])  # type: ignore[arg-type]
+        def families() -> list[GaugeMetricFamily]:
+            threads.append(threading.get_ident())
+            return connectionsGauge()
 
-    def test_invalidLabelName(self) -> None:
-        """
-        A label name outside the grammar, or reserved (C{__} prefix), raises
-        L{InvalidMetric}.
-        """
-        for label in ("a-b", "__name__"):
-            self.assertRaises(InvalidMetric, MetricFamily, "m", "gauge", "h", [({label: "v"}, 1)])
-
+        metrics.addCollector(Reactor(), families)
+        pages: list[bytes] = []
+        scraper = threading.Thread(target=lambda: pages.append(generate_latest(metrics.registry)))
+        scraper.start()
+        waiting.get(timeout=30)()
+        scraper.join()
+        self.assertEqual(threads, [threading.get_ident()])
+        self.assertIn(b"relaypool_connections 3.0", pages[0])
 
 class _RawClient(Protocol):
     """

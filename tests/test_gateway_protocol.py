@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 import treq
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
@@ -23,6 +25,7 @@ from relaypool import __version__
 from relaypool.gateway.facade import RelayFacade
 from relaypool.gateway.gateway import Gateway
 from relaypool.gateway.limits import GatewayLimits
+from relaypool.gateway.metrics import GatewayMetrics
 from relaypool.gateway.publishing import RETRYING
 from relaypool.gateway.subscriptions import RECENT_IDS
 from relaypool.nostr.event import Event, generatePrivateKey
@@ -32,6 +35,7 @@ from relaypool.nostr.nip11 import RelayInformation
 from relaypool.store.outbox import OutboxPublisher
 from relaypool.store.sqlite import SQLiteEventStore
 from relaypool.testing import FakeRelay, forgeSignature, makeEvent
+from relaypool.transport.mux import Backoff
 from relaypool.transport.names import StaticNameService
 from relaypool.upstream.relaypool import RelayPool
 from tests.wsclient import NostrClient
@@ -1199,6 +1203,209 @@ class HTTPTests(GatewayTestCase):
         self.assertIn(f'relaypool_outbox_relay_waiting_events{{relay="{first}"}} 0', text)
         self.assertIn(f'relaypool_outbox_relay_oldest_age_seconds{{relay="{first}"}} 0', text)
 
+
+    @inlineCallbacks
+    def test_healthz(self) -> Any:
+        """
+        C{/healthz} answers 200 with the status, the uptime and the version.
+        """
+        _, _, gateway = yield self.relayAndGateway()
+        response, body = yield self.get(gateway, "/healthz")
+        document = orjson.loads(body)
+        self.assertEqual(
+            (response.code, document["status"], document["version"]), (200, "ok", __version__)
+        )
+        self.assertGreaterEqual(document["uptime"], 0)
+
+    @inlineCallbacks
+    def test_readyWithStoreAlone(self) -> Any:
+        """
+        With no relays configured, C{/readyz} is 200 while the store can
+        write.
+        """
+        gateway = yield self.startGateway(None, store=self.openStore())
+        response, body = yield self.get(gateway, "/readyz")
+        self.assertEqual(
+            (response.code, orjson.loads(body)), (200, {"status": "ready", "reasons": []})
+        )
+
+    @inlineCallbacks
+    def test_notReadyStoreClosed(self) -> Any:
+        """
+        C{/readyz} is 503 with the reason when the store cannot write.
+        """
+        store = self.openStore()
+        gateway = yield self.startGateway(None, store=store)
+        yield store.close()
+        response, body = yield self.get(gateway, "/readyz")
+        self.assertEqual(
+            (response.code, orjson.loads(body)),
+            (503, {"status": "not ready", "reasons": ["the store is closed"]}),
+        )
+
+    @inlineCallbacks
+    def test_readyOnQuorum(self) -> Any:
+        """
+        With relays configured, C{/readyz} is 503 while fewer than
+        C{quorum} of them are open, saying how many are, and 200 once
+        enough are.
+        """
+        (first,) = yield self.startRelays(1)
+        absent = FakeRelay(reactor)
+        yield absent.start()
+        port = absent.port
+        yield absent.stop(True)
+        pool = RelayPool(
+            reactor,
+            nameService=StaticNameService(),
+            fetchInformation=False,
+            backoff=Backoff(initial=0.05, maximum=0.2, jitter=0.0),
+        )
+        pool.addRelay(first.url)
+        pool.addRelay(f"ws://127.0.0.1:{port}")
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        yield waitUntil(lambda: len(pool.activeRelayURLs()) == 1)
+        gateway = yield self.startGateway(pool, quorum=2)
+        notReady = yield self.get(gateway, "/readyz")
+        late = FakeRelay(reactor, port=port)
+        yield late.start()
+        self.addCleanup(late.stop, True)
+        yield waitUntil(lambda: len(pool.activeRelayURLs()) == 2)
+        ready = yield self.get(gateway, "/readyz")
+        self.assertEqual(
+            [(response.code, orjson.loads(body)) for response, body in (notReady, ready)],
+            [
+                (
+                    503,
+                    {
+                        "status": "not ready",
+                        "reasons": ["1 of 2 upstream relays open, fewer than the quorum of 2"],
+                        "relays": {"configured": 2, "open": 1, "quorum": 2},
+                    },
+                ),
+                (
+                    200,
+                    {
+                        "status": "ready",
+                        "reasons": [],
+                        "relays": {"configured": 2, "open": 2, "quorum": 2},
+                    },
+                ),
+            ],
+        )
+
+    @inlineCallbacks
+    def test_metricsRound(self) -> Any:
+        """
+        After a REQ and an EVENT, C{/metrics} parses as Prometheus text and
+        has today's names, the latency histograms with observations
+        (downstream REQ to EOSE and fan-out, each relay's EOSE and OK, the
+        store's writes and queries) and the messages by verb.
+        """
+        metrics = GatewayMetrics()
+        fakes = yield self.startRelays(1)
+        pool = yield self.startPool(fakes, onLatency=metrics.observeRelay)
+        store = SQLiteEventStore(self.mktemp() + ".db", reactor, onLatency=metrics.observeStore)
+        self.addCleanup(store.close)
+        gateway = yield self.startGateway(pool, store=store, metrics=metrics)
+        reader = yield self.connect(gateway)
+        reader.send("REQ", "r", {"kinds": [1]})
+        yield reader.waitForVerb("EOSE", "r")
+        writer = yield self.connect(gateway)
+        event = makeEvent(content="measured")
+        writer.send("EVENT", event.toDict())
+        yield writer.waitForVerb("OK", event.id)
+        yield reader.waitForVerb("EVENT", "r")
+        yield waitUntil(
+            lambda: (metrics.registry.get_sample_value("relaypool_store_write_seconds_count") or 0)
+            >= 1
+        )
+        _, body = yield self.get(gateway, "/metrics")
+        page = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+        }
+        relay = (("relay", fakes[0].url + "/"),)
+        exact = [
+            ("relaypool_gateway_connections", (), 2),
+            ("relaypool_relay_up", relay, 1),
+            ("relaypool_gateway_ok_total", (("accepted", "true"),), 1),
+            ("relaypool_pool_relays", (), 1),
+            ("relaypool_gateway_req_eose_seconds_count", (), 1),
+            ("relaypool_gateway_fanout_seconds_count", (), 1),
+            ("relaypool_relay_ok_seconds_count", relay, 1),
+            ("nostr_client_messages_total", (("verb", "EVENT"),), 1),
+            ("nostr_client_messages_total", (("verb", "REQ"),), 1),
+            ("nostr_client_messages_total", (("verb", "COUNT"),), 0),
+            ("nostr_relay_messages_total", (("verb", "OK"),), 1),
+            ("nostr_relay_messages_total", (("verb", "EOSE"),), 1),
+            ("nostr_relay_messages_total", (("verb", "EVENT"),), 1),
+        ]
+        self.assertEqual(
+            [(name, labels, page.get((name, labels))) for name, labels, _ in exact], exact
+        )
+        observed = [
+            ("relaypool_relay_eose_seconds_count", relay),
+            ("relaypool_store_write_seconds_count", ()),
+            ("relaypool_store_query_seconds_count", ()),
+            ("process_cpu_seconds_total", ()),
+        ]
+        self.assertEqual(
+            [key for key in observed if (page.get(key) or 0) <= 0], [], "nothing observed"
+        )
+
+    @inlineCallbacks
+    def test_metricsDocumented(self) -> Any:
+        """
+        Every metric family of a gateway with relays, a store and an outbox
+        is named in the README's metrics tables.
+        """
+        fakes = yield self.startRelays(1)
+        pool = yield self.startPool(fakes)
+        store = self.openStore()
+        gateway = yield self.startGateway(
+            pool, store=store, outbox=OutboxPublisher(reactor, pool, store)
+        )
+        _, body = yield self.get(gateway, "/metrics")
+        names = {
+            line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE ")
+        }
+        readme = (Path(__file__).parent.parent / "README.md").read_text()
+        section = readme[readme.index("### Health and metrics") : readme.index("### The status")]
+        self.assertIn("nostr_client_messages_total", names)
+        self.assertEqual(
+            {name for name in names if f"`{name.removesuffix('_created')}`" not in section},
+            set(),
+        )
+
+    @inlineCallbacks
+    def test_metricsPerGateway(self) -> Any:
+        """
+        Two gateways in one process do not share metrics: each shows its
+        own connections and latencies.
+        """
+        (_, _, busy) = yield self.relayAndGateway()
+        idle = yield self.startGateway(None, store=self.openStore())
+        client = yield self.connect(busy)
+        client.send("REQ", "s", {"kinds": [1]})
+        yield client.waitForVerb("EOSE", "s")
+        figures = []
+        for gateway in (busy, idle):
+            _, body = yield self.get(gateway, "/metrics")
+            values = {
+                sample.name: sample.value
+                for family in text_string_to_metric_families(body.decode())
+                for sample in family.samples
+            }
+            figures.append(
+                (
+                    values["relaypool_gateway_connections"],
+                    values["relaypool_gateway_req_eose_seconds_count"],
+                )
+            )
+        self.assertEqual(figures, [(1, 1), (0, 0)])
 
 class _FakeSubscription:
     def __init__(self, filters: tuple[Filter, ...]) -> None:

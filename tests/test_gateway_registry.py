@@ -26,6 +26,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from relaypool.errors import ConfigError, UnknownConnection
@@ -817,7 +818,7 @@ class RealSocketTests(TestCase):
             maxPendingBytes=256 * 1024, maxBacklogBytes=512 * 1024, closeTimeout=0.5
         )
         self.factory = makeWebSocketFactory(self.registry)
-        resource = GatewayResource(self.factory, dict, dict, str)
+        resource = GatewayResource(self.factory, dict, dict, Resource())
         self.portNumber = listen(self, Site(resource))
 
     async def test_broadcastReachesClients(self) -> None:

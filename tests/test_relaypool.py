@@ -1240,6 +1240,25 @@ class ConnectionHealthTests(PoolTestMixin, TestCase):
         self.assertFalse(relay.pool.isHealthy(connection))
 
     @inlineCallbacks
+    def test_latencyObserver(self) -> Any:
+        """
+        C{onLatency} hears each relay's OK, EOSE and COUNT latencies, with
+        the relay's URL.
+        """
+        observed: list[tuple[str, str, float]] = []
+        a = yield self.startRelay()
+        pool = self.makePool(a, onLatency=lambda *args: observed.append(args))
+        yield self.connected(pool)
+        yield pool.publish(makeEvent())
+        yield pool.query([KIND1])
+        yield pool.count([KIND1])
+        self.assertEqual(
+            [(kind, url) for kind, url, _ in observed],
+            [("ok", a.url + "/"), ("eose", a.url + "/"), ("count", a.url + "/")],
+        )
+        self.assertTrue(all(seconds >= 0 for _, _, seconds in observed), observed)
+
+    @inlineCallbacks
     def test_okLatencyOnItsConnection(self) -> Any:
         """
         A publish's OK records its latency on the connection that carried

@@ -24,13 +24,14 @@ from relaypool._version import __version__
 from relaypool.daemon.config import buildConfig
 from relaypool.daemon.service import RelayPoolService
 from relaypool.gateway.http import GatewayResource, makeSite
+from relaypool.gateway.metrics import GatewayMetrics
 from relaypool.gateway.registry import ConnectionRegistry
 from relaypool.gateway.status import StatusBoard
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.nip11 import RelayInformation
 from relaypool.testing import FakeRelay, makeEvent
 from tests.chromium import MISSING, HeadlessChromium, findChromium
-from tests.test_gateway_http import INFORMATION, METRICS, STATS, GatewayResourceTests
+from tests.test_gateway_http import INFORMATION, STATS, GatewayResourceTests
 from tests.test_gateway_registry import listen, makeWebSocketFactory
 from tests.test_service import _connect, _until
 
@@ -300,7 +301,7 @@ class StatusRoutesTests(TestCase):
             makeWebSocketFactory(self.registry),
             lambda: INFORMATION,
             lambda: STATS,
-            lambda: METRICS,
+            GatewayMetrics(processMetrics=False).resource(),
             status=lambda: STATUS,
         )
         self.portNumber = listen(self, makeSite(resource))
@@ -389,7 +390,9 @@ class StatusRoutesTests(TestCase):
         """
         Without a status document there is no C{/status.json}.
         """
-        resource = GatewayResource(makeWebSocketFactory(self.registry), dict, dict, str)
+        resource = GatewayResource(
+            makeWebSocketFactory(self.registry), dict, dict, GatewayMetrics(processMetrics=False).resource()
+        )
         self.assertEqual(set(resource.children), {b"", b"stats", b"metrics"})
 
 

@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -583,6 +585,72 @@ class BoundTests(StoreTestMixin, TestCase):
         self.failureResultOf(store.save(note(content="x")), QueueFull)
         self.failureResultOf(store.query([Filter()]), QueueFull)
         return gatherResults(waiting)
+
+
+def _failWrite(connection: sqlite3.Connection) -> None:
+    raise sqlite3.OperationalError("disk I/O error")
+
+
+class ObservationTests(StoreTestMixin, TestCase):
+    """
+    What the store tells an operator: its latencies and whether it can
+    write.
+    """
+
+    @inlineCallbacks
+    def test_latencies(self) -> Any:
+        """
+        C{onLatency} hears of every call that reached a database thread:
+        C{"write"} for writes, C{"query"} for reads, with the seconds each
+        took.
+        """
+        observed: list[tuple[str, float]] = []
+        store = self.openStore(onLatency=lambda kind, seconds: observed.append((kind, seconds)))
+        yield store.save(note())
+        yield store.query([Filter()])
+        yield store.count([Filter()])
+        yield store.enqueue(note(content="out"), ["ws://relay"])
+        yield store.pending()
+        self.assertEqual(
+            [kind for kind, _ in observed], ["write", "query", "query", "write", "query"]
+        )
+        self.assertTrue(all(seconds >= 0 for _, seconds in observed), observed)
+
+    def test_writable(self) -> None:
+        """
+        An open store has no write problem.
+        """
+        self.assertIsNone(self.openStore().writeProblem())
+
+    @inlineCallbacks
+    def test_closedNotWritable(self) -> Any:
+        """
+        A closed store says so.
+        """
+        store = self.openStore()
+        yield store.close()
+        self.assertEqual(store.writeProblem(), "the store is closed")
+
+    @inlineCallbacks
+    def test_failedWrite(self) -> Any:
+        """
+        After a write failed with an operational error (a full disk, a
+        read-only file), the store says so, and checks again in the
+        background with an empty write transaction: once that commits, it
+        has no write problem.
+        """
+        store = self.openStore()
+        failed = store._writer.submit(_failWrite)
+        yield self.assertFailure(failed, StoreError)
+        problem = store.writeProblem()
+        for _ in range(2000):
+            if store.writeProblem() is None:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(
+            (problem, store.writeProblem()),
+            ("the store's last write failed: disk I/O error", None),
+        )
 
 
 class LifecycleTests(StoreTestMixin, TestCase):

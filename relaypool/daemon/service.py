@@ -470,13 +470,15 @@ class RelayPoolService(OrderedMultiService):
 
     def _build(self) -> None:
         from relaypool.gateway.gateway import Gateway
+        from relaypool.gateway.metrics import GatewayMetrics
         from relaypool.store.outbox import OutboxPublisher
         from relaypool.transport.names import DNSNameService
         from relaypool.upstream.relaypool import RelayPool
 
         reactor = defaultReactor(self._reactor)
         config = self.config
-        store = self._openStore(reactor)
+        metrics = GatewayMetrics()
+        store = self._openStore(reactor, metrics.observeStore)
         _StoreCloser(store).setServiceParent(self)  # type: ignore[no-untyped-call]
         self.store = store
         if config.relays:
@@ -495,6 +497,7 @@ class RelayPoolService(OrderedMultiService):
                 publishTimeout=config.publishTimeout,
                 store=store,
                 onStateChange=ConnectionStateLogger(reactor),
+                onLatency=metrics.observeRelay,
             )
             for url in config.relays:
                 pool.addRelay(url)
@@ -525,6 +528,7 @@ class RelayPoolService(OrderedMultiService):
             adminAuthWindow=config.adminAuthWindow,
             statusPageInterval=config.statusPageInterval,
             statusPageHistory=config.statusPageHistory,
+            metrics=metrics,
         )
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.gateway = gateway
@@ -692,7 +696,9 @@ class RelayPoolService(OrderedMultiService):
     def _removeFailed(self, failure: Failure, url: str) -> None:
         self.log.failure("relaypool: reload: removing {url} failed", failure, url=url)
 
-    def _openStore(self, reactor: IReactorFromThreads) -> SQLiteEventStore:
+    def _openStore(
+        self, reactor: IReactorFromThreads, onLatency: Callable[[str, float], None]
+    ) -> SQLiteEventStore:
         from relaypool.store.sqlite import SQLiteEventStore
 
         config = self.config
@@ -703,6 +709,7 @@ class RelayPoolService(OrderedMultiService):
                 maxEvents=config.storeMaxEvents or None,
                 maxBytes=config.storeMaxBytes or None,
                 maxOutbox=config.outboxMaxEvents,
+                onLatency=onLatency,
             )
         except StoreError as e:
             cause = e.__cause__

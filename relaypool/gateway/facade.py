@@ -10,7 +10,7 @@ L{EventAcceptor}; it answers C{COUNT} itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -44,6 +44,14 @@ from relaypool.nostr.url import parseRelayURL
 
 _log = Logger()
 
+_VERBS: dict[type, str] = {
+    ClientEvent: "EVENT",
+    ClientReq: "REQ",
+    ClientClose: "CLOSE",
+    ClientCount: "COUNT",
+    ClientAuth: "AUTH",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class FacadeStats:
@@ -68,6 +76,12 @@ class FacadeStats:
         shutdown).
     @ivar eventsBlocked: events refused by the event policy (C{blocked:}
         or C{restricted:}).
+    @ivar messagesReceived: by verb (C{EVENT}, C{REQ}, C{CLOSE}, C{COUNT},
+        C{AUTH}; C{invalid} for a message that could not be parsed), the
+        messages received from clients.
+    @ivar messagesSent: by verb (C{EVENT}, C{EOSE}, C{OK}, C{CLOSED},
+        C{NOTICE}, C{COUNT}, C{AUTH}), the messages written or queued to
+        clients (an event sent to a room counts once per member).
     """
 
     sharedSubscriptions: int
@@ -82,6 +96,8 @@ class FacadeStats:
     notices: int
     deniedConnections: int
     eventsBlocked: int
+    messagesReceived: dict[str, int]
+    messagesSent: dict[str, int]
 
 
 class RelayFacade:
@@ -106,6 +122,7 @@ class RelayFacade:
         relayURL: str | None = None,
         reactor: IReactorTime | None = None,
         policy: EventPolicy | None = None,
+        onLatency: Callable[[str, float], None] | None = None,
     ) -> None:
         """
         @param registry: the registry the connections are registered in.
@@ -125,6 +142,10 @@ class RelayFacade:
         @param reactor: an L{IReactorTime}; the global reactor if L{None}.
         @param policy: the L{EventPolicy} (pubkey, event and kind lists,
             write-restricted mode); L{None} for one that refuses nothing.
+        @param onLatency: called with a kind and seconds: C{"eose"} from a
+            client's C{REQ} to the C{EOSE} sent to it, C{"fanout"} from a
+            valid C{EVENT} handed to the publishing to its delivery to the
+            matching subscriptions (see L{EventAcceptor}).
         @raise ValueError: for a policy that cannot work with the given
             pool and store.
         @raise InvalidRelayURL: if C{relayURL} is not a relay URL.
@@ -136,9 +157,19 @@ class RelayFacade:
         self._store = store
         self.limits = limits
         self._replies = Replies(registry)
-        self.subscriptions = SharedSubscriptions(registry, self._replies, pool, store, limits, reactor)
+        self.subscriptions = SharedSubscriptions(
+            registry, self._replies, pool, store, limits, reactor, onLatency
+        )
         self._acceptor = EventAcceptor(
-            self._replies, self.subscriptions.deliverLocal, pool, store, outbox, quorum, okPolicy
+            self._replies,
+            self.subscriptions.deliverLocal,
+            pool,
+            store,
+            outbox,
+            quorum,
+            okPolicy,
+            reactor,
+            onLatency,
         )
         self.authRequired = authRequired
         self.relayURL = None if relayURL is None else parseRelayURL(relayURL).url
@@ -147,6 +178,7 @@ class RelayFacade:
         self._eventsInvalid = 0
         self._rateLimited = 0
         self._eventsBlocked = 0
+        self._received: dict[str, int] = {}
         self.deniedConnections = 0
         self.policy = EventPolicy()
         self.setPolicy(EventPolicy() if policy is None else policy)
@@ -241,6 +273,7 @@ class RelayFacade:
         Handle one text message from a client.
         """
         if len(payload) > self.limits.maxMessageSize:
+            self._countReceived("invalid")
             self.notice(
                 session,
                 f"invalid: message of {len(payload)} bytes is over the limit of "
@@ -250,18 +283,21 @@ class RelayFacade:
         try:
             message = parseClientMessage(payload)
         except InvalidMessage as e:
+            self._countReceived("invalid")
             if e.subscriptionId is not None:
                 self._replies.closed(session, e.subscriptionId, str(e))
             else:
                 self.notice(session, str(e))
             return
         except InvalidEvent as e:
+            self._countReceived("invalid")
             if e.eventId is not None:
                 self._eventsInvalid += 1
                 self._replies.ok(session, e.eventId, False, str(e))
             else:
                 self.notice(session, str(e))
             return
+        self._countReceived(_VERBS[type(message)])
         if isinstance(message, ClientReq):
             self._handleReq(session, message)
         elif isinstance(message, ClientEvent):
@@ -274,6 +310,9 @@ class RelayFacade:
             self._handleCount(session, message)
         elif isinstance(message, ClientAuth):
             self._handleAuth(session, message.event)
+
+    def _countReceived(self, verb: str) -> None:
+        self._received[verb] = self._received.get(verb, 0) + 1
 
     def _refuseQuery(
         self, session: Session, subscriptionId: str, filters: tuple[Filter, ...]
@@ -420,6 +459,8 @@ class RelayFacade:
             notices=replies.notices,
             deniedConnections=self.deniedConnections,
             eventsBlocked=self._eventsBlocked,
+            messagesReceived=dict(self._received),
+            messagesSent=dict(replies.sent),
         )
 
 

@@ -1,6 +1,7 @@
 """
 The gateway service: the relay facade, its connection registry and its HTTP
-pages (NIP-11, C{/stats}, C{/metrics}) on one listening port.
+pages (NIP-11, C{/stats}, C{/metrics}, C{/healthz}, C{/readyz}) on one
+listening port.
 """
 
 # twisted.application.service and serverFromString have no annotations.
@@ -13,6 +14,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
@@ -26,8 +28,8 @@ from relaypool.gateway.facade import RelayFacade
 from relaypool.gateway.http import GatewayResource, makeSite
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.management import ManagementAPI
+from relaypool.gateway.metrics import GatewayMetrics
 from relaypool.gateway.policy import EventPolicy
-from relaypool.gateway.prometheus import MetricFamily, render
 from relaypool.gateway.protocol import GatewayFactory
 from relaypool.gateway.registry import ConnectionRegistry
 from relaypool.gateway.status import DEFAULT_HISTORY, DEFAULT_SAMPLE_INTERVAL, StatusBoard
@@ -40,12 +42,48 @@ _log = Logger()
 DEFAULT_DESCRIPTION = "A Nostr relay pool: one connection to many relays."
 
 
-def _counter(name: str, help: str, value: float) -> MetricFamily:
-    return MetricFamily(name, "counter", help, [({}, value)])
+CLIENT_VERBS = ("EVENT", "REQ", "CLOSE", "COUNT", "AUTH", "invalid")
+"""
+The C{verb} labels of C{nostr_client_messages_total}: the messages clients
+send, and C{invalid} for one that could not be parsed.
+"""
+
+RELAY_VERBS = ("EVENT", "EOSE", "OK", "CLOSED", "NOTICE", "COUNT", "AUTH")
+"""
+The C{verb} labels of C{nostr_relay_messages_total}: the messages the
+gateway sends to clients.
+"""
 
 
-def _gauge(name: str, help: str, value: float) -> MetricFamily:
-    return MetricFamily(name, "gauge", help, [({}, value)])
+def _counter(name: str, help: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, help, value=value)
+
+
+def _gauge(name: str, help: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help, value=value)
+
+
+def _labelled(
+    family: CounterMetricFamily | GaugeMetricFamily,
+    samples: Iterable[tuple[str, float]],
+) -> Metric:
+    for label, value in samples:
+        family.add_metric([label], value)
+    return family
+
+
+def _perRelayGauge(name: str, help: str, samples: Iterable[tuple[str, float]]) -> Metric:
+    return _labelled(GaugeMetricFamily(name, help, labels=["relay"]), samples)
+
+
+def _byVerb(name: str, help: str, counts: dict[str, int], verbs: Iterable[str]) -> Metric:
+    """
+    A counter by C{verb}: every verb of C{verbs} (0 if it has no count),
+    then any other verb counted.
+    """
+    labels = list(verbs) + sorted(set(counts) - set(verbs))
+    family = CounterMetricFamily(name, help, labels=["verb"])
+    return _labelled(family, ((verb, counts.get(verb, 0)) for verb in labels))
 
 
 def _relayDocument(stats: Any, now: float) -> dict[str, Any]:
@@ -107,6 +145,7 @@ class Gateway(service.MultiService):
         adminAuthWindow: float = HTTP_AUTH_WINDOW,
         statusPageInterval: float = DEFAULT_SAMPLE_INTERVAL,
         statusPageHistory: int = DEFAULT_HISTORY,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """
         @param reactor: a L{relaypool._reactor.TimeTCPReactor}; the global
@@ -141,6 +180,9 @@ class Gateway(service.MultiService):
         @param statusPageInterval: seconds between two samples of the status
             page's history.
         @param statusPageHistory: samples the status page's history keeps.
+        @param metrics: the L{GatewayMetrics} C{/metrics} shows, which the
+            pool's and the store's C{onLatency} may feed too; a new one
+            (with the process metrics) if L{None}.
         @raise ValueError: for an C{okPolicy} that cannot work with the given
             pool and store, or a status page history that cannot work.
         """
@@ -153,7 +195,10 @@ class Gateway(service.MultiService):
         self._listen = listen
         self._name = name
         self._description = description
+        self._quorum = quorum
+        self._startedAt = reactor.seconds()
         self.limits = limits
+        self.metrics = GatewayMetrics() if metrics is None else metrics
         self.registry = ConnectionRegistry(
             reactor,
             limits.maxPendingBytes,
@@ -176,11 +221,13 @@ class Gateway(service.MultiService):
             relayURL,
             reactor,
             policy,
+            self.metrics.observeGateway,
         )
         self.management = ManagementAPI(
             self.facade, pool, store, adminPubkeys, quorum, adminAuthWindow, reactor
         )
         self.factory = GatewayFactory(self.registry, self.facade)
+        self.metrics.addCollector(reactor, self._metricFamilies)
         self.statusBoard = StatusBoard(
             self.stats, store, statusPageInterval, statusPageHistory, reactor
         )
@@ -190,9 +237,11 @@ class Gateway(service.MultiService):
                 self.factory,
                 self.information,
                 self.stats,
-                self.metrics,
+                self.metrics.resource(),
                 management=self.management,
                 status=self.statusBoard.status,
+                liveness=self.liveness,
+                readiness=self.readiness,
             ),
             reactor=reactor,
             limits=limits,
@@ -398,16 +447,47 @@ class Gateway(service.MultiService):
             }
         return document
 
-    def metrics(self) -> str:
+    def liveness(self) -> tuple[int, dict[str, Any]]:
         """
-        @return: the C{/metrics} page, in the Prometheus text format.
+        @return: the C{/healthz} answer: 200 (answering at all shows the
+            reactor runs) with the status, the seconds since the gateway
+            was made, and relaypool's version.
         """
-        return render(self._metricFamilies())
+        uptime = round(max(0.0, self._reactor.seconds() - self._startedAt), 3)
+        return 200, {"status": "ok", "uptime": uptime, "version": __version__}
 
-    def _metricFamilies(self) -> list[MetricFamily]:
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """
+        @return: the C{/readyz} answer: 200 when the gateway accepts
+            clients, the store (if any) can write, and, with relays in the
+            pool, at least C{quorum} of them have an open connection; else
+            503 with the reasons, one line each. No store query: cheap
+            enough to be polled every second.
+        """
+        reasons = []
+        if not self.factory.accepting:
+            reasons.append("the gateway is stopping")
+        if self._store is not None:
+            problem = self._store.writeProblem()
+            if problem is not None:
+                reasons.append(problem)
+        document: dict[str, Any] = {}
+        if self._pool is not None:
+            relays = len(self._pool.relayURLs())
+            active = len(self._pool.activeRelayURLs())
+            document["relays"] = {"configured": relays, "open": active, "quorum": self._quorum}
+            if relays and active < self._quorum:
+                reasons.append(
+                    f"{active} of {relays} upstream relays open, fewer than the quorum "
+                    f"of {self._quorum}"
+                )
+        document = {"status": "not ready" if reasons else "ready", "reasons": reasons, **document}
+        return (503 if reasons else 200), document
+
+    def _metricFamilies(self) -> list[Metric]:
         registry = self.registry.stats()
         facade = self.facade.stats()
-        families = [
+        families: list[Metric] = [
             _gauge(
                 "relaypool_gateway_connections",
                 "Open downstream connections.",
@@ -459,14 +539,13 @@ class Gateway(service.MultiService):
                 "Events delivered to shared subscriptions.",
                 facade.eventsDelivered,
             ),
-            MetricFamily(
-                "relaypool_gateway_ok_total",
-                "counter",
-                "OK answers sent to downstream clients.",
-                [
-                    ({"accepted": "true"}, facade.okAccepted),
-                    ({"accepted": "false"}, facade.okRejected),
-                ],
+            _labelled(
+                CounterMetricFamily(
+                    "relaypool_gateway_ok_total",
+                    "OK answers sent to downstream clients.",
+                    labels=["accepted"],
+                ),
+                [("true", facade.okAccepted), ("false", facade.okRejected)],
             ),
             _counter(
                 "relaypool_gateway_rate_limited_total",
@@ -478,14 +557,27 @@ class Gateway(service.MultiService):
                 "WebSocket handshakes refused.",
                 facade.deniedConnections,
             ),
+            _byVerb(
+                "nostr_client_messages_total",
+                "Messages received from downstream clients, by verb.",
+                facade.messagesReceived,
+                CLIENT_VERBS,
+            ),
+            _byVerb(
+                "nostr_relay_messages_total",
+                "Messages sent to downstream clients, by verb.",
+                facade.messagesSent,
+                RELAY_VERBS,
+            ),
         ]
         if self._pool is not None:
+            self.metrics.keepRelays(self._pool.relayURLs())
             families += self._poolFamilies()
         if self._outbox is not None:
             families += self._outboxFamilies()
         return families
 
-    def _outboxFamilies(self) -> list[MetricFamily]:
+    def _outboxFamilies(self) -> list[Metric]:
         """
         The outbox's gauges; every relay of the pool has a per-relay sample,
         0 when nothing waits for it.
@@ -510,32 +602,28 @@ class Gateway(service.MultiService):
                 "Age of the oldest event in the outbox (0 when empty).",
                 outbox.oldestAge or 0.0,
             ),
-            MetricFamily(
+            _perRelayGauge(
                 "relaypool_outbox_relay_waiting_events",
-                "gauge",
                 "Events in the outbox the relay has not settled (accepted or refused for good).",
-                [({"relay": url}, float(b.waiting if b else 0)) for url, b in backlogs],
+                [(url, b.waiting if b else 0) for url, b in backlogs],
             ),
-            MetricFamily(
+            _perRelayGauge(
                 "relaypool_outbox_relay_oldest_age_seconds",
-                "gauge",
                 "Age of the oldest event in the outbox the relay has not settled (0 when none).",
-                [({"relay": url}, b.oldestAge if b else 0.0) for url, b in backlogs],
+                [(url, b.oldestAge if b else 0.0) for url, b in backlogs],
             ),
         ]
 
-    def _poolFamilies(self) -> list[MetricFamily]:
+    def _poolFamilies(self) -> list[Metric]:
         assert self._pool is not None
         totals = self._pool.totals()
         relays = sorted(self._pool.stats().values(), key=lambda stats: stats.url)
 
-        def perRelay(name: str, kind: str, help: str, attribute: str) -> MetricFamily:
-            return MetricFamily(
-                name,
-                kind,  # type: ignore[arg-type]
-                help,
-                [({"relay": r.url}, float(getattr(r, attribute))) for r in relays],
+        def perRelay(name: str, kind: str, help: str, attribute: str) -> Metric:
+            family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+                name, help, labels=["relay"]
             )
+            return _labelled(family, ((r.url, float(getattr(r, attribute))) for r in relays))
 
         return [
             _gauge("relaypool_pool_relays", "Relays in the pool.", totals.relays),
@@ -583,11 +671,10 @@ class Gateway(service.MultiService):
                 "Messages dropped from full outbound queues.",
                 totals.outboundDropped,
             ),
-            MetricFamily(
+            _perRelayGauge(
                 "relaypool_relay_up",
-                "gauge",
                 "1 if the relay has an open connection.",
-                [({"relay": r.url}, 1.0 if r.state == "open" else 0.0) for r in relays],
+                ((r.url, 1.0 if r.state == "open" else 0.0) for r in relays),
             ),
             perRelay(
                 "relaypool_relay_health_score", "gauge", "Relay health score, 0-100.", "healthScore"
@@ -622,4 +709,4 @@ class Gateway(service.MultiService):
         ]
 
 
-__all__ = ["DEFAULT_DESCRIPTION", "Gateway"]
+__all__ = ["CLIENT_VERBS", "DEFAULT_DESCRIPTION", "RELAY_VERBS", "Gateway"]

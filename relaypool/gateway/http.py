@@ -1,8 +1,9 @@
 """
 The gateway's HTTP side, on the same port as its WebSocket endpoint: the
 NIP-11 relay information document, the NIP-86 management API, C{/stats}
-(JSON) and C{/metrics} (Prometheus text), and the bounds of request heads
-and bodies (HTTP 414, 431, 411 and 413).
+(JSON), C{/metrics} (Prometheus text), C{/healthz} and C{/readyz} (JSON),
+the status page, and the bounds of request heads and bodies (HTTP 414, 431,
+411 and 413).
 """
 
 # twisted.web's Resource, Request and Site methods have no annotations.
@@ -19,13 +20,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTranspor
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from relaypool._reactor import defaultReactor
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.management import RPC_CONTENT_TYPE, ManagementAPI
-from relaypool.gateway.prometheus import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relaypool.gateway.status import StatusFiles, renderStatusPage, wantsStatusPage
 
 REFUSAL_LINGER = 2.0
@@ -126,27 +126,30 @@ class _StatsPage(Resource):
         return orjson.dumps(self._stats())
 
 
-class _MetricsPage(Resource):
+class _CheckPage(Resource):
     """
-    C{/metrics}: the gateway's metrics in the Prometheus text format.
+    A health check (C{/healthz}, C{/readyz}): the status code and the JSON
+    document C{check} returns.
     """
 
-    def __init__(self, metrics: Callable[[], str]) -> None:
+    def __init__(self, check: Callable[[], tuple[int, dict[str, Any]]]) -> None:
         super().__init__()
-        self._metrics = metrics
+        self._check = check
 
     def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode("ascii"))
+        code, document = self._check()
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return self._metrics().encode("utf-8")
+        return orjson.dumps(document)
 
 
 class GatewayResource(Resource):
     """
     The gateway's root resource: C{/} (WebSocket, NIP-11 and the status
-    page), C{/stats}, C{/metrics}, and with a status board C{/status.json}
-    and C{/status/} (the page's script and style sheet); every other path is
-    a 404.
+    page), C{/stats}, C{/metrics}, C{/healthz} and C{/readyz}, and with a
+    status board C{/status.json} and C{/status/} (the page's script and
+    style sheet); every other path is a 404.
     """
 
     def __init__(
@@ -154,9 +157,11 @@ class GatewayResource(Resource):
         webSocketFactory: Any,
         information: Callable[[], dict[str, Any]],
         stats: Callable[[], dict[str, Any]],
-        metrics: Callable[[], str],
+        metrics: IResource,
         management: ManagementAPI | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
+        liveness: Callable[[], tuple[int, dict[str, Any]]] | None = None,
+        readiness: Callable[[], tuple[int, dict[str, Any]]] | None = None,
     ) -> None:
         """
         @param webSocketFactory: the
@@ -164,12 +169,16 @@ class GatewayResource(Resource):
             WebSocket upgrades on C{/}.
         @param information: returns the NIP-11 document, JSON-serializable.
         @param stats: returns the C{/stats} document, JSON-serializable.
-        @param metrics: returns the C{/metrics} page, e.g. rendered by
-            L{relaypool.gateway.prometheus.render}.
+        @param metrics: the C{/metrics} resource, e.g.
+            L{relaypool.gateway.metrics.GatewayMetrics.resource}.
         @param management: the NIP-86 API answering C{POST /}, or L{None}.
         @param status: returns the C{/status.json} document, e.g.
             L{relaypool.gateway.status.StatusBoard.status}; L{None} for no
             status page.
+        @param liveness: returns the status code and JSON document of
+            C{/healthz}; no C{/healthz} if L{None}.
+        @param readiness: returns the status code and JSON document of
+            C{/readyz}; no C{/readyz} if L{None}.
         """
         super().__init__()
         root = _RootPage(
@@ -177,7 +186,11 @@ class GatewayResource(Resource):
         )
         self.putChild(b"", root)
         self.putChild(b"stats", _StatsPage(stats))
-        self.putChild(b"metrics", _MetricsPage(metrics))
+        self.putChild(b"metrics", metrics)
+        if liveness is not None:
+            self.putChild(b"healthz", _CheckPage(liveness))
+        if readiness is not None:
+            self.putChild(b"readyz", _CheckPage(readiness))
         if status is not None:
             self.putChild(b"status.json", _StatsPage(status))
             self.putChild(b"status", StatusFiles())

@@ -22,9 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from relaypool._reactor import defaultReactor
 from relaypool.errors import PublishFailed
 from relaypool.gateway.session import Replies, Session
 from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
@@ -97,6 +99,8 @@ class EventAcceptor:
         outbox: IPublisher | None = None,
         quorum: int = 1,
         okPolicy: str = "quorum",
+        clock: IReactorTime | None = None,
+        onLatency: Callable[[str, float], None] | None = None,
     ) -> None:
         """
         @param deliverLocal: called with each accepted event, to deliver it
@@ -109,6 +113,13 @@ class EventAcceptor:
             C{pool}.
         @param quorum: upstream acceptances an C{OK true} needs.
         @param okPolicy: one of L{OK_POLICIES}; C{"local"} needs a store.
+        @param clock: an L{IReactorTime} for latencies; the global reactor
+            if L{None}.
+        @param onLatency: called with C{"fanout"} and the seconds from
+            L{accept} (a valid event handed over) to the end of its
+            delivery to the matching subscriptions (its frames handed to
+            the connections), for each event delivered: the store's commit
+            or the upstream quorum, as the policy requires, included.
         @raise ValueError: for a policy that cannot work with the given
             pool and store.
         """
@@ -125,6 +136,8 @@ class EventAcceptor:
         self._outbox = outbox
         self._quorum = quorum
         self._local = okPolicy == "local" or pool is None
+        self._clock = defaultReactor(clock)
+        self._onLatency = onLatency
 
     def setOkPolicy(self, okPolicy: str, quorum: int) -> None:
         """
@@ -145,22 +158,32 @@ class EventAcceptor:
         """
         Store and publish a valid C{event} from C{session} and answer it.
         """
+        started = self._clock.seconds()
         if self._local:
-            self._acceptLocally(session, event)
+            self._acceptLocally(session, event, started)
         else:
-            self._acceptOnQuorum(session, event)
+            self._acceptOnQuorum(session, event, started)
 
-    def _acceptLocally(self, session: Session, event: Event) -> None:
+    def _fanOut(self, event: Event, started: float) -> None:
+        """
+        Deliver C{event}, accepted at C{started}, to the downstream
+        subscriptions it matches, and report the latency.
+        """
+        self.deliverLocal(event)
+        if self._onLatency is not None:
+            self._onLatency("fanout", self._clock.seconds() - started)
+
+    def _acceptLocally(self, session: Session, event: Event, started: float) -> None:
         if isEphemeral(event.kind):
             self._replies.ok(session, event.id, True, "")
-            self.deliverLocal(event)
+            self._fanOut(event, started)
             self._forward(event)
             return
 
         def saved(stored: bool) -> None:
             if stored:
                 self._replies.ok(session, event.id, True, "")
-                self.deliverLocal(event)
+                self._fanOut(event, started)
                 self._forward(event)
             else:
                 self._replies.ok(
@@ -199,7 +222,7 @@ class EventAcceptor:
         else:
             _log.failure("Forwarding event {eventId} failed", failure, eventId=event.id)
 
-    def _acceptOnQuorum(self, session: Session, event: Event) -> None:
+    def _acceptOnQuorum(self, session: Session, event: Event, started: float) -> None:
         """
         Publish C{event} and answer once the quorum is reached or missed:
         C{OK true} (C{"duplicate: ..."} when every relay that accepted
@@ -221,7 +244,7 @@ class EventAcceptor:
                 duplicate = _duplicateMessage(result)
                 self._replies.ok(session, event.id, True, duplicate or "")
                 if duplicate is None:
-                    self.deliverLocal(event)
+                    self._fanOut(event, started)
                 if self._store is not None and not isEphemeral(event.kind):
                     maybeDeferred(self._store.save, event).addErrback(
                         lambda f: _log.failure("Saving event {eventId} failed", f, eventId=event.id)

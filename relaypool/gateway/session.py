@@ -33,10 +33,23 @@ class Session:
     open: bool = True
 
 
+def frameVerb(frame: bytes) -> str:
+    """
+    @param frame: a message relaypool built, C{["VERB",...]}.
+    @return: its verb, e.g. C{"EVENT"}.
+    """
+    end = frame.find(b'"', 2)
+    return frame[2:end].decode("ascii", "replace") if end > 2 else "?"
+
+
 class Replies:
     """
     Sends frames to sessions through the registry, nothing to a session that
-    is closed, and counts the C{OK} and C{NOTICE} answers.
+    is closed, and counts the C{OK} and C{NOTICE} answers, and the messages
+    sent by verb.
+
+    @ivar sent: by verb (C{EVENT}, C{EOSE}, C{OK}, ...), the messages
+        written or queued to downstream connections.
     """
 
     def __init__(self, registry: ConnectionRegistry) -> None:
@@ -44,13 +57,21 @@ class Replies:
         self.okAccepted = 0
         self.okRejected = 0
         self.notices = 0
+        self.sent: dict[str, int] = {}
 
     def send(self, session: Session, frame: bytes) -> None:
         """
         Send one frame to C{session}, if it is still open.
         """
-        if session.open:
-            self._registry.sendText(session.connId, frame)
+        if session.open and self._registry.sendText(session.connId, frame):
+            self.countSent(frameVerb(frame))
+
+    def countSent(self, verb: str, count: int = 1) -> None:
+        """
+        Count C{count} messages with C{verb} sent (for those not sent
+        through L{send}, such as an event framed once for a room).
+        """
+        self.sent[verb] = self.sent.get(verb, 0) + count
 
     def ok(self, session: Session, eventId: str, accepted: bool, message: str) -> None:
         """
@@ -76,4 +97,4 @@ class Replies:
         self.send(session, RelayNotice(message).toJSON())
 
 
-__all__ = ["Replies", "Session"]
+__all__ = ["Replies", "Session", "frameVerb"]

@@ -38,6 +38,7 @@ last member leaves (C{CLOSE}, a replacing C{REQ}, or a disconnect).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,8 @@ class Member:
     unread: deque[str] = field(default_factory=deque)
     arrived: deque[Event] = field(default_factory=deque)
     waitingToWrite: bool = False
+    # When the REQ came (the clock's seconds).
+    openedAt: float = 0.0
 
 
 @dataclass(eq=False, slots=True)
@@ -148,12 +151,16 @@ class SharedSubscriptions:
         store: IEventStore | None,
         limits: GatewayLimits,
         clock: IReactorTime,
+        onLatency: Callable[[str, float], None] | None = None,
     ) -> None:
         """
         @param pool: the L{relaypool.upstream.relaypool.RelayPool}, or
             L{None}.
         @param store: an L{relaypool.interfaces.IEventStore}, or L{None}.
-        @param clock: an L{IReactorTime}, for NIP-40 expiration.
+        @param clock: an L{IReactorTime}, for NIP-40 expiration and
+            latencies.
+        @param onLatency: called with C{"eose"} and the seconds from a
+            client's C{REQ} to the C{EOSE} sent to it.
         """
         self._registry = registry
         self._replies = replies
@@ -161,6 +168,7 @@ class SharedSubscriptions:
         self._store = store
         self.limits = limits
         self._clock = clock
+        self._onLatency = onLatency
         self._shared: dict[bytes, _SharedSubscription] = {}
         self.eventsDelivered = 0
         self.policy = EventPolicy()
@@ -229,7 +237,7 @@ class SharedSubscriptions:
     def _addMember(
         self, session: Session, subscriptionId: str, shared: _SharedSubscription
     ) -> Member:
-        member = Member(session, subscriptionId, shared)
+        member = Member(session, subscriptionId, shared, openedAt=self._clock.seconds())
         session.subscriptions[subscriptionId] = member
         shared.catchingUp[session.connId, subscriptionId] = member
         return member
@@ -332,6 +340,8 @@ class SharedSubscriptions:
         del shared.catchingUp[session.connId, member.subscriptionId]
         member.seen = None
         self._replies.send(session, RelayEOSE(member.subscriptionId).toJSON())
+        if self._onLatency is not None:
+            self._onLatency("eose", self._clock.seconds() - member.openedAt)
         group = shared.groups.get(member.subscriptionId)
         if group is None:
             group = shared.groups[member.subscriptionId] = _Group(shared.key, member.subscriptionId)
@@ -381,7 +391,8 @@ class SharedSubscriptions:
         self.eventsDelivered += 1
         tail = event.toJSON() + b"]"
         for group in tuple(shared.groups.values()):
-            self._registry.broadcastRoomText(group.room, group.prefix + tail)
+            sent = self._registry.broadcastRoomText(group.room, group.prefix + tail)
+            self._replies.countSent("EVENT", sent)
         limit = self.limits.maxCatchUpEvents
         for member in tuple(shared.catchingUp.values()):
             if len(member.arrived) >= limit:

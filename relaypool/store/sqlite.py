@@ -121,7 +121,14 @@ class _DatabaseThread:
     A thread that owns one SQLite connection and runs jobs on it, every job
     waiting (up to C{batchSize}) in one transaction, and a failing job
     undoing only its own work.
+
+    @ivar lastError: why the last transaction could not write (SQLite's
+        message: the transaction failed, or a job in it failed with an
+        operational error such as a full disk or a read-only database), or
+        L{None} if it wrote.
     """
+
+    lastError: str | None = None
 
     def __init__(
         self,
@@ -141,6 +148,12 @@ class _DatabaseThread:
         self._stopped: Deferred[None] = Deferred()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    def isRunning(self) -> bool:
+        """
+        @return: whether the thread is still running.
+        """
+        return self._thread.is_alive()
 
     def submit(self, work: _Work) -> Deferred[Any]:
         """
@@ -196,6 +209,7 @@ class _DatabaseThread:
         """
         connection = self._connection
         outcomes: list[tuple[_Job, object]] = []
+        operationalError: str | None = None
         try:
             connection.execute(self._begin)
             for job in batch:
@@ -209,6 +223,8 @@ class _DatabaseThread:
                             connection.execute("ROLLBACK")
                         return self._runBatch(batch, isolated=True)
                     connection.execute("ROLLBACK TO job")
+                    if isinstance(e, sqlite3.OperationalError):
+                        operationalError = str(e)
                     result = _failure(e)
                 if isolated:
                     connection.execute("RELEASE job")
@@ -219,8 +235,10 @@ class _DatabaseThread:
         except Exception as e:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
+            self.lastError = str(e)
             failure = _failure(e)
             return [(job, failure) for job in batch]
+        self.lastError = operationalError
         return outcomes
 
 
@@ -376,6 +394,7 @@ class SQLiteEventStore:
         maxPending: int = 100_000,
         maxOutbox: int = 10_000,
         maxLimit: int = 10_000,
+        onLatency: Callable[[str, float], None] | None = None,
     ) -> None:
         """
         Open (creating or migrating) the database at C{path}.
@@ -386,6 +405,12 @@ class SQLiteEventStore:
             outbox times, called from the database threads too; C{None} means
             C{time.time}.
         @param batchSize: the most writes committed in one transaction.
+        @param onLatency: called in the reactor thread with C{"write"} or
+            C{"query"} and the seconds a call took, from the call to its
+            result (the wait for the database thread included), for every
+            call that reached a database thread: C{"write"} for L{save},
+            L{enqueue}, L{recordResult} and L{discard}; C{"query"} for
+            L{query}, L{queryIds}, L{fetch}, L{count} and L{pending}.
         @raise relaypool.errors.SchemaVersionError: if the database has a
             newer schema than this relaypool knows.
         @raise StoreError: if the database cannot be opened.
@@ -401,6 +426,8 @@ class SQLiteEventStore:
         self._maxOutbox = maxOutbox
         self._maxLimit = maxLimit
         self._pending = 0
+        self._onLatency = onLatency
+        self._probing = False
         self._closed: Deferred[None] | None = None
         writeConnection = self._connect()
         try:
@@ -444,7 +471,7 @@ class SQLiteEventStore:
             raise StoreError(f"cannot open the database {self.path!r}: {e}") from e
         return connection
 
-    def _submit(self, thread: _DatabaseThread, work: _Work) -> Deferred[Any]:
+    def _submit(self, thread: _DatabaseThread, work: _Work, kind: str) -> Deferred[Any]:
         if self._closed is not None:
             return fail(StoreError("the store is closed"))
         if self._pending >= self._maxPending:
@@ -452,9 +479,12 @@ class SQLiteEventStore:
                 QueueFull(f"{self._pending} store calls are waiting already")
             )
         self._pending += 1
+        started = time.perf_counter()
 
         def done(result: _T) -> _T:
             self._pending -= 1
+            if self._onLatency is not None:
+                self._onLatency(kind, time.perf_counter() - started)
             return result
 
         return thread.submit(work).addBoth(done)
@@ -470,14 +500,15 @@ class SQLiteEventStore:
         expiration = event.expiration()
         if expiration is not None and expiration <= self._clock():
             return succeed(False)
-        return self._submit(self._writer, partial(_saveEvent, event, expiration))
+        return self._submit(self._writer, partial(_saveEvent, event, expiration), "write")
 
     def query(self, filters: Sequence[Filter]) -> Deferred[list[Event]]:
         """
         The stored events matching C{filters}; see L{IEventStore.query}.
         """
         return self._submit(
-            self._reader, partial(_queryEvents, tuple(filters), self._maxLimit, self._now())
+            self._reader, partial(_queryEvents, tuple(filters), self._maxLimit, self._now()),
+            "query",
         )
 
     def queryIds(self, filters: Sequence[Filter]) -> Deferred[list[str]]:
@@ -486,7 +517,8 @@ class SQLiteEventStore:
         order; see L{IEventStore.queryIds}.
         """
         return self._submit(
-            self._reader, partial(_queryIds, tuple(filters), self._maxLimit, self._now())
+            self._reader, partial(_queryIds, tuple(filters), self._maxLimit, self._now()),
+            "query",
         )
 
     def fetch(self, eventIds: Sequence[str]) -> Deferred[list[Event]]:
@@ -494,20 +526,20 @@ class SQLiteEventStore:
         The stored events among C{eventIds}, in their order; see
         L{IEventStore.fetch}.
         """
-        return self._submit(self._reader, partial(_fetchEvents, tuple(eventIds), self._now()))
+        return self._submit(self._reader, partial(_fetchEvents, tuple(eventIds), self._now()), "query")
 
     def count(self, filters: Sequence[Filter]) -> Deferred[int]:
         """
         How many distinct stored events match C{filters}, each filter's
         C{limit} applying to its own matches; see L{IEventStore.count}.
         """
-        return self._submit(self._reader, partial(_countEvents, tuple(filters), self._now()))
+        return self._submit(self._reader, partial(_countEvents, tuple(filters), self._now()), "query")
 
     def delete(self, eventIds: Sequence[str]) -> Deferred[int]:
         """
         Remove the events with these ids; see L{IEventStore.delete}.
         """
-        return self._submit(self._writer, partial(_deleteEvents, tuple(eventIds)))
+        return self._submit(self._writer, partial(_deleteEvents, tuple(eventIds)), "write")
 
     def close(self) -> Deferred[None]:
         """
@@ -530,6 +562,32 @@ class SQLiteEventStore:
         self._closed.addBoth(passOn)
         return done
 
+    def writeProblem(self) -> str | None:
+        """
+        Why the store cannot write now, without a query: it is closed, its
+        writer thread ended, or its last write transaction failed (then an
+        empty write transaction is started in the background, one at a
+        time, so that a store that recovered says so at the next call).
+
+        @return: a reason a person can act on, or L{None} if the store is
+            writable.
+        """
+        if self._closed is not None:
+            return "the store is closed"
+        writer = self._writer
+        if not writer.isRunning():
+            return "the store's writer thread has ended"
+        if writer.lastError is None:
+            return None
+        if not self._probing:
+            self._probing = True
+
+            def probed(result: object) -> None:
+                self._probing = False
+
+            self._submit(writer, _probeWrite, "write").addBoth(probed)
+        return f"the store's last write failed: {writer.lastError}"
+
     # --- IOutbox -------------------------------------------------------------
 
     def enqueue(self, event: Event, relayURLs: Iterable[str]) -> Deferred[None]:
@@ -546,6 +604,7 @@ class SQLiteEventStore:
             partial(
                 _enqueue, event, tuple(relayURLs), self._clock(), self._maxOutbox
             ),
+            "write",
         )
 
     def recordResult(
@@ -559,19 +618,20 @@ class SQLiteEventStore:
         return self._submit(
             self._writer,
             partial(_recordResult, eventId, relayURL, accepted, message, refused, self._clock()),
+            "write",
         )
 
     def pending(self) -> Deferred[list[OutboxEntry]]:
         """
         The outbox, oldest first; see L{IOutbox.pending}.
         """
-        return self._submit(self._reader, _pending)
+        return self._submit(self._reader, _pending, "query")
 
     def discard(self, eventId: str) -> Deferred[None]:
         """
         Remove an event from the outbox; see L{IOutbox.discard}.
         """
-        return self._submit(self._writer, partial(_discard, eventId))
+        return self._submit(self._writer, partial(_discard, eventId), "write")
 
     # --- writer maintenance --------------------------------------------------
 
@@ -594,6 +654,14 @@ class SQLiteEventStore:
                     break
                 perEvent = max(1, used // stored)
                 _evict(connection, max(1, -(-(used - self._maxBytes) // perEvent)))
+
+
+def _probeWrite(connection: sqlite3.Connection) -> None:
+    """
+    Nothing: a job that only makes its transaction (begun with C{BEGIN
+    IMMEDIATE}, the writer's lock taken, committed) show whether the store
+    can write.
+    """
 
 
 def _usedBytes(connection: sqlite3.Connection) -> int:

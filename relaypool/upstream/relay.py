@@ -305,7 +305,9 @@ class Relay:
         C{restricted:}, C{mute:}, C{rate-limited:}, C{auth-required:}) and
         C{duplicate:} answers are answers in time, never health errors.
         The relay's own health (L{healthScore}, L{latency}) is the
-        aggregate of its connections.
+        aggregate of its connections. The latencies of OK (every final
+        answer), EOSE and COUNT also go to the optional C{onLatency(kind,
+        seconds)} observer, C{kind} being C{"ok"}, C{"eose"} or C{"count"}.
     """
 
     def __init__(
@@ -324,8 +326,10 @@ class Relay:
         healthPolicy: HealthPolicy = HealthPolicy(),
         rateLimitBackoff: Backoff = Backoff(initial=1.0, maximum=60.0, jitter=0.0),
         onStateChange: Callable[[Any], None] | None = None,
+        onLatency: Callable[[str, float], None] | None = None,
     ) -> None:
         relayURL = parseRelayURL(url)
+        self._onLatency = onLatency
         self.url = relayURL.url
         self.reactor = reactor
         self._owner = owner
@@ -900,6 +904,19 @@ class Relay:
             else:
                 connection.ping()
 
+    def _answered(self, connection: RelayConnection, kind: str, sentAt: float) -> None:
+        """
+        A request sent at C{sentAt} got its answer on C{connection}: a
+        success for the connection's health, and a latency for the
+        C{onLatency} observer.
+        """
+        self.pool.recordSuccess(connection, self.reactor.seconds() - sentAt)
+        self._observeLatency(kind, sentAt)
+
+    def _observeLatency(self, kind: str, sentAt: float) -> None:
+        if self._onLatency is not None:
+            self._onLatency(kind, self.reactor.seconds() - sentAt)
+
     def _protocolError(self, connection: RelayConnection, what: str) -> None:
         self.counters.protocolErrors += 1
         self.pool.recordError(connection)
@@ -930,7 +947,7 @@ class Relay:
                 self._owner.relayOther(self, message)
                 return
             if not wire.eosed:
-                self.pool.recordSuccess(connection, self.reactor.seconds() - wire.sentAt)
+                self._answered(connection, "eose", wire.sentAt)
                 self._rateLimitStrikes = 0
             self._wireFinished(wire, None)
         elif isinstance(message, RelayClosed):
@@ -940,7 +957,7 @@ class Relay:
             if wire is None or not wire.isCount:
                 self._owner.relayOther(self, message)
                 return
-            self.pool.recordSuccess(connection, self.reactor.seconds() - wire.sentAt)
+            self._answered(connection, "count", wire.sentAt)
             self._wires.pop(wire.wireId, None)
             self._release(wire)
             self._subscriptions.pop(wire.subscriptionId, None)
@@ -1055,9 +1072,10 @@ class Relay:
             self.counters.okRejected += 1
         if stored or not isRelayFailure(message.message):
             # A refusal by the relay's rules is an answer in time too.
-            self.pool.recordSuccess(connection, self.reactor.seconds() - pending.sentAt)
+            self._answered(connection, "ok", pending.sentAt)
         else:
             self.pool.recordError(connection)
+            self._observeLatency("ok", pending.sentAt)
         self._owner.relayOK(self, message.eventId, stored, message.message)
 
     def _republishAfterAuth(

@@ -139,6 +139,14 @@ class RelayPool(service.Service):
     @param rateLimitBackoff: how long a relay is left alone after it answered
         C{rate-limited:} (the delay grows with repeated answers and resets
         after an accepted OK or an EOSE).
+    @param onStateChange: called with a relay URL and a
+        L{relaypool.transport.mux.SlotStatus} when a connection slot changes
+        state.
+    @param onLatency: called with a kind (C{"ok"}, C{"eose"} or
+        C{"count"}), a relay URL and the seconds from the request to its
+        answer, for each OK, EOSE (the first of each REQ) and COUNT answer
+        from a relay: the latencies its health is computed from, for an
+        observer such as the gateway's histograms.
     @param fetchInformation: fetch each relay's NIP-11 document and respect
         its C{limitation} (REQs wait for it, at most C{informationTimeout}).
     @param pendingRequestCapacity: per relay, how many REQs may wait for the
@@ -171,6 +179,7 @@ class RelayPool(service.Service):
         deadAfter: float = 300.0,
         rateLimitBackoff: Backoff = Backoff(initial=1.0, maximum=60.0, jitter=0.0),
         onStateChange: Callable[[str, Any], None] | None = None,
+        onLatency: Callable[[str, str, float], None] | None = None,
     ) -> None:
         reactor = defaultReactor(reactor)
         for name, value in (
@@ -202,6 +211,7 @@ class RelayPool(service.Service):
         self._deadAfter = deadAfter
         self._rateLimitBackoff = rateLimitBackoff
         self._onStateChange = onStateChange
+        self._onLatency = onLatency
         self._ownNameService = nameService is None
         if nameService is None:
             from relaypool.transport.names import DNSNameService
@@ -301,6 +311,11 @@ class RelayPool(service.Service):
             onStateChange=(
                 (lambda slot: self._onStateChange(normalized, slot))  # type: ignore[misc]
                 if self._onStateChange is not None
+                else None
+            ),
+            onLatency=(
+                (lambda kind, seconds: self._onLatency(kind, normalized, seconds))  # type: ignore[misc]
+                if self._onLatency is not None
                 else None
             ),
         )
