@@ -73,16 +73,16 @@ def _describe(setting: Setting) -> str:
     return f"{setting.help} [default: {shown}]"
 
 
-_COMMAND = "twistd relaypool"
-
-
 class Options(usage.Options):
     """
     The options of C{twistd relaypool}; every setting of L{Config} has one.
     After parsing, L{config} holds the validated settings.
 
     @ivar config: the L{Config} built from C{--config} and the command line.
+    @cvar command: the command these options belong to, named in errors.
     """
+
+    command = "twistd relaypool"
 
     synopsis = "[--relay URL ...] [options]"
     longdesc = (
@@ -112,20 +112,21 @@ class Options(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
-        Parse C{options}. Under twistd (as its C{relaypool} subcommand, with a
-        C{parent}), an invalid option or setting ends the process with one
-        line saying what is wrong and a hint to C{--help}, instead of
-        twistd's whole usage text followed by the error.
+        Parse C{options}. Under a parent command (twistd, whose C{relaypool}
+        subcommand these options are, or the C{relaypool} script, whose
+        C{run}), an invalid option or setting ends the process with one line
+        saying what is wrong and a hint to C{--help}, instead of the
+        parent's whole usage text followed by the error.
 
-        @raise usage.UsageError: on invalid options, when not under twistd.
-        @raise SystemExit: on invalid options, under twistd.
+        @raise usage.UsageError: on invalid options, without a parent.
+        @raise SystemExit: on invalid options, under a parent.
         """
         try:
             super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
             if getattr(self, "parent", None) is None:
                 raise
-            raise SystemExit(f"{_COMMAND}: {e}\nTry '{_COMMAND} --help'.") from None
+            raise SystemExit(f"{self.command}: {e}\nTry '{self.command} --help'.") from None
 
     def opt_relay(self, url: str) -> None:
         """an upstream relay URL (ws:// or wss://); repeatable [default: none]"""
