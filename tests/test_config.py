@@ -305,6 +305,21 @@ class ValidationTests(SynchronousTestCase):
             str(error).startswith('listen: "carrier:7" is not a Twisted server endpoint string')
         )
 
+    def test_listenSystemdWithoutSocket(self) -> None:
+        """
+        A C{systemd:} endpoint in a process systemd passed no socket to is
+        refused, saying how the socket is passed.
+        """
+        error = self.assertRaises(
+            ConfigError, buildConfig, overrides={"listen": "systemd:domain=INET:index=0"}
+        )
+        self.assertEqual(
+            str(error),
+            'listen: "systemd:domain=INET:index=0": systemd passed no such socket to this'
+            " process (start it from a .socket unit; LISTEN_FDS, LISTEN_PID and"
+            " LISTEN_FDNAMES must be set)",
+        )
+
     def test_relayScheme(self) -> None:
         """
         A relay URL that is not ws:// or wss://.

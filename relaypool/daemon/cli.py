@@ -546,6 +546,7 @@ def _withPool(
         pool.addRelay(url)
     relays = pool.relayURLs()
     pool.startService()
+
     def expired() -> None:
         if not settled.called:
             settled.callback(None)
@@ -588,6 +589,7 @@ def _reqCommand(reactor: Any, options: ReqOptions, output: _Output) -> Deferred[
                 subscription.close()
 
         subscription.onEvent(event)
+
         def eose() -> None:
             if not done.called:
                 done.callback(0)
@@ -612,7 +614,9 @@ def _publishCommand(reactor: Any, options: PublishOptions, output: _Output) -> D
         answers: dict[str, bool] = {}
 
         def answer(url: str, accepted: bool, message: str) -> None:
-            output.line(f"{url}: OK {'true' if accepted else 'false'} {orjson.dumps(message).decode()}")
+            output.line(
+                f"{url}: OK {'true' if accepted else 'false'} {orjson.dumps(message).decode()}"
+            )
             answers[url] = accepted
             if len(answers) == len(opened) and not answered.called:
                 answered.callback(None)
@@ -623,7 +627,9 @@ def _publishCommand(reactor: Any, options: PublishOptions, output: _Output) -> D
             pass
         yield answered
         accepted = sum(answers.values())
-        summary = f"{accepted} of {len(options['relays'])} relays accepted {event.id}, quorum {quorum}"
+        summary = (
+            f"{accepted} of {len(options['relays'])} relays accepted {event.id}, quorum {quorum}"
+        )
         if accepted < quorum:
             raise CommandFailed(f"quorum not reached: {summary}")
         output.line(f"published: {summary}")

@@ -211,7 +211,14 @@ def _endpoint(value: object, fromText: bool) -> str:
     try:
         # Parsing needs no reactor: the endpoint is built, never listened on.
         serverFromString(None, text)  # type: ignore[no-untyped-call]
-    except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+    except (KeyError, IndexError) as e:
+        if text.startswith("systemd:"):
+            raise _Invalid(
+                f"{_shown(text)}: systemd passed no such socket to this process (start it from"
+                " a .socket unit; LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES must be set)"
+            ) from None
+        raise _Invalid(f"{_shown(text)} is not a Twisted server endpoint string: {e}") from None
+    except (ValueError, TypeError, OSError) as e:
         raise _Invalid(f"{_shown(text)} is not a Twisted server endpoint string: {e}") from None
     return text
 
