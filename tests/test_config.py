@@ -327,6 +327,21 @@ class ValidationTests(SynchronousTestCase):
             str(error).startswith('listen: "carrier:7" is not a Twisted server endpoint string')
         )
 
+    def test_listenSystemdWithoutSocket(self) -> None:
+        """
+        A C{systemd:} endpoint in a process systemd passed no socket to is
+        refused, saying how the socket is passed.
+        """
+        error = self.assertRaises(
+            ConfigError, buildConfig, overrides={"listen": "systemd:domain=INET:index=0"}
+        )
+        self.assertEqual(
+            str(error),
+            'listen: "systemd:domain=INET:index=0": systemd passed no such socket to this'
+            " process (start it from a .socket unit; LISTEN_FDS, LISTEN_PID and"
+            " LISTEN_FDNAMES must be set)",
+        )
+
     def test_relayScheme(self) -> None:
         """
         A relay URL that is not ws:// or wss://.
@@ -546,11 +561,17 @@ class EnvironmentTests(SynchronousTestCase):
 
     def test_otherVariablesIgnored(self) -> None:
         """
-        Variables without the prefix, and C{RELAYPOOL_CONFIG}, are not
-        settings.
+        Variables without the prefix, C{RELAYPOOL_CONFIG} and
+        C{RELAYPOOL_KEY} (the signing key of C{relaypool publish}) are not
+        settings, and not refused.
         """
         values = environmentValues(
-            {"PATH": "/bin", "RELAYPOOLQUORUM": "x", "RELAYPOOL_CONFIG": "a.toml"}
+            {
+                "PATH": "/bin",
+                "RELAYPOOLQUORUM": "x",
+                "RELAYPOOL_CONFIG": "a.toml",
+                "RELAYPOOL_KEY": "ab" * 32,
+            }
         )
         self.assertEqual(values, {})
 

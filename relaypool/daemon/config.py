@@ -51,6 +51,7 @@ from relaypool.nostr.url import parseRelayURL
 __all__ = [
     "CONFIG_VARIABLE",
     "ENVIRONMENT_PREFIX",
+    "KEY_VARIABLE",
     "SETTINGS",
     "Config",
     "ConfigSources",
@@ -292,7 +293,14 @@ def _endpoint(value: object, fromText: bool) -> str:
     try:
         # Parsing needs no reactor: the endpoint is built, never listened on.
         serverFromString(None, text)  # type: ignore[no-untyped-call]
-    except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+    except (KeyError, IndexError) as e:
+        if text.startswith("systemd:"):
+            raise _Invalid(
+                f"{_shown(text)}: systemd passed no such socket to this process (start it from"
+                " a .socket unit; LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES must be set)"
+            ) from None
+        raise _Invalid(f"{_shown(text)} is not a Twisted server endpoint string: {e}") from None
+    except (ValueError, TypeError, OSError) as e:
         raise _Invalid(f"{_shown(text)} is not a Twisted server endpoint string: {e}") from None
     return text
 
@@ -588,6 +596,12 @@ The environment variable naming the config file when C{--config} is not
 given.
 """
 
+KEY_VARIABLE = ENVIRONMENT_PREFIX + "KEY"
+"""
+The environment variable C{relaypool publish} reads a hex private key from
+when neither C{--key} nor C{--key-file} is given; the daemon leaves it alone.
+"""
+
 _DEFAULTS: dict[str, object] = {f.name: f.default for f in fields(Config)}
 _LIMIT_FIELDS = frozenset(f.name for f in fields(GatewayLimits))
 _BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -627,7 +641,7 @@ def environmentValues(environ: Mapping[str, str]) -> dict[str, object]:
     """
     Find the settings given as environment variables (see the module
     docstring): every variable starting with L{ENVIRONMENT_PREFIX}, except
-    L{CONFIG_VARIABLE}.
+    L{CONFIG_VARIABLE} and L{KEY_VARIABLE}.
 
     @return: their text by setting key, for L{buildConfig}'s C{environment};
         lists (C{relays}, C{deny-kinds}, ...) as lists, flags as booleans.
@@ -636,7 +650,7 @@ def environmentValues(environ: Mapping[str, str]) -> dict[str, object]:
     """
     values: dict[str, object] = {}
     for name, text in sorted(environ.items()):
-        if not name.startswith(ENVIRONMENT_PREFIX) or name == CONFIG_VARIABLE:
+        if not name.startswith(ENVIRONMENT_PREFIX) or name in (CONFIG_VARIABLE, KEY_VARIABLE):
             continue
         setting = _BY_VARIABLE.get(name)
         if setting is None:

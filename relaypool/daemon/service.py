@@ -80,8 +80,6 @@ def _describe(setting: Setting) -> str:
     return f"{setting.help} [default: {shown}]"
 
 
-_COMMAND = "twistd relaypool"
-
 _LISTS = {setting.key: setting for setting in SETTINGS if setting.option is not None}
 
 
@@ -95,7 +93,10 @@ class Options(usage.Options):
     @ivar sources: where they came from, to read them again on C{SIGHUP}.
     @ivar environ: the environment read (L{os.environ} unless replaced
         before parsing).
+    @cvar command: the command these options belong to, named in errors.
     """
+
+    command = "twistd relaypool"
 
     synopsis = "[--relay URL ...] [options]"
     longdesc = (
@@ -137,20 +138,21 @@ class Options(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
-        Parse C{options}. Under twistd (as its C{relaypool} subcommand, with a
-        C{parent}), an invalid option or setting ends the process with one
-        line saying what is wrong and a hint to C{--help}, instead of
-        twistd's whole usage text followed by the error.
+        Parse C{options}. Under a parent command (twistd, whose C{relaypool}
+        subcommand these options are, or the C{relaypool} script, whose
+        C{run}), an invalid option or setting ends the process with one line
+        saying what is wrong and a hint to C{--help}, instead of the
+        parent's whole usage text followed by the error.
 
-        @raise usage.UsageError: on invalid options, when not under twistd.
-        @raise SystemExit: on invalid options, under twistd.
+        @raise usage.UsageError: on invalid options, without a parent.
+        @raise SystemExit: on invalid options, under a parent.
         """
         try:
             super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
             if getattr(self, "parent", None) is None:
                 raise
-            raise SystemExit(f"{_COMMAND}: {e}\nTry '{_COMMAND} --help'.") from None
+            raise SystemExit(f"{self.command}: {e}\nTry '{self.command} --help'.") from None
 
     def _addItem(self, key: str, value: str) -> None:
         """

@@ -30,7 +30,7 @@ from relaypool.errors import InvalidRelayURL, RelayPoolError
 from relaypool.nostr.event import AUTH_KIND, Event, generatePrivateKey, publicKeyFor
 from relaypool.nostr.url import parseRelayURL
 
-__all__ = ["TryItFailed", "main", "tryRelay"]
+__all__ = ["TryItFailed", "describeFailure", "main", "tryRelay"]
 
 DEFAULT_URL = "ws://127.0.0.1:7777"
 
@@ -239,6 +239,17 @@ def _publish(client: _Client, note: Event, reactor: IReactorTime, timeout: float
     )
 
 
+def describeFailure(failure: Failure | BaseException) -> str:
+    """
+    @return: the one line a command prints for C{failure}: a relaypool
+        error's own message, else Twisted's description of the error.
+    """
+    if isinstance(failure, BaseException):
+        failure = Failure(failure)  # type: ignore[no-untyped-call]
+    error = failure.value
+    return str(error) if isinstance(error, RelayPoolError) else failure.getErrorMessage()
+
+
 def main(reactor: ClientReactor, *argv: str) -> Deferred[None]:
     """
     The C{python -m relaypool.daemon.tryit} command, for L{twisted.internet.task.react}.
@@ -256,9 +267,7 @@ def main(reactor: ClientReactor, *argv: str) -> Deferred[None]:
         parser.error(str(e))
 
     def failed(failure: Failure) -> None:
-        error = failure.value
-        reason = str(error) if isinstance(error, RelayPoolError) else failure.getErrorMessage()
-        print(f"tryit: {reason}", file=sys.stderr)
+        print(f"tryit: {describeFailure(failure)}", file=sys.stderr)
         raise SystemExit(1)
 
     def succeeded(note: Event) -> None:

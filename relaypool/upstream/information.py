@@ -38,14 +38,23 @@ def fetchRelayInformation(
         L{InvalidRelayInformation} for a non-200 answer or a bad document, or
         with the connection error.
     """
+    return _fetch(quietHTTPClient(reactor, tlsPolicy), informationURL(relayURL), timeout)
+
+
+def quietHTTPClient(reactor: Any, tlsPolicy: Any = None) -> HTTPClient:
+    """
+    @param tlsPolicy: an C{IPolicyForHTTPS} for C{https://}, or L{None} for
+        Twisted's default (system trust roots, hostname checked).
+    @return: a treq client that keeps no connection alive (nothing lingers
+        after a request) and logs no "Starting factory" lines.
+    """
     pool = HTTPConnectionPool(reactor, persistent=False)  # type: ignore[no-untyped-call]
     pool._factory = _QuietHTTP11ClientFactory
     if tlsPolicy is None:
         agent = Agent(reactor, pool=pool)  # type: ignore[no-untyped-call]
     else:
         agent = Agent(reactor, contextFactory=tlsPolicy, pool=pool)  # type: ignore[no-untyped-call]
-    client = HTTPClient(agent)
-    return _fetch(client, informationURL(relayURL), timeout)
+    return HTTPClient(agent)
 
 
 class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
@@ -95,4 +104,5 @@ class _Discard:
 __all__ = [
     "MAX_DOCUMENT_BYTES",
     "fetchRelayInformation",
+    "quietHTTPClient",
 ]
