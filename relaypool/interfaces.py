@@ -118,6 +118,19 @@ class IEventStore(Interface):
         @return: Deferred firing with a list of event ids.
         """
 
+    def syncRecords(filters, maxRecords):  # type: ignore[no-untyped-def]
+        """
+        The records a set reconciliation (NIP-77 negentropy) works on: the
+        C{(created_at, id)} of the stored events matching C{filters}, each
+        filter's C{limit} applying to its own matches, in no particular
+        order.
+
+        @param maxRecords: how many records the caller accepts; at most one
+            more is returned, so that it can tell the matches exceed it.
+        @return: Deferred firing with a list of C{(created_at, id)} pairs,
+            ids in hex.
+        """
+
     def fetch(eventIds):  # type: ignore[no-untyped-def]
         """
         @param eventIds: a sequence of event ids.

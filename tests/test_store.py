@@ -251,6 +251,25 @@ class PagedQueryTests(StoreTestMixin, TestCase):
         self.assertEqual(ids, [e.id for e in queried])
 
     @inlineCallbacks
+    def test_syncRecords(self) -> Any:
+        """
+        L{SQLiteEventStore.syncRecords} gives the C{(created_at, id)} of the
+        matching events, limits applied per filter, and at most one record
+        more than asked for.
+        """
+        store = self.openStore()
+        events = [note(createdAt=NOW - 10 + i, kind=1 + i % 2, content=str(i)) for i in range(9)]
+        yield gatherResults([store.save(e) for e in events])
+        filters = [Filter(kinds=frozenset([1]), limit=2), Filter(kinds=frozenset([2]))]
+        records = yield store.syncRecords(filters, 100)
+        newestOnes = sorted((e for e in events if e.kind == 1), key=lambda e: -e.createdAt)[:2]
+        expected = {(e.createdAt, e.id) for e in newestOnes + [e for e in events if e.kind == 2]}
+        self.assertEqual(sorted(records), sorted(expected))
+        bounded = yield store.syncRecords([Filter()], 4)
+        self.assertEqual(len(bounded), 5)
+        self.assertLessEqual(set(bounded), {(e.createdAt, e.id) for e in events})
+
+    @inlineCallbacks
     def test_fetchInGivenOrder(self) -> Any:
         """
         L{SQLiteEventStore.fetch} returns the stored events among the ids, in

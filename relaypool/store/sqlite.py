@@ -521,6 +521,17 @@ class SQLiteEventStore:
             "query",
         )
 
+    def syncRecords(
+        self, filters: Sequence[Filter], maxRecords: int
+    ) -> Deferred[list[tuple[int, str]]]:
+        """
+        The C{(created_at, id)} of the stored events matching C{filters}, at
+        most C{maxRecords + 1}; see L{IEventStore.syncRecords}.
+        """
+        return self._submit(
+            self._reader, partial(_syncRecords, tuple(filters), maxRecords + 1, self._now()), "query"
+        )
+
     def fetch(self, eventIds: Sequence[str]) -> Deferred[list[Event]]:
         """
         The stored events among C{eventIds}, in their order; see
@@ -806,6 +817,13 @@ def _queryIds(
     filters: tuple[Filter, ...], maxLimit: int, now: int, connection: sqlite3.Connection
 ) -> list[str]:
     return [row[0] for row in _newestMatches(filters, maxLimit, now, "", connection)]
+
+
+def _syncRecords(
+    filters: tuple[Filter, ...], maxRecords: int, now: int, connection: sqlite3.Connection
+) -> list[tuple[int, str]]:
+    rows = _newestMatches(filters, maxRecords, now, "", connection)
+    return [(createdAt, eventId) for eventId, createdAt in rows[:maxRecords]]
 
 
 def _fetchEvents(
