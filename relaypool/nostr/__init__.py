@@ -1,6 +1,6 @@
 """
-The Nostr protocol, free of Twisted: events, filters, messages and NIP-11
-relay information documents.
+The Nostr protocol, free of Twisted: events, filters, messages, NIP-11
+relay information documents and NIP-77 negentropy.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ from relaypool.nostr.messages import (
     parseRelayMessage,
     reasonPrefix,
 )
+from relaypool.nostr.negentropy import (
+    NegentropyError,
+    NegentropyInitiator,
+    NegentropyResponder,
+    NegentropyStorage,
+)
 from relaypool.nostr.nip11 import Limitation, RelayInformation, informationURL
 from relaypool.nostr.url import RelayURL, parseRelayURL
 
@@ -74,6 +80,10 @@ __all__ = [
     "Filter",
     "FilterLimits",
     "Limitation",
+    "NegentropyError",
+    "NegentropyInitiator",
+    "NegentropyResponder",
+    "NegentropyStorage",
     "RelayAuth",
     "RelayClosed",
     "RelayCount",
