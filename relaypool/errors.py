@@ -44,9 +44,13 @@ class InvalidMessage(RelayPoolError, ValueError):
 
     @ivar subscriptionId: the subscription id when the message got far
         enough to have one (so a relay can answer C{CLOSED}), else C{None}.
+    @ivar negentropy: whether it is a NIP-77 message (C{NEG-OPEN},
+        C{NEG-MSG}, C{NEG-CLOSE}), answered with C{NEG-ERR} rather than
+        C{CLOSED}.
     """
 
     subscriptionId: str | None = None
+    negentropy: bool = False
 
 
 class InvalidRelayURL(RelayPoolError, ValueError):

@@ -517,6 +517,25 @@ SETTINGS: tuple[Setting, ...] = (
         "bytes in an HTTP request body (NIP-86 calls; more: HTTP 413)",
         _POSITIVE_INT,
     ),
+    Setting("neg-max-syncs", "negMaxSyncs", "NIP-77 syncs open at once per client", _POSITIVE_INT),
+    Setting(
+        "neg-max-records",
+        "negMaxRecords",
+        "stored events one NIP-77 sync may cover (more: NEG-ERR blocked)",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "neg-frame-size",
+        "negFrameSize",
+        "bytes in a negentropy message sent to a client (at least 4096)",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "neg-idle-timeout",
+        "negIdleTimeout",
+        "seconds a NIP-77 sync waits for the client's next NEG-MSG",
+        _POSITIVE_SECONDS,
+    ),
     Setting(
         "status-page-interval",
         "statusPageInterval",

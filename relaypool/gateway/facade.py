@@ -22,6 +22,7 @@ from relaypool._reactor import defaultReactor
 from relaypool.errors import CountUnavailable, InvalidEvent, InvalidMessage
 from relaypool.gateway.auth import expectedRelayURL, makeChallenge, verifyAuthEvent
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits, TokenBucket
+from relaypool.gateway.negentropy import NegentropyServer
 from relaypool.gateway.policy import EventPolicy
 from relaypool.gateway.publishing import EventAcceptor
 from relaypool.gateway.registry import ConnectionRegistry, ConnId
@@ -35,7 +36,10 @@ from relaypool.nostr.messages import (
     ClientClose,
     ClientCount,
     ClientEvent,
+    ClientNegClose,
+    ClientNegOpen,
     ClientReq,
+    NegMessage,
     RelayAuth,
     RelayCount,
     parseClientMessage,
@@ -50,6 +54,9 @@ _VERBS: dict[type, str] = {
     ClientClose: "CLOSE",
     ClientCount: "COUNT",
     ClientAuth: "AUTH",
+    ClientNegOpen: "NEG-OPEN",
+    NegMessage: "NEG-MSG",
+    ClientNegClose: "NEG-CLOSE",
 }
 
 
@@ -76,9 +83,13 @@ class FacadeStats:
         shutdown).
     @ivar eventsBlocked: events refused by the event policy (C{blocked:}
         or C{restricted:}).
+    @ivar syncsOpened: NIP-77 syncs answered from the store.
+    @ivar syncsRefused: NIP-77 syncs ended with C{NEG-ERR} (bounds, idle
+        timeout, malformed messages).
     @ivar messagesReceived: by verb (C{EVENT}, C{REQ}, C{CLOSE}, C{COUNT},
-        C{AUTH}; C{invalid} for a message that could not be parsed), the
-        messages received from clients.
+        C{AUTH}, C{NEG-OPEN}, C{NEG-MSG}, C{NEG-CLOSE}; C{invalid} for a
+        message that could not be parsed), the messages received from
+        clients.
     @ivar messagesSent: by verb (C{EVENT}, C{EOSE}, C{OK}, C{CLOSED},
         C{NOTICE}, C{COUNT}, C{AUTH}), the messages written or queued to
         clients (an event sent to a room counts once per member).
@@ -96,6 +107,8 @@ class FacadeStats:
     notices: int
     deniedConnections: int
     eventsBlocked: int
+    syncsOpened: int
+    syncsRefused: int
     messagesReceived: dict[str, int]
     messagesSent: dict[str, int]
 
@@ -171,6 +184,7 @@ class RelayFacade:
             reactor,
             onLatency,
         )
+        self.negentropy = NegentropyServer(self._replies, store, limits, reactor)
         self.authRequired = authRequired
         self.relayURL = None if relayURL is None else parseRelayURL(relayURL).url
         self._sessions: dict[ConnId, Session] = {}
@@ -202,6 +216,7 @@ class RelayFacade:
         """
         self.limits = limits
         self.subscriptions.limits = limits
+        self.negentropy.limits = limits
         for session in self._sessions.values():
             session.events.reconfigure(limits.eventsPerSecond, limits.eventBurst)
             session.reqs.reconfigure(limits.reqsPerSecond, limits.reqBurst)
@@ -245,6 +260,7 @@ class RelayFacade:
         session.open = False
         self._sessions.pop(session.connId, None)
         self.subscriptions.leaveAll(session)
+        self.negentropy.closeAll(session)
 
     def close(self) -> None:
         """
@@ -284,7 +300,9 @@ class RelayFacade:
             message = parseClientMessage(payload)
         except InvalidMessage as e:
             self._countReceived("invalid")
-            if e.subscriptionId is not None:
+            if e.subscriptionId is not None and e.negentropy:
+                self.negentropy.refuse(session, e.subscriptionId, str(e))
+            elif e.subscriptionId is not None:
                 self._replies.closed(session, e.subscriptionId, str(e))
             else:
                 self.notice(session, str(e))
@@ -310,6 +328,16 @@ class RelayFacade:
             self._handleCount(session, message)
         elif isinstance(message, ClientAuth):
             self._handleAuth(session, message.event)
+        elif isinstance(message, ClientNegOpen):
+            refusal = self._refuseQuery(session, message.subscriptionId, (message.filter,))
+            if refusal is None:
+                self.negentropy.open(session, message)
+            else:
+                self.negentropy.refuse(session, message.subscriptionId, refusal)
+        elif isinstance(message, NegMessage):
+            self.negentropy.message(session, message)
+        elif isinstance(message, ClientNegClose):
+            self.negentropy.close(session, message.subscriptionId)
 
     def _countReceived(self, verb: str) -> None:
         self._received[verb] = self._received.get(verb, 0) + 1
@@ -459,6 +487,8 @@ class RelayFacade:
             notices=replies.notices,
             deniedConnections=self.deniedConnections,
             eventsBlocked=self._eventsBlocked,
+            syncsOpened=self.negentropy.syncsOpened,
+            syncsRefused=self.negentropy.syncsRefused,
             messagesReceived=dict(self._received),
             messagesSent=dict(replies.sent),
         )

@@ -42,13 +42,23 @@ _log = Logger()
 DEFAULT_DESCRIPTION = "A Nostr relay pool: one connection to many relays."
 
 
-CLIENT_VERBS = ("EVENT", "REQ", "CLOSE", "COUNT", "AUTH", "invalid")
+CLIENT_VERBS = (
+    "EVENT",
+    "REQ",
+    "CLOSE",
+    "COUNT",
+    "AUTH",
+    "NEG-OPEN",
+    "NEG-MSG",
+    "NEG-CLOSE",
+    "invalid",
+)
 """
 The C{verb} labels of C{nostr_client_messages_total}: the messages clients
 send, and C{invalid} for one that could not be parsed.
 """
 
-RELAY_VERBS = ("EVENT", "EOSE", "OK", "CLOSED", "NOTICE", "COUNT", "AUTH")
+RELAY_VERBS = ("EVENT", "EOSE", "OK", "CLOSED", "NOTICE", "COUNT", "AUTH", "NEG-MSG", "NEG-ERR")
 """
 The C{verb} labels of C{nostr_relay_messages_total}: the messages the
 gateway sends to clients.
@@ -291,11 +301,12 @@ class Gateway(service.MultiService):
         """
         @return: the NIPs this gateway implements: NIP-09 deletions only
             with a store (which applies them), NIP-86 and NIP-98 only with
-            admin pubkeys.
+            admin pubkeys; NIP-77 only with a store (which syncs answer
+            from).
         """
         nips = [1, 11, 40, 42, 45]
         if self._store is not None:
-            nips.append(9)
+            nips += [9, 77]
         if self.management.admins:
             nips += [86, 98]
         return tuple(sorted(nips))
@@ -551,6 +562,14 @@ class Gateway(service.MultiService):
                 "relaypool_gateway_rate_limited_total",
                 "Messages refused with rate-limited.",
                 facade.rateLimited,
+            ),
+            _labelled(
+                CounterMetricFamily(
+                    "relaypool_gateway_negentropy_syncs_total",
+                    "NIP-77 syncs: answered from the store, or ended with NEG-ERR.",
+                    labels=["outcome"],
+                ),
+                [("opened", facade.syncsOpened), ("refused", facade.syncsRefused)],
             ),
             _counter(
                 "relaypool_gateway_denied_connections_total",

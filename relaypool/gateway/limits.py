@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from relaypool.errors import ConfigError
 from relaypool.nostr.messages import MAX_SUBSCRIPTION_ID_LENGTH
+from relaypool.nostr.negentropy import MIN_FRAME_SIZE_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,16 @@ class GatewayLimits:
         bytes, by its C{Content-Length}; a larger one is answered with HTTP
         413 and a body without a C{Content-Length} (chunked) with HTTP 411,
         before the body is read, and the connection closed.
+    @ivar negMaxSyncs: NIP-77 syncs open at once per connection; one more
+        C{NEG-OPEN} is answered C{NEG-ERR "blocked: ..."}.
+    @ivar negMaxRecords: the most stored events one NIP-77 sync may cover; a
+        C{NEG-OPEN} whose filter matches more is answered C{NEG-ERR
+        "blocked: ..."} with this number as the 4th element.
+    @ivar negFrameSize: the largest negentropy message the gateway sends, in
+        bytes before hex encoding (at least 4096); a larger answer is cut
+        and the client asks again for the rest.
+    @ivar negIdleTimeout: seconds a NIP-77 sync may wait for the client's
+        next C{NEG-MSG} before it is closed with C{NEG-ERR "closed: ..."}.
     """
 
     maxSubscriptions: int = 20
@@ -94,6 +105,10 @@ class GatewayLimits:
     maxHeaderBytes: int = 16384
     maxHeaders: int = 100
     maxBodyBytes: int = 65536
+    negMaxSyncs: int = 4
+    negMaxRecords: int = 250_000
+    negFrameSize: int = 256 * 1024
+    negIdleTimeout: float = 60.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -107,6 +122,11 @@ class GatewayLimits:
                 "maxSubscriptionIdLength",
                 f"must be at most {MAX_SUBSCRIPTION_ID_LENGTH} (NIP-01), "
                 f"got {self.maxSubscriptionIdLength}",
+            )
+        if self.negFrameSize < MIN_FRAME_SIZE_LIMIT:
+            raise ConfigError(
+                "negFrameSize",
+                f"must be at least {MIN_FRAME_SIZE_LIMIT} (NIP-77), got {self.negFrameSize}",
             )
         if self.maxBacklogBytes < self.maxPendingBytes:
             raise ConfigError(

@@ -20,6 +20,8 @@ class Session:
 
     @ivar subscriptions: by subscription id, the connection's
         L{relaypool.gateway.subscriptions.Member}s.
+    @ivar syncs: by subscription id, the connection's NIP-77 syncs
+        (L{relaypool.gateway.negentropy.NegentropySync}).
     """
 
     connId: ConnId
@@ -30,6 +32,7 @@ class Session:
     relayURL: str | None = None
     pubkeys: set[str] = field(default_factory=set)
     subscriptions: dict[str, Any] = field(default_factory=dict)
+    syncs: dict[str, Any] = field(default_factory=dict)
     open: bool = True
 
 

@@ -189,6 +189,46 @@ class RelayCount:
 
 
 @dataclass(frozen=True, slots=True)
+class NegMessage:
+    """
+    C{["NEG-MSG", subscriptionId, messageHex]}: a NIP-77 negentropy
+    message, in either direction.
+
+    @ivar message: the binary negentropy message (hex on the wire).
+    """
+
+    subscriptionId: str
+    message: bytes
+
+    def toJSON(self) -> bytes:
+        """
+        The message as JSON bytes.
+        """
+        return orjson.dumps(["NEG-MSG", self.subscriptionId, self.message.hex()])
+
+
+@dataclass(frozen=True, slots=True)
+class RelayNegErr:
+    """
+    C{["NEG-ERR", subscriptionId, reason]}: a relay ends a NIP-77 sync.
+
+    @ivar maxRecords: with C{blocked:}, the most records the relay would
+        process (the optional 4th element), or L{None}.
+    """
+
+    subscriptionId: str
+    reason: str
+    maxRecords: int | None = None
+
+    def toJSON(self) -> bytes:
+        """
+        The message as JSON bytes.
+        """
+        extra = [] if self.maxRecords is None else [self.maxRecords]
+        return orjson.dumps(["NEG-ERR", self.subscriptionId, self.reason, *extra])
+
+
+@dataclass(frozen=True, slots=True)
 class ClientEvent:
     """
     C{["EVENT", event]}: publish an event.
@@ -252,6 +292,41 @@ class ClientCount:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientNegOpen:
+    """
+    C{["NEG-OPEN", subscriptionId, filter, initialMessageHex]}: start a
+    NIP-77 sync of the events matching C{filter}.
+    """
+
+    subscriptionId: str
+    filter: Filter
+    message: bytes
+
+    def toJSON(self) -> bytes:
+        """
+        The message as JSON bytes.
+        """
+        return orjson.dumps(
+            ["NEG-OPEN", self.subscriptionId, self.filter.toDict(), self.message.hex()]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientNegClose:
+    """
+    C{["NEG-CLOSE", subscriptionId]}: end a NIP-77 sync.
+    """
+
+    subscriptionId: str
+
+    def toJSON(self) -> bytes:
+        """
+        The message as JSON bytes.
+        """
+        return orjson.dumps(["NEG-CLOSE", self.subscriptionId])
+
+
+@dataclass(frozen=True, slots=True)
 class ClientAuth:
     """
     C{["AUTH", event]}: a NIP-42 signed authentication event.
@@ -267,9 +342,26 @@ class ClientAuth:
 
 
 RelayMessage: TypeAlias = (
-    RelayEvent | RelayOK | RelayEOSE | RelayClosed | RelayNotice | RelayAuth | RelayCount
+    RelayEvent
+    | RelayOK
+    | RelayEOSE
+    | RelayClosed
+    | RelayNotice
+    | RelayAuth
+    | RelayCount
+    | NegMessage
+    | RelayNegErr
 )
-ClientMessage: TypeAlias = ClientEvent | ClientReq | ClientClose | ClientCount | ClientAuth
+ClientMessage: TypeAlias = (
+    ClientEvent
+    | ClientReq
+    | ClientClose
+    | ClientCount
+    | ClientAuth
+    | ClientNegOpen
+    | NegMessage
+    | ClientNegClose
+)
 
 
 def reasonPrefix(message: str) -> str | None:
@@ -373,7 +465,27 @@ def relayMessageFromList(
         return RelayAuth(_string(message, 1, "challenge"))
     if verb == "COUNT":
         return _countResult(message, _string(message, 1, "subscription id"))
+    if verb == "NEG-MSG":
+        subscriptionId = _string(message, 1, "subscription id")
+        return NegMessage(subscriptionId, _negentropyMessage(message, 2, subscriptionId))
+    if verb == "NEG-ERR":
+        subscriptionId = _string(message, 1, "subscription id")
+        maxRecords = message[3] if len(message) > 3 and type(message[3]) is int else None
+        return RelayNegErr(subscriptionId, _optionalString(message, 2, "reason"), maxRecords)
     _invalid(f"unknown message type {verb[:32]!r}")
+
+
+def _negentropyMessage(message: list[Any], index: int, subscriptionId: str) -> bytes:
+    """
+    The hex-encoded negentropy message at C{index}, decoded.
+    """
+    text = message[index] if len(message) > index else None
+    if type(text) is not str:
+        _invalid(f"{message[0]} needs a hex-encoded negentropy message", subscriptionId)
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        _invalid(f"{message[0]} message is not hex", subscriptionId)
 
 
 def _subscriptionId(message: list[Any]) -> str:
@@ -435,10 +547,41 @@ def parseClientMessage(
         subscriptionId = _subscriptionId(message)
         _exactLength(message, 2, subscriptionId)
         return ClientClose(subscriptionId)
+    if verb in NEGENTROPY_VERBS:
+        try:
+            return _clientNegentropy(message, filterLimits)
+        except InvalidMessage as e:
+            e.negentropy = True
+            raise
     _invalid(f"unknown message type {verb[:32]!r}")
 
 
+NEGENTROPY_VERBS = frozenset({"NEG-OPEN", "NEG-MSG", "NEG-CLOSE"})
+"""The client verbs of NIP-77; their errors are answered with C{NEG-ERR}."""
+
+
+def _clientNegentropy(
+    message: list[Any], filterLimits: FilterLimits
+) -> ClientNegOpen | NegMessage | ClientNegClose:
+    verb = message[0]
+    subscriptionId = _subscriptionId(message)
+    if verb == "NEG-CLOSE":
+        _exactLength(message, 2, subscriptionId)
+        return ClientNegClose(subscriptionId)
+    if verb == "NEG-MSG":
+        _exactLength(message, 3, subscriptionId)
+        return NegMessage(subscriptionId, _negentropyMessage(message, 2, subscriptionId))
+    _exactLength(message, 4, subscriptionId)
+    (filter,) = _filters(message[:3], subscriptionId, filterLimits)
+    return ClientNegOpen(subscriptionId, filter, _negentropyMessage(message, 3, subscriptionId))
+
+
 __all__ = [
+    "NEGENTROPY_VERBS",
+    "ClientNegClose",
+    "ClientNegOpen",
+    "NegMessage",
+    "RelayNegErr",
     "FINAL_REFUSAL_PREFIXES",
     "MAX_SUBSCRIPTION_ID_LENGTH",
     "REASON_PREFIXES",
