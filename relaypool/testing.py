@@ -61,15 +61,20 @@ from relaypool.nostr.messages import (
     ClientClose,
     ClientCount,
     ClientEvent,
+    ClientNegClose,
+    ClientNegOpen,
     ClientReq,
+    NegMessage,
     RelayAuth,
     RelayClosed,
     RelayCount,
     RelayEOSE,
+    RelayNegErr,
     RelayNotice,
     RelayOK,
     parseClientMessage,
 )
+from relaypool.nostr.negentropy import NegentropyError, NegentropyResponder, NegentropyStorage
 from relaypool.nostr.nip11 import Limitation, RelayInformation
 from relaypool.nostr.url import parseRelayURL
 
@@ -174,6 +179,13 @@ class Misbehaviour:
         false: C{"closed"} (C{CLOSED "unsupported: ..."}, as NIP-45 asks),
         C{"notice"} (a C{NOTICE}, as relays that do not know the verb do),
         or C{"ignore"} (no answer at all).
+    @ivar negentropySupported: answer NIP-77 C{NEG-OPEN}/C{NEG-MSG} from
+        the stored events; when false, C{NEG-OPEN} gets the answer
+        C{negentropyRefusal} says.
+    @ivar negentropyRefusal: how a C{NEG-OPEN} is answered when
+        C{negentropySupported} is false: C{"notice"} (a C{NOTICE}, as relays
+        that do not know the verb do), C{"error"} (C{NEG-ERR "error: ..."})
+        or C{"ignore"} (no answer at all).
     """
 
     dropEvents: bool = False
@@ -188,6 +200,8 @@ class Misbehaviour:
     requireAuth: bool = False
     countSupported: bool = True
     countRefusal: str = "closed"
+    negentropySupported: bool = True
+    negentropyRefusal: str = "notice"
 
 
 def _textFrame(payload: bytes) -> bytes:
@@ -229,6 +243,7 @@ class _RelayProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.subscriptions: dict[str, _Subscription] = {}
+        self.syncs: dict[str, NegentropyResponder] = {}
         self.challenge: str | None = None
         self.authenticated: set[str] = set()
         self._outbox: deque[tuple[float, bytes]] = deque()
@@ -263,6 +278,7 @@ class _RelayProtocol(WebSocketServerProtocol):
             self._outboxCall = None
         self._outbox.clear()
         self.subscriptions.clear()
+        self.syncs.clear()
         if self._isOpen:
             self._isOpen = False
             self.relay._protocolClosed(self)
@@ -277,7 +293,9 @@ class _RelayProtocol(WebSocketServerProtocol):
                 self.sendMessages([RelayNotice(str(e)).toJSON()])
             return
         except InvalidMessage as e:
-            if e.subscriptionId is not None:
+            if e.subscriptionId is not None and e.negentropy:
+                self.sendMessages([RelayNegErr(e.subscriptionId, str(e)).toJSON()])
+            elif e.subscriptionId is not None:
                 self.sendClosed(e.subscriptionId, str(e))
             else:
                 self.sendMessages([RelayNotice(str(e)).toJSON()])
@@ -441,7 +459,8 @@ class FakeRelay:
     It stores published events in memory, answers REQ with the stored events that match, newest first
     and honouring each filter's C{limit}, then C{EOSE}, then forwards live
     events; it answers EVENT with C{OK} (verifying signatures when
-    C{verify}), COUNT with the count, AUTH per NIP-42, and serves its NIP-11
+    C{verify}), COUNT with the count, AUTH per NIP-42, NIP-77 negentropy
+syncs from the stored events, and serves its NIP-11
     document on C{GET /} with C{Accept: application/nostr+json}.
 
     It listens through its reactor's C{listenTCP} and keeps its timers
@@ -477,7 +496,7 @@ class FakeRelay:
         if information is None:
             information = RelayInformation(
                 name="relaypool fake relay",
-                supportedNips=(1, 11, 42, 45),
+                supportedNips=(1, 11, 42, 45, 77),
                 limitation=Limitation(maxSubscriptions=maxSubscriptions),
             )
         self.information = information
@@ -670,6 +689,12 @@ class FakeRelay:
             self._handleCount(protocol, message.subscriptionId, message.filters)
         elif isinstance(message, ClientAuth):
             self._handleAuth(protocol, message.event)
+        elif isinstance(message, ClientNegOpen):
+            self._handleNegOpen(protocol, message)
+        elif isinstance(message, NegMessage):
+            self._handleNegMessage(protocol, message)
+        elif isinstance(message, ClientNegClose):
+            protocol.syncs.pop(message.subscriptionId, None)
 
     def _authRequired(self, protocol: _RelayProtocol) -> bool:
         if not self.misbehaviour.requireAuth or protocol.authenticated:
@@ -737,6 +762,39 @@ class FakeRelay:
         else:
             count = sum(1 for e in self.events if matchesAny(filters, e))
             protocol.sendMessages([RelayCount(subscriptionId, count).toJSON()])
+
+    def _handleNegOpen(self, protocol: _RelayProtocol, message: ClientNegOpen) -> None:
+        subscriptionId = message.subscriptionId
+        protocol.syncs.pop(subscriptionId, None)
+        if self._authRequired(protocol):
+            authErr = RelayNegErr(subscriptionId, "auth-required: authenticate to sync")
+            protocol.sendMessages([authErr.toJSON()])
+        elif not self.misbehaviour.negentropySupported:
+            how = self.misbehaviour.negentropyRefusal
+            if how == "notice":
+                protocol.sendMessages([RelayNotice("unknown message type: NEG-OPEN").toJSON()])
+            elif how == "error":
+                negErr = RelayNegErr(subscriptionId, "error: negentropy is disabled on this relay")
+                protocol.sendMessages([negErr.toJSON()])
+        else:
+            storage = NegentropyStorage(
+                (e.createdAt, bytes.fromhex(e.id)) for e in self.events if message.filter.matches(e)
+            )
+            storage.seal()
+            protocol.syncs[subscriptionId] = NegentropyResponder(storage)
+            self._handleNegMessage(protocol, NegMessage(subscriptionId, message.message))
+
+    def _handleNegMessage(self, protocol: _RelayProtocol, message: NegMessage) -> None:
+        responder = protocol.syncs.get(message.subscriptionId)
+        if responder is None:
+            reply = RelayNegErr(message.subscriptionId, "closed: no such sync").toJSON()
+        else:
+            try:
+                reply = NegMessage(message.subscriptionId, responder.reconcile(message.message)).toJSON()
+            except NegentropyError as e:
+                protocol.syncs.pop(message.subscriptionId, None)
+                reply = RelayNegErr(message.subscriptionId, str(e)).toJSON()
+        protocol.sendMessages([reply])
 
     def _handleAuth(self, protocol: _RelayProtocol, event: Event) -> None:
         reason = self._checkAuth(protocol, event)

@@ -38,13 +38,17 @@ from relaypool.nostr.messages import (
     ClientClose,
     ClientCount,
     ClientEvent,
+    ClientNegClose,
+    ClientNegOpen,
     ClientReq,
+    NegMessage,
     RelayAuth,
     RelayClosed,
     RelayCount,
     RelayEOSE,
     RelayEvent,
     RelayMessage,
+    RelayNegErr,
     RelayNotice,
     RelayOK,
     decodeMessage,
@@ -116,6 +120,30 @@ class RelayOwner(Protocol):
 
     def relayConnectionChanged(self, relay: Relay) -> None:
         """A connection of the relay opened or closed."""
+
+
+class NegentropyPeer(Protocol):
+    """
+    The initiator of a NIP-77 sync with a relay: hears the relay's answers
+    on the connection the sync is pinned to.
+    """
+
+    def negentropyMessage(self, message: bytes) -> None:
+        """The relay answered with C{NEG-MSG}."""
+
+    def negentropyError(self, reason: str) -> None:
+        """
+        The sync ended: the relay's C{NEG-ERR} reason, C{"notice: ..."} when
+        a relay not known to speak NIP-77 answered with a C{NOTICE}, or
+        C{"error: relaypool: ..."} when the connection closed.
+        """
+
+
+@dataclass(slots=True, eq=False)
+class _NegentropyExchange:
+    peer: NegentropyPeer
+    connection: RelayConnection
+    sentAt: float
 
 
 class RelayConnection(WebSocketClientProtocol):
@@ -363,6 +391,8 @@ class Relay:
         self._wires: dict[str, _WireSubscription] = {}
         self._waitingWires: deque[_WireSubscription] = deque()
         self._publishes: dict[str, _PendingPublish] = {}
+        self._negentropy: dict[str, _NegentropyExchange] = {}
+        self.negentropyRefused: str | None = None
         self._rateLimitedUntil = 0.0
         self._rateLimitStrikes = 0
         self._rateLimitCall: Any = None
@@ -452,6 +482,74 @@ class Relay:
         if self.information is None or not self.information.supportedNips:
             return None
         return 45 in self.information.supportedNips
+
+    def supportsNegentropy(self) -> bool | None:
+        """
+        @return: C{False} if the relay's NIP-11 document lists its NIPs
+            without 77, or it answered a C{NEG-OPEN} in a way that says it
+            does not speak NIP-77 (see L{negentropyRefused}); C{True} if the
+            document lists 77; L{None} when unknown.
+        """
+        if self.negentropyRefused is not None:
+            return False
+        if self.information is None or not self.information.supportedNips:
+            return None
+        return 77 in self.information.supportedNips
+
+    # --- NIP-77 -------------------------------------------------------------
+
+    def openNegentropy(
+        self, subscriptionId: str, filter: Filter, message: bytes, peer: NegentropyPeer
+    ) -> bool:
+        """
+        Send C{NEG-OPEN} on a healthy open connection; the sync stays on
+        that connection (its state lives there on the relay's side) and
+        C{peer} hears the answers.
+
+        @return: C{False} when no connection is open (nothing was sent).
+        """
+        connection: RelayConnection | None = self.pool.pick()
+        if connection is None:
+            return False
+        self.closeNegentropy(subscriptionId)
+        self._negentropy[subscriptionId] = _NegentropyExchange(peer, connection, self.reactor.seconds())
+        connection.sendText(ClientNegOpen(subscriptionId, filter, message).toJSON())
+        return True
+
+    def sendNegentropy(self, subscriptionId: str, message: bytes) -> None:
+        """
+        Send the next C{NEG-MSG} of an open sync.
+        """
+        exchange = self._negentropy[subscriptionId]
+        exchange.sentAt = self.reactor.seconds()
+        exchange.connection.sendText(NegMessage(subscriptionId, message).toJSON())
+
+    def closeNegentropy(self, subscriptionId: str) -> None:
+        """
+        End a sync with C{NEG-CLOSE} (if it is open); its peer hears nothing
+        more.
+        """
+        exchange = self._negentropy.pop(subscriptionId, None)
+        if exchange is not None and exchange.connection.live:
+            exchange.connection.sendText(ClientNegClose(subscriptionId).toJSON())
+
+    def _endNegentropy(self, which: Callable[[_NegentropyExchange], bool], reason: str) -> None:
+        for subscriptionId, exchange in list(self._negentropy.items()):
+            if which(exchange):
+                del self._negentropy[subscriptionId]
+                exchange.peer.negentropyError(reason)
+
+    def _negentropyReceived(self, connection: RelayConnection, message: NegMessage | RelayNegErr) -> None:
+        exchange = self._negentropy.get(message.subscriptionId)
+        if exchange is None or exchange.connection is not connection:
+            self._protocolError(connection, f"{type(message).__name__} for no open sync")
+            return
+        self.pool.recordSuccess(connection, self.reactor.seconds() - exchange.sentAt)
+        if isinstance(message, NegMessage):
+            exchange.peer.negentropyMessage(message.message)
+        else:
+            del self._negentropy[message.subscriptionId]
+            exchange.peer.negentropyError(message.reason)
 
     def _slotChanged(self, slot: Any, onStateChange: Callable[[Any], None] | None) -> None:
         if onStateChange is not None:
@@ -865,6 +963,10 @@ class Relay:
         connection.subscriptionCount = 0
         if connection.authState is not None and not connection.authState.called:
             connection.authState.callback(False)
+        self._endNegentropy(
+            lambda exchange: exchange.connection is connection,
+            "error: relaypool: the connection closed during the sync",
+        )
         if not self._stopped:
             for wire in orphans:
                 if wire.isCount:
@@ -965,9 +1067,18 @@ class Relay:
             self._owner.relayCount(self, wire.subscriptionId, message.count, message.approximate)
         elif isinstance(message, RelayAuth):
             connection.challenge = message.challenge
+        elif isinstance(message, (NegMessage, RelayNegErr)):
+            self._negentropyReceived(connection, message)
         else:
             if isinstance(message, RelayNotice):
                 log.info("{url}: NOTICE {message}", url=self.url, message=message.message)
+                if not self.supportsNegentropy():
+                    # Likewise for a NEG-OPEN that waits for its first
+                    # answer on this connection.
+                    self._endNegentropy(
+                        lambda exchange: exchange.connection is connection,
+                        f"notice: {message.message}",
+                    )
                 if not self.supportsCount():
                     # A relay that does not say it speaks NIP-45 and answers
                     # NOTICE while COUNTs wait on this connection most
@@ -1140,4 +1251,4 @@ class Relay:
         return self._rateLimitedUntil
 
 
-__all__ = ["Relay", "RelayConnection", "RelayCounters", "RelayOwner"]
+__all__ = ["NegentropyPeer", "Relay", "RelayConnection", "RelayCounters", "RelayOwner"]

@@ -7,7 +7,9 @@ subscription; EOSE is merged across relays with a timeout so a dead or slow
 relay never stalls it; publishes wait for a quorum of relays that have the
 event (C{OK true}, or a C{duplicate:} answer) and report every relay's
 answer, also later ones, to an answer hook; subscriptions follow their
-relays through reconnects with C{since} set to the newest event seen. Every
+relays through reconnects with C{since} set to the newest event seen, and
+(with C{syncAfterOutage}) are reconciled by NIP-77 over the time a relay
+was away, for the events C{since} misses. Every
 queue is bounded: the inbound queue pauses reading from the relays when
 full, outbound queues refuse and count.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count as counter
 from typing import Any
 
@@ -59,8 +61,10 @@ from relaypool.upstream.results import (
     PoolTotals,
     PublishResult,
     RelayStats,
+    SyncResult,
 )
 from relaypool.upstream.subscription import Subscription
+from relaypool.upstream.syncing import DIRECTIONS, RelaySync, SyncSettings
 
 __all__ = [
     "CountResult",
@@ -71,6 +75,8 @@ __all__ = [
     "RelayPool",
     "RelayStats",
     "Subscription",
+    "SyncResult",
+    "SyncSettings",
     "AnswerHook",
     "NO_ANSWER",
 ]
@@ -152,6 +158,18 @@ class RelayPool(service.Service):
     @param pendingRequestCapacity: per relay, how many REQs may wait for the
         relay's C{max_subscriptions} to allow them; past it a subscription is
         treated as closed by that relay.
+    @param store: an L{IEventStore} that keeps every new verified event; it
+        is what L{sync} reconciles with the relays.
+    @param syncSettings: the bounds of L{sync} (records per filter, frame
+        size, batch size).
+    @param syncAfterOutage: when a relay that was connected comes back, sync
+        (down) the filters of the live subscriptions it serves over the time
+        it was away, from C{outageLookback} seconds before it went down, so
+        that events it received late, with a C{created_at} older than what
+        the resubscription's C{since} asks for, are not missed. Needs
+        C{store}.
+    @param outageLookback: how far before a relay went down the outage sync
+        reaches, in seconds.
     """
 
     def __init__(
@@ -180,8 +198,15 @@ class RelayPool(service.Service):
         rateLimitBackoff: Backoff = Backoff(initial=1.0, maximum=60.0, jitter=0.0),
         onStateChange: Callable[[str, Any], None] | None = None,
         onLatency: Callable[[str, str, float], None] | None = None,
+        syncSettings: SyncSettings = SyncSettings(),
+        syncAfterOutage: bool = False,
+        outageLookback: float = 3600.0,
     ) -> None:
         reactor = defaultReactor(reactor)
+        if syncAfterOutage and store is None:
+            raise ValueError("syncAfterOutage needs a store: RelayPool(store=...)")
+        if not isinstance(outageLookback, int | float) or outageLookback < 0:
+            raise ValueError(f"outageLookback must be a number of seconds >= 0, got {outageLookback!r}")
         for name, value in (
             ("ringCapacity", ringCapacity),
             ("dedupSize", dedupSize),
@@ -212,6 +237,11 @@ class RelayPool(service.Service):
         self._rateLimitBackoff = rateLimitBackoff
         self._onStateChange = onStateChange
         self._onLatency = onLatency
+        self._syncSettings = syncSettings
+        self._syncAfterOutage = syncAfterOutage
+        self._outageLookback = outageLookback
+        self._wentDown: dict[str, float] = {}
+        self._syncing: set[Deferred[Any]] = set()
         self._ownNameService = nameService is None
         if nameService is None:
             from relaypool.transport.names import DNSNameService
@@ -674,6 +704,113 @@ class RelayPool(service.Service):
             if relay is not None:
                 relay.forgetPublish(publish.event.id)
 
+    # --- sync ---------------------------------------------------------------
+
+    def sync(
+        self,
+        filters: Sequence[Filter],
+        relays: Sequence[str] | None = None,
+        direction: str = "down",
+        timeout: float | None = None,
+    ) -> Deferred[dict[str, SyncResult]]:
+        """
+        Reconcile the pool's store with each relay (or each of C{relays})
+        over C{filters}, by NIP-77 negentropy where the relay speaks it.
+
+        The events the store lacks are fetched with C{REQ}s by id (C{down}):
+        they are stored, and delivered to the live subscriptions they match
+        like any new event. The events the relay lacks are sent to it with
+        C{EVENT} (C{up}). A relay that does not speak NIP-77 (its NIP-11
+        document, or its answer to C{NEG-OPEN}) is sent a C{REQ} over the
+        filters instead; its result says so. Relays run at once, filters one
+        after the other; a relay that is not connected is not waited for.
+
+        @param direction: C{"down"}, C{"up"} or C{"both"}.
+        @param timeout: seconds to wait for each answer of a relay (default:
+            the pool's C{eoseTimeout}).
+        @return: a Deferred firing with a L{SyncResult} per relay URL; it
+            does not fail: what went wrong is in each result's C{errors}.
+        @raise ValueError: for an unknown direction, no filter, or a pool
+            without a store.
+        @raise UnknownRelay: if C{relays} names a relay not in the pool.
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        filters = tuple(filters)
+        if not filters:
+            raise ValueError("a sync needs at least one filter")
+        if self._store is None:
+            raise ValueError("sync needs the pool's store: RelayPool(store=...)")
+        if self._closed:
+            return fail(PoolClosed("the relay pool stopped"))
+        wait = self.eoseTimeout if timeout is None else timeout
+        runs = []
+        for url in self._targets(relays):
+            relaySync = RelaySync(
+                self,
+                self._relays[url],
+                self._store,
+                f"neg{next(self._ids)}",
+                direction,
+                wait,
+                self._syncSettings,
+                self.reactor,
+            )
+            runs.append(Deferred.fromCoroutine(relaySync.run(filters)))
+        done = DeferredList(runs, consumeErrors=True).addCallback(
+            lambda outcomes: {result.relayURL: result for _, result in outcomes}
+        )
+        self._syncing.add(done)
+        return done.addBoth(self._syncDone, done)
+
+    def _syncDone(self, result: Any, done: Deferred[Any]) -> Any:
+        self._syncing.discard(done)
+        return result
+
+    def _relayWentDown(self, relay: Relay) -> None:
+        """
+        Remember when a connected relay lost its last connection.
+        """
+        if relay.downSince is not None and relay.counters.opens > 0:
+            self._wentDown.setdefault(relay.url, relay.downSince)
+
+    def _relayCameBack(self, relay: Relay) -> None:
+        """
+        A relay that was away is connected again: sync the filters of the
+        live subscriptions it serves over the time it was away.
+        """
+        downSince = self._wentDown.pop(relay.url, None)
+        if downSince is None or not self._syncAfterOutage or self._closed:
+            return
+        since = int(downSince - self._outageLookback)
+        filters: dict[Filter, None] = {}
+        for subscription in self._subscriptions.values():
+            if subscription.closed or subscription.closeOnEOSE:
+                continue
+            if subscription.relayURLs and relay.url not in subscription.relayURLs:
+                continue
+            for f in subscription.filters:
+                if f.ids is None:
+                    filters[replace(f, since=max(f.since or 0, since), limit=None)] = None
+        if not filters:
+            return
+        away = self.reactor.seconds() - downSince
+
+        def report(results: dict[str, SyncResult]) -> None:
+            result = results[relay.url]
+            log.info(
+                "{url}: back after {away:.0f} s; outage sync by {method}: {need} missed events, "
+                "{fetched} fetched{errors}",
+                url=relay.url,
+                away=away,
+                method=result.method,
+                need=result.need,
+                fetched=result.fetched,
+                errors="".join(f"; {e}" for e in result.errors),
+            )
+
+        self.sync(list(filters), relays=[relay.url], direction="down").addCallback(report)
+
     # --- keepalive ----------------------------------------------------------
 
     def _sweepConnections(self) -> None:
@@ -842,6 +979,10 @@ class RelayPool(service.Service):
             self._raw.push(PoolMessage(relay.url, message), mayPause=not isinstance(message, RelayNotice))
 
     def relayConnectionChanged(self, relay: Relay) -> None:
+        if relay.isConnected():
+            self._relayCameBack(relay)
+        else:
+            self._relayWentDown(relay)
         if relay.state() in ("open", "connecting"):
             return
         for subscription in list(self._subscriptions.values()):

@@ -6,7 +6,7 @@ publish and count outcomes, per-relay and pool-wide figures.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from relaypool.nostr.messages import RelayMessage, isFinalRefusal
 
@@ -19,6 +19,35 @@ class PoolMessage:
 
     relayURL: str
     message: RelayMessage
+
+
+@dataclass(slots=True)
+class SyncResult:
+    """
+    The outcome of L{RelayPool.sync} with one relay.
+
+    @ivar relayURL: the relay.
+    @ivar method: C{"negentropy"} (NIP-77), C{"req"} (the relay does not
+        speak NIP-77: a REQ over the filters, see C{fallback}) or C{"none"}
+        (nothing could be done: see C{errors}).
+    @ivar fallback: why a REQ was used instead of NIP-77, or L{None}.
+    @ivar have: events the pool's store has and the relay lacks.
+    @ivar need: events the relay has and the pool's store lacks.
+    @ivar fetched: of those, the events received and stored.
+    @ivar sent: events sent to the relay that it accepted (with C{direction}
+        C{"up"} or C{"both"}).
+    @ivar errors: what went wrong, one line each (a filter matching too
+        many events, a refused event, a relay that did not answer).
+    """
+
+    relayURL: str
+    method: str = "none"
+    fallback: str | None = None
+    have: int = 0
+    need: int = 0
+    fetched: int = 0
+    sent: int = 0
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +163,7 @@ class PoolTotals:
 
 
 __all__ = [
+    "SyncResult",
     "CountResult",
     "PoolMessage",
     "PoolTotals",
