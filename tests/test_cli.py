@@ -23,11 +23,10 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
 from relaypool.daemon.cli import runCommand, statsURL
-from relaypool.daemon.config import buildConfig
-from relaypool.daemon.service import RelayPoolService
 from relaypool.nostr.event import Event, publicKeyFor
 from relaypool.testing import TEST_PRIVATE_KEY, makeEvent
 from tests import test_service
+from tests.daemons import startDaemon
 
 _REPO = Path(__file__).resolve().parent.parent
 _KEY = TEST_PRIVATE_KEY.hex()
@@ -364,21 +363,9 @@ class StatusTests(_RelaysMixin, TestCase):
     @inlineCallbacks
     def startDaemon(self) -> Any:
         (relay,) = yield self.fakeRelays(1)
-        daemon = RelayPoolService(
-            buildConfig(
-                overrides={
-                    "listen": "tcp:0:interface=127.0.0.1",
-                    "store": ":memory:",
-                    "relays": [relay.url],
-                    "status-interval": "0",
-                }
-            )
-        )
-        daemon.startService()
-        self.addCleanup(daemon.stopService)
-        port = yield daemon.gateway.whenListening()
+        _, port = yield Deferred.fromCoroutine(startDaemon(self, [relay.url]))
         yield relay.whenConnections(1)
-        return relay, port.getHost().port
+        return relay, port
 
     @inlineCallbacks
     def test_summary(self) -> Any:

@@ -27,7 +27,9 @@ CLIENT_SCRIPT = os.path.join(os.path.dirname(__file__), "negentropy_client.mjs")
 
 def events(count: int, kind: int = 1, start: int = 1_700_000_000) -> list[Event]:
     key = generatePrivateKey()
-    return [makeEvent(kind, f"n{n}", createdAt=start + n // 3, privateKey=key) for n in range(count)]
+    return [
+        makeEvent(kind, f"n{n}", createdAt=start + n // 3, privateKey=key) for n in range(count)
+    ]
 
 
 def records(some: list[Event]) -> list[tuple[int, bytes]]:
@@ -49,7 +51,11 @@ class NegentropyGatewayTests(GatewayTestCase):
 
     @inlineCallbacks
     def initiate(
-        self, client: NostrClient, ours: list[Event], filter: dict[str, Any], subscriptionId: str = "n1"
+        self,
+        client: NostrClient,
+        ours: list[Event],
+        filter: dict[str, Any],
+        subscriptionId: str = "n1",
     ) -> Any:
         """
         Sync C{ours} against the gateway with relaypool's initiator.
@@ -65,7 +71,9 @@ class NegentropyGatewayTests(GatewayTestCase):
         answers = 0
         client.send("NEG-OPEN", subscriptionId, filter, initiator.initiate().hex())
         while True:
-            frame = yield client.waitFor(lambda f: f[0] in ("NEG-MSG", "NEG-ERR") and f[1] == subscriptionId)
+            frame = yield client.waitFor(
+                lambda f: f[0] in ("NEG-MSG", "NEG-ERR") and f[1] == subscriptionId
+            )
             client.frames.remove(frame)
             if frame[0] == "NEG-ERR":
                 raise AssertionError(f"NEG-ERR {frame[2:]}")
@@ -271,7 +279,14 @@ class NostrToolsClientTests(GatewayTestCase):
         url = f"ws://127.0.0.1:{gateway.port.getHost().port}/"
         out, err, code = yield getProcessOutputAndValue(
             "node",
-            ["--no-warnings", "--experimental-websocket", CLIENT_SCRIPT, url, path, json.dumps({"kinds": [1]})],
+            [
+                "--no-warnings",
+                "--experimental-websocket",
+                CLIENT_SCRIPT,
+                url,
+                path,
+                json.dumps({"kinds": [1]}),
+            ],
             env={**os.environ, "NOSTR_TOOLS_DIR": folder},
             reactor=reactor,
         )

@@ -21,8 +21,6 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from relaypool._version import __version__
-from relaypool.daemon.config import buildConfig
-from relaypool.daemon.service import RelayPoolService
 from relaypool.gateway.http import GatewayResource, makeSite
 from relaypool.gateway.metrics import GatewayMetrics
 from relaypool.gateway.registry import ConnectionRegistry
@@ -31,6 +29,7 @@ from relaypool.nostr.filter import Filter
 from relaypool.nostr.nip11 import RelayInformation
 from relaypool.testing import FakeRelay, makeEvent
 from tests.chromium import MISSING, HeadlessChromium, findChromium
+from tests.daemons import startDaemon
 from tests.test_gateway_http import INFORMATION, STATS, GatewayResourceTests
 from tests.test_gateway_registry import listen, makeWebSocketFactory
 from tests.test_service import _connect, _until
@@ -460,22 +459,11 @@ class BrowserTests(TestCase):
             raise SkipTest(MISSING)
 
     async def startDaemon(self, relays: list[FakeRelay]) -> tuple[Any, int]:
-        daemon = RelayPoolService(
-            buildConfig(
-                overrides={
-                    "listen": "tcp:0:interface=127.0.0.1",
-                    "store": ":memory:",
-                    "relays": [relay.url for relay in relays],
-                    "status-interval": "0",
-                    "status-page-interval": "0.5",
-                }
-            )
+        daemon, port = await startDaemon(
+            self, [relay.url for relay in relays], **{"status-page-interval": "0.5"}
         )
-        daemon.startService()
-        self.addCleanup(daemon.stopService)
-        port = await daemon.gateway.whenListening()
         await _until(lambda: len(daemon.pool.activeRelayURLs()) == len(relays))
-        return daemon, port.getHost().port
+        return daemon, port
 
     async def fakeRelays(self) -> list[FakeRelay]:
         names = ['<b id="injected">bold</b> relay', "second relay"]

@@ -74,7 +74,6 @@ class SyncTestCase(TestCase):
         return pool, store
 
 
-
 class SyncTests(SyncTestCase):
     """
     L{RelayPool.sync} against real fake relays and a real store.
@@ -150,7 +149,9 @@ class SyncTests(SyncTestCase):
         pool, _ = yield self.startPool([relay], common + onlyStore)
         results = yield pool.sync([Filter()])
         result = results[key(relay)]
-        self.assertEqual((result.method, result.need, result.fetched, result.have), ("req", 7, 7, 3))
+        self.assertEqual(
+            (result.method, result.need, result.fetched, result.have), ("req", 7, 7, 3)
+        )
         self.assertIn("notice: unknown message type: NEG-OPEN", result.fallback)
         opens = sum(1 for m in relay.received if isinstance(m, ClientNegOpen))
         results = yield pool.sync([Filter()])
@@ -226,7 +227,9 @@ class SyncTests(SyncTestCase):
         second = yield self.startRelay(events(4))
         pool, _ = yield self.startPool([first, second])
         results = yield pool.sync([Filter()])
-        self.assertEqual({url: r.fetched for url, r in results.items()}, {key(first): 3, key(second): 4})
+        self.assertEqual(
+            {url: r.fetched for url, r in results.items()}, {key(first): 3, key(second): 4}
+        )
         results = yield pool.sync([Filter()], relays=[second.url])
         self.assertEqual(list(results), [key(second)])
         yield second.stop(True)

@@ -877,7 +877,7 @@ class LifecycleTests(_RelayTestCase):
         document = orjson.loads(await response.content())
         self.assertEqual(response.headers.getRawHeaders("access-control-allow-origin"), ["*"])
         self.assertEqual(document["name"], "relaypool fake relay")
-        self.assertEqual(document["supported_nips"], [1, 11, 42, 45])
+        self.assertEqual(document["supported_nips"], [1, 11, 42, 45, 77])
         self.assertEqual(document["limitation"]["max_subscriptions"], 3)
 
     async def test_plainGet(self) -> None:

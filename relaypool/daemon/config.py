@@ -41,11 +41,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from relaypool.errors import ConfigError, InvalidRelayURL
+import orjson
+
+from relaypool.errors import ConfigError, InvalidFilter, InvalidRelayURL
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.policy import EventPolicy
 from relaypool.gateway.publishing import OK_POLICIES as GATEWAY_OK_POLICIES
 from relaypool.gateway.status import DEFAULT_HISTORY, DEFAULT_SAMPLE_INTERVAL
+from relaypool.nostr.filter import Filter
 from relaypool.nostr.url import parseRelayURL
 
 __all__ = [
@@ -101,6 +104,12 @@ class Config:
         API; none turns it off.
     @ivar adminAuthWindow: seconds a NIP-98 authorization's C{created_at}
         may be from the daemon's clock.
+    @ivar outageSync: when a relay comes back after an outage, sync (NIP-77,
+        down) the filters of the subscriptions it serves over the outage.
+    @ivar outageLookback: seconds before the outage the outage sync covers.
+    @ivar syncFilters: filters synced with every relay each C{syncInterval}
+        seconds, in C{syncDirection}.
+    @ivar syncMaxRecords: the stored events one filter of a sync may cover.
     """
 
     relays: tuple[str, ...] = ()
@@ -124,6 +133,12 @@ class Config:
     outboxMaxEvents: int = 10_000
     limits: GatewayLimits = DEFAULT_LIMITS
     statusInterval: float = 60.0
+    outageSync: bool = True
+    outageLookback: float = 3600.0
+    syncFilters: tuple[Filter, ...] = ()
+    syncInterval: float = 3600.0
+    syncDirection: str = "down"
+    syncMaxRecords: int = 250_000
     statusPageInterval: float = DEFAULT_SAMPLE_INTERVAL
     statusPageHistory: int = DEFAULT_HISTORY
     name: str = "relaypool"
@@ -261,6 +276,24 @@ def _listOf(item: _Parser, description: str) -> _Parser:
     return parse
 
 
+def _syncFilter(value: object, fromText: bool) -> Filter:
+    """
+    A NIP-01 filter: a TOML table, or its JSON text (command line,
+    environment).
+    """
+    if isinstance(value, Filter):
+        return value
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise _Invalid(f"must be a JSON filter such as '{{\"kinds\": [0, 3]}}', got {_shown(value)}") from None
+    try:
+        return Filter.fromDict(value)
+    except InvalidFilter as e:
+        raise _Invalid(f"{_shown(value)} is not a valid filter: {e}") from None
+
+
 def _pubkey(value: object, fromText: bool) -> str:
     text = value.strip().lower() if isinstance(value, str) else None
     if text is None or len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
@@ -314,6 +347,8 @@ class Setting:
     @ivar option: for a list, the repeatable command-line option adding one
         item (C{relay} for C{relays}); L{None} for any other setting.
     @ivar item: for a list, the parser of one item, else L{None}.
+    @ivar separator: for a list, the pattern separating its items in an
+        environment variable.
     """
 
     key: str
@@ -322,6 +357,7 @@ class Setting:
     parse: _Parser
     option: str | None = None
     item: _Parser | None = None
+    separator: str = r"[\s,]+"
 
     def parseItem(self, value: str) -> object:
         """
@@ -583,6 +619,42 @@ SETTINGS: tuple[Setting, ...] = (
         _kind,
     ),
     Setting(
+        "outage-sync",
+        "outageSync",
+        "after a relay's outage, sync (NIP-77) the live subscriptions' filters over it",
+        _flag,
+    ),
+    Setting(
+        "outage-lookback",
+        "outageLookback",
+        "seconds before a relay went down that the outage sync reaches back",
+        _SECONDS,
+    ),
+    Setting(
+        "sync-filters",
+        "syncFilters",
+        "a filter (JSON) synced with every relay each sync-interval (NIP-77)",
+        _listOf(_syncFilter, "filters"),
+        "sync",
+        _syncFilter,
+        r"\n+",
+    ),
+    Setting(
+        "sync-interval", "syncInterval", "seconds between two syncs of the sync filters", _POSITIVE_SECONDS
+    ),
+    Setting(
+        "sync-direction",
+        "syncDirection",
+        "DOWN: fetch what the store lacks; UP: send what relays lack; BOTH",
+        _choice("down", "up", "both"),
+    ),
+    Setting(
+        "sync-max-records",
+        "syncMaxRecords",
+        "stored events one filter of a sync may cover",
+        _POSITIVE_INT,
+    ),
+    Setting(
         "write-restricted",
         "writeRestricted",
         "let only the allow-pubkeys publish (restricted:)",
@@ -678,7 +750,7 @@ def environmentValues(environ: Mapping[str, str]) -> dict[str, object]:
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(name, f"unknown setting{hint}")
         if setting.option is not None:
-            values[setting.key] = [item for item in re.split(r"[\s,]+", text) if item]
+            values[setting.key] = [item for item in re.split(setting.separator, text) if item.strip()]
         elif setting.isFlag():
             flag = _FLAG_WORDS.get(text.strip().lower())
             if flag is None:
@@ -827,5 +899,7 @@ def _checkTogether(config: Config) -> None:
             "only matters with write-restricted (only these pubkeys may then publish): "
             "set write-restricted = true, or remove allow-pubkeys",
         )
+    if config.syncFilters and not config.relays:
+        raise ConfigError("sync-filters", "needs relays to sync with: add one, or remove the filters")
     if config.okPolicy == "quorum" and not config.relays:
         raise ConfigError("ok-policy", '"quorum" needs at least one relay: add one or use "local"')

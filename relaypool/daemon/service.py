@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -31,6 +30,7 @@ from relaypool.daemon.config import (
     ConfigSources,
     Setting,
 )
+from relaypool.daemon.interval import IntervalService
 from relaypool.errors import (
     ConfigError,
     StartupError,
@@ -189,6 +189,10 @@ class Options(usage.Options):
         """a pubkey (hex) allowed to use the NIP-86 management API; repeatable [default: none, API off]"""
         self._addItem("admin-pubkeys", pubkey)
 
+    def opt_sync(self, filter: str) -> None:
+        """a filter (JSON, e.g. '{"kinds":[0,3]}') synced with every relay each --sync-interval (NIP-77); repeatable [default: none]"""
+        self._addItem("sync-filters", filter)
+
     def postOptions(self) -> None:
         """
         Read the config file, apply the environment and then the command
@@ -304,13 +308,13 @@ class ConnectionStateLogger:
             _connectionLog.info("{where}: {state}", where=where, state=slot.state)
 
 
-class StatusLogger(service.Service):
+class StatusLogger(IntervalService):
     """
     Logs one line per upstream relay (state, health, events, OKs) every
-    C{interval} seconds while running, on one L{LoopingCall}.
+    C{interval} seconds while running.
     """
 
-    log = Logger()
+    what = "relay status logging"
 
     def __init__(
         self, pool: RelayPool, interval: float, reactor: IReactorTime | None = None
@@ -319,22 +323,11 @@ class StatusLogger(service.Service):
         @param interval: seconds between two rounds of status lines.
         @param reactor: an L{IReactorTime}; C{None} means the global reactor.
         """
-        reactor = defaultReactor(reactor)
+        super().__init__(interval, reactor)
         self._pool = pool
-        self._interval = interval
-        self._loop = LoopingCall(self.logStatus)
-        self._loop.clock = reactor
 
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        self._loop.start(self._interval, now=False).addErrback(
-            lambda f: self.log.failure("relay status logging stopped", f)
-        )
-
-    def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
-        if self._loop.running:
-            self._loop.stop()
+    def tick(self) -> None:
+        self.logStatus()
 
     def logStatus(self) -> None:
         """
@@ -471,11 +464,13 @@ class RelayPoolService(OrderedMultiService):
         self._previousHangup: Any = None
 
     def _build(self) -> None:
+        from relaypool.daemon.periodicsync import PeriodicSync
         from relaypool.gateway.gateway import Gateway
         from relaypool.gateway.metrics import GatewayMetrics
         from relaypool.store.outbox import OutboxPublisher
         from relaypool.transport.names import DNSNameService
         from relaypool.upstream.relaypool import RelayPool
+        from relaypool.upstream.syncing import SyncSettings
 
         reactor = defaultReactor(self._reactor)
         config = self.config
@@ -500,6 +495,9 @@ class RelayPoolService(OrderedMultiService):
                 store=store,
                 onStateChange=ConnectionStateLogger(reactor),
                 onLatency=metrics.observeRelay,
+                syncSettings=SyncSettings(maxRecords=config.syncMaxRecords),
+                syncAfterOutage=config.outageSync,
+                outageLookback=config.outageLookback,
             )
             for url in config.relays:
                 pool.addRelay(url)
@@ -512,6 +510,10 @@ class RelayPoolService(OrderedMultiService):
             self.outbox = outbox
             if config.statusInterval:
                 StatusLogger(pool, config.statusInterval, reactor).setServiceParent(self)  # type: ignore[no-untyped-call]
+            if config.syncFilters:
+                PeriodicSync(
+                    pool, config.syncFilters, config.syncInterval, config.syncDirection, reactor
+                ).setServiceParent(self)  # type: ignore[no-untyped-call]
         gateway = Gateway(
             reactor,
             self.pool,

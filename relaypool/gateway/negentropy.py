@@ -59,7 +59,9 @@ class NegentropyServer:
         self.syncsOpened = 0
         self.syncsRefused = 0
 
-    def refuse(self, session: Session, subscriptionId: str, reason: str, maxRecords: int | None = None) -> None:
+    def refuse(
+        self, session: Session, subscriptionId: str, reason: str, maxRecords: int | None = None
+    ) -> None:
         """
         End the sync C{subscriptionId} (if open) with C{NEG-ERR}.
         """
@@ -102,7 +104,9 @@ class NegentropyServer:
                     maxRecords,
                 )
                 return
-            storage = NegentropyStorage((createdAt, bytes.fromhex(eventId)) for createdAt, eventId in records)
+            storage = NegentropyStorage(
+                (createdAt, bytes.fromhex(eventId)) for createdAt, eventId in records
+            )
             storage.seal()
             sync.responder = NegentropyResponder(storage, limits.negFrameSize)
             self.syncsOpened += 1
@@ -113,7 +117,9 @@ class NegentropyServer:
             if session.syncs.get(subscriptionId) is sync:
                 self.refuse(session, subscriptionId, "error: could not read the stored events")
 
-        maybeDeferred(store.syncRecords, [message.filter], maxRecords).addCallback(loaded).addErrback(failed)
+        maybeDeferred(store.syncRecords, [message.filter], maxRecords).addCallback(
+            loaded
+        ).addErrback(failed)
 
     def message(self, session: Session, message: NegMessage) -> None:
         """
@@ -121,7 +127,9 @@ class NegentropyServer:
         """
         sync = session.syncs.get(message.subscriptionId)
         if sync is None:
-            self.refuse(session, message.subscriptionId, "closed: no negentropy sync is open with this id")
+            self.refuse(
+                session, message.subscriptionId, "closed: no negentropy sync is open with this id"
+            )
         elif sync.responder is None:
             self.refuse(
                 session,

@@ -192,7 +192,9 @@ class RelaySync:
                 await self._transfer(have, need)
                 return
         self.result.method = "req"
-        self.result.fallback = f"the relay does not speak NIP-77 ({self._relay.negentropyRefused or 'NIP-11'})"
+        self.result.fallback = (
+            f"the relay does not speak NIP-77 ({self._relay.negentropyRefused or 'NIP-11'})"
+        )
         received = await self._fetch([filter])
         need = [eventId for eventId in received if eventId not in local]
         have = [eventId for eventId in local if eventId not in received]
@@ -213,7 +215,9 @@ class RelaySync:
         """
         return not reason.startswith(_REFUSALS)
 
-    async def _reconcile(self, filter: Filter, local: dict[str, int]) -> tuple[list[str], list[str]]:
+    async def _reconcile(
+        self, filter: Filter, local: dict[str, int]
+    ) -> tuple[list[str], list[str]]:
         storage = NegentropyStorage((createdAt, bytes.fromhex(i)) for i, createdAt in local.items())
         storage.seal()
         initiator = NegentropyInitiator(storage, self._frameSize())
@@ -293,9 +297,9 @@ class RelaySync:
             events = await self._store.fetch(eventIds[start : start + batch])  # type: ignore[no-untyped-call]
             outcomes = await gatherResults(
                 [
-                    self._pool.publish(event, relays=[self._relay.url], timeout=self._timeout).addCallbacks(
-                        lambda _: None, _refusal
-                    )
+                    self._pool.publish(
+                        event, relays=[self._relay.url], timeout=self._timeout
+                    ).addCallbacks(lambda _: None, _refusal)
                     for event in events
                 ]
             )
