@@ -40,6 +40,8 @@ from relaypool.upstream.relaypool import (
     RelayPool,
     RelayStats,
     Subscription,
+    SyncResult,
+    SyncSettings,
 )
 
 __all__ = [
@@ -62,6 +64,8 @@ __all__ = [
     "RelayStats",
     "Subscription",
     "SubscriptionClosed",
+    "SyncResult",
+    "SyncSettings",
     "TooManyRelays",
     "UnknownRelay",
     "__version__",

@@ -14,6 +14,8 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from relaypool.errors import UnknownRelay
+from relaypool.gateway.gateway import Gateway
+from relaypool.gateway.limits import GatewayLimits
 from relaypool.nostr.event import Event, generatePrivateKey
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.messages import ClientNegOpen, ClientReq
@@ -58,7 +60,7 @@ class SyncTestCase(TestCase):
         return relay
 
     @inlineCallbacks
-    def startPool(self, relays: list[FakeRelay], stored: list[Event] = (), **kwargs: Any) -> Any:  # type: ignore[assignment]
+    def startPool(self, urls: list[str], stored: list[Event] = (), **kwargs: Any) -> Any:  # type: ignore[assignment]
         store = SQLiteEventStore(self.mktemp() + ".db", reactor)
         self.addCleanup(store.close)
         yield gatherResults([store.save(event) for event in stored])
@@ -66,11 +68,11 @@ class SyncTestCase(TestCase):
         pool = RelayPool(
             reactor, nameService=StaticNameService(), store=store, eoseTimeout=10.0, **kwargs
         )
-        for relay in relays:
-            pool.addRelay(relay.url)
+        for url in urls:
+            pool.addRelay(url)
         pool.startService()
         self.addCleanup(pool.stopService)
-        yield waitUntil(lambda: len(pool.activeRelayURLs()) == len(relays))
+        yield waitUntil(lambda: len(pool.activeRelayURLs()) == len(urls))
         return pool, store
 
 
@@ -87,7 +89,7 @@ class SyncTests(SyncTestCase):
         """
         common, onlyRelay, onlyStore = events(500), events(30), events(20)
         relay = yield self.startRelay(common + onlyRelay)
-        pool, store = yield self.startPool([relay], common + onlyStore)
+        pool, store = yield self.startPool([relay.url], common + onlyStore)
         results = yield pool.sync([Filter(kinds=frozenset({1}))])
         result = results[key(relay)]
         self.assertEqual(
@@ -107,7 +109,7 @@ class SyncTests(SyncTestCase):
         """
         common, onlyRelay, onlyStore = events(300), events(10), events(15)
         relay = yield self.startRelay(common + onlyRelay)
-        pool, store = yield self.startPool([relay], common + onlyStore)
+        pool, store = yield self.startPool([relay.url], common + onlyStore)
         results = yield pool.sync([Filter()], direction="up")
         result = results[key(relay)]
         self.assertEqual((result.sent, result.fetched, result.have, result.need), (15, 0, 15, 10))
@@ -130,7 +132,7 @@ class SyncTests(SyncTestCase):
             supportedNips=(1, 11, 77), limitation=Limitation(maxMessageLength=10_000)
         )
         relay = yield self.startRelay(common + onlyRelay, information=information)
-        pool, _ = yield self.startPool([relay], common, fetchInformation=True)
+        pool, _ = yield self.startPool([relay.url], common, fetchInformation=True)
         results = yield pool.sync([Filter()])
         self.assertEqual((results[key(relay)].need, results[key(relay)].fetched), (200, 200))
         sizes = [len(m.toJSON()) for m in relay.received if isinstance(m, ClientNegOpen)]
@@ -146,7 +148,7 @@ class SyncTests(SyncTestCase):
         common, onlyRelay, onlyStore = events(50), events(7), events(3)
         relay = yield self.startRelay(common + onlyRelay)
         relay.misbehaviour.negentropySupported = False
-        pool, _ = yield self.startPool([relay], common + onlyStore)
+        pool, _ = yield self.startPool([relay.url], common + onlyStore)
         results = yield pool.sync([Filter()])
         result = results[key(relay)]
         self.assertEqual(
@@ -167,7 +169,7 @@ class SyncTests(SyncTestCase):
         relay = yield self.startRelay(onlyRelay)
         relay.misbehaviour.negentropySupported = False
         relay.misbehaviour.negentropyRefusal = "error"
-        pool, _ = yield self.startPool([relay])
+        pool, _ = yield self.startPool([relay.url])
         results = yield pool.sync([Filter()])
         self.assertEqual((results[key(relay)].method, results[key(relay)].fetched), ("req", 4))
         self.assertIn("negentropy is disabled", results[key(relay)].fallback)
@@ -182,10 +184,44 @@ class SyncTests(SyncTestCase):
         relay = yield self.startRelay(onlyRelay)
         relay.misbehaviour.negentropySupported = False
         relay.misbehaviour.negentropyRefusal = "ignore"
-        pool, _ = yield self.startPool([relay])
+        pool, _ = yield self.startPool([relay.url])
         results = yield pool.sync([Filter()], timeout=0.5)
         self.assertEqual((results[key(relay)].method, results[key(relay)].fetched), ("req", 4))
         self.assertIn("timeout", results[key(relay)].fallback)
+
+    @inlineCallbacks
+    def test_fallbackPages(self) -> None:
+        """
+        The REQ fallback pages with C{until} through a relay that caps its
+        answers (a relaypool gateway with C{maxLimit} 10 here), so it finds
+        events older than the first page, also across equal timestamps.
+        """
+        author = generatePrivateKey()
+        stored = [
+            makeEvent(1, f"p{n}", createdAt=1_700_000_000 + n // 4, privateKey=author)
+            for n in range(45)
+        ]
+        relayStore = SQLiteEventStore(self.mktemp() + ".db", reactor)
+        self.addCleanup(relayStore.close)
+        yield gatherResults([relayStore.save(e) for e in stored])
+        gateway = Gateway(
+            reactor,
+            None,
+            "tcp:0:interface=127.0.0.1",
+            store=relayStore,
+            limits=GatewayLimits(maxLimit=10),
+        )
+        gateway.startService()
+        self.addCleanup(gateway.stopService)
+        port = yield gateway.whenListening()
+        url = f"ws://127.0.0.1:{port.getHost().port}/"
+        pool, store = yield self.startPool([url])
+        pool.relay(url).negentropyRefused = "test: the REQ fallback"
+        results = yield pool.sync([Filter()], direction="down")
+        self.assertEqual((results[url].method, results[url].fetched), ("req", 45))
+        found = yield store.fetch([e.id for e in stored])
+        self.assertEqual(len(found), 45)
+        self.assertGreaterEqual(gateway.facade.stats().messagesReceived["REQ"], 5)
 
     @inlineCallbacks
     def test_informationWithout77(self) -> None:
@@ -196,7 +232,7 @@ class SyncTests(SyncTestCase):
         relay = yield self.startRelay(
             events(3), information=RelayInformation(supportedNips=(1, 11))
         )
-        pool, _ = yield self.startPool([relay], fetchInformation=True)
+        pool, _ = yield self.startPool([relay.url], fetchInformation=True)
         results = yield pool.sync([Filter()])
         self.assertEqual((results[key(relay)].method, results[key(relay)].fetched), ("req", 3))
         self.assertFalse(any(isinstance(m, ClientNegOpen) for m in relay.received))
@@ -209,7 +245,7 @@ class SyncTests(SyncTestCase):
         """
         relay = yield self.startRelay(events(5, kind=7))
         pool, _ = yield self.startPool(
-            [relay], events(20), syncSettings=SyncSettings(maxRecords=10)
+            [relay.url], events(20), syncSettings=SyncSettings(maxRecords=10)
         )
         results = yield pool.sync([Filter(kinds=frozenset({1})), Filter(kinds=frozenset({7}))])
         result = results[key(relay)]
@@ -225,7 +261,7 @@ class SyncTests(SyncTestCase):
         """
         first = yield self.startRelay(events(3))
         second = yield self.startRelay(events(4))
-        pool, _ = yield self.startPool([first, second])
+        pool, _ = yield self.startPool([first.url, second.url])
         results = yield pool.sync([Filter()])
         self.assertEqual(
             {url: r.fetched for url, r in results.items()}, {key(first): 3, key(second): 4}
@@ -244,7 +280,7 @@ class SyncTests(SyncTestCase):
         once; so is a sync of a pool without a store.
         """
         relay = yield self.startRelay()
-        pool, _ = yield self.startPool([relay])
+        pool, _ = yield self.startPool([relay.url])
         self.assertRaises(ValueError, pool.sync, [Filter()], direction="sideways")
         self.assertRaises(ValueError, pool.sync, [])
         self.assertRaises(UnknownRelay, pool.sync, [Filter()], relays=["ws://127.0.0.1:1"])
@@ -272,7 +308,9 @@ class OutageSyncTests(SyncTestCase):
         recent = events(3, start=now - 100)
         relay = yield self.startRelay(recent)
         pool, store = yield self.startPool(
-            [relay], syncAfterOutage=True, backoff=Backoff(initial=0.05, maximum=0.2, jitter=0.0)
+            [relay.url],
+            syncAfterOutage=True,
+            backoff=Backoff(initial=0.05, maximum=0.2, jitter=0.0),
         )
         subscription = pool.subscribe([Filter(kinds=frozenset({1}))])
         received: list[str] = []
@@ -300,7 +338,7 @@ class OutageSyncTests(SyncTestCase):
         The first connection of a relay is no outage: no sync is started.
         """
         relay = yield self.startRelay(events(2))
-        pool, _ = yield self.startPool([relay], syncAfterOutage=True)
+        pool, _ = yield self.startPool([relay.url], syncAfterOutage=True)
         subscription = pool.subscribe([Filter()])
         yield subscription.whenEOSE()
         self.assertFalse(any(isinstance(m, ClientNegOpen) for m in relay.received))

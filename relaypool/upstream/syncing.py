@@ -8,13 +8,14 @@ fetched with C{REQ}s by id (they reach the store, and every live
 subscription they match, through the pool's normal inbound path), and the
 events the relay lacks are sent to it with C{EVENT} when the direction says
 so. A relay that does not speak NIP-77 (by its NIP-11 document, a
-C{NOTICE} or C{NEG-ERR} answering the C{NEG-OPEN}, or no answer) gets a
-C{REQ} over the filter instead, and the result says so.
+C{NOTICE} or C{NEG-ERR} answering the C{NEG-OPEN}, or no answer) gets
+C{REQ}s over the filter instead, paged by C{until}, and the result says
+so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -195,12 +196,13 @@ class RelaySync:
         self.result.fallback = (
             f"the relay does not speak NIP-77 ({self._relay.negentropyRefused or 'NIP-11'})"
         )
-        received = await self._fetch([filter])
+        received = await self._fetchAll(filter)
         need = [eventId for eventId in received if eventId not in local]
         have = [eventId for eventId in local if eventId not in received]
         self.result.need += len(need)
         self.result.have += len(have)
         if self._direction != "up":
+            await self._save(received[eventId] for eventId in need)
             self.result.fetched += len(need)
         if self._direction != "down":
             await self._send(have)
@@ -268,13 +270,32 @@ class RelaySync:
             for start in range(0, len(need), batch):
                 ids = need[start : start + batch]
                 received = await self._fetch([Filter(ids=frozenset(ids))])
+                await self._save(received.values())
                 result.fetched += len(received)
         if self._direction != "down":
             await self._send(have)
 
+    async def _fetchAll(self, filter: Filter) -> dict[str, Event]:
+        """
+        REQ everything matching C{filter} from the relay, page after page:
+        relays cap what one REQ returns (newest first), so each next page
+        asks C{until} the oldest C{created_at} seen, until a page brings no
+        new event or C{maxRecords} are received.
+        """
+        received: dict[str, Event] = {}
+        page = filter
+        while len(received) <= self._settings.maxRecords:
+            events = await self._fetch([page])
+            new = {eventId: e for eventId, e in events.items() if eventId not in received}
+            if not new:
+                break
+            received.update(new)
+            page = replace(filter, until=min(e.createdAt for e in events.values()))
+        return received
+
     async def _fetch(self, filters: list[Filter]) -> dict[str, Event]:
         """
-        REQ C{filters} from the relay until EOSE; the events are stored.
+        REQ C{filters} from the relay until EOSE.
         """
         subscription = self._pool.subscribe(
             filters, eoseTimeout=self._timeout, closeOnEOSE=True, relays=[self._relay.url]
@@ -286,9 +307,15 @@ class RelaySync:
 
         subscription.onEvent(collect)
         await subscription.whenEOSE()
-        store = self._store
-        await gatherResults([store.save(e) for e in received.values()])  # type: ignore[no-untyped-call]
         return received
+
+    async def _save(self, events: Iterable[Event]) -> None:
+        """
+        Store fetched events (the pool stores new ones too, but this sync
+        reports them stored only once they are).
+        """
+        store = self._store
+        await gatherResults([store.save(e) for e in events])  # type: ignore[no-untyped-call]
 
     async def _send(self, eventIds: list[str]) -> None:
         batch = self._settings.batchSize
