@@ -166,6 +166,12 @@ class TooManyRelays(RelayPoolError):
     """
 
 
+class RelayRefused(RelayPoolError, ValueError):
+    """
+    The pool's admit policy refuses a relay URL.
+    """
+
+
 class UnknownRelay(RelayPoolError, KeyError):
     """
     The relay URL is not in the pool.
@@ -258,6 +264,7 @@ __all__ = [
     "StartupError",
     "StoreError",
     "SubscriptionClosed",
+    "RelayRefused",
     "TooManyRelays",
     "UnknownConnection",
     "UnknownRelay",

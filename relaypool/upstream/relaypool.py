@@ -32,6 +32,7 @@ from relaypool._reactor import ClientReactor, defaultReactor
 from relaypool.errors import (
     InvalidEvent,
     PoolClosed,
+    RelayRefused,
     TooManyRelays,
     UnknownRelay,
 )
@@ -50,6 +51,7 @@ from relaypool.nostr.messages import (
 from relaypool.nostr.url import parseRelayURL
 from relaypool.transport.health import HealthPolicy
 from relaypool.transport.mux import Backoff
+from relaypool.upstream.admission import AdmitPolicy, refusal
 from relaypool.upstream.counting import CountQuorum
 from relaypool.upstream.information import fetchRelayInformation
 from relaypool.upstream.publishing import NO_ANSWER, POOL_STOPPED, AnswerHook, PublishQuorum
@@ -63,6 +65,7 @@ from relaypool.upstream.results import (
     RelayStats,
     SyncResult,
 )
+from relaypool.upstream.roles import ROLE_NAMES, RelayRoles
 from relaypool.upstream.subscription import Subscription
 from relaypool.upstream.syncing import DIRECTIONS, RelaySync, SyncSettings
 
@@ -170,6 +173,9 @@ class RelayPool(service.Service):
         C{store}.
     @param outageLookback: how far before a relay went down the outage sync
         reaches, in seconds.
+    @param admit: an admit policy (L{relaypool.upstream.admission}): called
+        with each relay's normalized URL before the pool connects to it;
+        a refused URL is not added (L{RelayRefused}).
     """
 
     def __init__(
@@ -201,10 +207,18 @@ class RelayPool(service.Service):
         syncSettings: SyncSettings = SyncSettings(),
         syncAfterOutage: bool = False,
         outageLookback: float = 3600.0,
+        admit: AdmitPolicy | None = None,
+        outboxModel: bool = False,
+        outboxRelaysPerAuthor: int = 2,
+        outboxIdleTimeout: float = 300.0,
     ) -> None:
         reactor = defaultReactor(reactor)
+        if admit is not None and not callable(admit):
+            raise ValueError(f"admit must be a callable taking a relay URL, got {admit!r}")
         if syncAfterOutage and store is None:
             raise ValueError("syncAfterOutage needs a store: RelayPool(store=...)")
+        if not isinstance(outboxIdleTimeout, int | float) or outboxIdleTimeout < 0:
+            raise ValueError(f"outboxIdleTimeout must be a number of seconds >= 0, got {outboxIdleTimeout!r}")
         if not isinstance(outageLookback, int | float) or outageLookback < 0:
             raise ValueError(f"outageLookback must be a number of seconds >= 0, got {outageLookback!r}")
         for name, value in (
@@ -212,6 +226,7 @@ class RelayPool(service.Service):
             ("dedupSize", dedupSize),
             ("broadcastCapacity", broadcastCapacity),
             ("maxRelays", maxRelays),
+            ("outboxRelaysPerAuthor", outboxRelaysPerAuthor),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -248,7 +263,9 @@ class RelayPool(service.Service):
 
             nameService = DNSNameService(reactor)
         self._nameService = nameService
+        self._admit = admit
         self._relays: dict[str, Relay] = {}
+        self._roles: dict[str, RelayRoles] = {}
         self._seen = _SeenCache(dedupSize)
         self._subscriptions: dict[str, Subscription] = {}
         self._publishes: dict[str, PublishQuorum] = {}
@@ -304,19 +321,42 @@ class RelayPool(service.Service):
 
     # --- relays -------------------------------------------------------------
 
-    def addRelay(self, url: str) -> None:
+    def addRelay(self, url: str, read: bool = True, write: bool = True, discovery: bool = False) -> None:
         """
-        Add the relay at C{url} (C{ws://} or C{wss://}) and start connecting
-        if the pool is running. Adding a known URL again does nothing.
+        Add the relay at C{url} (C{ws://} or C{wss://}) with its roles, and
+        start connecting if the pool is running. Adding a known URL again
+        does nothing (L{setRelayRoles} changes its roles), except that a
+        relay the outbox model added becomes a configured one.
 
+        @param read: subscriptions, queries and counts go to it.
+        @param write: publishes go to it.
+        @param discovery: the outbox model looks relay lists up on it.
         @raise relaypool.errors.InvalidRelayURL: for a malformed URL.
+        @raise ValueError: if it would have no role.
+        @raise RelayRefused: if the pool's admit policy refuses it.
         @raise TooManyRelays: if the pool already holds C{maxRelays} relays
             after L{cleanup}.
         """
+        roles = RelayRoles(read=read, write=write, discovery=discovery)
+        if not roles.configured():
+            raise ValueError(f"{url}: a relay needs a role: read, write or discovery")
+        relayURL = parseRelayURL(url)
+        known = self._roles.get(relayURL.url)
+        if known is None:
+            self._addRelay(relayURL.url, roles)
+        elif known.outbox:
+            self.setRelayRoles(relayURL.url, read, write, discovery)
+
+    def _addRelay(self, url: str, roles: RelayRoles) -> Relay:
+        """
+        Make and start the relay at the normalized C{url} with C{roles}.
+        """
         relayURL = parseRelayURL(url)
         normalized = relayURL.url
-        if normalized in self._relays:
-            return
+        if self._admit is not None:
+            why = refusal(self._admit, normalized)
+            if why is not None:
+                raise RelayRefused(f"{normalized}: refused by the pool's admit policy: {why}")
         if len(self._relays) >= self.maxRelays:
             self.cleanup()
         if len(self._relays) >= self.maxRelays:
@@ -350,11 +390,48 @@ class RelayPool(service.Service):
             ),
         )
         self._relays[normalized] = relay
-        for subscription in self._subscriptions.values():
-            if not subscription.relayURLs:
-                relay.subscribe(subscription.subscriptionId, subscription.filters)
+        self._roles[normalized] = roles
+        if roles.read:
+            for subscription in self._subscriptions.values():
+                if not subscription.relayURLs:
+                    relay.subscribe(subscription.subscriptionId, subscription.filters)
         if self.running:
             self._startRelay(relay)
+        return relay
+
+    def setRelayRoles(self, url: str, read: bool = True, write: bool = True, discovery: bool = False) -> None:
+        """
+        Change the roles of a relay in the pool (it becomes a configured
+        relay if the outbox model added it). A relay that becomes a read
+        relay gets the subscriptions made for every relay; one that stops
+        being one closes them.
+
+        @raise UnknownRelay: if it is not in the pool.
+        @raise ValueError: if it would have no role.
+        """
+        roles = RelayRoles(read=read, write=write, discovery=discovery)
+        if not roles.configured():
+            raise ValueError(f"{url}: a relay needs a role: read, write or discovery")
+        relay = self.relay(url)
+        before = self._roles[relay.url]
+        self._roles[relay.url] = roles
+        if roles.read == before.read:
+            return
+        for subscription in list(self._subscriptions.values()):
+            if subscription.relayURLs:
+                continue
+            if roles.read:
+                relay.subscribe(subscription.subscriptionId, subscription.filters)
+            else:
+                relay.unsubscribe(subscription.subscriptionId)
+                subscription._relayDone(relay.url)
+
+    def relayRoles(self, url: str) -> RelayRoles:
+        """
+        @return: the L{RelayRoles} of a relay in the pool.
+        @raise UnknownRelay: if it is not in the pool.
+        """
+        return self._roles[self.relay(url).url]
 
     def _startRelay(self, relay: Relay) -> None:
         if self._fetchInformation:
@@ -391,6 +468,7 @@ class RelayPool(service.Service):
         relay = self._relays.pop(normalized, None)
         if relay is None:
             return succeed(False)
+        del self._roles[normalized]
         self._forgetRelay(normalized, "error: relaypool: relay removed from the pool")
         return relay.stop().addCallback(lambda _: True)
 
@@ -440,11 +518,18 @@ class RelayPool(service.Service):
     connectionCount = countRelays
     activeConnectionCount = countActiveRelays
 
-    def relayURLs(self) -> list[str]:
+    def relayURLs(self, role: str | None = None) -> list[str]:
         """
-        @return: the URLs of every relay in the pool.
+        @param role: C{"read"}, C{"write"}, C{"discovery"} or C{"outbox"}
+            for the relays with that role (see L{RelayRoles}).
+        @return: the URLs of every relay in the pool, or of those with
+            C{role}.
         """
-        return list(self._relays)
+        if role is None:
+            return list(self._relays)
+        if role not in ROLE_NAMES:
+            raise ValueError(f"role must be one of {', '.join(ROLE_NAMES)}, got {role!r}")
+        return [url for url, roles in self._roles.items() if getattr(roles, role)]
 
     def activeRelayURLs(self) -> list[str]:
         """
@@ -513,9 +598,10 @@ class RelayPool(service.Service):
         relays: Sequence[str] | None = None,
     ) -> Subscription:
         """
-        Subscribe to C{filters} on every relay (or on C{relays}).
+        Subscribe to C{filters} on every read relay (or on C{relays}).
 
-        Relays added later get the subscription too when C{relays} is None.
+        Read relays added later get the subscription too when C{relays} is
+        None.
 
         @raise UnknownRelay: if C{relays} names a relay not in the pool.
         @raise PoolClosed: if the pool stopped.
@@ -525,7 +611,7 @@ class RelayPool(service.Service):
         filters = tuple(filters)
         if not filters:
             raise ValueError("a subscription needs at least one filter")
-        targets = self._targets(relays)
+        targets = self._targets(relays, "read")
         subscriptionId = f"rp{next(self._ids)}"
         subscription = Subscription(
             self,
@@ -542,9 +628,14 @@ class RelayPool(service.Service):
         subscription._startWaiting(waiting, self.eoseTimeout if eoseTimeout is None else eoseTimeout)
         return subscription
 
-    def _targets(self, relays: Sequence[str] | None) -> list[str]:
+    def _targets(self, relays: Sequence[str] | None, role: str) -> list[str]:
+        """
+        @return: the normalized URLs of C{relays}, or when L{None} of the
+            relays with C{role}.
+        @raise UnknownRelay: if C{relays} names a relay not in the pool.
+        """
         if relays is None:
-            return list(self._relays)
+            return self.relayURLs(role)
         return [self.relay(url).url for url in relays]
 
     def _subscriptionClosed(self, subscription: Subscription) -> None:
@@ -554,7 +645,7 @@ class RelayPool(service.Service):
 
     def query(self, filters: Sequence[Filter], timeout: float | None = None) -> Deferred[list[Event]]:
         """
-        Fetch stored events from every relay until EOSE (or C{timeout}).
+        Fetch stored events from every read relay until EOSE (or C{timeout}).
 
         @return: a Deferred firing with the unique matching events, newest
             first (ties by lowest id), each filter's C{limit} applied to the
@@ -574,7 +665,7 @@ class RelayPool(service.Service):
         self, filters: Sequence[Filter], timeout: float | None = None, fetch: bool = True
     ) -> Deferred[CountResult]:
         """
-        Ask every connected relay for a NIP-45 COUNT.
+        Ask every connected read relay for a NIP-45 COUNT.
 
         Relays that cannot count are left out at once: those whose NIP-11
         document lists their NIPs without 45, and those answering the COUNT
@@ -604,7 +695,7 @@ class RelayPool(service.Service):
             fetchCount if fetch else None,
         )
         self._counts[counting.countId] = counting
-        connected = [url for url, relay in self._relays.items() if relay.isConnected()]
+        connected = [url for url in self.relayURLs("read") if self._relays[url].isConnected()]
         counting.ask(connected, lambda url: self._relays[url].count(counting.countId, filters))
         return counting.result
 
@@ -630,7 +721,8 @@ class RelayPool(service.Service):
         onAnswer: AnswerHook | None = None,
     ) -> Deferred[PublishResult]:
         """
-        Send C{event} to every relay (or to C{relays}) and collect their OKs.
+        Send C{event} to every write relay (or to C{relays}) and collect their
+        OKs.
 
         A relay that answers C{duplicate:}, with C{OK true} or C{OK false},
         has the event: it counts as accepting it. Only the C{OK false}
@@ -641,7 +733,7 @@ class RelayPool(service.Service):
         publish goes on listening until every relay answered or C{timeout}
         passed: C{onAnswer} hears each relay's answer as it arrives, also
         after the Deferred fired. It is called exactly once for each relay
-        of C{relays} (every relay when L{None}): with the relay's answer,
+        of C{relays} (every write relay when L{None}): with the relay's answer,
         with C{"error: relaypool: ..."} when the event could not be sent to
         it or it left the pool, or with L{NO_ANSWER} at the timeout.
 
@@ -661,7 +753,7 @@ class RelayPool(service.Service):
             return fail(PoolClosed("the relay pool stopped"))
         if not isinstance(quorum, int) or quorum < 1:
             raise ValueError(f"quorum must be a positive integer, got {quorum!r}")
-        targets = self._targets(relays)
+        targets = self._targets(relays, "write")
         existing = self._publishes.get(event.id)
         if existing is not None and not existing.fired:
             waiter = existing.whenDecided()
@@ -714,7 +806,8 @@ class RelayPool(service.Service):
         timeout: float | None = None,
     ) -> Deferred[dict[str, SyncResult]]:
         """
-        Reconcile the pool's store with each relay (or each of C{relays})
+        Reconcile the pool's store with each read or write relay (or each of
+        C{relays})
         over C{filters}, by NIP-77 negentropy where the relay speaks it.
 
         The events the store lacks are fetched with C{REQ}s by id (C{down}):
@@ -745,7 +838,8 @@ class RelayPool(service.Service):
             return fail(PoolClosed("the relay pool stopped"))
         wait = self.eoseTimeout if timeout is None else timeout
         runs = []
-        for url in self._targets(relays):
+        targets = self._targets(relays, "read") if relays is not None else self._syncedRelays()
+        for url in targets:
             relaySync = RelaySync(
                 self,
                 self._relays[url],
@@ -762,6 +856,13 @@ class RelayPool(service.Service):
         )
         self._syncing.add(done)
         return done.addBoth(self._syncDone, done)
+
+    def _syncedRelays(self) -> list[str]:
+        """
+        @return: the relays a sync over every relay reaches: the read and
+            the write relays.
+        """
+        return [url for url, roles in self._roles.items() if roles.read or roles.write]
 
     def _syncDone(self, result: Any, done: Deferred[Any]) -> Any:
         self._syncing.discard(done)
@@ -850,6 +951,7 @@ class RelayPool(service.Service):
             waitingSubscriptions=relay.waitingSubscriptions(),
             connections=len(relay.openConnections()),
             name=None if relay.information is None else relay.information.name,
+            roles=self._roles[relay.url].names(),
         )
 
     def totals(self) -> PoolTotals:

@@ -120,6 +120,8 @@ class RelayStats:
 
     @ivar connections: the relay's open connections.
     @ivar name: the name in the relay's NIP-11 document, if it gave one.
+    @ivar roles: the names of its roles (L{relaypool.upstream.roles}):
+        C{"read"}, C{"write"}, C{"discovery"}, C{"outbox"}.
     """
 
     url: str
@@ -138,6 +140,7 @@ class RelayStats:
     waitingSubscriptions: int
     connections: int = 0
     name: str | None = None
+    roles: tuple[str, ...] = ("read", "write")
 
 
 @dataclass(frozen=True, slots=True)
