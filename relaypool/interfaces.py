@@ -226,7 +226,7 @@ class IRelayPool(Interface):
         filters: Any, eoseTimeout: Any = None, closeOnEOSE: bool = False, relays: Any = None
     ) -> Any:
         """
-        Subscribe to C{filters} on every relay (or on C{relays}).
+        Subscribe to C{filters} on every read relay (or on C{relays}).
 
         @return: a L{relaypool.upstream.subscription.Subscription}, whose
             events are unique and verified and whose EOSE fires once.
@@ -255,23 +255,31 @@ class IRelayPool(Interface):
         onAnswer: Any = None,
     ) -> Any:
         """
-        Send C{event} to every relay (or C{relays}).
+        Send C{event} to every write relay (or C{relays}).
 
         @return: a Deferred firing with a
             L{relaypool.upstream.results.PublishResult} once C{quorum} relays
             accepted, or failing with L{relaypool.errors.PublishFailed}.
         """
 
-    def relayURLs() -> Any:
+    def publishTargets(event: Any) -> Any:
         """
-        @return: the URL of every relay in the pool.
+        @return: a Deferred firing with the URLs of the relays a publish of
+            C{event} to every relay goes to.
         """
 
-    def addRelay(url: str) -> None:
+    def relayURLs(role: str | None = None) -> Any:
         """
-        Add a relay and start connecting to it.
+        @return: the URL of every relay in the pool, or of those with
+            C{role} (C{"read"}, C{"write"}, C{"discovery"}, C{"outbox"}).
+        """
+
+    def addRelay(url: str, read: bool = True, write: bool = True, discovery: bool = False) -> None:
+        """
+        Add a relay with its roles and start connecting to it.
 
         @raise relaypool.errors.InvalidRelayURL: for a malformed URL.
+        @raise relaypool.errors.RelayRefused: if the admit policy refuses it.
         @raise relaypool.errors.TooManyRelays: if the pool is full.
         """
 

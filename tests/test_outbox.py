@@ -60,8 +60,8 @@ class _FakePool:
         self.hold = False
         self.held: list[tuple[Deferred[PublishResult], Any, list[str], str, int]] = []
 
-    def relayURLs(self) -> list[str]:
-        return list(self.urls)
+    def publishTargets(self, event: Event) -> Deferred[list[str]]:
+        return succeed(list(self.urls))
 
     def activeRelayURLs(self) -> list[str]:
         return [url for url in self.urls if url in self.active]

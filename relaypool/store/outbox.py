@@ -217,8 +217,10 @@ class OutboxPublisher(service.Service):
 
     def submit(self, event: Event) -> Deferred[PublishResult]:
         """
-        Enqueue C{event} for every relay of the pool, then publish it to
-        them. The relays' answers are recorded in the outbox; the relays that
+        Enqueue C{event} for the relays the pool publishes it to (its write
+        relays, and with the outbox model its author's write relays and the
+        read relays of the pubkeys it tags: L{RelayPool.publishTargets}),
+        then publish it to them. The relays' answers are recorded in the outbox; the relays that
         did not accept it are retried in the background, except those that
         refused it for good. Every relay's answer is recorded, also those
         arriving after the result fired.
@@ -231,16 +233,18 @@ class OutboxPublisher(service.Service):
             L{relaypool.errors.QueueFull} from a full outbox), and then
             nothing was published.
         """
-        relays = self._pool.relayURLs()
         self._publishing[event.id] += 1
 
         def notEnqueued(failure: Failure) -> Failure:
             self._release(event.id)
             return failure
 
-        enqueued: Deferred[None] = self._outbox.enqueue(event, relays)  # type: ignore[no-untyped-call]
-        enqueued.addErrback(notEnqueued)
-        return enqueued.addCallback(lambda _: self._publish(event, relays, self.quorum)[0])
+        def enqueue(relays: list[str]) -> Deferred[PublishResult]:
+            enqueued: Deferred[None] = self._outbox.enqueue(event, relays)  # type: ignore[no-untyped-call]
+            enqueued.addErrback(notEnqueued)
+            return enqueued.addCallback(lambda _: self._publish(event, relays, self.quorum)[0])
+
+        return self._pool.publishTargets(event).addCallback(enqueue)
 
     def _publish(
         self, event: Event, relays: Sequence[str], quorum: int

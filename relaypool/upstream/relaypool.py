@@ -17,7 +17,7 @@ full, outbound queues refuse and count.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import count as counter
 from typing import Any
@@ -31,6 +31,7 @@ from zope.interface import implementer
 from relaypool._reactor import ClientReactor, defaultReactor
 from relaypool.errors import (
     InvalidEvent,
+    InvalidRelayURL,
     PoolClosed,
     RelayRefused,
     TooManyRelays,
@@ -48,6 +49,7 @@ from relaypool.nostr.messages import (
     RelayNotice,
     RelayOK,
 )
+from relaypool.nostr.nip65 import RELAY_LIST_KIND
 from relaypool.nostr.url import parseRelayURL
 from relaypool.transport.health import HealthPolicy
 from relaypool.transport.mux import Backoff
@@ -66,6 +68,7 @@ from relaypool.upstream.results import (
     SyncResult,
 )
 from relaypool.upstream.roles import ROLE_NAMES, RelayRoles
+from relaypool.upstream.routing import ROUTING, OutboxRouter
 from relaypool.upstream.subscription import Subscription
 from relaypool.upstream.syncing import DIRECTIONS, RelaySync, SyncSettings
 
@@ -176,6 +179,19 @@ class RelayPool(service.Service):
     @param admit: an admit policy (L{relaypool.upstream.admission}): called
         with each relay's normalized URL before the pool connects to it;
         a refused URL is not added (L{RelayRefused}).
+    @param outboxModel: route by NIP-65 relay lists (see
+        L{relaypool.upstream.routing}): a subscription's filters with
+        C{authors} go, per author, to up to C{outboxRelaysPerAuthor} of the
+        author's write relays (authors without a relay list go to the read
+        relays), and a publish to every relay goes also to the author's
+        write relays and the read relays of the first C{outboxMaxTagged}
+        pubkeys it tags. Relay lists come from the store, then from the
+        discovery relays (the read relays when none is one), waiting at most
+        C{outboxLookupTimeout} seconds; the newest
+        C{outboxRelayListCapacity} are remembered and followed. Relays that
+        are not in the pool are added with the C{outbox} role, within
+        C{maxRelays}, and removed once unused for C{outboxIdleTimeout}
+        seconds.
     """
 
     def __init__(
@@ -211,14 +227,18 @@ class RelayPool(service.Service):
         outboxModel: bool = False,
         outboxRelaysPerAuthor: int = 2,
         outboxIdleTimeout: float = 300.0,
+        outboxLookupTimeout: float = 5.0,
+        outboxRelayListCapacity: int = 10000,
+        outboxMaxTagged: int = 20,
     ) -> None:
         reactor = defaultReactor(reactor)
         if admit is not None and not callable(admit):
             raise ValueError(f"admit must be a callable taking a relay URL, got {admit!r}")
         if syncAfterOutage and store is None:
             raise ValueError("syncAfterOutage needs a store: RelayPool(store=...)")
-        if not isinstance(outboxIdleTimeout, int | float) or outboxIdleTimeout < 0:
-            raise ValueError(f"outboxIdleTimeout must be a number of seconds >= 0, got {outboxIdleTimeout!r}")
+        for name, seconds in (("outboxIdleTimeout", outboxIdleTimeout), ("outboxLookupTimeout", outboxLookupTimeout)):
+            if not isinstance(seconds, int | float) or seconds < 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds!r}")
         if not isinstance(outageLookback, int | float) or outageLookback < 0:
             raise ValueError(f"outageLookback must be a number of seconds >= 0, got {outageLookback!r}")
         for name, value in (
@@ -227,6 +247,8 @@ class RelayPool(service.Service):
             ("broadcastCapacity", broadcastCapacity),
             ("maxRelays", maxRelays),
             ("outboxRelaysPerAuthor", outboxRelaysPerAuthor),
+            ("outboxRelayListCapacity", outboxRelayListCapacity),
+            ("outboxMaxTagged", outboxMaxTagged),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -276,6 +298,20 @@ class RelayPool(service.Service):
         self._paused = False
         self._pingLoop: LoopingCall | None = None
         self._closed = False
+        self._router = (
+            OutboxRouter(
+                self,
+                reactor,
+                store,
+                relaysPerAuthor=outboxRelaysPerAuthor,
+                idleTimeout=outboxIdleTimeout,
+                lookupTimeout=outboxLookupTimeout,
+                capacity=outboxRelayListCapacity,
+                maxTagged=outboxMaxTagged,
+            )
+            if outboxModel
+            else None
+        )
 
     # --- service ------------------------------------------------------------
 
@@ -303,6 +339,8 @@ class RelayPool(service.Service):
         """
         super().stopService()  # type: ignore[no-untyped-call]
         self._closed = True
+        if self._router is not None:
+            self._router.stop()
         if self._pingLoop is not None and self._pingLoop.running:
             self._pingLoop.stop()
         self._pingLoop = None
@@ -393,7 +431,7 @@ class RelayPool(service.Service):
         self._roles[normalized] = roles
         if roles.read:
             for subscription in self._subscriptions.values():
-                if not subscription.relayURLs:
+                if not subscription.relayURLs and subscription.routes is None:
                     relay.subscribe(subscription.subscriptionId, subscription.filters)
         if self.running:
             self._startRelay(relay)
@@ -418,13 +456,22 @@ class RelayPool(service.Service):
         if roles.read == before.read:
             return
         for subscription in list(self._subscriptions.values()):
-            if subscription.relayURLs:
+            if subscription.relayURLs or subscription.routes is not None:
                 continue
             if roles.read:
                 relay.subscribe(subscription.subscriptionId, subscription.filters)
             else:
                 relay.unsubscribe(subscription.subscriptionId)
                 subscription._relayDone(relay.url)
+
+    def hasRelay(self, url: str) -> bool:
+        """
+        @return: whether the relay at C{url} is in the pool.
+        """
+        try:
+            return parseRelayURL(url).url in self._relays
+        except InvalidRelayURL:
+            return False
 
     def relayRoles(self, url: str) -> RelayRoles:
         """
@@ -622,11 +669,44 @@ class RelayPool(service.Service):
             self.ringCapacity,
         )
         self._subscriptions[subscriptionId] = subscription
+        timeout = self.eoseTimeout if eoseTimeout is None else eoseTimeout
+        if self._router is not None and relays is None and any(f.authors for f in filters):
+            subscription.routes = {}
+            subscription._startWaiting([ROUTING], timeout)
+            self._router.route(subscription)
+            return subscription
         for url in targets:
             self._relays[url].subscribe(subscriptionId, filters)
-        waiting = [url for url in targets if self._relays[url].state() in ("open", "connecting")]
-        subscription._startWaiting(waiting, self.eoseTimeout if eoseTimeout is None else eoseTimeout)
+        subscription._startWaiting(self._answering(targets), timeout)
         return subscription
+
+    def _answering(self, urls: Iterable[str]) -> list[str]:
+        """
+        @return: those of C{urls} an EOSE can be waited for from: connected
+            or connecting.
+        """
+        return [url for url in urls if self._relays[url].state() in ("open", "connecting")]
+
+    def _applyRoutes(self, subscription: Subscription, routes: dict[str, tuple[Filter, ...]]) -> list[str]:
+        """
+        Give each relay its part of a routed subscription (the outbox
+        model's choice): subscribe the relays whose part changed, close it
+        on those that have no part any more.
+
+        @return: the relays subscribed now that are connected or connecting.
+        """
+        subscriptionId = subscription.subscriptionId
+        before = subscription.routes or {}
+        subscription.routes = routes = {url: part for url, part in routes.items() if url in self._relays}
+        for url in before.keys() - routes.keys():
+            relay = self._relays.get(url)
+            if relay is not None:
+                relay.unsubscribe(subscriptionId)
+            subscription._relayDone(url)
+        changed = [url for url, part in routes.items() if before.get(url) != part]
+        for url in changed:
+            self._relays[url].subscribe(subscriptionId, routes[url])
+        return self._answering(changed)
 
     def _targets(self, relays: Sequence[str] | None, role: str) -> list[str]:
         """
@@ -640,6 +720,8 @@ class RelayPool(service.Service):
 
     def _subscriptionClosed(self, subscription: Subscription) -> None:
         self._subscriptions.pop(subscription.subscriptionId, None)
+        if self._router is not None:
+            self._router.forget(subscription)
         for relay in self._relays.values():
             relay.unsubscribe(subscription.subscriptionId)
 
@@ -753,7 +835,40 @@ class RelayPool(service.Service):
             return fail(PoolClosed("the relay pool stopped"))
         if not isinstance(quorum, int) or quorum < 1:
             raise ValueError(f"quorum must be a positive integer, got {quorum!r}")
-        targets = self._targets(relays, "write")
+        if self._router is not None and event.kind == RELAY_LIST_KIND:
+            self._router.relayListSeen(event)
+        if self._router is not None and relays is None:
+            return self.publishTargets(event).addCallback(
+                lambda targets: self._publishTo(event, quorum, timeout, targets, onAnswer)
+            )
+        return self._publishTo(event, quorum, timeout, self._targets(relays, "write"), onAnswer)
+
+    def publishTargets(self, event: Event) -> Deferred[list[str]]:
+        """
+        @return: a Deferred firing with the relays a publish of C{event} to
+            every relay goes to: the write relays, and with the outbox model
+            also the author's write relays and the read relays of the
+            pubkeys it tags (added to the pool as C{outbox} relays where
+            needed).
+        """
+        writeRelays = self.relayURLs("write")
+        if self._router is None:
+            return succeed(writeRelays)
+        return self._router.publishTargets(event, writeRelays)
+
+    def _publishTo(
+        self,
+        event: Event,
+        quorum: int,
+        timeout: float | None,
+        targets: list[str],
+        onAnswer: AnswerHook | None,
+    ) -> Deferred[PublishResult]:
+        if self._closed:
+            return fail(PoolClosed("the relay pool stopped"))
+        targets = [url for url in targets if url in self._relays]
+        if self._router is not None:
+            self._router.hold(event.id, targets)
         existing = self._publishes.get(event.id)
         if existing is not None and not existing.fired:
             waiter = existing.whenDecided()
@@ -791,6 +906,8 @@ class RelayPool(service.Service):
         """
         if self._publishes.get(publish.event.id) is publish:
             del self._publishes[publish.event.id]
+            if self._router is not None:
+                self._router.release(publish.event.id)
         for url in publish.outstanding:
             relay = self._relays.get(url)
             if relay is not None:
@@ -890,7 +1007,8 @@ class RelayPool(service.Service):
                 continue
             if subscription.relayURLs and relay.url not in subscription.relayURLs:
                 continue
-            for f in subscription.filters:
+            routed = subscription.routes
+            for f in subscription.filters if routed is None else routed.get(relay.url, ()):
                 if f.ids is None:
                     filters[replace(f, since=max(f.since or 0, since), limit=None)] = None
         if not filters:
@@ -996,6 +1114,8 @@ class RelayPool(service.Service):
                     return False
             seen = self._seen.add(event)
             relay.counters.eventsUnique += 1
+            if self._router is not None and event.kind == RELAY_LIST_KIND:
+                self._router.relayListSeen(event)
             if self._store is not None:
                 self._store.save(event).addErrback(  # type: ignore[no-untyped-call]
                     lambda f: log.failure("saving event {id} failed", f, id=event.id)

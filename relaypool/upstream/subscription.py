@@ -41,6 +41,10 @@ class Subscription:
     Consume events with L{onEvent} callbacks, or with L{next} when no callback
     is set (events then wait in a buffer of at most C{bufferSize}; while it is
     full the pool pauses reading from its relays).
+
+    @ivar routes: for a subscription the outbox model routes, the part of
+        its filters each relay got (empty until its authors' relay lists
+        are known); L{None} for the others.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class Subscription:
         self.filters = filters
         self.relayURLs = relayURLs
         self.closeOnEOSE = closeOnEOSE
+        self.routes: dict[str, tuple[Filter, ...]] | None = None
         self.closed = False
         self.eosed = False
         self._pool = pool
@@ -157,6 +162,13 @@ class Subscription:
         if timeout > 0:
             self._timeoutCall = self._pool.reactor.callLater(timeout, self._reachEOSE)
         self._checkEOSE()
+
+    def _waitAlso(self, relayURLs: Iterable[str]) -> None:
+        """
+        Wait for the EOSE of C{relayURLs} too, unless EOSE was reached.
+        """
+        if not self.eosed and not self.closed:
+            self._waitingFor.update(relayURLs)
 
     def _relayDone(self, relayURL: str) -> None:
         self._waitingFor.discard(relayURL)
