@@ -163,6 +163,8 @@ class OutboxRouter:
         self._idle: dict[str, IDelayedCall] = {}
         self._watch: Subscription | None = None
         self._watched: frozenset[str] = frozenset()
+        self._stopped = False
+        self._claimed: set[str] = set()
 
     # --- relay lists --------------------------------------------------------
 
@@ -290,7 +292,10 @@ class OutboxRouter:
         """
         read = self._pool.relayURLs("read")
         lists = {a: known for a in authors if (known := self.relayList(a)) is not None}
-        plan, unrouted = chooseRelays(authors, lists, self.relaysPerAuthor, set(read), self._acquire)
+        try:
+            plan, unrouted = chooseRelays(authors, lists, self.relaysPerAuthor, set(read), self._acquire)
+        finally:
+            self._claimed.clear()
         parts: dict[str, list[Filter]] = defaultdict(list)
         for f in subscription.filters:
             if not f.authors:
@@ -324,6 +329,12 @@ class OutboxRouter:
         tagged = list(dict.fromkeys(tagged))[: self.maxTagged]
 
         def choose(_: None) -> list[str]:
+            try:
+                return chooseTargets()
+            finally:
+                self._claimed.clear()
+
+        def chooseTargets() -> list[str]:
             targets = dict.fromkeys(base)
             author = self.relayList(event.pubkey)
             wanted = [(author.write if author is not None else ())]
@@ -365,9 +376,13 @@ class OutboxRouter:
         Make sure the pool has the relay at C{url}, adding it as an
         C{outbox} relay (after closing an idle one if the pool is full).
 
+        A relay acquired for the plan being made is not closed to make room
+        for another of it.
+
         @return: whether it is in the pool.
         """
         if self._pool.hasRelay(url):
+            self._claimed.add(url)
             return True
         try:
             self._pool._addRelay(url, OUTBOX_ONLY)
@@ -380,6 +395,7 @@ class OutboxRouter:
             log.debug("outbox: not using {url}: {why}", url=url, why=str(e))
             return False
         log.info("outbox: connecting to {url}", url=url)
+        self._claimed.add(url)
         self._settle(url)
         return True
 
@@ -397,7 +413,7 @@ class OutboxRouter:
         idle = self._idle.pop(url, None)
         if idle is not None and idle.active():
             idle.cancel()
-        if self._uses[url] > 0 or not self._isTemporary(url):
+        if self._stopped or self._uses[url] > 0 or not self._isTemporary(url):
             return
         self._idle[url] = self._reactor.callLater(self.idleTimeout, self._closeIdle, url)
 
@@ -416,7 +432,7 @@ class OutboxRouter:
 
         @return: whether one was closed.
         """
-        for url in list(self._idle):
+        for url in [url for url in self._idle if url not in self._claimed]:
             call = self._idle.pop(url)
             if call.active():
                 call.cancel()
@@ -454,6 +470,7 @@ class OutboxRouter:
         """
         Cancel the idle timers (the pool is stopping).
         """
+        self._stopped = True
         for call in self._idle.values():
             if call.active():
                 call.cancel()
