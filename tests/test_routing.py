@@ -306,3 +306,19 @@ class OutboxModelTests(PoolTestMixin, TestCase):
         yield waitUntil(lambda: "alice moved" in received)
         yield waitUntil(lambda: self.alice.subscriptionCount() == 0)
         subscription.close()
+
+    @inlineCallbacks
+    def test_stopWithRoutedSubscriptions(self) -> Any:
+        """
+        A pool stops cleanly while routed subscriptions are live, one of
+        them still waiting for its relay lists.
+        """
+        pool = self.outboxPool()
+        yield self.connected(pool, 2)
+        alice, bob, _ = self.authors
+        routed = pool.subscribe([Filter(kinds=NOTES.kinds, authors=frozenset({alice}))])
+        yield routed.whenEOSE()
+        waiting = pool.subscribe([Filter(kinds=NOTES.kinds, authors=frozenset({bob}))])
+        yield pool.stopService()
+        self.assertTrue(routed.closed and waiting.closed)
+        self.assertEqual(pool.relayURLs("outbox"), [url(self.alice)])

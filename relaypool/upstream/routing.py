@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from relaypool.errors import InvalidRelayURL, RelayRefused, TooManyRelays
+from relaypool.errors import InvalidRelayURL, RelayRefused, SubscriptionClosed, TooManyRelays
 from relaypool.nostr.event import Event
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.nip65 import RELAY_LIST_KIND, RelayList
@@ -235,11 +235,14 @@ class OutboxRouter:
                 self._remember(RelayList.fromEvent(event))
             missing = {p for p in missing if self.relayList(p) is None}
         relays = self._lookupRelays()
-        if missing and relays:
+        if missing and relays and not self._stopped:
             filters = [Filter(kinds=frozenset({RELAY_LIST_KIND}), authors=chunk) for chunk in _chunks(missing)]
             lookup = self._pool.subscribe(filters, eoseTimeout=self.lookupTimeout, closeOnEOSE=True, relays=relays)
             lookup.onEvent(lambda event, url: self.relayListSeen(event))
-            await lookup.whenEOSE()
+            try:
+                await lookup.whenEOSE()
+            except SubscriptionClosed:
+                return  # the pool stopped
         now = self._reactor.seconds()
         for pubkey in missing:
             if self.relayList(pubkey) is None:
@@ -449,6 +452,8 @@ class OutboxRouter:
         subscriptions' authors on the discovery relays, so that a changed
         list is followed.
         """
+        if self._stopped:
+            return
         authors = frozenset().union(*(authors for _, authors in self._routed.values()))
         if authors == self._watched:
             return
