@@ -13,6 +13,7 @@ from relaypool.daemon.config import (
     SETTINGS,
     Config,
     ConfigSources,
+    RelaySpec,
     buildConfig,
     environmentValues,
     loadConfigFile,
@@ -85,7 +86,7 @@ class DefaultsTests(SynchronousTestCase):
         """
         The C{auto} OK policy is C{quorum} when relays are configured.
         """
-        self.assertEqual(Config(relays=("ws://a",)).effectiveOkPolicy(), "quorum")
+        self.assertEqual(Config(relays=(RelaySpec("ws://a"),)).effectiveOkPolicy(), "quorum")
 
     def test_okPolicyAutoWithoutRelays(self) -> None:
         """
@@ -121,7 +122,7 @@ class FileTests(SynchronousTestCase):
         config = buildConfig(loadConfigFile(path))
         self.assertEqual(
             (
-                config.relays,
+                config.relayURLs(),
                 config.connectionsPerAddress,
                 config.quorum,
                 config.eoseTimeout,
@@ -148,7 +149,7 @@ class FileTests(SynchronousTestCase):
 
         path = Path(__file__).parent.parent / "examples" / "relaypool.toml"
         config = buildConfig(loadConfigFile(str(path)))
-        self.assertEqual(config.relays, ("wss://relay.damus.io", "wss://nos.lol"))
+        self.assertEqual(config.relayURLs(), ("wss://relay.damus.io", "wss://nos.lol"))
 
     def test_missingFile(self) -> None:
         """
@@ -216,10 +217,11 @@ class OverrideTests(SynchronousTestCase):
 
     def test_duplicateRelays(self) -> None:
         """
-        A relay given twice is kept once, in its first place.
+        A relay given twice is kept once, in its first place, also when it
+        is written differently (C{ws://a} and C{ws://a/}).
         """
-        config = buildConfig(overrides={"relays": ["ws://b", "ws://a", "ws://b"]})
-        self.assertEqual(config.relays, ("ws://b", "ws://a"))
+        config = buildConfig(overrides={"relays": ["ws://b", "ws://a", "ws://b", "ws://a/"]})
+        self.assertEqual(config.relayURLs(), ("ws://b", "ws://a"))
 
 
 class ValidationTests(SynchronousTestCase):
@@ -370,7 +372,7 @@ class ValidationTests(SynchronousTestCase):
         A single string where the relay list is expected.
         """
         self.assertInvalid(
-            "relays", "ws://a", 'must be a list of ws:// or wss:// URLs, got "ws://a"'
+            "relays", "ws://a", 'must be a list of ws:// or wss:// URLs or relay tables, got "ws://a"'
         )
 
     def test_relayURL(self) -> None:
@@ -431,10 +433,11 @@ class ValidationTests(SynchronousTestCase):
 
     def test_quorumOverRelays(self) -> None:
         """
-        A quorum larger than the number of relays is an error on C{quorum}.
+        A quorum larger than the number of (write) relays is an error on
+        C{quorum}.
         """
         error = self.assertRaises(ConfigError, buildConfig, {"relays": ["ws://a"]}, {"quorum": "2"})
-        self.assertEqual(str(error), "quorum: must be at most the number of relays (1), got 2")
+        self.assertEqual(str(error), "quorum: must be at most the number of write relays (1), got 2")
 
     def test_tooManyRelays(self) -> None:
         """
@@ -514,7 +517,7 @@ class EnvironmentTests(SynchronousTestCase):
         blanks.
         """
         config = self.build({"RELAYPOOL_RELAYS": " ws://a, ws://b\n\twss://c ,"})
-        self.assertEqual(config.relays, ("ws://a", "ws://b", "wss://c"))
+        self.assertEqual(config.relays, (RelaySpec("ws://a"), RelaySpec("ws://b"), RelaySpec("wss://c")))
 
     def test_flags(self) -> None:
         """

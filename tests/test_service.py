@@ -66,7 +66,7 @@ class OptionsTests(SynchronousTestCase):
         C{--relay} may be given several times; the relays keep their order.
         """
         options = _parse("--relay", "wss://b.example", "--relay=ws://a.example:7000")
-        self.assertEqual(options.config.relays, ("wss://b.example", "ws://a.example:7000"))
+        self.assertEqual(options.config.relayURLs(), ("wss://b.example", "ws://a.example:7000"))
 
     def test_repeatablePolicyLists(self) -> None:
         """
@@ -226,7 +226,7 @@ class OptionsTests(SynchronousTestCase):
             f.write('relays = ["ws://a", "ws://b"]\nquorum = 2\nname = "from file"\n')
         config = _parse("--config", path, "--quorum", "1").config
         self.assertEqual(
-            (config.relays, config.quorum, config.name), (("ws://a", "ws://b"), 1, "from file")
+            (config.relayURLs(), config.quorum, config.name), (("ws://a", "ws://b"), 1, "from file")
         )
 
     def test_commandLineRelaysReplaceFile(self) -> None:
@@ -236,7 +236,7 @@ class OptionsTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write('relays = ["ws://a", "ws://b"]\n')
-        self.assertEqual(_parse("--config", path, "--relay", "ws://c").config.relays, ("ws://c",))
+        self.assertEqual(_parse("--config", path, "--relay", "ws://c").config.relayURLs(), ("ws://c",))
 
     def test_configFileError(self) -> None:
         """
