@@ -443,8 +443,8 @@ def _relayPattern(value: object, fromText: bool) -> str:
     """
     if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
         raise _Invalid(
-            f"must be a shell pattern without blanks such as \"*.onion\" or"
-            f" \"wss://relay.example/\", got {_shown(value)}"
+            'must be a shell pattern without blanks such as "*.onion" or'
+            f' "wss://relay.example/", got {_shown(value)}'
         )
     return value.strip()
 
