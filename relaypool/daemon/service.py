@@ -51,10 +51,10 @@ __all__ = [
     "ConnectionStateLogger",
     "OrderedMultiService",
     "Options",
-    "ReplaceableAdmit",
-    "WriteRelays",
     "RelayPoolService",
+    "ReplaceableAdmit",
     "StatusLogger",
+    "WriteRelays",
     "makeService",
 ]
 
