@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
-from relaypool.daemon.cli import runCommand, statsURL
+from relaypool.daemon.cli import runCommand, statsURL, summarize
 from relaypool.nostr.event import Event, publicKeyFor
 from relaypool.testing import TEST_PRIVATE_KEY, makeEvent
 from tests import test_service
@@ -381,6 +381,25 @@ class StatusTests(_RelaysMixin, TestCase):
         self.assertTrue(lines[1].startswith(f"  {relay.url}/  open  health "), lines[1])
         self.assertTrue(lines[2].startswith("clients: 0 connections, 0 subscriptions"), lines[2])
         self.assertTrue(lines[-1].startswith("outbox: 0 waiting, 0 retrying"), lines[-1])
+
+    def test_summaryRoles(self) -> None:
+        """
+        The summary gives the roles of a relay that is not a plain read and
+        write relay after its URL.
+        """
+        relay = {"state": "open", "healthScore": 100.0, "connectedFor": None, "latency": None}
+        stats = {
+            "relays": {
+                "wss://a/": {**relay, "roles": ["read", "write"]},
+                "wss://b/": {**relay, "roles": ["read"]},
+                "wss://c/": {**relay, "roles": ["discovery", "outbox"]},
+            },
+            "pool": {"activeRelays": 3},
+        }
+        self.assertEqual(
+            [line.split("  ")[1] for line in summarize(stats)[1:4]],
+            ["wss://a/", "wss://b/ (read)", "wss://c/ (discovery, outbox)"],
+        )
 
     @inlineCallbacks
     def test_json(self) -> Any:

@@ -13,6 +13,7 @@ from relaypool.daemon.config import (
     SETTINGS,
     Config,
     ConfigSources,
+    RelaySpec,
     buildConfig,
     environmentValues,
     loadConfigFile,
@@ -85,7 +86,7 @@ class DefaultsTests(SynchronousTestCase):
         """
         The C{auto} OK policy is C{quorum} when relays are configured.
         """
-        self.assertEqual(Config(relays=("ws://a",)).effectiveOkPolicy(), "quorum")
+        self.assertEqual(Config(relays=(RelaySpec("ws://a"),)).effectiveOkPolicy(), "quorum")
 
     def test_okPolicyAutoWithoutRelays(self) -> None:
         """
@@ -121,7 +122,7 @@ class FileTests(SynchronousTestCase):
         config = buildConfig(loadConfigFile(path))
         self.assertEqual(
             (
-                config.relays,
+                config.relayURLs(),
                 config.connectionsPerAddress,
                 config.quorum,
                 config.eoseTimeout,
@@ -148,7 +149,7 @@ class FileTests(SynchronousTestCase):
 
         path = Path(__file__).parent.parent / "examples" / "relaypool.toml"
         config = buildConfig(loadConfigFile(str(path)))
-        self.assertEqual(config.relays, ("wss://relay.damus.io", "wss://nos.lol"))
+        self.assertEqual(config.relayURLs(), ("wss://relay.damus.io", "wss://nos.lol"))
 
     def test_missingFile(self) -> None:
         """
@@ -216,10 +217,11 @@ class OverrideTests(SynchronousTestCase):
 
     def test_duplicateRelays(self) -> None:
         """
-        A relay given twice is kept once, in its first place.
+        A relay given twice is kept once, in its first place, also when it
+        is written differently (C{ws://a} and C{ws://a/}).
         """
-        config = buildConfig(overrides={"relays": ["ws://b", "ws://a", "ws://b"]})
-        self.assertEqual(config.relays, ("ws://b", "ws://a"))
+        config = buildConfig(overrides={"relays": ["ws://b", "ws://a", "ws://b", "ws://a/"]})
+        self.assertEqual(config.relayURLs(), ("ws://b", "ws://a"))
 
 
 class ValidationTests(SynchronousTestCase):
@@ -370,7 +372,9 @@ class ValidationTests(SynchronousTestCase):
         A single string where the relay list is expected.
         """
         self.assertInvalid(
-            "relays", "ws://a", 'must be a list of ws:// or wss:// URLs, got "ws://a"'
+            "relays",
+            "ws://a",
+            'must be a list of ws:// or wss:// URLs or relay tables, got "ws://a"',
         )
 
     def test_relayURL(self) -> None:
@@ -431,10 +435,13 @@ class ValidationTests(SynchronousTestCase):
 
     def test_quorumOverRelays(self) -> None:
         """
-        A quorum larger than the number of relays is an error on C{quorum}.
+        A quorum larger than the number of (write) relays is an error on
+        C{quorum}.
         """
         error = self.assertRaises(ConfigError, buildConfig, {"relays": ["ws://a"]}, {"quorum": "2"})
-        self.assertEqual(str(error), "quorum: must be at most the number of relays (1), got 2")
+        self.assertEqual(
+            str(error), "quorum: must be at most the number of write relays (1), got 2"
+        )
 
     def test_tooManyRelays(self) -> None:
         """
@@ -514,7 +521,9 @@ class EnvironmentTests(SynchronousTestCase):
         blanks.
         """
         config = self.build({"RELAYPOOL_RELAYS": " ws://a, ws://b\n\twss://c ,"})
-        self.assertEqual(config.relays, ("ws://a", "ws://b", "wss://c"))
+        self.assertEqual(
+            config.relays, (RelaySpec("ws://a"), RelaySpec("ws://b"), RelaySpec("wss://c"))
+        )
 
     def test_flags(self) -> None:
         """
@@ -736,3 +745,328 @@ class PolicySettingsTests(SynchronousTestCase):
             (config.adminPubkeys, config.adminAuthWindow, config.limits.maxBodyBytes),
             ((PUBKEY,), 30.0, 1024),
         )
+
+
+class RelayRolesTests(SynchronousTestCase):
+    """
+    Relays with roles: TOML tables, their errors, and the checks that count
+    write relays.
+    """
+
+    def _load(self, text: str) -> Config:
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return buildConfig(loadConfigFile(path), fileName="relaypool.toml")
+
+    def assertInvalidRelays(self, relays: object, message: str) -> None:
+        error = self.assertRaises(ConfigError, buildConfig, {"relays": relays}, None, "f.toml")
+        self.assertEqual(str(error), f"relays: {message} (in f.toml)")
+
+    def test_tablesAndStrings(self) -> None:
+        """
+        C{relays} mixes URLs (read and write) and tables, whose missing
+        C{read} and C{write} are true and missing C{discovery} false.
+        """
+        config = self._load(
+            "relays = [\n"
+            '  "wss://both.example",\n'
+            '  {url = "wss://read.example", write = false},\n'
+            '  {url = "wss://write.example", read = false},\n'
+            '  {url = "wss://lists.example", read = false, write = false, discovery = true},\n'
+            '  {url = "wss://all.example", discovery = true},\n'
+            "]\n"
+        )
+        self.assertEqual(
+            config.relays,
+            (
+                RelaySpec("wss://both.example"),
+                RelaySpec("wss://read.example", read=True, write=False),
+                RelaySpec("wss://write.example", read=False, write=True),
+                RelaySpec("wss://lists.example", read=False, write=False, discovery=True),
+                RelaySpec("wss://all.example", discovery=True),
+            ),
+        )
+
+    def test_relayURLsByRole(self) -> None:
+        """
+        L{Config.relayURLs} gives every relay's URL, or those with a role.
+        """
+        config = self._load(
+            'relays = ["ws://a", {url = "ws://r", write = false},'
+            ' {url = "ws://d", read = false, write = false, discovery = true}]\n'
+        )
+        self.assertEqual(
+            [config.relayURLs(role) for role in (None, "read", "write", "discovery")],
+            [("ws://a", "ws://r", "ws://d"), ("ws://a", "ws://r"), ("ws://a",), ("ws://d",)],
+        )
+
+    def test_sameRelayMerged(self) -> None:
+        """
+        A relay given twice (also written differently) is one relay with
+        every role given to it, in its first place and spelling.
+        """
+        config = buildConfig(
+            {
+                "relays": [
+                    {"url": "wss://a.example", "write": False},
+                    "wss://b.example",
+                    {"url": "WSS://a.example/", "read": False, "write": False, "discovery": True},
+                ]
+            }
+        )
+        self.assertEqual(
+            config.relays,
+            (
+                RelaySpec("wss://a.example", read=True, write=False, discovery=True),
+                RelaySpec("wss://b.example"),
+            ),
+        )
+
+    def test_unknownKey(self) -> None:
+        """
+        A table with an unknown key is an error naming the table, the key,
+        the closest known one and the known keys.
+        """
+        self.assertInvalidRelays(
+            [{"url": "ws://a", "writ": False}],
+            '{url = "ws://a", writ = false}: unknown key "writ" (did you mean write?);'
+            " a relay table has url, read, write and discovery",
+        )
+
+    def test_notABoolean(self) -> None:
+        """
+        A role that is not true or false is an error naming the table.
+        """
+        self.assertInvalidRelays(
+            [{"url": "ws://a", "read": "yes"}],
+            '{url = "ws://a", read = "yes"}: read must be true or false, got "yes"',
+        )
+
+    def test_noURL(self) -> None:
+        """
+        A table without C{url} is an error showing how to write one.
+        """
+        self.assertInvalidRelays(
+            [{"read": True}],
+            '{read = true} has no url: write it as {url = "wss://...", read = true,'
+            " write = false, discovery = false}",
+        )
+
+    def test_badURL(self) -> None:
+        """
+        A table whose C{url} is not a relay URL is an error naming both.
+        """
+        self.assertInvalidRelays(
+            [{"url": "https://a"}],
+            '{url = "https://a"}: url "https://a" is not a ws:// or wss:// URL',
+        )
+
+    def test_noRole(self) -> None:
+        """
+        A relay with no role is an error saying what to write.
+        """
+        self.assertInvalidRelays(
+            [{"url": "ws://a", "read": False, "write": False}],
+            '{url = "ws://a", read = false, write = false} has no role: set read, write or'
+            " discovery to true, or remove the relay",
+        )
+
+    def test_neitherURLNorTable(self) -> None:
+        """
+        An item that is neither a URL nor a table is an error showing both
+        forms.
+        """
+        self.assertInvalidRelays(
+            [7],
+            "a relay is a ws:// or wss:// URL or a table such as"
+            ' {url = "wss://...", read = true, write = false, discovery = false}, got 7',
+        )
+
+    def test_quorumCountsWriteRelays(self) -> None:
+        """
+        The quorum may be at most the number of write relays; read and
+        discovery relays do not count.
+        """
+        relays = [
+            "ws://a",
+            "ws://b",
+            {"url": "ws://r", "write": False},
+            {"url": "ws://d", "read": False, "write": False, "discovery": True},
+        ]
+        self.assertEqual(buildConfig({"relays": relays, "quorum": 2}).quorum, 2)
+        error = self.assertRaises(ConfigError, buildConfig, {"relays": relays, "quorum": 3})
+        self.assertEqual(
+            str(error), "quorum: must be at most the number of write relays (2), got 3"
+        )
+
+    def test_quorumPolicyNeedsWriteRelay(self) -> None:
+        """
+        The C{quorum} OK policy with only read relays is an error; C{auto}
+        is then C{local}.
+        """
+        relays = [{"url": "ws://r", "write": False}]
+        error = self.assertRaises(
+            ConfigError, buildConfig, {"relays": relays, "ok-policy": "quorum"}
+        )
+        self.assertEqual(
+            str(error), 'ok-policy: "quorum" needs at least one write relay: add one or use "local"'
+        )
+        self.assertEqual(buildConfig({"relays": relays}).effectiveOkPolicy(), "local")
+
+    def test_syncNeedsReadOrWriteRelay(self) -> None:
+        """
+        Sync filters with only discovery relays are an error: discovery
+        relays are not synced.
+        """
+        relays = [{"url": "ws://d", "read": False, "write": False, "discovery": True}]
+        error = self.assertRaises(
+            ConfigError, buildConfig, {"relays": relays, "sync-filters": [{"kinds": [0]}]}
+        )
+        self.assertIn(
+            "sync-filters: needs relays to sync with: add a read or write relay", str(error)
+        )
+
+    def test_maxRelaysCountsEveryRole(self) -> None:
+        """
+        C{max-relays} bounds the configured relays of every role.
+        """
+        relays = ["ws://a", {"url": "ws://d", "read": False, "write": False, "discovery": True}]
+        error = self.assertRaises(ConfigError, buildConfig, {"relays": relays, "max-relays": 1})
+        self.assertEqual(str(error), "relays: 2 relays are more than max-relays (1)")
+
+    def test_roleVariables(self) -> None:
+        """
+        C{RELAYPOOL_READ_RELAYS}, C{RELAYPOOL_WRITE_RELAYS} and
+        C{RELAYPOOL_DISCOVERY_RELAYS} add relays with that role alone to
+        C{RELAYPOOL_RELAYS}'s, together replacing the file's relays.
+        """
+        environment = environmentValues(
+            {
+                "RELAYPOOL_RELAYS": "ws://a",
+                "RELAYPOOL_READ_RELAYS": "ws://r1, ws://r2",
+                "RELAYPOOL_WRITE_RELAYS": "ws://w",
+                "RELAYPOOL_DISCOVERY_RELAYS": "ws://d",
+            }
+        )
+        config = buildConfig({"relays": ["ws://file"]}, environment=environment)
+        self.assertEqual(
+            sorted((spec.url, spec.roles()) for spec in config.relays),
+            [
+                ("ws://a", ("read", "write")),
+                ("ws://d", ("discovery",)),
+                ("ws://r1", ("read",)),
+                ("ws://r2", ("read",)),
+                ("ws://w", ("write",)),
+            ],
+        )
+
+    def test_roleVariableError(self) -> None:
+        """
+        An invalid URL in a role variable is an error naming the variable.
+        """
+        error = self.assertRaises(
+            ConfigError, environmentValues, {"RELAYPOOL_WRITE_RELAYS": "http://w"}
+        )
+        self.assertEqual(
+            str(error), 'RELAYPOOL_WRITE_RELAYS: "http://w" is not a ws:// or wss:// URL'
+        )
+
+
+class RelayPatternSettingsTests(SynchronousTestCase):
+    """
+    C{relay-allow}, C{relay-deny} and the outbox model's settings.
+    """
+
+    def test_patterns(self) -> None:
+        """
+        The patterns make the pool's admit policy; without any there is
+        none.
+        """
+        config = buildConfig(
+            {"relay-allow": ["wss://*"], "relay-deny": ["*.onion", "wss://bad.example/"]}
+        )
+        admit = config.admitPolicy()
+        assert admit is not None
+        self.assertEqual(
+            [admit("wss://good.example/"), admit("wss://x.onion/"), admit("ws://plain.example/")],
+            [True, False, False],
+        )
+        self.assertIsNone(buildConfig().admitPolicy())
+
+    def test_patternWithBlank(self) -> None:
+        """
+        A pattern with a blank is an error naming the key.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"relay-deny": ["a b"]})
+        self.assertEqual(
+            str(error),
+            'relay-deny: must be a shell pattern without blanks such as "*.onion" or'
+            ' "wss://relay.example/", got "a b"',
+        )
+
+    def test_denyRefusesConfiguredRelay(self) -> None:
+        """
+        A configured relay a deny pattern refuses is an error on
+        C{relay-deny} naming the relay and the pattern.
+        """
+        error = self.assertRaises(
+            ConfigError,
+            buildConfig,
+            {"relays": ["wss://ok.example", "ws://x.onion"], "relay-deny": ["*.onion"]},
+        )
+        self.assertEqual(
+            str(error),
+            "relay-deny: refuses the configured relay ws://x.onion (it matches the deny"
+            " pattern '*.onion'): remove the relay or change the pattern",
+        )
+
+    def test_allowRefusesConfiguredRelay(self) -> None:
+        """
+        A configured relay no allow pattern matches is an error on
+        C{relay-allow} naming the relay and the patterns.
+        """
+        error = self.assertRaises(
+            ConfigError, buildConfig, {"relays": ["ws://a"], "relay-allow": ["*.example"]}
+        )
+        self.assertEqual(
+            str(error),
+            "relay-allow: refuses the configured relay ws://a (it matches no allow pattern"
+            " ('*.example')): remove the relay or change the pattern",
+        )
+
+    def test_outboxSettings(self) -> None:
+        """
+        The outbox model is off by default with 2 relays per author and 300
+        seconds of idle time; the command line gives them as text.
+        """
+        self.assertEqual(
+            (Config().outboxModel, Config().outboxRelaysPerAuthor, Config().outboxIdleTimeout),
+            (False, 2, 300.0),
+        )
+        config = buildConfig(
+            {"relays": ["ws://a"]},
+            {"outbox-model": True, "outbox-relays-per-author": "3", "outbox-idle-timeout": "0"},
+        )
+        self.assertEqual(
+            (config.outboxModel, config.outboxRelaysPerAuthor, config.outboxIdleTimeout),
+            (True, 3, 0.0),
+        )
+
+    def test_outboxSettingErrors(self) -> None:
+        """
+        Relays per author must be positive, the idle timeout not negative.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"outbox-relays-per-author": 0})
+        self.assertEqual(str(error), "outbox-relays-per-author: must be a positive integer, got 0")
+        error = self.assertRaises(ConfigError, buildConfig, {"outbox-idle-timeout": -1})
+        self.assertEqual(
+            str(error), "outbox-idle-timeout: must be a number of seconds >= 0, got -1"
+        )
+
+    def test_outboxModelNeedsRelays(self) -> None:
+        """
+        The outbox model without relays is an error: there is no pool.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"outbox-model": True})
+        self.assertIn("outbox-model: needs relays", str(error))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ from relaypool.gateway.policy import EventPolicy
 from relaypool.nostr.event import Event, generatePrivateKey, publicKeyFor
 from relaypool.nostr.nip98 import makeAuthorization
 from relaypool.transport.names import StaticNameService
+from relaypool.upstream.admission import AdmitPolicy, RelayPatterns
 from relaypool.upstream.relaypool import RelayPool
 from tests.test_gateway_protocol import GatewayTestCase
 
@@ -492,10 +494,16 @@ class RelayMethodTests(ManagementTestCase):
     relaypool's own methods act on the running relay pool at once.
     """
 
-    async def startWithPool(self, *urls: str, quorum: int = 1) -> RelayPool:
-        pool = RelayPool(reactor, nameService=StaticNameService(), fetchInformation=False)
+    async def startWithPool(
+        self, *urls: str, quorum: int = 1, admit: AdmitPolicy | None = None, readOnly: Iterable[str] = ()
+    ) -> RelayPool:
+        pool = RelayPool(
+            reactor, nameService=StaticNameService(), fetchInformation=False, admit=admit
+        )
         for url in urls:
             pool.addRelay(url)
+        for url in readOnly:
+            pool.addRelay(url, read=True, write=False)
         await self.start(pool, quorum=quorum)
         return pool
 
@@ -506,17 +514,46 @@ class RelayMethodTests(ManagementTestCase):
 
     async def test_listRelays(self) -> None:
         """
-        C{relaypool_listrelays} lists each relay with its state and health.
+        C{relaypool_listrelays} lists each relay with its state, health and
+        roles.
         """
         await self.startWithPool("ws://127.0.0.1:1", "ws://127.0.0.1:2")
         relays = await self.ok("relaypool_listrelays")
         self.assertEqual(
             [(r["url"], sorted(r)) for r in relays],
             [
-                ("ws://127.0.0.1:1/", ["healthScore", "state", "url"]),
-                ("ws://127.0.0.1:2/", ["healthScore", "state", "url"]),
+                ("ws://127.0.0.1:1/", ["healthScore", "roles", "state", "url"]),
+                ("ws://127.0.0.1:2/", ["healthScore", "roles", "state", "url"]),
             ],
         )
+
+    async def test_listRelayRoles(self) -> None:
+        """
+        Each relay's C{roles} in C{relaypool_listrelays} are the names of
+        its roles in the pool.
+        """
+        await self.startWithPool("ws://127.0.0.1:1", readOnly=["ws://127.0.0.1:2"])
+        relays = await self.ok("relaypool_listrelays")
+        self.assertEqual(
+            [(r["url"], r["roles"]) for r in relays],
+            [("ws://127.0.0.1:1/", ["read", "write"]), ("ws://127.0.0.1:2/", ["read"])],
+        )
+
+    async def test_addRefusedRelay(self) -> None:
+        """
+        C{relaypool_addrelay} with a URL the pool's admit policy refuses is
+        answered with an error naming the relay and the pattern, and the
+        relay is not added.
+        """
+        await self.startWithPool("ws://127.0.0.1:1", admit=RelayPatterns(deny=["*.onion"]))
+        code, answer = await self.call("relaypool_addrelay", "ws://hidden.onion")
+        self.assertEqual((code, answer["result"]), (200, None))
+        self.assertEqual(
+            answer["error"],
+            "cannot add ws://hidden.onion/: refused by the pool's admit policy: it matches the"
+            " deny pattern '*.onion'",
+        )
+        self.assertEqual(list((await self.stats())["relays"]), ["ws://127.0.0.1:1/"])
 
     async def test_addRelay(self) -> None:
         """
@@ -565,6 +602,36 @@ class RelayMethodTests(ManagementTestCase):
         code, answer = await self.call("relaypool_removerelay", "ws://127.0.0.1:2")
         self.assertIn("fewer than the quorum (2)", answer["error"])
         self.assertEqual(len((await self.stats())["relays"]), 2)
+
+    async def test_removeBelowQuorumCountsWriteRelays(self) -> None:
+        """
+        The quorum check counts write relays: a write relay is not removed
+        when fewer write relays than the quorum would be left, even with
+        read-only relays left over.
+        """
+        await self.startWithPool(
+            "ws://127.0.0.1:1", "ws://127.0.0.1:2", quorum=2, readOnly=["ws://127.0.0.1:3"]
+        )
+        code, answer = await self.call("relaypool_removerelay", "ws://127.0.0.1:2")
+        self.assertEqual(
+            answer["error"],
+            "cannot remove ws://127.0.0.1:2/: 1 write relays would be left, fewer than the"
+            " quorum (2)",
+        )
+        self.assertEqual(len((await self.stats())["relays"]), 3)
+
+    async def test_removeReadRelayAtQuorum(self) -> None:
+        """
+        A read-only relay is removed even when the write relays are just as
+        many as the quorum: it does not count towards it.
+        """
+        await self.startWithPool(
+            "ws://127.0.0.1:1", "ws://127.0.0.1:2", quorum=2, readOnly=["ws://127.0.0.1:3"]
+        )
+        self.assertIs(await self.ok("relaypool_removerelay", "ws://127.0.0.1:3"), True)
+        self.assertEqual(
+            sorted((await self.stats())["relays"]), ["ws://127.0.0.1:1/", "ws://127.0.0.1:2/"]
+        )
 
     async def test_noPool(self) -> None:
         """

@@ -55,7 +55,7 @@ class ApplyConfigTests(DaemonFixture):
         with capturedLogs() as events:
             changes = daemon.applyConfig(buildConfig(overrides={**_BASE, "relays": [b.url]}))
         self.assertEqual(changes, [f"relays [{a.url}] -> [{b.url}]"])
-        self.assertEqual(daemon.config.relays, (b.url,))
+        self.assertEqual(daemon.config.relayURLs(), (b.url,))
         self.assertEqual(daemon.pool.relayURLs(), [parseRelayURL(b.url).url])
         self.assertEqual(
             [formatEvent(e) for e in events if "reloaded" in formatEvent(e)],

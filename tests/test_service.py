@@ -27,7 +27,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaypool.daemon.config import Config, ConfigSources, buildConfig
+from relaypool.daemon.config import Config, ConfigSources, RelaySpec, buildConfig
 from relaypool.daemon.service import (
     ConnectionStateLogger,
     Options,
@@ -66,7 +66,76 @@ class OptionsTests(SynchronousTestCase):
         C{--relay} may be given several times; the relays keep their order.
         """
         options = _parse("--relay", "wss://b.example", "--relay=ws://a.example:7000")
-        self.assertEqual(options.config.relays, ("wss://b.example", "ws://a.example:7000"))
+        self.assertEqual(options.config.relayURLs(), ("wss://b.example", "ws://a.example:7000"))
+
+    def test_relayRoleOptions(self) -> None:
+        """
+        C{--read-relay}, C{--write-relay} and C{--discovery-relay} add a
+        relay with that role alone; a relay given with two of them gets
+        both roles.
+        """
+        config = _parse(
+            "--relay", "ws://both",
+            "--read-relay", "ws://r",
+            "--write-relay", "ws://w",
+            "--discovery-relay", "ws://d",
+            "--write-relay", "ws://r/",
+        ).config  # fmt: skip
+        self.assertEqual(
+            [(spec.url, spec.roles()) for spec in config.relays],
+            [
+                ("ws://both", ("read", "write")),
+                ("ws://r", ("read", "write")),
+                ("ws://w", ("write",)),
+                ("ws://d", ("discovery",)),
+            ],
+        )
+
+    def test_relayRoleOptionsReplaceFile(self) -> None:
+        """
+        C{--read-relay} (like C{--relay}) replaces the file's C{relays}.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('relays = ["ws://a", {url = "ws://b", write = false}]\n')
+        config = _parse("--config", path, "--read-relay", "ws://c").config
+        self.assertEqual(config.relays, (RelaySpec("ws://c", read=True, write=False),))
+
+    def test_badRoleRelay(self) -> None:
+        """
+        An invalid URL given to C{--write-relay} is a usage error naming
+        that option.
+        """
+        error = self.assertRaises(UsageError, _parse, "--write-relay", "http://relay.example")
+        self.assertEqual(
+            str(error), '--write-relay: "http://relay.example" is not a ws:// or wss:// URL'
+        )
+
+    def test_relayPatternOptions(self) -> None:
+        """
+        C{--relay-allow} and C{--relay-deny} are repeatable.
+        """
+        config = _parse(
+            "--relay-allow", "wss://*", "--relay-allow", "ws://127.0.0.1:*",
+            "--relay-deny", "*.onion",
+        ).config  # fmt: skip
+        self.assertEqual(
+            (config.relayAllow, config.relayDeny), (("wss://*", "ws://127.0.0.1:*"), ("*.onion",))
+        )
+
+    def test_outboxOptions(self) -> None:
+        """
+        C{--outbox-model}, C{--outbox-relays-per-author} and
+        C{--outbox-idle-timeout} set the outbox model's settings.
+        """
+        config = _parse(
+            "--relay", "ws://a", "--outbox-model",
+            "--outbox-relays-per-author", "4", "--outbox-idle-timeout", "60",
+        ).config  # fmt: skip
+        self.assertEqual(
+            (config.outboxModel, config.outboxRelaysPerAuthor, config.outboxIdleTimeout),
+            (True, 4, 60.0),
+        )
 
     def test_repeatablePolicyLists(self) -> None:
         """
@@ -226,7 +295,7 @@ class OptionsTests(SynchronousTestCase):
             f.write('relays = ["ws://a", "ws://b"]\nquorum = 2\nname = "from file"\n')
         config = _parse("--config", path, "--quorum", "1").config
         self.assertEqual(
-            (config.relays, config.quorum, config.name), (("ws://a", "ws://b"), 1, "from file")
+            (config.relayURLs(), config.quorum, config.name), (("ws://a", "ws://b"), 1, "from file")
         )
 
     def test_commandLineRelaysReplaceFile(self) -> None:
@@ -236,7 +305,7 @@ class OptionsTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write('relays = ["ws://a", "ws://b"]\n')
-        self.assertEqual(_parse("--config", path, "--relay", "ws://c").config.relays, ("ws://c",))
+        self.assertEqual(_parse("--config", path, "--relay", "ws://c").config.relayURLs(), ("ws://c",))
 
     def test_configFileError(self) -> None:
         """
@@ -253,7 +322,19 @@ class OptionsTests(SynchronousTestCase):
         The help lists an option for every setting, with its default.
         """
         usage = Options().getUsage(width=200)
-        for option in ("--relay=", "--no-verify", "--auth-required", "--store-max-bytes="):
+        for option in (
+            "--relay=",
+            "--read-relay=",
+            "--write-relay=",
+            "--discovery-relay=",
+            "--relay-allow=",
+            "--relay-deny=",
+            "--outbox-model",
+            "--outbox-relays-per-author=",
+            "--no-verify",
+            "--auth-required",
+            "--store-max-bytes=",
+        ):
             self.assertIn(option, usage)
         self.assertIn("[default: relaypool.db in the current directory]", usage)
 

@@ -697,7 +697,9 @@ def _seconds(value: object) -> str:
 def summarize(stats: dict[str, Any]) -> list[str]:
     """
     @param stats: a daemon's C{/stats} document.
-    @return: the lines of C{relaypool status}'s summary of it.
+    @return: the lines of C{relaypool status}'s summary of it; a relay
+        that is not a plain read and write relay has its roles after its
+        URL.
     """
     lines: list[str] = []
     relays: dict[str, dict[str, Any]] = stats.get("relays") or {}
@@ -706,8 +708,10 @@ def summarize(stats: dict[str, Any]) -> list[str]:
         lines.append(f"relays: {len(relays)}, {pool.get('activeRelays', '?')} open")
         for url, relay in sorted(relays.items()):
             latency = relay.get("latency")
+            roles = list(relay.get("roles") or ("read", "write"))
+            shownRoles = "" if roles == ["read", "write"] else f" ({', '.join(roles)})"
             lines.append(
-                f"  {url}  {relay.get('state')}  health {relay.get('healthScore', 0):.0f}"
+                f"  {url}{shownRoles}  {relay.get('state')}  health {relay.get('healthScore', 0):.0f}"
                 f"  up {_seconds(relay.get('connectedFor'))}"
                 f"  events {relay.get('eventsReceived', 0)} ({relay.get('eventsUnique', 0)} unique)"
                 f"  OK {relay.get('okAccepted', 0)}/{relay.get('okRejected', 0)}"

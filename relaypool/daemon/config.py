@@ -9,25 +9,36 @@ C{deny-pubkeys} for C{--deny-pubkey}, ...), and the C{--no-verify} flag is
 C{verify = false}. Every other flag is a boolean key of its own name
 (C{auth-required = true}). For example::
 
-    relays = ["wss://relay.damus.io", "wss://nos.lol"]
+    relays = [
+        "wss://relay.damus.io",
+        {url = "wss://nos.lol", read = true, write = false},
+        {url = "wss://purplepag.es", read = false, write = false, discovery = true},
+    ]
     connections-per-address = 2
     quorum = 2
     store = "/var/lib/relaypool/events.db"
 
 An unknown key is an error.
 
+A relay in C{relays} is a URL (read and write) or a table of its URL and
+roles (L{RelaySpec}); on the command line C{--relay} adds a read and write
+relay, C{--read-relay}, C{--write-relay} and C{--discovery-relay} one with
+that role alone. The same relay given twice gets every role given to it.
+
 Every setting can also be given as an environment variable,
 C{RELAYPOOL_<KEY>}: the key upper-cased with C{_} for C{-}
 (C{RELAYPOOL_QUORUM=2}, C{RELAYPOOL_DEDUP_SIZE=50000}); a list setting (C{RELAYPOOL_RELAYS},
 C{RELAYPOOL_DENY_KINDS}, ...) is a list of values separated by commas or
-blanks, and a flag is one of
+blanks (C{RELAYPOOL_READ_RELAYS}, C{RELAYPOOL_WRITE_RELAYS} and
+C{RELAYPOOL_DISCOVERY_RELAYS} add relays with one role to
+C{RELAYPOOL_RELAYS}'s), and a flag is one of
 C{true}, C{false}, C{yes}, C{no}, C{1}, C{0}. C{RELAYPOOL_CONFIG} names the
 config file when C{--config} is not given. Any other C{RELAYPOOL_} variable
 is an error, as an unknown key is.
 
 The precedence is: command line > environment > file > default (C{--relay}
-options, or C{RELAYPOOL_RELAYS}, replace the file's whole C{relays} list,
-and so for every list).
+options and their C{--read-relay} kin, or C{RELAYPOOL_RELAYS} and its
+kin, replace the file's whole C{relays} list, and so for every list).
 L{ConfigSources} keeps where the settings came from, to read them again.
 """
 
@@ -38,7 +49,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import orjson
@@ -50,14 +61,17 @@ from relaypool.gateway.publishing import OK_POLICIES as GATEWAY_OK_POLICIES
 from relaypool.gateway.status import DEFAULT_HISTORY, DEFAULT_SAMPLE_INTERVAL
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.url import parseRelayURL
+from relaypool.upstream.admission import RelayPatterns
 
 __all__ = [
     "CONFIG_VARIABLE",
     "ENVIRONMENT_PREFIX",
     "KEY_VARIABLE",
+    "RELAY_ROLE_VARIABLES",
     "SETTINGS",
     "Config",
     "ConfigSources",
+    "RelaySpec",
     "Setting",
     "buildConfig",
     "environmentValues",
@@ -72,13 +86,75 @@ The values of the C{ok-policy} setting: the gateway's, and C{"auto"}
 """
 
 
+_ROLES = ("read", "write", "discovery")
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySpec:
+    """
+    A configured upstream relay: its URL and its roles (as
+    L{relaypool.upstream.relaypool.RelayPool.addRelay} takes them).
+
+    @ivar url: the relay's C{ws://} or C{wss://} URL, as written.
+    @ivar read: subscriptions, queries and counts go to it.
+    @ivar write: publishes go to it, and count towards their quorum.
+    @ivar discovery: the outbox model looks relay lists (NIP-65) up on it.
+    """
+
+    url: str
+    read: bool = True
+    write: bool = True
+    discovery: bool = False
+
+    def roles(self) -> tuple[str, ...]:
+        """
+        @return: the names of its roles: C{"read"}, C{"write"},
+            C{"discovery"}, in that order.
+        """
+        return tuple(role for role in _ROLES if getattr(self, role))
+
+    def normalized(self) -> str:
+        """
+        @return: its normalized URL (C{ws://a} and C{ws://a/} are one relay).
+        """
+        return parseRelayURL(self.url).url
+
+    def mergedWith(self, other: RelaySpec) -> RelaySpec:
+        """
+        @return: this relay with the roles of C{other} (the same relay
+            given again) added.
+        """
+        return RelaySpec(
+            self.url,
+            self.read or other.read,
+            self.write or other.write,
+            self.discovery or other.discovery,
+        )
+
+    def __str__(self) -> str:
+        """
+        @return: its URL, followed by its roles unless it is a plain read
+            and write relay (C{wss://a (read, discovery)}).
+        """
+        if self.roles() == ("read", "write"):
+            return self.url
+        return f"{self.url} ({', '.join(self.roles())})"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """
     Every setting of the daemon, with its default.
 
-    @ivar relays: upstream relay URLs; none means the daemon serves its store
-        alone.
+    @ivar relays: the upstream relays with their roles; none means the
+        daemon serves its store alone. See L{relayURLs}.
+    @ivar relayAllow: shell patterns (on a relay's normalized URL or host):
+        if any, the only relays the pool may connect to.
+    @ivar relayDeny: shell patterns of relays the pool must not connect to.
+    @ivar outboxModel: route subscriptions with authors to the authors' own
+        relays (NIP-65), as temporary relays.
+    @ivar outboxRelaysPerAuthor: the outbox model's relays per author.
+    @ivar outboxIdleTimeout: seconds an idle temporary relay stays open.
     @ivar listen: the gateway's Twisted server endpoint string.
     @ivar okPolicy: when a downstream C{EVENT} is answered C{OK true}:
         C{"quorum"} once C{quorum} relays accepted it, C{"local"} once the
@@ -112,7 +188,7 @@ class Config:
     @ivar syncMaxRecords: the stored events one filter of a sync may cover.
     """
 
-    relays: tuple[str, ...] = ()
+    relays: tuple[RelaySpec, ...] = ()
     listen: str = "tcp:7777:interface=127.0.0.1"
     connectionsPerAddress: int = 1
     quorum: int = 1
@@ -150,6 +226,33 @@ class Config:
     writeRestricted: bool = False
     adminPubkeys: tuple[str, ...] = ()
     adminAuthWindow: float = 60.0
+    relayAllow: tuple[str, ...] = ()
+    relayDeny: tuple[str, ...] = ()
+    outboxModel: bool = False
+    outboxRelaysPerAuthor: int = 2
+    outboxIdleTimeout: float = 300.0
+
+    def relayURLs(self, role: str | None = None) -> tuple[str, ...]:
+        """
+        @param role: C{"read"}, C{"write"} or C{"discovery"}, for the relays
+            with that role.
+        @return: the URLs of every configured relay, or of those with
+            C{role}.
+        """
+        if role is None:
+            return tuple(spec.url for spec in self.relays)
+        if role not in _ROLES:
+            raise ValueError(f"role must be one of {', '.join(_ROLES)}, got {role!r}")
+        return tuple(spec.url for spec in self.relays if getattr(spec, role))
+
+    def admitPolicy(self) -> RelayPatterns | None:
+        """
+        @return: the pool's admit policy from C{relayAllow} and
+            C{relayDeny}, or L{None} without patterns.
+        """
+        if not (self.relayAllow or self.relayDeny):
+            return None
+        return RelayPatterns(allow=self.relayAllow, deny=self.relayDeny)
 
     def eventPolicy(self) -> EventPolicy:
         """
@@ -167,11 +270,12 @@ class Config:
 
     def effectiveOkPolicy(self) -> str:
         """
-        @return: C{"quorum"} or C{"local"}, resolving C{"auto"}.
+        @return: C{"quorum"} or C{"local"}, resolving C{"auto"}: C{"quorum"}
+            with a write relay, else C{"local"}.
         """
         if self.okPolicy != "auto":
             return self.okPolicy
-        return "quorum" if self.relays else "local"
+        return "quorum" if self.relayURLs("write") else "local"
 
 
 class _Invalid(Exception):
@@ -260,6 +364,89 @@ def _relayURL(value: object, fromText: bool) -> str:
         return validateRelayURL(value)
     except InvalidRelayURL as e:
         raise _Invalid(str(e)) from None
+
+
+def _shownTable(table: Mapping[Any, object]) -> str:
+    """
+    @return: C{table} as a TOML inline table (C{{url = "ws://a", read = true}}).
+    """
+    return "{" + ", ".join(f"{key} = {_shown(value)}" for key, value in table.items()) + "}"
+
+
+_RELAY_TABLE_EXAMPLE = '{url = "wss://...", read = true, write = false, discovery = false}'
+
+
+def _relay(value: object, fromText: bool) -> RelaySpec:
+    """
+    A relay: a URL (read and write), or a table of its C{url} and roles
+    (C{read} and C{write}, true when missing, and C{discovery}, false when
+    missing).
+    """
+    if isinstance(value, RelaySpec):
+        return value
+    if isinstance(value, str):
+        return RelaySpec(_relayURL(value, fromText))
+    if not isinstance(value, Mapping):
+        raise _Invalid(
+            f"a relay is a ws:// or wss:// URL or a table such as {_RELAY_TABLE_EXAMPLE},"
+            f" got {_shown(value)}"
+        )
+    shown = _shownTable(value)
+    for key in value:
+        if key not in ("url", *_ROLES):
+            close = difflib.get_close_matches(str(key), ["url", *_ROLES], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise _Invalid(
+                f"{shown}: unknown key {_shown(key)}{hint}; a relay table has url, read, write"
+                " and discovery"
+            )
+    if "url" not in value:
+        raise _Invalid(f"{shown} has no url: write it as {_RELAY_TABLE_EXAMPLE}")
+    roles: dict[str, bool] = {}
+    for role in _ROLES:
+        flag = value.get(role, role != "discovery")
+        if not isinstance(flag, bool):
+            raise _Invalid(f"{shown}: {role} must be true or false, got {_shown(flag)}")
+        roles[role] = flag
+    try:
+        url = _relayURL(value["url"], fromText)
+    except _Invalid as e:
+        raise _Invalid(f"{shown}: url {e}") from None
+    if not any(roles.values()):
+        raise _Invalid(
+            f"{shown} has no role: set read, write or discovery to true, or remove the relay"
+        )
+    return RelaySpec(url, **roles)
+
+
+def _relays(value: object, fromText: bool) -> tuple[RelaySpec, ...]:
+    """
+    A list of relays (see L{_relay}), in order; a relay given again (by its
+    normalized URL) gets the roles of both.
+    """
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise _Invalid(
+            f"must be a list of ws:// or wss:// URLs or relay tables, got {_shown(value)}"
+        )
+    merged: dict[str, RelaySpec] = {}
+    for element in value:
+        spec = _relay(element, fromText)
+        key = spec.normalized()
+        merged[key] = merged[key].mergedWith(spec) if key in merged else spec
+    return tuple(merged.values())
+
+
+def _relayPattern(value: object, fromText: bool) -> str:
+    """
+    A shell pattern (C{*}, C{?}, C{[...]}) matched against a relay's
+    normalized URL and its host.
+    """
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+        raise _Invalid(
+            'must be a shell pattern without blanks such as "*.onion" or'
+            f' "wss://relay.example/", got {_shown(value)}'
+        )
+    return value.strip()
 
 
 def _listOf(item: _Parser, description: str) -> _Parser:
@@ -413,10 +600,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "relays",
         "relays",
-        "upstream relay URLs (ws:// or wss://)",
-        _listOf(_relayURL, "ws:// or wss:// URLs"),
+        "upstream relays: URLs (ws:// or wss://, read and write) or tables with roles",
+        _relays,
         "relay",
-        _relayURL,
+        _relay,
     ),
     Setting("listen", "listen", "the gateway's Twisted server endpoint", _endpoint),
     Setting(
@@ -674,7 +861,52 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds a NIP-98 authorization's created_at may be from the daemon's clock",
         _POSITIVE_SECONDS,
     ),
+    Setting(
+        "relay-allow",
+        "relayAllow",
+        "a pattern (shell glob on a relay's URL or host); with any, only matching relays are used",
+        _listOf(_relayPattern, "patterns"),
+        "relay-allow",
+        _relayPattern,
+    ),
+    Setting(
+        "relay-deny",
+        "relayDeny",
+        "a pattern (shell glob on a relay's URL or host, e.g. *.onion) of relays never used",
+        _listOf(_relayPattern, "patterns"),
+        "relay-deny",
+        _relayPattern,
+    ),
+    Setting(
+        "outbox-model",
+        "outboxModel",
+        "route subscriptions with authors to the authors' relays (NIP-65 relay lists)",
+        _flag,
+    ),
+    Setting(
+        "outbox-relays-per-author",
+        "outboxRelaysPerAuthor",
+        "relays of each author the outbox model uses",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "outbox-idle-timeout",
+        "outboxIdleTimeout",
+        "seconds a relay the outbox model opened stays open unused",
+        _SECONDS,
+    ),
 )
+
+RELAY_ROLE_VARIABLES: Mapping[str, RelaySpec] = {
+    "RELAYPOOL_READ_RELAYS": RelaySpec("", read=True, write=False),
+    "RELAYPOOL_WRITE_RELAYS": RelaySpec("", read=False, write=True),
+    "RELAYPOOL_DISCOVERY_RELAYS": RelaySpec("", read=False, write=False, discovery=True),
+}
+"""
+The environment variables adding relays with one role to the C{relays}
+setting, as the C{--read-relay}, C{--write-relay} and C{--discovery-relay}
+options do; each maps to the roles it gives.
+"""
 
 ENVIRONMENT_PREFIX = "RELAYPOOL_"
 """
@@ -743,14 +975,27 @@ def environmentValues(environ: Mapping[str, str]) -> dict[str, object]:
     for name, text in sorted(environ.items()):
         if not name.startswith(ENVIRONMENT_PREFIX) or name in (CONFIG_VARIABLE, KEY_VARIABLE):
             continue
+        roles = RELAY_ROLE_VARIABLES.get(name)
+        if roles is not None:
+            relays = values.setdefault("relays", [])
+            assert isinstance(relays, list)
+            for url in re.split(r"[\s,]+", text):
+                if url.strip():
+                    try:
+                        relays.append(replace(roles, url=_relayURL(url, True)))
+                    except _Invalid as e:
+                        raise ConfigError(name, str(e)) from None
+            continue
         setting = _BY_VARIABLE.get(name)
         if setting is None:
-            known = [*_BY_VARIABLE, CONFIG_VARIABLE]
+            known = [*_BY_VARIABLE, *RELAY_ROLE_VARIABLES, CONFIG_VARIABLE]
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(name, f"unknown setting{hint}")
         if setting.option is not None:
-            values[setting.key] = [item for item in re.split(setting.separator, text) if item.strip()]
+            items = [item for item in re.split(setting.separator, text) if item.strip()]
+            added = values.get(setting.key)
+            values[setting.key] = items + (added if isinstance(added, list) else [])
         elif setting.isFlag():
             flag = _FLAG_WORDS.get(text.strip().lower())
             if flag is None:
@@ -888,18 +1133,43 @@ def _checkTogether(config: Config) -> None:
         raise ConfigError(
             "relays", f"{len(config.relays)} relays are more than max-relays ({config.maxRelays})"
         )
-    if config.relays and config.quorum > len(config.relays):
+    writeRelays = config.relayURLs("write")
+    if writeRelays and config.quorum > len(writeRelays):
         raise ConfigError(
             "quorum",
-            f"must be at most the number of relays ({len(config.relays)}), got {config.quorum}",
+            f"must be at most the number of write relays ({len(writeRelays)}), got {config.quorum}",
         )
+    for key, patterns in (
+        ("relay-deny", RelayPatterns(deny=config.relayDeny)),
+        ("relay-allow", RelayPatterns(allow=config.relayAllow)),
+    ):
+        for spec in config.relays:
+            why = patterns.refusal(spec.normalized())
+            if why is not None:
+                raise ConfigError(
+                    key,
+                    f"refuses the configured relay {spec.url} ({why}): remove the relay or"
+                    " change the pattern",
+                )
     if config.allowPubkeys and not config.writeRestricted:
         raise ConfigError(
             "allow-pubkeys",
             "only matters with write-restricted (only these pubkeys may then publish): "
             "set write-restricted = true, or remove allow-pubkeys",
         )
-    if config.syncFilters and not config.relays:
-        raise ConfigError("sync-filters", "needs relays to sync with: add one, or remove the filters")
-    if config.okPolicy == "quorum" and not config.relays:
-        raise ConfigError("ok-policy", '"quorum" needs at least one relay: add one or use "local"')
+    if config.syncFilters and not (config.relayURLs("read") or writeRelays):
+        raise ConfigError(
+            "sync-filters",
+            "needs relays to sync with: add a read or write relay (discovery relays are"
+            " not synced), or remove the filters",
+        )
+    if config.okPolicy == "quorum" and not writeRelays:
+        raise ConfigError(
+            "ok-policy", '"quorum" needs at least one write relay: add one or use "local"'
+        )
+    if config.outboxModel and not config.relays:
+        raise ConfigError(
+            "outbox-model",
+            "needs relays (the pool runs only with relays; a discovery relay finds the"
+            " authors' relay lists): add one, or turn the outbox model off",
+        )

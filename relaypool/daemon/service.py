@@ -28,16 +28,18 @@ from relaypool.daemon.config import (
     SETTINGS,
     Config,
     ConfigSources,
+    RelaySpec,
     Setting,
 )
 from relaypool.daemon.interval import IntervalService
 from relaypool.errors import (
     ConfigError,
+    RelayRefused,
     StartupError,
     StoreError,
     TooManyRelays,
 )
-from relaypool.nostr.url import parseRelayURL
+from relaypool.upstream.admission import RelayPatterns
 
 if TYPE_CHECKING:
     from relaypool.gateway.gateway import Gateway
@@ -50,7 +52,9 @@ __all__ = [
     "OrderedMultiService",
     "Options",
     "RelayPoolService",
+    "ReplaceableAdmit",
     "StatusLogger",
+    "WriteRelays",
     "makeService",
 ]
 
@@ -98,14 +102,17 @@ class Options(usage.Options):
 
     command = "twistd relaypool"
 
-    synopsis = "[--relay URL ...] [options]"
+    synopsis = "[--relay URL ...] [--read-relay URL ...] [--write-relay URL ...] [options]"
     longdesc = (
         "Serve many Nostr relays as one WebSocket endpoint, deduplicating "
         "their events and acknowledging publishes only when relays accepted "
         "them. Settings may also come from a TOML file (--config) whose keys "
         "are the long option names (relays = [...] for --relay, verify = false "
-        "for --no-verify). Every setting is also an environment variable "
-        "RELAYPOOL_<KEY> (RELAYPOOL_QUORUM=2, RELAYPOOL_RELAYS=\"wss://a wss://b\"). "
+        "for --no-verify; a relay may also be a table with its roles, "
+        '{url = "wss://...", read = true, write = false, discovery = false}). '
+        "Every setting is also an environment variable RELAYPOOL_<KEY> "
+        '(RELAYPOOL_QUORUM=2, RELAYPOOL_RELAYS="wss://a wss://b"; RELAYPOOL_READ_RELAYS, '
+        "RELAYPOOL_WRITE_RELAYS and RELAYPOOL_DISCOVERY_RELAYS add relays with one role). "
         "Precedence: command line > environment > file > default. SIGHUP "
         "re-reads the file."
     )
@@ -166,8 +173,44 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     def opt_relay(self, url: str) -> None:
-        """an upstream relay URL (ws:// or wss://); repeatable [default: none]"""
+        """an upstream relay URL (ws:// or wss://), read and write; repeatable [default: none]"""
         self._addItem("relays", url)
+
+    def _addRelay(self, option: str, url: str, roles: RelaySpec) -> None:
+        """
+        Add a relay with C{roles} (a L{RelaySpec} whose URL is ignored) to
+        the relay list, from the repeatable C{--<option>}.
+
+        @raise usage.UsageError: naming the option, if the URL is invalid.
+        """
+        try:
+            spec = _LISTS["relays"].parseItem(url)
+        except ConfigError as e:
+            raise usage.UsageError(f"--{option}: {e.message}") from None
+        assert isinstance(spec, RelaySpec)
+        self["relays"].append(dataclasses.replace(roles, url=spec.url))
+
+    def opt_read_relay(self, url: str) -> None:
+        """a relay that subscriptions, queries and counts go to, not publishes; repeatable"""
+        self._addRelay("read-relay", url, RelaySpec("", read=True, write=False))
+
+    def opt_write_relay(self, url: str) -> None:
+        """a relay that publishes go to (and count for the quorum), not subscriptions; repeatable"""
+        self._addRelay("write-relay", url, RelaySpec("", read=False, write=True))
+
+    def opt_discovery_relay(self, url: str) -> None:
+        """a relay used only to find relay lists (NIP-65) for --outbox-model; repeatable"""
+        self._addRelay(
+            "discovery-relay", url, RelaySpec("", read=False, write=False, discovery=True)
+        )
+
+    def opt_relay_allow(self, pattern: str) -> None:
+        """a pattern (shell glob on a relay's URL or host); with any, only matching relays are used; repeatable"""
+        self._addItem("relay-allow", pattern)
+
+    def opt_relay_deny(self, pattern: str) -> None:
+        """a pattern (shell glob on a relay's URL or host, e.g. '*.onion') of relays never used; repeatable"""
+        self._addItem("relay-deny", pattern)
 
     def opt_allow_pubkey(self, pubkey: str) -> None:
         """a pubkey (hex) that may publish under --write-restricted; repeatable"""
@@ -216,6 +259,71 @@ class Options(usage.Options):
             self.config = self.sources.load()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+class ReplaceableAdmit:
+    """
+    The pool's admit policy (L{relaypool.upstream.admission}) from the
+    C{relay-allow} and C{relay-deny} patterns, which a reload replaces.
+
+    @ivar patterns: the patterns, or L{None} to admit every relay.
+    """
+
+    def __init__(self, patterns: RelayPatterns | None) -> None:
+        self.patterns = patterns
+
+    def __call__(self, url: str) -> bool:
+        """
+        @return: whether the normalized relay URL C{url} may be connected.
+        """
+        return self.refusal(url) is None
+
+    def refusal(self, url: str) -> str | None:
+        """
+        @return: why C{url} is refused (naming the pattern), or L{None}.
+        """
+        return None if self.patterns is None else self.patterns.refusal(url)
+
+    def __repr__(self) -> str:
+        return repr(self.patterns)
+
+
+class WriteRelays:
+    """
+    A L{RelayPool} as the L{relaypool.store.outbox.OutboxPublisher} must see
+    it: its write relays only. The outbox enqueues and publishes each event
+    for every URL of C{relayURLs()}, which on the pool itself includes the
+    read-only and discovery relays that publishes must not reach.
+    """
+
+    def __init__(self, pool: RelayPool) -> None:
+        self._pool = pool
+
+    @property
+    def publishTimeout(self) -> float:
+        """
+        The pool's publish timeout.
+        """
+        return self._pool.publishTimeout
+
+    def relayURLs(self) -> list[str]:
+        """
+        @return: the URLs of the pool's write relays.
+        """
+        return self._pool.relayURLs("write")
+
+    def activeRelayURLs(self) -> list[str]:
+        """
+        @return: the URLs of the pool's write relays with an open connection.
+        """
+        writable = set(self._pool.relayURLs("write"))
+        return [url for url in self._pool.activeRelayURLs() if url in writable]
+
+    def publish(self, *args: Any, **kwargs: Any) -> Any:
+        """
+        Publish through the pool (L{RelayPool.publish}).
+        """
+        return self._pool.publish(*args, **kwargs)
 
 
 _connectionLog = Logger(namespace="relaypool.connections")
@@ -462,6 +570,7 @@ class RelayPoolService(OrderedMultiService):
         self._watchingListening = False
         self.sources = sources
         self._previousHangup: Any = None
+        self._admit = ReplaceableAdmit(config.admitPolicy())
 
     def _build(self) -> None:
         from relaypool.daemon.periodicsync import PeriodicSync
@@ -498,13 +607,26 @@ class RelayPoolService(OrderedMultiService):
                 syncSettings=SyncSettings(maxRecords=config.syncMaxRecords),
                 syncAfterOutage=config.outageSync,
                 outageLookback=config.outageLookback,
+                admit=self._admit,
+                outboxModel=config.outboxModel,
+                outboxRelaysPerAuthor=config.outboxRelaysPerAuthor,
+                outboxIdleTimeout=config.outboxIdleTimeout,
             )
-            for url in config.relays:
-                pool.addRelay(url)
+            for spec in config.relays:
+                try:
+                    pool.addRelay(
+                        spec.url, read=spec.read, write=spec.write, discovery=spec.discovery
+                    )
+                except RelayRefused as e:
+                    raise self._startupError(str(e)) from None
             pool.setServiceParent(self)  # type: ignore[no-untyped-call]
             self.pool = pool
             outbox = OutboxPublisher(
-                reactor, pool, store, quorum=config.quorum, maxAge=config.outboxMaxAge
+                reactor,
+                WriteRelays(pool),  # type: ignore[arg-type]
+                store,
+                quorum=config.quorum,
+                maxAge=config.outboxMaxAge,
             )
             outbox.setServiceParent(self)  # type: ignore[no-untyped-call]
             self.outbox = outbox
@@ -537,8 +659,12 @@ class RelayPoolService(OrderedMultiService):
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.gateway = gateway
         self.log.info(
-            "relaypool: {relays} relays, store {store}, OK policy {policy}, listening on {listen}",
+            "relaypool: {relays} relays ({read} read, {write} write, {discovery} discovery),"
+            " store {store}, OK policy {policy}, listening on {listen}",
             relays=len(config.relays),
+            read=len(config.relayURLs("read")),
+            write=len(config.relayURLs("write")),
+            discovery=len(config.relayURLs("discovery")),
             store=config.store,
             policy=config.effectiveOkPolicy(),
             listen=config.listen,
@@ -620,7 +746,9 @@ class RelayPoolService(OrderedMultiService):
         """
         Apply C{new} settings to the running daemon as a difference from
         L{config}, without dropping a downstream client: relays added and
-        removed on the pool; the gateway's limits, OK policy and quorum, the
+        removed on the pool, and their roles changed; the relay allow and deny
+        patterns (relays in the pool the new ones refuse are removed); the
+        gateway's limits, OK policy and quorum, the
         NIP-11 name and description, and the pool's timeouts for the messages
         from now on. A setting that only takes effect on a restart gets a log
         line saying so, and keeps its running value in L{config}; the others
@@ -650,6 +778,10 @@ class RelayPoolService(OrderedMultiService):
         self.config = dataclasses.replace(new, **kept)
         assert self.gateway is not None
         pool = self.pool
+        if keys & {"relay-allow", "relay-deny"}:
+            self._admit.patterns = new.admitPolicy()
+            if pool is not None:
+                self._dropRefused(pool)
         if pool is not None and "relays" in keys:
             self._applyRelays(pool, old.relays, new.relays)
         if pool is not None:
@@ -679,23 +811,48 @@ class RelayPoolService(OrderedMultiService):
         )
         return changes
 
-    def _applyRelays(self, pool: RelayPool, before: tuple[str, ...], after: tuple[str, ...]) -> None:
+    def _applyRelays(
+        self, pool: RelayPool, before: tuple[RelaySpec, ...], after: tuple[RelaySpec, ...]
+    ) -> None:
         """
-        Add the relays in C{after} and not in C{before} to C{pool}, and
-        remove those in C{before} and not in C{after}, comparing normalized
-        URLs (C{ws://a} and C{ws://a/} are one relay).
+        Remove the relays in C{before} and not in C{after} from C{pool}, add
+        those in C{after} and not in C{before}, and give those in both the
+        roles of C{after} where they changed, comparing normalized URLs
+        (C{ws://a} and C{ws://a/} are one relay).
         """
-        was = {parseRelayURL(url).url for url in before}
-        now = {parseRelayURL(url).url for url in after}
-        for url in before:
-            if parseRelayURL(url).url not in now:
+        was = {spec.normalized(): spec for spec in before}
+        now = {spec.normalized(): spec for spec in after}
+        for url, spec in was.items():
+            if url not in now:
+                pool.removeRelay(spec.url).addErrback(self._removeFailed, spec.url)
+        inPool = set(pool.relayURLs())
+        for url, spec in now.items():
+            if url in was and was[url].roles() == spec.roles():
+                continue
+            roles = {"read": spec.read, "write": spec.write, "discovery": spec.discovery}
+            try:
+                if url in inPool:
+                    pool.setRelayRoles(url, **roles)
+                else:
+                    pool.addRelay(spec.url, **roles)
+            except (TooManyRelays, RelayRefused) as e:
+                self.log.error("relaypool: reload: {problem}", problem=str(e))
+
+    def _dropRefused(self, pool: RelayPool) -> None:
+        """
+        Remove the relays in C{pool} that the admit policy (just replaced)
+        refuses: relays added through the management API, or by the outbox
+        model. (Configured relays it refuses made the settings invalid.)
+        """
+        for url in pool.relayURLs():
+            why = self._admit.refusal(url)
+            if why is not None:
+                self.log.warn(
+                    "relaypool: reload: removing {url}: the relay patterns refuse it ({why})",
+                    url=url,
+                    why=why,
+                )
                 pool.removeRelay(url).addErrback(self._removeFailed, url)
-        for url in after:
-            if parseRelayURL(url).url not in was:
-                try:
-                    pool.addRelay(url)
-                except TooManyRelays as e:
-                    self.log.error("relaypool: reload: {problem}", problem=str(e))
 
     def _removeFailed(self, failure: Failure, url: str) -> None:
         self.log.failure("relaypool: reload: removing {url} failed", failure, url=url)
@@ -801,6 +958,8 @@ RELOADABLE = frozenset(
         "name",
         "description",
         "admin-pubkeys",
+        "relay-allow",
+        "relay-deny",
         *_POLICY_KEYS,
         *(setting.key for setting in SETTINGS if setting.isLimit()),
     }

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from relaypool._reactor import defaultReactor
-from relaypool.errors import InvalidHTTPAuth, InvalidRelayURL, TooManyRelays
+from relaypool.errors import InvalidHTTPAuth, InvalidRelayURL, RelayRefused, TooManyRelays
 from relaypool.gateway.auth import expectedRelayURL
 from relaypool.gateway.facade import RelayFacade
 from relaypool.gateway.policy import EventPolicy
@@ -340,7 +340,12 @@ class ManagementAPI:
     def _listRelays(self, params: list[Any]) -> list[dict[str, Any]]:
         stats = self._requirePool().stats()
         return [
-            {"url": url, "state": relay.state, "healthScore": relay.healthScore}
+            {
+                "url": url,
+                "state": relay.state,
+                "healthScore": relay.healthScore,
+                "roles": list(relay.roles),
+            }
             for url, relay in sorted(stats.items())
         ]
 
@@ -349,20 +354,23 @@ class ManagementAPI:
         url = _urlParam(params)
         try:
             pool.addRelay(url)
-        except TooManyRelays as e:
+        except RelayRefused as e:
+            raise _CallError(f"cannot add {e}") from None
+        except (TooManyRelays, ValueError) as e:
             raise _CallError(str(e)) from None
         return True
 
     def _removeRelay(self, params: list[Any]) -> Deferred[bool]:
         pool = self._requirePool()
         url = _urlParam(params)
-        urls = pool.relayURLs()
-        if url not in urls:
+        stats = pool.stats()
+        if url not in stats:
             raise _CallError(f"{url} is not in the pool")
-        if len(urls) - 1 < self.quorum:
+        writeRelays = [other for other, relay in stats.items() if "write" in relay.roles]
+        if url in writeRelays and len(writeRelays) - 1 < self.quorum:
             raise _CallError(
-                f"cannot remove {url}: {len(urls) - 1} relays would be left, fewer than the "
-                f"quorum ({self.quorum})"
+                f"cannot remove {url}: {len(writeRelays) - 1} write relays would be left, fewer"
+                f" than the quorum ({self.quorum})"
             )
         removing: Deferred[bool] = pool.removeRelay(url)
         return removing.addCallback(lambda removed: True)

@@ -263,6 +263,7 @@ class StatusBoard(service.Service):
                 {
                     "url": url,
                     "name": relay.get("name"),
+                    "roles": list(relay.get("roles", ("read", "write"))),
                     "state": relay["state"],
                     "healthScore": round(relay["healthScore"], 1),
                     "connections": relay.get("connections", 0),

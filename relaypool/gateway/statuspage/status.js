@@ -118,7 +118,10 @@
     urlText.textContent = url;
     const name = document.createElement("div");
     name.className = "relay-name";
-    relay.append(urlText, name);
+    const roles = document.createElement("div");
+    roles.className = "relay-roles";
+    roles.dataset.col = "roles";
+    relay.append(urlText, name, roles);
     const state = cell(tr, "state-cell");
     const pill = document.createElement("span");
     pill.className = "state";
@@ -141,7 +144,7 @@
     chart.appendChild(svgElement("svg", { class: "spark", viewBox: "0 0 200 40", preserveAspectRatio: "none" }));
     cell(tr, "ok", "num");
     cell(tr, "reconnects", "num");
-    return { tr, name, pill, fill, score, chart: chart.firstChild };
+    return { tr, name, roles, pill, fill, score, chart: chart.firstChild };
   }
 
   function col(tr, name) {
@@ -161,6 +164,7 @@
       body.appendChild(row.tr); // keeps the server's order
       row.tr.dataset.state = relay.state;
       row.name.textContent = relay.name || "";
+      row.roles.textContent = (relay.roles || []).join(" · ");
       row.pill.textContent = relay.state;
       row.pill.dataset.state = relay.state;
       const health = relay.healthScore;
