@@ -54,7 +54,6 @@ __all__ = [
     "RelayPoolService",
     "ReplaceableAdmit",
     "StatusLogger",
-    "WriteRelays",
     "makeService",
 ]
 
@@ -286,44 +285,6 @@ class ReplaceableAdmit:
 
     def __repr__(self) -> str:
         return repr(self.patterns)
-
-
-class WriteRelays:
-    """
-    A L{RelayPool} as the L{relaypool.store.outbox.OutboxPublisher} must see
-    it: its write relays only. The outbox enqueues and publishes each event
-    for every URL of C{relayURLs()}, which on the pool itself includes the
-    read-only and discovery relays that publishes must not reach.
-    """
-
-    def __init__(self, pool: RelayPool) -> None:
-        self._pool = pool
-
-    @property
-    def publishTimeout(self) -> float:
-        """
-        The pool's publish timeout.
-        """
-        return self._pool.publishTimeout
-
-    def relayURLs(self) -> list[str]:
-        """
-        @return: the URLs of the pool's write relays.
-        """
-        return self._pool.relayURLs("write")
-
-    def activeRelayURLs(self) -> list[str]:
-        """
-        @return: the URLs of the pool's write relays with an open connection.
-        """
-        writable = set(self._pool.relayURLs("write"))
-        return [url for url in self._pool.activeRelayURLs() if url in writable]
-
-    def publish(self, *args: Any, **kwargs: Any) -> Any:
-        """
-        Publish through the pool (L{RelayPool.publish}).
-        """
-        return self._pool.publish(*args, **kwargs)
 
 
 _connectionLog = Logger(namespace="relaypool.connections")
@@ -623,7 +584,7 @@ class RelayPoolService(OrderedMultiService):
             self.pool = pool
             outbox = OutboxPublisher(
                 reactor,
-                WriteRelays(pool),  # type: ignore[arg-type]
+                pool,
                 store,
                 quorum=config.quorum,
                 maxAge=config.outboxMaxAge,
