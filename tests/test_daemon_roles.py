@@ -456,3 +456,48 @@ def _fileSettings(sources: ConfigSources) -> dict[str, object]:
     """
     config = sources.load()
     return {"relays": list(config.relays), "status-interval": "0"}
+
+
+class OutboxModelTests(RolesFixture):
+    """
+    The daemon with C{--outbox-model}: a home relay (read and write), a
+    discovery relay holding relay lists, and the relays two authors write
+    to.
+    """
+
+    @inlineCallbacks
+    def test_clientsReadAuthorsFromTheirRelaysAndPublishToTagged(self) -> Any:
+        """
+        A client's REQ for an author is answered from the author's write
+        relay, found in the author's relay list on the discovery relay; an
+        EVENT tagging another user reaches that user's read relay through
+        the durable outbox, besides the home relay.
+        """
+        home, discovery, alicesRelay, bobsRelay = yield self.fakeRelays(4)
+        aliceKey, bobKey = generatePrivateKey(), generatePrivateKey()
+        discovery.store(
+            makeEvent(10002, "", [["r", alicesRelay.url, "write"]], privateKey=aliceKey),
+            makeEvent(10002, "", [["r", bobsRelay.url, "read"]], privateKey=bobKey),
+        )
+        note = makeEvent(1, "alice writes here", privateKey=aliceKey)
+        alicesRelay.store(note)
+        daemon, port = yield self.startWithRoles(
+            [home.url, {"url": discovery.url, "read": False, "write": False, "discovery": True}],
+            **{"outbox-model": True},
+        )
+        client = yield _connect(port)
+        client.send("REQ", "alice", {"kinds": [1], "authors": [publicKeyFor(aliceKey)]})
+        event = yield client.next()
+        self.assertEqual((event[0], event[2]["id"]), ("EVENT", note.id))
+        self.assertEqual((yield client.next()), ["EOSE", "alice"])
+        self.assertEqual(_reqIds(home), [])
+        mention = makeEvent(1, "hi bob", [["p", publicKeyFor(bobKey)]], privateKey=aliceKey)
+        client.send("CLOSE", "alice")
+        client.send("EVENT", mention.toDict())
+        ok = yield client.next()
+        self.assertEqual(ok[:3], ["OK", mention.id, True])
+        for relay in (bobsRelay, home, alicesRelay):
+            yield _until(lambda relay=relay: mention.id in {e.id for e in relay.events})
+        self.assertEqual(
+            sorted(daemon.pool.relayURLs("outbox")), sorted([_normalized(alicesRelay), _normalized(bobsRelay)])
+        )

@@ -1280,7 +1280,7 @@ class HTTPTests(GatewayTestCase):
                     503,
                     {
                         "status": "not ready",
-                        "reasons": ["1 of 2 upstream relays open, fewer than the quorum of 2"],
+                        "reasons": ["1 of 2 upstream write relays open, fewer than the quorum of 2"],
                         "relays": {"configured": 2, "open": 1, "quorum": 2},
                     },
                 ),

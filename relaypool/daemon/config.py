@@ -325,6 +325,8 @@ def _number(kind: type, minimum: float, description: str) -> _Parser:
 def _flag(value: object, fromText: bool) -> bool:
     if isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        raise _Invalid(f"must be true or false without quotes, got the string {_shown(value)}")
     raise _Invalid(f"must be true or false, got {_shown(value)}")
 
 

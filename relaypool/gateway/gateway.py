@@ -470,8 +470,9 @@ class Gateway(service.MultiService):
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """
         @return: the C{/readyz} answer: 200 when the gateway accepts
-            clients, the store (if any) can write, and, with relays in the
-            pool, at least C{quorum} of them have an open connection; else
+            clients, the store (if any) can write, and, with write relays
+            in the pool, at least C{quorum} of them have an open connection
+            (the quorum counts write relays); else
             503 with the reasons, one line each. No store query: cheap
             enough to be polled every second.
         """
@@ -484,12 +485,13 @@ class Gateway(service.MultiService):
                 reasons.append(problem)
         document: dict[str, Any] = {}
         if self._pool is not None:
-            relays = len(self._pool.relayURLs())
-            active = len(self._pool.activeRelayURLs())
+            writeRelays = set(self._pool.relayURLs("write"))
+            relays = len(writeRelays)
+            active = len(writeRelays.intersection(self._pool.activeRelayURLs()))
             document["relays"] = {"configured": relays, "open": active, "quorum": self._quorum}
             if relays and active < self._quorum:
                 reasons.append(
-                    f"{active} of {relays} upstream relays open, fewer than the quorum "
+                    f"{active} of {relays} upstream write relays open, fewer than the quorum "
                     f"of {self._quorum}"
                 )
         document = {"status": "not ready" if reasons else "ready", "reasons": reasons, **document}
