@@ -1063,6 +1063,13 @@ class RelayPatternSettingsTests(SynchronousTestCase):
         self.assertEqual(
             str(error), "outbox-idle-timeout: must be a number of seconds >= 0, got -1"
         )
+        error = self.assertRaises(ConfigError, buildConfig, {"outbox-lookup-timeout": -1})
+        self.assertEqual(
+            str(error), "outbox-lookup-timeout: must be a number of seconds >= 0, got -1"
+        )
+        for key in ("outbox-relay-lists", "outbox-max-tagged"):
+            error = self.assertRaises(ConfigError, buildConfig, {key: 0})
+            self.assertEqual(str(error), f"{key}: must be a positive integer, got 0")
 
     def test_outboxModelNeedsRelays(self) -> None:
         """

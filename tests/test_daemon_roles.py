@@ -501,3 +501,27 @@ class OutboxModelTests(RolesFixture):
         self.assertEqual(
             sorted(daemon.pool.relayURLs("outbox")), sorted([_normalized(alicesRelay), _normalized(bobsRelay)])
         )
+
+    @inlineCallbacks
+    def test_boundsReachThePool(self) -> Any:
+        """
+        The outbox model's settings are the pool's router's bounds.
+        """
+        [relay] = yield self.fakeRelays(1)
+        daemon, port = yield self.startDaemon(
+            relays=[relay.url],
+            **{
+                "status-interval": "0",
+                "outbox-model": True,
+                "outbox-relays-per-author": "3",
+                "outbox-idle-timeout": "60",
+                "outbox-lookup-timeout": "2.5",
+                "outbox-relay-lists": "50",
+                "outbox-max-tagged": "4",
+            },
+        )
+        router = daemon.pool._router
+        self.assertEqual(
+            (router.relaysPerAuthor, router.idleTimeout, router.lookupTimeout, router.capacity, router.maxTagged),
+            (3, 60.0, 2.5, 50, 4),
+        )

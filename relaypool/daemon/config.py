@@ -155,6 +155,11 @@ class Config:
         relays (NIP-65), as temporary relays.
     @ivar outboxRelaysPerAuthor: the outbox model's relays per author.
     @ivar outboxIdleTimeout: seconds an idle temporary relay stays open.
+    @ivar outboxLookupTimeout: seconds a relay list lookup waits for the
+        discovery relays.
+    @ivar outboxRelayLists: how many relay lists the outbox model keeps.
+    @ivar outboxMaxTagged: how many tagged pubkeys' read relays a publish
+        also goes to.
     @ivar listen: the gateway's Twisted server endpoint string.
     @ivar okPolicy: when a downstream C{EVENT} is answered C{OK true}:
         C{"quorum"} once C{quorum} relays accepted it, C{"local"} once the
@@ -231,6 +236,9 @@ class Config:
     outboxModel: bool = False
     outboxRelaysPerAuthor: int = 2
     outboxIdleTimeout: float = 300.0
+    outboxLookupTimeout: float = 5.0
+    outboxRelayLists: int = 10000
+    outboxMaxTagged: int = 20
 
     def relayURLs(self, role: str | None = None) -> tuple[str, ...]:
         """
@@ -896,6 +904,24 @@ SETTINGS: tuple[Setting, ...] = (
         "outboxIdleTimeout",
         "seconds a relay the outbox model opened stays open unused",
         _SECONDS,
+    ),
+    Setting(
+        "outbox-lookup-timeout",
+        "outboxLookupTimeout",
+        "seconds the outbox model waits for relay lists from the discovery relays",
+        _SECONDS,
+    ),
+    Setting(
+        "outbox-relay-lists",
+        "outboxRelayLists",
+        "relay lists (kind 10002) the outbox model keeps in memory",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "outbox-max-tagged",
+        "outboxMaxTagged",
+        "tagged pubkeys (p tags) of a published event whose read relays get it too",
+        _POSITIVE_INT,
     ),
 )
 

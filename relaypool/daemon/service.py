@@ -572,6 +572,9 @@ class RelayPoolService(OrderedMultiService):
                 outboxModel=config.outboxModel,
                 outboxRelaysPerAuthor=config.outboxRelaysPerAuthor,
                 outboxIdleTimeout=config.outboxIdleTimeout,
+                outboxLookupTimeout=config.outboxLookupTimeout,
+                outboxRelayListCapacity=config.outboxRelayLists,
+                outboxMaxTagged=config.outboxMaxTagged,
             )
             for spec in config.relays:
                 try:
