@@ -322,3 +322,26 @@ class OutboxModelTests(PoolTestMixin, TestCase):
         yield pool.stopService()
         self.assertTrue(routed.closed and waiting.closed)
         self.assertEqual(pool.relayURLs("outbox"), [url(self.alice)])
+
+    @inlineCallbacks
+    def test_mentionsReadFromTheirReadRelays(self) -> Any:
+        """
+        A filter without authors asking mentions of pubkeys (C{#p}) goes,
+        per pubkey, to that pubkey's read relays; a pubkey without a relay
+        list goes to the read relays.
+        """
+        alice, bob, carol = self.authors
+        toAlice = makeEvent(1, "for alice", [["p", alice]], privateKey=self.bobKey)
+        toCarol = makeEvent(1, "for carol", [["p", carol]], privateKey=self.bobKey)
+        self.home.store(toAlice, toCarol)
+        toBob = makeEvent(1, "for bob", [["p", bob]], privateKey=self.aliceKey)
+        self.bob.store(toBob)
+        pool = self.outboxPool()
+        yield self.connected(pool, 2)
+        mentions = Filter(kinds=NOTES.kinds, tags=(("p", frozenset(self.authors)),))
+        events = yield pool.query([mentions])
+        self.assertEqual(sorted(e.content for e in events), ["for alice", "for bob", "for carol"])
+        asked = {url(r): [dict(f.tags)["p"] for f in reqFilters(r) if f.tags] for r in (self.home, self.bob)}
+        # alice reads on home, carol has no list: both on home; bob reads on his relay.
+        self.assertEqual(asked, {url(self.home): [frozenset({alice, carol})], url(self.bob): [frozenset({bob})]})
+        self.assertFalse(pool.hasRelay(self.alice.url))

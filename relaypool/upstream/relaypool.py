@@ -68,7 +68,7 @@ from relaypool.upstream.results import (
     SyncResult,
 )
 from relaypool.upstream.roles import ROLE_NAMES, RelayRoles
-from relaypool.upstream.routing import ROUTING, OutboxRouter
+from relaypool.upstream.routing import ROUTING, OutboxRouter, isRoutable
 from relaypool.upstream.subscription import Subscription
 from relaypool.upstream.syncing import DIRECTIONS, RelaySync, SyncSettings
 
@@ -670,7 +670,7 @@ class RelayPool(service.Service):
         )
         self._subscriptions[subscriptionId] = subscription
         timeout = self.eoseTimeout if eoseTimeout is None else eoseTimeout
-        if self._router is not None and relays is None and any(f.authors for f in filters):
+        if self._router is not None and relays is None and isRoutable(filters):
             subscription.routes = {}
             subscription._startWaiting([ROUTING], timeout)
             self._router.route(subscription)

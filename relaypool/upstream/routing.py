@@ -6,11 +6,13 @@ and to the read relays of the pubkeys it tags.
 An L{OutboxRouter} serves a L{relaypool.upstream.relaypool.RelayPool}. It
 keeps the relay lists it learnt (kind 10002 events, from the pool's store,
 then from its discovery relays, and from every relay list the pool sees
-afterwards), chooses for a subscription's authors a bounded number of relays
-each, makes the pool connect to them as temporary C{outbox} relays (closed
-once no subscription or publish has used them for an idle time), and hands
-the pool, per relay, the part of the filters it should get. When an author's
-relay list changes, the subscriptions reading that author are routed again.
+afterwards), chooses for a subscription's authors a bounded number of their
+write relays each (and for the pubkeys a filter without authors names in
+C{#p}, of their read relays: where events mentioning them are sent), makes
+the pool connect to them as temporary C{outbox} relays (closed once no
+subscription or publish has used them for an idle time), and hands the
+pool, per relay, the part of the filters it should get. When a relay list
+changes, the subscriptions it concerns are routed again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
     from relaypool.upstream.relaypool import RelayPool
     from relaypool.upstream.subscription import Subscription
 
-__all__ = ["ROUTING", "OutboxRouter", "chooseRelays"]
+__all__ = ["ROUTING", "OutboxRouter", "chooseRelays", "isRoutable"]
 
 log = Logger()
 
@@ -69,9 +72,11 @@ def chooseRelays(
     perAuthor: int,
     preferred: Collection[str],
     usable: Callable[[str], bool],
+    side: str = "write",
 ) -> tuple[dict[str, set[str]], set[str]]:
     """
-    Choose up to C{perAuthor} of each author's write relays.
+    Choose up to C{perAuthor} of each author's write relays (or read
+    relays, with C{side="read"}).
 
     An author's relays are tried in this order: the C{preferred} ones (the
     pool's own read relays, already connected), then those more of the
@@ -83,13 +88,14 @@ def chooseRelays(
         nowhere (no relay list, or none of its relays usable).
     """
     authors = sorted(set(authors))
-    popularity = Counter(url for author in authors if author in lists for url in lists[author].write)
+    relaysOf: Callable[[RelayList], tuple[str, ...]] = attrgetter(side)
+    popularity = Counter(url for author in authors if author in lists for url in relaysOf(lists[author]))
     plan: dict[str, set[str]] = defaultdict(set)
     unrouted: set[str] = set()
     verdicts: dict[str, bool] = {}
     for author in authors:
         relayList = lists.get(author)
-        candidates = () if relayList is None else relayList.write
+        candidates = () if relayList is None else relaysOf(relayList)
         ranked = sorted(
             range(len(candidates)),
             key=lambda i: (candidates[i] not in preferred, -popularity[candidates[i]], i),
@@ -111,6 +117,33 @@ def chooseRelays(
 
 def _authorsOf(filters: Iterable[Filter]) -> frozenset[str]:
     return frozenset(author for f in filters if f.authors for author in f.authors)
+
+
+def _mentionsOf(f: Filter) -> frozenset[str]:
+    """
+    @return: the pubkeys C{f} asks mentions of (its C{#p} values) when it
+        names no author, else nothing.
+    """
+    if f.authors:
+        return frozenset()
+    return next((values for letter, values in f.tags if letter == "p"), frozenset())
+
+
+def _withAuthors(f: Filter, pubkeys: frozenset[str]) -> Filter:
+    return replace(f, authors=pubkeys)
+
+
+def _withMentions(f: Filter, pubkeys: frozenset[str]) -> Filter:
+    tags = tuple((letter, frozenset(pubkeys) if letter == "p" else values) for letter, values in f.tags)
+    return replace(f, tags=tags)
+
+
+def isRoutable(filters: Iterable[Filter]) -> bool:
+    """
+    @return: whether the outbox model routes a subscription to C{filters}:
+        some filter names authors, or mentions (C{#p}) without authors.
+    """
+    return any(f.authors or _mentionsOf(f) for f in filters)
 
 
 def _chunks(values: Iterable[str]) -> list[frozenset[str]]:
@@ -255,12 +288,13 @@ class OutboxRouter:
 
     def route(self, subscription: Subscription) -> None:
         """
-        Route a new subscription: look its authors' relay lists up, then
+        Route a new subscription: look the relay lists of its authors and
+        of the pubkeys it asks mentions of up, then
         give each relay its part of the filters and let the subscription's
         EOSE wait for them instead of L{ROUTING}.
         """
         subscriptionId = subscription.subscriptionId
-        authors = _authorsOf(subscription.filters)
+        authors = _authorsOf(subscription.filters).union(*map(_mentionsOf, subscription.filters))
         self._routed[subscriptionId] = (subscription, authors)
         self._pending.add(subscriptionId)
         self._rewatch()
@@ -285,40 +319,65 @@ class OutboxRouter:
         self._use(subscription.routes or {}, -1)
         self._rewatch()
 
-    def _apply(self, subscription: Subscription, authors: frozenset[str]) -> list[str]:
+    def _apply(self, subscription: Subscription, pubkeys: frozenset[str]) -> list[str]:
         """
-        Choose the relays of C{authors} and hand the pool the subscription's
-        new routes.
+        Choose the relays of the subscription's authors (their write
+        relays) and mentioned pubkeys (their read relays), and hand the
+        pool the subscription's new routes.
 
         @return: the relays that got the subscription and are connected or
             connecting.
         """
         read = self._pool.relayURLs("read")
-        lists = {a: known for a in authors if (known := self.relayList(a)) is not None}
+        lists = {p: known for p in pubkeys if (known := self.relayList(p)) is not None}
+        filters = subscription.filters
+        mentions = frozenset().union(*map(_mentionsOf, filters))
         try:
-            plan, unrouted = chooseRelays(authors, lists, self.relaysPerAuthor, set(read), self._acquire)
+            byAuthor = chooseRelays(_authorsOf(filters), lists, self.relaysPerAuthor, set(read), self._acquire)
+            byMention = chooseRelays(mentions, lists, self.relaysPerAuthor, set(read), self._acquire, "read")
         finally:
             self._claimed.clear()
         parts: dict[str, list[Filter]] = defaultdict(list)
-        for f in subscription.filters:
-            if not f.authors:
+        for f in filters:
+            if f.authors:
+                self._split(f, f.authors, byAuthor, read, parts, _withAuthors)
+            elif mentioned := _mentionsOf(f):
+                self._split(f, mentioned, byMention, read, parts, _withMentions)
+            else:
                 for url in read:
                     parts[url].append(f)
-                continue
-            for url, routedAuthors in plan.items():
-                part = f.authors & routedAuthors
-                if part:
-                    parts[url].append(replace(f, authors=frozenset(part)))
-            rest = f.authors & unrouted
-            if rest:
-                for url in read:
-                    parts[url].append(replace(f, authors=frozenset(rest)))
-        routes = {url: tuple(filters) for url, filters in parts.items()}
+        routes = {url: tuple(part) for url, part in parts.items()}
         before = subscription.routes or {}
         self._use(routes, +1)
         started = self._pool._applyRoutes(subscription, routes)
         self._use(before, -1)
         return started
+
+    @staticmethod
+    def _split(
+        f: Filter,
+        pubkeys: frozenset[str],
+        choice: tuple[dict[str, set[str]], set[str]],
+        read: list[str],
+        parts: dict[str, list[Filter]],
+        narrowed: Callable[[Filter, frozenset[str]], Filter],
+    ) -> None:
+        """
+        Add to C{parts} one part of C{f} per relay, C{narrowed} to the
+        pubkeys of C{pubkeys} it gets: those C{choice} routes to it, and on
+        a read relay also the unrouted ones.
+        """
+        plan, unrouted = choice
+        perRelay: dict[str, set[str]] = defaultdict(set)
+        for url, routed in plan.items():
+            perRelay[url] |= pubkeys & routed
+        rest = pubkeys & unrouted
+        if rest:
+            for url in read:
+                perRelay[url] |= rest
+        for url, part in perRelay.items():
+            if part:
+                parts[url].append(narrowed(f, frozenset(part)))
 
     # --- publishing ---------------------------------------------------------
 
