@@ -566,6 +566,26 @@ class RelayMethodTests(ManagementTestCase):
             sorted((await self.stats())["relays"]), ["ws://127.0.0.1:1/", "ws://127.0.0.1:2/"]
         )
 
+    async def test_addRelayWithRoles(self) -> None:
+        """
+        C{relaypool_addrelay}'s optional second parameter gives the relay's
+        roles; a bad one is answered with what to write.
+        """
+        await self.startWithPool("ws://127.0.0.1:1")
+        self.assertIs(
+            await self.ok("relaypool_addrelay", "ws://127.0.0.1:2", {"write": False, "discovery": True}), True
+        )
+        self.assertEqual((await self.stats())["relays"]["ws://127.0.0.1:2/"]["roles"], ["read", "discovery"])
+        for roles, error in (
+            ([True], 'parameter 2 must be an object of roles, {"read": true, "write": false}, got [true]'),
+            ({"reader": True}, "parameter 2 has unknown roles reader: the roles are read, write, discovery"),
+            ({"read": "yes"}, 'parameter 2\'s roles must be true or false, got {"read":"yes"}'),
+            ({"read": False, "write": False}, "ws://127.0.0.1:3/: a relay needs a role: read, write or discovery"),
+        ):
+            code, answer = await self.call("relaypool_addrelay", "ws://127.0.0.1:3", roles)
+            self.assertEqual((code, answer["result"], answer["error"]), (200, None, error))
+        self.assertNotIn("ws://127.0.0.1:3/", (await self.stats())["relays"])
+
     async def test_addBadRelay(self) -> None:
         """
         C{relaypool_addrelay} with a URL that is not a relay URL is answered

@@ -110,6 +110,29 @@ def _urlParam(params: list[Any]) -> str:
         raise _CallError(str(e)) from None
 
 
+_ROLES = ("read", "write", "discovery")
+
+
+def _rolesParam(params: list[Any]) -> dict[str, bool]:
+    """
+    The optional second parameter of C{relaypool_addrelay}: an object of
+    roles, C{{"read": true, "write": false, "discovery": false}} (a missing
+    read or write is true, a missing discovery false).
+    """
+    if len(params) < 2 or params[1] is None:
+        return {}
+    value = params[1]
+    shown = orjson.dumps(value).decode()
+    if not isinstance(value, dict):
+        raise _CallError(f'parameter 2 must be an object of roles, {{"read": true, "write": false}}, got {shown}')
+    unknown = sorted(set(value) - set(_ROLES))
+    if unknown:
+        raise _CallError(f"parameter 2 has unknown roles {', '.join(unknown)}: the roles are {', '.join(_ROLES)}")
+    if not all(isinstance(flag, bool) for flag in value.values()):
+        raise _CallError(f"parameter 2's roles must be true or false, got {shown}")
+    return dict(value)
+
+
 def _listed(entries: Iterable[tuple[str, str]], key: str) -> list[dict[str, str]]:
     return [{key: value, "reason": reason} for value, reason in sorted(entries)]
 
@@ -352,8 +375,9 @@ class ManagementAPI:
     def _addRelay(self, params: list[Any]) -> bool:
         pool = self._requirePool()
         url = _urlParam(params)
+        roles = _rolesParam(params)
         try:
-            pool.addRelay(url)
+            pool.addRelay(url, **roles)
         except RelayRefused as e:
             raise _CallError(f"cannot add {e}") from None
         except (TooManyRelays, ValueError) as e:
