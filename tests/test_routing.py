@@ -345,3 +345,21 @@ class OutboxModelTests(PoolTestMixin, TestCase):
         # alice reads on home, carol has no list: both on home; bob reads on his relay.
         self.assertEqual(asked, {url(self.home): [frozenset({alice, carol})], url(self.bob): [frozenset({bob})]})
         self.assertFalse(pool.hasRelay(self.alice.url))
+
+    @inlineCallbacks
+    def test_concurrentLookupsAreShared(self) -> Any:
+        """
+        Subscriptions made at once for overlapping authors look each
+        author's relay list up once.
+        """
+        pool = self.outboxPool()
+        yield self.connected(pool, 2)
+        alice, bob, carol = self.authors
+        first = pool.subscribe([Filter(kinds=NOTES.kinds, authors=frozenset({alice, bob}))])
+        second = pool.subscribe([Filter(kinds=NOTES.kinds, authors=frozenset({bob, carol}))])
+        yield first.whenEOSE()
+        yield second.whenEOSE()
+        lookups = [f.authors for f in reqFilters(self.discovery) if f.since is None]
+        self.assertEqual(lookups, [frozenset({alice, bob}), frozenset({carol})])
+        first.close()
+        second.close()

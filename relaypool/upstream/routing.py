@@ -23,7 +23,7 @@ from dataclasses import replace
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -198,6 +198,7 @@ class OutboxRouter:
         self._watched: frozenset[str] = frozenset()
         self._stopped = False
         self._claimed: set[str] = set()
+        self._lookups: dict[str, Deferred[None]] = {}
 
     # --- relay lists --------------------------------------------------------
 
@@ -251,14 +252,38 @@ class OutboxRouter:
         pubkey without a relay list is looked up again after
         L{MISSING_RETRY} seconds.
 
+        A pubkey whose lookup is already running is not looked up again:
+        its lookup is waited for.
+
         @return: a Deferred firing when they are known, or could not be
             found; it does not fail.
         """
-        missing = {p for p in pubkeys if not self._isKnown(p, self._reactor.seconds())}
-        if not missing:
+        now = self._reactor.seconds()
+        runs: dict[int, Deferred[None]] = {}
+        missing = set()
+        for pubkey in set(pubkeys):
+            if self._isKnown(pubkey, now):
+                continue
+            running = self._lookups.get(pubkey)
+            if running is None:
+                missing.add(pubkey)
+            else:
+                runs[id(running)] = running
+        if missing:
+            running = Deferred.fromCoroutine(self._lookUp(missing))
+            running.addErrback(lambda f: log.failure("outbox: relay list lookup failed", f))
+            self._lookups.update(dict.fromkeys(missing, running))
+            running.addBoth(self._lookedUp, missing, running)
+            runs[id(running)] = running
+        if not runs:
             return succeed(None)
-        d = Deferred.fromCoroutine(self._lookUp(missing))
-        return d.addErrback(lambda f: log.failure("outbox: relay list lookup failed", f))
+        return DeferredList([_observe(run) for run in runs.values()]).addCallback(lambda _: None)
+
+    def _lookedUp(self, result: object, pubkeys: set[str], run: Deferred[None]) -> object:
+        for pubkey in pubkeys:
+            if self._lookups.get(pubkey) is run:
+                del self._lookups[pubkey]
+        return result
 
     async def _lookUp(self, missing: set[str]) -> None:
         filters = [Filter(kinds=frozenset({RELAY_LIST_KIND}), authors=chunk) for chunk in _chunks(missing)]
@@ -539,6 +564,21 @@ class OutboxRouter:
             if call.active():
                 call.cancel()
         self._idle.clear()
+
+
+def _observe(run: Deferred[None]) -> Deferred[None]:
+    """
+    @return: a Deferred firing once C{run} (which does not fail) fired,
+        leaving C{run}'s own result to its other observers.
+    """
+    observer: Deferred[None] = Deferred()
+
+    def fire(result: object) -> object:
+        observer.callback(None)
+        return result
+
+    run.addBoth(fire)
+    return observer
 
 
 def _isPubkey(value: str) -> bool:
