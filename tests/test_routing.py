@@ -23,7 +23,7 @@ from relaypool.testing import FakeRelay, makeEvent
 from relaypool.upstream.admission import RelayPatterns
 from relaypool.upstream.routing import chooseRelays
 from tests.test_gateway_protocol import waitUntil
-from tests.test_relaypool import PoolTestMixin
+from tests.test_relaypool import PoolTestMixin, deadURL
 
 NOTES = Filter(kinds=frozenset({1}))
 
@@ -363,3 +363,21 @@ class OutboxModelTests(PoolTestMixin, TestCase):
         self.assertEqual(lookups, [frozenset({alice, bob}), frozenset({carol})])
         first.close()
         second.close()
+
+    @inlineCallbacks
+    def test_unreachableRelayIsRoutedAround(self) -> Any:
+        """
+        An author's write relay that cannot be connected is left out: the
+        author is routed to their next write relay, and the query gets the
+        author's events there before its EOSE.
+        """
+        daveKey = generatePrivateKey()
+        dave = publicKeyFor(daveKey)
+        self.discovery.store(relayList(daveKey, [["r", deadURL()], ["r", self.bob.url]]))
+        self.bob.store(note(daveKey, "dave on bob's relay"))
+        pool = self.outboxPool(outboxRelaysPerAuthor=1)
+        yield self.connected(pool, 2)
+        events = yield pool.query([Filter(kinds=NOTES.kinds, authors=frozenset({dave}))])
+        self.assertEqual([e.content for e in events], ["dave on bob's relay"])
+        self.assertEqual(noteAuthors(self.bob), {dave})
+        self.assertEqual(noteAuthors(self.home), set())

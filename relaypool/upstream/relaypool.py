@@ -687,26 +687,37 @@ class RelayPool(service.Service):
         """
         return [url for url in urls if self._relays[url].state() in ("open", "connecting")]
 
-    def _applyRoutes(self, subscription: Subscription, routes: dict[str, tuple[Filter, ...]]) -> list[str]:
+    def _applyRoutes(self, subscription: Subscription, routes: dict[str, tuple[Filter, ...]]) -> None:
         """
         Give each relay its part of a routed subscription (the outbox
-        model's choice): subscribe the relays whose part changed, close it
-        on those that have no part any more.
-
-        @return: the relays subscribed now that are connected or connecting.
+        model's choice): subscribe the relays whose part changed (its EOSE,
+        if not reached, waits for them), then close it on those that have
+        no part any more.
         """
         subscriptionId = subscription.subscriptionId
         before = subscription.routes or {}
         subscription.routes = routes = {url: part for url, part in routes.items() if url in self._relays}
+        changed = [url for url, part in routes.items() if before.get(url) != part]
+        for url in changed:
+            self._relays[url].subscribe(subscriptionId, routes[url])
+        subscription._waitAlso(url for url in changed if self._mayAnswer(self._relays[url]))
         for url in before.keys() - routes.keys():
             relay = self._relays.get(url)
             if relay is not None:
                 relay.unsubscribe(subscriptionId)
             subscription._relayDone(url)
-        changed = [url for url, part in routes.items() if before.get(url) != part]
-        for url in changed:
-            self._relays[url].subscribe(subscriptionId, routes[url])
-        return self._answering(changed)
+
+    @staticmethod
+    def _mayAnswer(relay: Relay) -> bool:
+        """
+        @return: whether an EOSE may come from C{relay}: it is connected or
+            connecting, or it was just added and has not tried yet (its
+            name is being resolved).
+        """
+        state = relay.state()
+        if state in ("open", "connecting"):
+            return True
+        return state == "closed" and not relay.isStopped() and relay.counters.opens == 0 and not relay.mux.slots()
 
     def _targets(self, relays: Sequence[str] | None, role: str) -> list[str]:
         """
@@ -1207,6 +1218,8 @@ class RelayPool(service.Service):
             self._relayWentDown(relay)
         if relay.state() in ("open", "connecting"):
             return
+        if self._router is not None and relay.counters.opens == 0 and self._roles[relay.url].outbox:
+            self._router.relayUnreachable(relay.url)
         for subscription in list(self._subscriptions.values()):
             subscription._relayDone(relay.url)
         for counting in list(self._counts.values()):

@@ -57,7 +57,7 @@ into several filters of the same REQ).
 MISSING_RETRY = 600.0
 """
 Seconds after which an author whose relay list was not found is looked up
-again.
+again, and an C{outbox} relay that could not be connected is tried again.
 """
 
 Routes = dict[str, tuple[Filter, ...]]
@@ -199,6 +199,7 @@ class OutboxRouter:
         self._stopped = False
         self._claimed: set[str] = set()
         self._lookups: dict[str, Deferred[None]] = {}
+        self._unreachable: dict[str, float] = {}
 
     # --- relay lists --------------------------------------------------------
 
@@ -328,8 +329,7 @@ class OutboxRouter:
             self._pending.discard(subscriptionId)
             if subscriptionId not in self._routed:
                 return
-            started = self._apply(subscription, authors)
-            subscription._waitAlso(started)
+            self._apply(subscription, authors)
             subscription._relayDone(ROUTING)
 
         self.lookUp(authors).addCallback(routeNow)
@@ -344,14 +344,12 @@ class OutboxRouter:
         self._use(subscription.routes or {}, -1)
         self._rewatch()
 
-    def _apply(self, subscription: Subscription, pubkeys: frozenset[str]) -> list[str]:
+    def _apply(self, subscription: Subscription, pubkeys: frozenset[str]) -> None:
         """
         Choose the relays of the subscription's authors (their write
         relays) and mentioned pubkeys (their read relays), and hand the
-        pool the subscription's new routes.
-
-        @return: the relays that got the subscription and are connected or
-            connecting.
+        pool the subscription's new routes (its EOSE, if not reached, waits
+        for the relays added).
         """
         read = self._pool.relayURLs("read")
         lists = {p: known for p in pubkeys if (known := self.relayList(p)) is not None}
@@ -374,9 +372,8 @@ class OutboxRouter:
         routes = {url: tuple(part) for url, part in parts.items()}
         before = subscription.routes or {}
         self._use(routes, +1)
-        started = self._pool._applyRoutes(subscription, routes)
+        self._pool._applyRoutes(subscription, routes)
         self._use(before, -1)
-        return started
 
     @staticmethod
     def _split(
@@ -468,6 +465,11 @@ class OutboxRouter:
 
         @return: whether it is in the pool.
         """
+        failedAt = self._unreachable.get(url)
+        if failedAt is not None:
+            if self._reactor.seconds() - failedAt < MISSING_RETRY:
+                return False
+            del self._unreachable[url]
         if self._pool.hasRelay(url):
             self._claimed.add(url)
             return True
@@ -485,6 +487,21 @@ class OutboxRouter:
         self._claimed.add(url)
         self._settle(url)
         return True
+
+    def relayUnreachable(self, url: str) -> None:
+        """
+        An C{outbox} relay could not be connected: leave it out for
+        L{MISSING_RETRY} seconds and route the subscriptions using it
+        again (their EOSE, if not reached, waits for the relays chosen
+        instead).
+        """
+        self._unreachable[url] = self._reactor.seconds()
+        while len(self._unreachable) > self.capacity:
+            del self._unreachable[next(iter(self._unreachable))]
+        for subscriptionId, (subscription, pubkeys) in list(self._routed.items()):
+            if subscriptionId not in self._pending and url in (subscription.routes or {}):
+                log.info("outbox: {url} is unreachable; routing {id} again", url=url, id=subscriptionId)
+                self._apply(subscription, pubkeys)
 
     def _use(self, routes: Mapping[str, Any], change: int) -> None:
         for url in routes:
