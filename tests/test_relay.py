@@ -43,12 +43,14 @@ class RecordingOwner:
         self.calls: list[tuple[Any, ...]] = []
         self.connectionChanges = 0
 
-    def relayEvent(self, relay: Relay, subscriptionId: str, event: Event) -> bool:
+    def relayEvent(self, relay: Relay, wireId: str, subscriptionId: str, event: Event) -> None:
         self.calls.append(("event", subscriptionId, event.id))
-        return True
+        relay.eventAccepted(wireId, event.createdAt)
 
-    def relayDuplicate(self, relay: Relay, subscriptionId: str, eventId: str) -> int | None:
-        return None
+    def relayDuplicate(
+        self, relay: Relay, wireId: str, subscriptionId: str, eventId: str, raw: dict[str, Any]
+    ) -> bool:
+        return False
 
     def relayEOSE(self, relay: Relay, subscriptionId: str) -> None:
         self.calls.append(("eose", subscriptionId))
