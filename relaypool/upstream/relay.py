@@ -288,6 +288,8 @@ class _RelayFactory(WebSocketClientFactory):
             maxMessagePayloadSize=maxMessageSize,
             maxFramePayloadSize=maxMessageSize,
             autoPingInterval=0,
+            # orjson rejects what is not UTF-8 when it parses each message.
+            utf8validateIncoming=False,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
         )

@@ -100,6 +100,21 @@ class _Seen:
 
 _UNCHECKED, _VERIFYING, _VALID, _INVALID = range(4)
 
+_SETTLE_BYTES = 65536
+"""
+About how many bytes of events the inbound path delivers in one reactor
+turn when verified events come back from the thread in bulk (the content
+and a guess at the rest of each event): the rest waits for the next turn,
+so that consumers (a gateway's clients, which read at most this much per
+turn too) get them at about the pace a relay connection's reads brought
+them, not in one burst.
+"""
+
+_EVENT_OVERHEAD = 400
+"""
+The guess, in bytes, at an event's size besides its content.
+"""
+
 
 @dataclass(slots=True, eq=False)
 class _Arrival:
@@ -352,6 +367,7 @@ class RelayPool(service.Service):
         self._verifying: dict[str, _Arrival] = {}
         self._waiting = 0
         self._waitingFull = False
+        self._nextTurn: Any = None
         self._pingLoop: LoopingCall | None = None
         self._closed = False
         self._router = (
@@ -414,6 +430,9 @@ class RelayPool(service.Service):
         self._arrivals.clear()
         self._verifying.clear()
         self._waiting = 0
+        if self._nextTurn is not None and self._nextTurn.active():
+            self._nextTurn.cancel()
+        self._nextTurn = None
         stopping: list[Deferred[Any]] = [relay.stop() for relay in self._relays.values()]
         if self._verifier is not None:
             stopping.append(self._verifier.stop())
@@ -1214,7 +1233,9 @@ class RelayPool(service.Service):
 
     def _verified(self, events: list[Event], errors: list[str | None]) -> None:
         """
-        The verifier's results for a batch: settle what they unblock.
+        The verifier's results for a batch: settle what they unblock, in
+        the next reactor turn (with those of the other batches that came
+        back in this one).
         """
         for event, error in zip(events, errors, strict=True):
             arrival = self._verifying.pop(event.id, None)
@@ -1225,14 +1246,18 @@ class RelayPool(service.Service):
             else:
                 arrival.state = _INVALID
                 arrival.error = error
-        self._advance()
+        if self._nextTurn is None:
+            self._nextTurn = self.reactor.callLater(0, self._advance)
 
     def _advance(self) -> None:
         """
         Settle the queued arrivals (and run the steps behind them) in order,
-        up to the first that waits for its verification.
+        up to the first that waits for its verification, or until about
+        L{_SETTLE_BYTES} went out in this turn.
         """
+        self._nextTurn = None
         arrivals = self._arrivals
+        budget = _SETTLE_BYTES
         while arrivals and not self._closed:
             head = arrivals.popleft()
             if isinstance(head, _Arrival):
@@ -1243,9 +1268,13 @@ class RelayPool(service.Service):
                 if waiting is not None:
                     arrivals.appendleft(waiting)
                     return
+                budget -= len(head.event.content) + _EVENT_OVERHEAD
             else:
                 head()
             self._queued(-1)
+            if budget <= 0 and arrivals and not self._closed:
+                self._nextTurn = self.reactor.callLater(0, self._advance)
+                return
 
     def _settle(self, arrival: _Arrival) -> _Arrival | None:
         """
