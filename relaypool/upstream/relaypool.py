@@ -2,16 +2,18 @@
 RelayPool: many upstream Nostr relays behind one API.
 
 Inbound events are checked against a bounded cache of verified ids, verified
-(id recomputed, Schnorr signature) when new, and delivered once per
-subscription; EOSE is merged across relays with a timeout so a dead or slow
+(id recomputed, Schnorr signature) when new, on a worker thread while the
+reactor thread goes on reading, and delivered once per subscription in the
+order they arrived; EOSE is merged across relays with a timeout so a dead or slow
 relay never stalls it; publishes wait for a quorum of relays that have the
 event (C{OK true}, or a C{duplicate:} answer) and report every relay's
 answer, also later ones, to an answer hook; subscriptions follow their
 relays through reconnects with C{since} set to the newest event seen, and
 (with C{syncAfterOutage}) are reconciled by NIP-77 over the time a relay
 was away, for the events C{since} misses. Every
-queue is bounded: the inbound queue pauses reading from the relays when
-full, outbound queues refuse and count.
+queue is bounded: the inbound queues (raw traffic, events waiting for
+verification) pause reading from the relays when full, outbound queues
+refuse and count.
 """
 
 from __future__ import annotations
@@ -1465,7 +1467,10 @@ class RelayPool(service.Service):
             self._relayWentDown(relay)
         if relay.state() in ("open", "connecting"):
             return
-        for subscription in list(self._subscriptions.values()):
-            subscription._relayDone(relay.url)
+        self._inOrder(lambda: self._relayGone(relay))
         for counting in list(self._counts.values()):
             counting.relayGone(relay.url, "error: relaypool: the relay disconnected")
+
+    def _relayGone(self, relay: Relay) -> None:
+        for subscription in list(self._subscriptions.values()):
+            subscription._relayDone(relay.url)
