@@ -263,6 +263,20 @@ class ConnectionTests(RelayTestCase):
         self.assertEqual(self.owner.calls[-1], ("event", "s", live.id))
         self.assertEqual(len(self.owner.heard("eose")), 1)
 
+    def test_invalidUTF8IsAMalformedMessage(self) -> None:
+        """
+        A text message that is not UTF-8 is dropped and counted as a
+        protocol error, as malformed JSON is (the JSON parser checks the
+        encoding); the connection stays open and the next message arrives.
+        """
+        relay = self.connectedRelay()
+        (protocol,) = self.fake._protocols
+        protocol.sendMessages([b'["NOTICE","\xff"]', b'["NOTICE","fine"]'])
+        self.flush()
+        self.assertEqual(relay.counters.protocolErrors, 1)
+        self.assertEqual([call[0].message for call in self.owner.heard("other")], ["fine"])
+        self.assertEqual(len(relay.openConnections()), 1)
+
     def test_stopClosesAndFires(self) -> None:
         """
         L{Relay.stop} closes every connection with a close handshake and
