@@ -43,12 +43,14 @@ class RecordingOwner:
         self.calls: list[tuple[Any, ...]] = []
         self.connectionChanges = 0
 
-    def relayEvent(self, relay: Relay, subscriptionId: str, event: Event) -> bool:
+    def relayEvent(self, relay: Relay, wireId: str, subscriptionId: str, event: Event) -> None:
         self.calls.append(("event", subscriptionId, event.id))
-        return True
+        relay.eventAccepted(wireId, event.createdAt)
 
-    def relayDuplicate(self, relay: Relay, subscriptionId: str, eventId: str) -> int | None:
-        return None
+    def relayDuplicate(
+        self, relay: Relay, wireId: str, subscriptionId: str, eventId: str, raw: dict[str, Any]
+    ) -> bool:
+        return False
 
     def relayEOSE(self, relay: Relay, subscriptionId: str) -> None:
         self.calls.append(("eose", subscriptionId))
@@ -260,6 +262,20 @@ class ConnectionTests(RelayTestCase):
         self.flush()
         self.assertEqual(self.owner.calls[-1], ("event", "s", live.id))
         self.assertEqual(len(self.owner.heard("eose")), 1)
+
+    def test_invalidUTF8IsAMalformedMessage(self) -> None:
+        """
+        A text message that is not UTF-8 is dropped and counted as a
+        protocol error, as malformed JSON is (the JSON parser checks the
+        encoding); the connection stays open and the next message arrives.
+        """
+        relay = self.connectedRelay()
+        (protocol,) = self.fake._protocols
+        protocol.sendMessages([b'["NOTICE","\xff"]', b'["NOTICE","fine"]'])
+        self.flush()
+        self.assertEqual(relay.counters.protocolErrors, 1)
+        self.assertEqual([call[0].message for call in self.owner.heard("other")], ["fine"])
+        self.assertEqual(len(relay.openConnections()), 1)
 
     def test_stopClosesAndFires(self) -> None:
         """

@@ -5,6 +5,7 @@ Tests for L{relaypool.upstream.relaypool}: the RelayPool against real fake relay
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -383,6 +384,32 @@ class SubscriptionTests(PoolTestMixin, TestCase):
         stats = pool.stats()
         self.assertGreaterEqual(stats[forger.url + "/"].eventsInvalid, 1)
         self.assertLess(stats[forger.url + "/"].healthScore, 100)
+
+    @inlineCallbacks
+    def test_verifiedInAThreadInArrivalOrder(self) -> Any:
+        """
+        Verifying on the pool's worker thread, a subscription hears a
+        relay's events in the order the relay sent them, then EOSE, as when
+        verifying on the reactor thread; stopService ends the thread.
+        """
+        a = yield self.startRelay()
+        a.store(*[makeEvent(content=str(i)) for i in range(300)])
+        inline = self.makePool(a, verifyThreads=0)
+        threaded = self.makePool(a)
+        yield self.connected(inline)
+        yield self.connected(threaded)
+        orders: list[list[str]] = []
+        for pool in (inline, threaded):
+            heard: list[str] = []
+            subscription = pool.subscribe([KIND1])
+            subscription.onEvent(lambda e, url, heard=heard: heard.append(e.content))
+            subscription.onEOSE(lambda heard=heard: heard.append("EOSE"))
+            yield subscription.whenEOSE()
+            orders.append(heard)
+        self.assertEqual(len(orders[0]), 301)
+        self.assertEqual(orders[1], orders[0])
+        yield threaded.stopService()
+        self.assertEqual([t.name for t in threading.enumerate() if "relaypool-verify" in t.name], [])
 
     @inlineCallbacks
     def test_knownIdIsDroppedBeforeParsing(self) -> Any:

@@ -86,17 +86,26 @@ class RelayOwner(Protocol):
     What a L{Relay} tells the pool that owns it. Every call is synchronous.
     """
 
-    def relayEvent(self, relay: Relay, subscriptionId: str, event: Event) -> bool:
+    def relayEvent(self, relay: Relay, wireId: str, subscriptionId: str, event: Event) -> None:
         """
-        An event arrived for C{subscriptionId}; return C{True} if it was valid
-        (the relay then counts its C{created_at} for resubscription).
+        An event arrived on the REQ C{wireId} of C{subscriptionId}. Once it
+        is found valid (now or after its verification), the owner calls
+        L{Relay.eventAccepted} so that the relay counts its C{created_at}
+        for resubscription.
         """
 
-    def relayDuplicate(self, relay: Relay, subscriptionId: str, eventId: str) -> int | None:
+    def relayDuplicate(
+        self, relay: Relay, wireId: str, subscriptionId: str, eventId: str, raw: dict[str, Any]
+    ) -> bool:
         """
-        If C{eventId} was already verified and delivered to C{subscriptionId},
-        its verified C{created_at} (the relay then drops the copy unparsed);
-        else L{None}.
+        Before an EVENT is built and checked: return C{True} if the owner
+        takes the copy C{raw} (decoded, unchecked) as a duplicate, either
+        because C{eventId} was already verified and delivered to
+        C{subscriptionId} or because a copy of it is being verified for
+        C{subscriptionId} (C{raw} is then checked only if that copy turns
+        out invalid); the relay then drops it unparsed. As for
+        L{relayEvent}, the owner calls L{Relay.eventAccepted} once the
+        event is known valid.
         """
 
     def relayEOSE(self, relay: Relay, subscriptionId: str) -> None:
@@ -146,6 +155,13 @@ class _NegentropyExchange:
     sentAt: float
 
 
+_READ_SLICE = 4096
+"""
+The size of the slices a L{RelayConnection} hands what it reads to Autobahn
+in.
+"""
+
+
 class RelayConnection(WebSocketClientProtocol):
     """
     One WebSocket connection to a relay; everything it reads goes to its
@@ -175,13 +191,24 @@ class RelayConnection(WebSocketClientProtocol):
         self.factory.relay._connectionOpened(self)
         return result
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        relay = self.factory.relay
-        self.lastSeen = relay.reactor.seconds()
-        if isBinary:
-            relay._protocolError(self, "binary frame")
-            return
-        relay._frameReceived(self, payload)
+    def dataReceived(self, data: bytes) -> None:
+        self.lastSeen = self.factory.relay.reactor.seconds()
+        # Autobahn copies the rest of its buffer each time it takes a frame
+        # off its front: given a 64 KB read at once it copies a hundred
+        # times what it parses. In slices, its buffer stays small.
+        for start in range(0, len(data), _READ_SLICE):
+            self._dataReceived(data[start : start + _READ_SLICE])
+
+    def onMessageEnd(self) -> None:
+        # Autobahn's own also fires its observable "message" event, which
+        # nothing here listens to, at the cost of a Deferred per message.
+        if not self.failedByMe:
+            relay = self.factory.relay
+            if self.message_is_binary:
+                relay._protocolError(self, "binary frame")
+            else:
+                relay._frameReceived(self, b"".join(self.message_data))
+        self.message_data = None  # type: ignore[assignment]
 
     def onPong(self, payload: bytes) -> None:
         relay = self.factory.relay
@@ -261,6 +288,8 @@ class _RelayFactory(WebSocketClientFactory):
             maxMessagePayloadSize=maxMessageSize,
             maxFramePayloadSize=maxMessageSize,
             autoPingInterval=0,
+            # orjson rejects what is not UTF-8 when it parses each message.
+            utf8validateIncoming=False,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
         )
@@ -1091,31 +1120,40 @@ class Relay:
     def _knownEvent(self, message: list[Any]) -> bool:
         """
         The cheap dedup check of the inbound path: count and drop an EVENT
-        whose id the owner already delivered to its subscription, before the
-        event is built and checked.
+        the owner takes as a duplicate (see L{RelayOwner.relayDuplicate}),
+        before the event is built and checked.
         """
-        if len(message) < 3 or type(message[1]) is not str or type(message[2]) is not dict:
+        if len(message) < 3:
             return False
-        wire = self._wires.get(message[1])
-        eventId = message[2].get("id")
+        wireId = message[1]
+        raw = message[2]
+        if type(wireId) is not str or type(raw) is not dict:
+            return False
+        wire = self._wires.get(wireId)
+        eventId = raw.get("id")
         if wire is None or type(eventId) is not str:
             return False
-        createdAt = self._owner.relayDuplicate(self, wire.subscriptionId, eventId)
-        if createdAt is None:
+        if not self._owner.relayDuplicate(self, wireId, wire.subscriptionId, eventId, raw):
             return False
         self.counters.eventsReceived += 1
-        if wire.newest is None or createdAt > wire.newest:
-            wire.newest = createdAt
         return True
 
     def _eventReceived(self, message: RelayEvent) -> None:
         self.counters.eventsReceived += 1
-        wire = self._wires.get(message.subscriptionId)
-        subscriptionId = wire.subscriptionId if wire is not None else message.subscriptionId
-        if self._owner.relayEvent(self, subscriptionId, message.event) and wire is not None:
-            createdAt = message.event.createdAt
-            if wire.newest is None or createdAt > wire.newest:
-                wire.newest = createdAt
+        wireId = message.subscriptionId
+        wire = self._wires.get(wireId)
+        subscriptionId = wire.subscriptionId if wire is not None else wireId
+        self._owner.relayEvent(self, wireId, subscriptionId, message.event)
+
+    def eventAccepted(self, wireId: str, createdAt: int) -> None:
+        """
+        The owner found valid an event that arrived on the REQ C{wireId}:
+        count its C{created_at} as the newest seen there if it is, for the
+        C{since} of a resubscription.
+        """
+        wire = self._wires.get(wireId)
+        if wire is not None and (wire.newest is None or createdAt > wire.newest):
+            wire.newest = createdAt
 
     def _closedReceived(self, connection: RelayConnection, message: RelayClosed) -> None:
         wire = self._wires.get(message.subscriptionId)

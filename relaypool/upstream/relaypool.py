@@ -2,28 +2,31 @@
 RelayPool: many upstream Nostr relays behind one API.
 
 Inbound events are checked against a bounded cache of verified ids, verified
-(id recomputed, Schnorr signature) when new, and delivered once per
-subscription; EOSE is merged across relays with a timeout so a dead or slow
+(id recomputed, Schnorr signature) when new, on a worker thread while the
+reactor thread goes on reading, and delivered once per subscription in the
+order they arrived; EOSE is merged across relays with a timeout so a dead or slow
 relay never stalls it; publishes wait for a quorum of relays that have the
 event (C{OK true}, or a C{duplicate:} answer) and report every relay's
 answer, also later ones, to an answer hook; subscriptions follow their
 relays through reconnects with C{since} set to the newest event seen, and
 (with C{syncAfterOutage}) are reconciled by NIP-77 over the time a relay
 was away, for the events C{since} misses. Every
-queue is bounded: the inbound queue pauses reading from the relays when
-full, outbound queues refuse and count.
+queue is bounded: the inbound queues (raw traffic, events waiting for
+verification) pause reading from the relays when full, outbound queues
+refuse and count.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import count as counter
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -71,6 +74,7 @@ from relaypool.upstream.roles import ROLE_NAMES, RelayRoles
 from relaypool.upstream.routing import ROUTING, OutboxRouter, isRoutable
 from relaypool.upstream.subscription import Subscription
 from relaypool.upstream.syncing import DIRECTIONS, RelaySync, SyncSettings
+from relaypool.upstream.verifying import ThreadsReactor, Verifier
 
 __all__ = [
     "CountResult",
@@ -94,6 +98,47 @@ log = Logger()
 class _Seen:
     createdAt: int
     delivered: set[str] = field(default_factory=set)
+
+
+_UNCHECKED, _VERIFYING, _VALID, _INVALID = range(4)
+
+_SETTLE_BYTES = 65536
+"""
+About how many bytes of events the inbound path delivers in one reactor
+turn when verified events come back from the thread in bulk (the content
+and a guess at the rest of each event): the rest waits for the next turn,
+so that consumers (a gateway's clients, which read at most this much per
+turn too) get them at about the pace a relay connection's reads brought
+them, not in one burst.
+"""
+
+_EVENT_OVERHEAD = 400
+"""
+The guess, in bytes, at an event's size besides its content.
+"""
+
+
+@dataclass(slots=True, eq=False)
+class _Arrival:
+    """
+    An event waiting for its turn on the inbound path: for its verification
+    (C{state} L{_VERIFYING}) or for those that arrived before it.
+
+    @ivar state: L{_UNCHECKED} (not verified by itself: a copy of it is
+        being verified ahead of it, or was already), L{_VERIFYING}, L{_VALID}
+        or L{_INVALID} (with C{error}).
+    @ivar joined: while it is being verified, the unparsed copies of it
+        other relays sent for the same subscription, as C{(relay, wireId,
+        raw)}: dropped as duplicates if it is valid, checked in turn if not.
+    """
+
+    relay: Relay
+    wireId: str
+    subscriptionId: str
+    event: Event
+    state: int = _UNCHECKED
+    error: str = ""
+    joined: list[tuple[Relay, str, dict[str, Any]]] = field(default_factory=list)
 
 
 class _SeenCache:
@@ -144,6 +189,17 @@ class RelayPool(service.Service):
     @param broadcastCapacity: the bound of each relay's outbound queue.
     @param maxRelays: how many relays L{addRelay} accepts.
     @param verify: check each new event's id and signature.
+    @param verifyThreads: how many worker threads verify events (a Twisted
+        L{ThreadPool} the pool starts and stops with the service), so that
+        the reactor thread goes on reading while another core checks
+        signatures; events are still delivered in the order they arrived,
+        and EOSE and CLOSED after the events before them. With 0, or on a
+        reactor without C{IReactorFromThreads}, events are verified on the
+        reactor thread.
+    @param verifyQueueSize: how many inbound events may wait for their
+        verification (or for those that arrived before them), copies that
+        other relays sent meanwhile included; when it is reached, the pool
+        pauses reading from every relay until half of it is done.
     @param deadAfter: the grace period of L{cleanup}: it removes a relay that
         is still trying (connecting or backing off) once it has had no open
         connection for this many seconds; a dead (stopped) relay goes at
@@ -202,6 +258,8 @@ class RelayPool(service.Service):
         broadcastCapacity: int = 64,
         maxRelays: int = 20,
         verify: bool = True,
+        verifyThreads: int = 1,
+        verifyQueueSize: int = 1024,
         nameService: INameService | None = None,
         connectionsPerAddress: int = 1,
         backoff: Backoff = Backoff(),
@@ -246,12 +304,15 @@ class RelayPool(service.Service):
             ("dedupSize", dedupSize),
             ("broadcastCapacity", broadcastCapacity),
             ("maxRelays", maxRelays),
+            ("verifyQueueSize", verifyQueueSize),
             ("outboxRelaysPerAuthor", outboxRelaysPerAuthor),
             ("outboxRelayListCapacity", outboxRelayListCapacity),
             ("outboxMaxTagged", outboxMaxTagged),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(verifyThreads, int) or verifyThreads < 0:
+            raise ValueError(f"verifyThreads must be an integer >= 0, got {verifyThreads!r}")
         self.reactor = reactor
         self.ringCapacity = ringCapacity
         self.broadcastCapacity = broadcastCapacity
@@ -296,6 +357,19 @@ class RelayPool(service.Service):
         self._raw = RawChannel(ringCapacity, self._pressure)
         self._fullQueues = 0
         self._paused = False
+        self._verifier = (
+            Verifier(cast(ThreadsReactor, reactor), self._verified, verifyThreads)
+            if verify and verifyThreads > 0 and IReactorFromThreads.providedBy(reactor)
+            else None
+        )
+        self._verifyQueueSize = verifyQueueSize
+        # The inbound path in arrival order: events, and the EOSE and CLOSED
+        # steps behind them, waiting while an event ahead is being verified.
+        self._arrivals: deque[_Arrival | Callable[[], None]] = deque()
+        self._verifying: dict[str, _Arrival] = {}
+        self._waiting = 0
+        self._waitingFull = False
+        self._nextTurn: Any = None
         self._pingLoop: LoopingCall | None = None
         self._closed = False
         self._router = (
@@ -323,6 +397,8 @@ class RelayPool(service.Service):
         super().startService()  # type: ignore[no-untyped-call]
         if self._ownNameService:
             self._nameService.startService()  # type: ignore[union-attr]
+        if self._verifier is not None:
+            self._verifier.start()
         for relay in self._relays.values():
             self._startRelay(relay)
         if self._pingInterval > 0:
@@ -333,9 +409,11 @@ class RelayPool(service.Service):
     def stopService(self) -> Deferred[None]:
         """
         Close subscriptions, fail pending publishes and C{recv} calls with
-        L{PoolClosed}, and close every relay connection with a close handshake.
+        L{PoolClosed}, drop the events waiting for verification, and close
+        every relay connection with a close handshake.
 
-        @return: a Deferred firing when every connection is closed.
+        @return: a Deferred firing when every connection is closed and the
+            verification threads have ended.
         """
         super().stopService()  # type: ignore[no-untyped-call]
         self._closed = True
@@ -351,7 +429,15 @@ class RelayPool(service.Service):
         for counting in list(self._counts.values()):
             counting.finish(closing=True)
         self._raw.close()
+        self._arrivals.clear()
+        self._verifying.clear()
+        self._waiting = 0
+        if self._nextTurn is not None and self._nextTurn.active():
+            self._nextTurn.cancel()
+        self._nextTurn = None
         stopping: list[Deferred[Any]] = [relay.stop() for relay in self._relays.values()]
+        if self._verifier is not None:
+            stopping.append(self._verifier.stop())
         if self._ownNameService:
             stopping.append(maybeDeferred(self._nameService.stopService))  # type: ignore[union-attr]
         done: Deferred[None] = DeferredList(stopping, consumeErrors=True).addCallback(lambda _: None)
@@ -1107,22 +1193,133 @@ class RelayPool(service.Service):
 
     # --- RelayOwner: what the relays tell the pool --------------------------
 
-    def relayEvent(self, relay: Relay, subscriptionId: str, event: Event) -> bool:
+    def relayEvent(self, relay: Relay, wireId: str, subscriptionId: str, event: Event) -> None:
+        self._arrive(_Arrival(relay, wireId, subscriptionId, event))
+
+    def relayDuplicate(
+        self, relay: Relay, wireId: str, subscriptionId: str, eventId: str, raw: dict[str, Any]
+    ) -> bool:
+        seen = self._seen.get(eventId)
+        if seen is not None:
+            if subscriptionId not in seen.delivered:
+                return False
+            relay.eventAccepted(wireId, seen.createdAt)
+            return True
+        pending = self._verifying.get(eventId)
+        if pending is None or pending.subscriptionId != subscriptionId:
+            return False
+        pending.joined.append((relay, wireId, raw))
+        self._queued(+1)
+        return True
+
+    # --- the inbound path -----------------------------------------------------
+
+    def _arrive(self, arrival: _Arrival) -> None:
+        """
+        Settle C{arrival} now if nothing waits ahead of it and it needs no
+        verification in a thread; else queue it, handing it to the verifier
+        unless a copy of it is verified already or being verified.
+        """
+        subscription = self._subscriptions.get(arrival.subscriptionId)
+        if subscription is None and not self._raw.hasSubscription(arrival.subscriptionId):
+            return
+        event = arrival.event
+        if subscription is not None and not matchesAny(subscription.filters, event):
+            self._invalid(arrival.relay, event, "does not match the subscription's filters")
+            return
+        if self._verifier is not None and self._seen.get(event.id) is None:
+            if event.id not in self._verifying:
+                self._verifyInThread(arrival)
+        elif not self._arrivals:
+            waiting = self._settle(arrival)
+            if waiting is None:
+                return
+            arrival = waiting
+        self._arrivals.append(arrival)
+        self._queued(+1)
+
+    def _verifyInThread(self, arrival: _Arrival) -> None:
+        assert self._verifier is not None
+        arrival.state = _VERIFYING
+        self._verifying[arrival.event.id] = arrival
+        self._verifier.verify(arrival.event)
+
+    def _verified(self, events: list[Event], errors: list[str | None]) -> None:
+        """
+        The verifier's results for a batch: settle what they unblock, in
+        the next reactor turn (with those of the other batches that came
+        back in this one).
+        """
+        for event, error in zip(events, errors, strict=True):
+            arrival = self._verifying.pop(event.id, None)
+            if arrival is None:
+                continue
+            if error is None:
+                arrival.state = _VALID
+            else:
+                arrival.state = _INVALID
+                arrival.error = error
+        if self._nextTurn is None:
+            self._nextTurn = self.reactor.callLater(0, self._advance)
+
+    def _advance(self) -> None:
+        """
+        Settle the queued arrivals (and run the steps behind them) in order,
+        up to the first that waits for its verification, or until about
+        L{_SETTLE_BYTES} went out in this turn.
+        """
+        self._nextTurn = None
+        arrivals = self._arrivals
+        budget = _SETTLE_BYTES
+        while arrivals and not self._closed:
+            head = arrivals.popleft()
+            if isinstance(head, _Arrival):
+                if head.state == _VERIFYING:
+                    arrivals.appendleft(head)
+                    return
+                waiting = self._settle(head)
+                if waiting is not None:
+                    arrivals.appendleft(waiting)
+                    return
+                budget -= len(head.event.content) + _EVENT_OVERHEAD
+            else:
+                head()
+            self._queued(-1)
+            if budget <= 0 and arrivals and not self._closed:
+                self._nextTurn = self.reactor.callLater(0, self._advance)
+                return
+
+    def _settle(self, arrival: _Arrival) -> _Arrival | None:
+        """
+        Deliver C{arrival} (verifying it first on the reactor thread when
+        there is no verifier), or drop it as invalid, now that its turn
+        came.
+
+        @return: what waits for the verifier now in its place: itself, or a
+            copy another relay sent while it was verified; else L{None}.
+        """
+        event = arrival.event
+        relay = arrival.relay
+        subscriptionId = arrival.subscriptionId
         subscription = self._subscriptions.get(subscriptionId)
         raw = self._raw.hasSubscription(subscriptionId)
         if subscription is None and not raw:
-            return False
-        if subscription is not None and not matchesAny(subscription.filters, event):
-            self._invalid(relay, event, "does not match the subscription's filters")
-            return False
+            self._queued(-len(arrival.joined))
+            return None
         seen = self._seen.get(event.id)
         if seen is None:
-            if self.verify:
+            if arrival.state == _UNCHECKED and self.verify:
+                if self._verifier is not None:
+                    self._verifyInThread(arrival)
+                    return arrival
                 try:
                     event.verify()
                 except InvalidEvent as e:
-                    self._invalid(relay, event, str(e))
-                    return False
+                    arrival.state = _INVALID
+                    arrival.error = str(e)
+            if arrival.state == _INVALID:
+                self._invalid(relay, event, arrival.error)
+                return self._tryJoined(arrival)
             seen = self._seen.add(event)
             relay.counters.eventsUnique += 1
             if self._router is not None and event.kind == RELAY_LIST_KIND:
@@ -1141,31 +1338,88 @@ class RelayPool(service.Service):
                     seen.delivered.add(other.subscriptionId)
                     other._deliver(event, relay.url)
         delivered = seen.delivered
-        if subscription is not None and subscriptionId not in delivered:
+        if subscriptionId not in delivered and (subscription is not None or raw):
             delivered.add(subscriptionId)
-            subscription._deliver(event, relay.url)
-        elif raw and subscriptionId not in delivered:
-            delivered.add(subscriptionId)
-            self._raw.push(PoolMessage(relay.url, RelayEvent(subscriptionId, event)), mayPause=True)
-        return True
+            if subscription is not None:
+                subscription._deliver(event, relay.url)
+            else:
+                self._raw.push(PoolMessage(relay.url, RelayEvent(subscriptionId, event)), mayPause=True)
+        relay.eventAccepted(arrival.wireId, event.createdAt)
+        for copyRelay, wireId, _ in arrival.joined:
+            copyRelay.eventAccepted(wireId, event.createdAt)
+        self._queued(-len(arrival.joined))
+        return None
+
+    def _tryJoined(self, invalid: _Arrival) -> _Arrival | None:
+        """
+        C{invalid} turned out invalid: hand the first valid-looking copy
+        other relays sent meanwhile to the verifier, to take its place.
+
+        @return: that copy, or L{None} if there was none.
+        """
+        joined = invalid.joined
+        while joined:
+            relay, wireId, raw = joined.pop(0)
+            self._queued(-1)
+            try:
+                event = Event.fromDict(raw)
+            except InvalidEvent as e:
+                relay.counters.eventsInvalid += 1
+                relay.recordError()
+                log.debug("{url}: dropped an event: {why}", url=relay.url, why=str(e))
+                continue
+            subscription = self._subscriptions.get(invalid.subscriptionId)
+            if subscription is not None and not matchesAny(subscription.filters, event):
+                self._invalid(relay, event, "does not match the subscription's filters")
+                continue
+            # The copy takes the invalid one's place (and count).
+            copy = _Arrival(relay, wireId, invalid.subscriptionId, event, joined=joined)
+            self._verifyInThread(copy)
+            return copy
+        return None
+
+    def _queued(self, change: int) -> None:
+        """
+        Count arrivals (and joined copies, and steps) waiting on the inbound
+        path; pause reading from the relays while there are
+        C{verifyQueueSize}, until half of them are done.
+        """
+        self._waiting += change
+        if self._waitingFull:
+            if self._waiting <= self._verifyQueueSize // 2:
+                self._waitingFull = False
+                self._pressure(-1)
+        elif self._waiting >= self._verifyQueueSize:
+            self._waitingFull = True
+            self._pressure(+1)
+
+    def _inOrder(self, step: Callable[[], None]) -> None:
+        """
+        Run C{step} once the events that arrived before it are settled.
+        """
+        if self._arrivals:
+            self._arrivals.append(step)
+            self._queued(+1)
+        else:
+            step()
 
     def _invalid(self, relay: Relay, event: Event, why: str) -> None:
         relay.counters.eventsInvalid += 1
         relay.recordError()
         log.debug("{url}: dropped event {id}: {why}", url=relay.url, id=event.id, why=why)
 
-    def relayDuplicate(self, relay: Relay, subscriptionId: str, eventId: str) -> int | None:
-        seen = self._seen.get(eventId)
-        if seen is None or subscriptionId not in seen.delivered:
-            return None
-        return seen.createdAt
-
     def relayEOSE(self, relay: Relay, subscriptionId: str) -> None:
+        self._inOrder(lambda: self._relayEOSE(relay, subscriptionId))
+
+    def _relayEOSE(self, relay: Relay, subscriptionId: str) -> None:
         subscription = self._subscriptions.get(subscriptionId)
         if subscription is not None:
             subscription._relayDone(relay.url)
 
     def relayClosed(self, relay: Relay, subscriptionId: str, message: str) -> None:
+        self._inOrder(lambda: self._relayClosed(relay, subscriptionId, message))
+
+    def _relayClosed(self, relay: Relay, subscriptionId: str, message: str) -> None:
         counting = self._counts.get(subscriptionId)
         if counting is not None:
             counting.relayGone(relay.url, message)
@@ -1201,6 +1455,12 @@ class RelayPool(service.Service):
 
     def relayOther(self, relay: Relay, message: RelayMessage) -> None:
         if isinstance(message, (RelayEOSE, RelayClosed)):
+            self._inOrder(lambda: self._relayOther(relay, message))
+        else:
+            self._relayOther(relay, message)
+
+    def _relayOther(self, relay: Relay, message: RelayMessage) -> None:
+        if isinstance(message, (RelayEOSE, RelayClosed)):
             routed = self._raw.hasSubscription(message.subscriptionId)
             if isinstance(message, RelayClosed) and routed:
                 self._raw.forgetSubscription(message.subscriptionId)
@@ -1220,7 +1480,10 @@ class RelayPool(service.Service):
             return
         if self._router is not None and relay.counters.opens == 0 and self._roles[relay.url].outbox:
             self._router.relayUnreachable(relay.url)
-        for subscription in list(self._subscriptions.values()):
-            subscription._relayDone(relay.url)
+        self._inOrder(lambda: self._relayGone(relay))
         for counting in list(self._counts.values()):
             counting.relayGone(relay.url, "error: relaypool: the relay disconnected")
+
+    def _relayGone(self, relay: Relay) -> None:
+        for subscription in list(self._subscriptions.values()):
+            subscription._relayDone(relay.url)
