@@ -14,20 +14,27 @@ the background. Accepted events are delivered to the matching subscriptions
 of every downstream client at once; each shared subscription remembers the
 last L{RECENT_IDS} ids it delivered, so that a relay's echo of the same
 event is not delivered twice.
+
+The signatures are checked by an L{EventVerifier}, on a thread of its own
+when the reactor takes calls from threads: coincurve releases the GIL, so
+verification runs on the second core while the reactor thread parses,
+stores and answers.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaypool._reactor import defaultReactor
-from relaypool.errors import PublishFailed
+from relaypool.errors import InvalidEvent, PublishFailed
 from relaypool.gateway.session import Replies, Session
 from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
 from relaypool.nostr.event import Event, isEphemeral
@@ -50,6 +57,117 @@ stays in the outbox, which re-publishes it to the relays that did not accept
 it: only when some relay timed out or refused for a temporary reason (not
 when every refusing relay refused for good).
 """
+
+
+DEFAULT_MAX_VERIFYING = 10_000
+"""
+The default bound of L{EventVerifier}: events waiting for their signature
+check, from every connection.
+"""
+
+Verified = Callable[[InvalidEvent | None], None]
+"""
+What L{EventVerifier.verify} calls with its verdict: L{None} for a valid
+event, else the L{InvalidEvent} saying why it is not.
+"""
+
+_STOP = object()
+
+_BATCH = 256
+"""
+The most verdicts the verifier thread hands to the reactor in one call.
+"""
+
+
+class EventVerifier:
+    """
+    Checks events' ids and signatures (L{Event.verify}) and calls back with
+    the verdicts in the order the events were given.
+
+    With a reactor that provides L{IReactorFromThreads}, the checks run on
+    one thread of the verifier's own, started at the first event (the
+    second core: coincurve releases the GIL), and the verdicts come back to
+    the reactor thread in batches, one reactor call for all those ready;
+    else (a test clock) each event is checked at once, in the caller.
+
+    Bound: at most C{maxPending} events wait for their check; past it,
+    L{verify} refuses at once (returns C{False}).
+    """
+
+    def __init__(self, reactor: object, maxPending: int = DEFAULT_MAX_VERIFYING) -> None:
+        self._reactor = reactor if IReactorFromThreads.providedBy(reactor) else None
+        self.maxPending = maxPending
+        self.pending = 0
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def verify(self, event: Event, verified: Verified) -> bool:
+        """
+        Check C{event}; call C{verified} with the verdict, in the reactor
+        thread, after the verdicts of the events given before it.
+
+        @return: C{False} (and C{verified} is not called) if C{maxPending}
+            events are waiting already.
+        """
+        if self._reactor is None:
+            verified(_verdict(event))
+            return True
+        if self.pending >= self.maxPending:
+            return False
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="relaypool-verifier", daemon=True
+            )
+            self._thread.start()
+        self.pending += 1
+        self._queue.put((event, verified))
+        return True
+
+    def stop(self) -> None:
+        """
+        End the thread once the events already given are checked (their
+        verdicts are still delivered).
+        """
+        if self._thread is not None:
+            self._thread = None
+            self._queue.put(_STOP)
+
+    def _run(self) -> None:
+        reactor = self._reactor
+        assert reactor is not None, "the verifier thread needs IReactorFromThreads"
+        get, getNow = self._queue.get, self._queue.get_nowait
+        item = get()
+        while item is not _STOP:
+            verdicts: list[tuple[Verified, InvalidEvent | None]] = []
+            while item is not _STOP and len(verdicts) < _BATCH:
+                event: Event
+                verified: Verified
+                event, verified = item  # type: ignore[misc]
+                verdicts.append((verified, _verdict(event)))
+                try:
+                    item = getNow()
+                except queue.Empty:
+                    item = None
+                    break
+            reactor.callFromThread(self._deliver, verdicts)
+            if item is None:
+                item = get()
+
+    def _deliver(self, verdicts: list[tuple[Verified, InvalidEvent | None]]) -> None:
+        self.pending -= len(verdicts)
+        for verified, verdict in verdicts:
+            try:
+                verified(verdict)
+            except Exception:
+                _log.failure("Handling a verified event failed")
+
+
+def _verdict(event: Event) -> InvalidEvent | None:
+    try:
+        event.verify()
+    except InvalidEvent as e:
+        return e
+    return None
 
 
 def _failureMessage(result: PublishResult, retrying: bool = False) -> str:
@@ -263,4 +381,4 @@ class EventAcceptor:
         d.addCallbacks(published, failed)
 
 
-__all__ = ["OK_POLICIES", "RETRYING", "EventAcceptor"]
+__all__ = ["DEFAULT_MAX_VERIFYING", "OK_POLICIES", "RETRYING", "EventAcceptor", "EventVerifier"]

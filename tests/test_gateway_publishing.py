@@ -1,0 +1,128 @@
+"""
+Tests for L{relaypool.gateway.publishing.EventVerifier}: the signature
+checks of downstream C{EVENT}s, on a thread of their own with a reactor that
+takes calls from threads, at once with a test clock.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from relaypool.errors import InvalidEvent
+from relaypool.gateway.facade import RelayFacade
+from relaypool.gateway.publishing import EventVerifier
+from relaypool.testing import forgeSignature, makeEvent
+from tests.test_gateway_protocol import _FakeRegistry
+
+
+class InlineVerifierTests(SynchronousTestCase):
+    """
+    With a reactor that does not take calls from threads, the verifier
+    checks each event at once.
+    """
+
+    def test_verdictAtOnce(self) -> None:
+        """
+        The verdict is given before L{EventVerifier.verify} returns: L{None}
+        for a valid event, the L{InvalidEvent} for a forged one.
+        """
+        verifier = EventVerifier(Clock())
+        verdicts: list[Any] = []
+        good, forged = makeEvent(content="good"), forgeSignature(makeEvent(content="forged"))
+        self.assertTrue(verifier.verify(good, verdicts.append))
+        self.assertTrue(verifier.verify(forged, verdicts.append))
+        self.assertIsNone(verdicts[0])
+        self.assertIsInstance(verdicts[1], InvalidEvent)
+        self.assertEqual(str(verdicts[1]), "invalid: bad signature")
+
+
+class ThreadedVerifierTests(TestCase):
+    """
+    With the real reactor, the verifier checks events on its thread and
+    hands the verdicts back to the reactor thread, in order.
+    """
+
+    def setUp(self) -> None:
+        self.verifier = EventVerifier(reactor)
+        self.addCleanup(self.verifier.stop)
+
+    def test_verdictsInOrder(self) -> None:
+        """
+        The verdicts come in the order the events were given, each in the
+        reactor thread, the forged events' as L{InvalidEvent}s.
+        """
+        events = [makeEvent(content=str(i)) for i in range(20)]
+        events[3] = forgeSignature(events[3])
+        events[11] = forgeSignature(events[11])
+        verdicts: list[tuple[str, bool, bool]] = []
+        done: Deferred[None] = Deferred()
+
+        def verified(event: Any, verdict: InvalidEvent | None) -> None:
+            isMain = threading.current_thread() is threading.main_thread()
+            verdicts.append((event.content, verdict is None, isMain))
+            if len(verdicts) == len(events):
+                done.callback(None)
+
+        for event in events:
+            self.assertTrue(self.verifier.verify(event, lambda v, e=event: verified(e, v)))
+
+        def check(_: None) -> None:
+            expected = [(str(i), i not in (3, 11), True) for i in range(20)]
+            self.assertEqual(verdicts, expected)
+            self.assertEqual(self.verifier.pending, 0)
+
+        return done.addCallback(check)
+
+    def test_bounded(self) -> None:
+        """
+        Past C{maxPending} events waiting for their check, L{verify}
+        refuses the next one (returns C{False}, never calls it back).
+        """
+        self.verifier.maxPending = 1
+        verdicts: list[Any] = []
+        done: Deferred[None] = Deferred()
+        self.assertTrue(
+            self.verifier.verify(makeEvent(content="first"), lambda v: done.callback(v))
+        )
+        self.assertFalse(self.verifier.verify(makeEvent(content="second"), verdicts.append))
+
+        def check(verdict: Any) -> None:
+            self.assertIsNone(verdict)
+            self.assertEqual(verdicts, [])
+
+        return done.addCallback(check)
+
+    def test_facadeRefusesWhenFull(self) -> None:
+        """
+        An C{EVENT} arriving while the verifier is full is answered
+        C{OK false "rate-limited: ..."} at once.
+        """
+        registry = _FakeRegistry()
+        facade = RelayFacade(
+            registry,  # type: ignore[arg-type]
+            store=_NoStore(),  # type: ignore[arg-type]
+            okPolicy="local",
+            reactor=reactor,
+            maxVerifying=0,
+        )
+        self.addCleanup(facade.close)
+        session = facade.connect(1)
+        event = makeEvent(content="refused")
+        facade.handleMessage(session, orjson.dumps(["EVENT", event.toDict()]))
+        ((verb, eventId, accepted, message),) = registry.received[1]
+        self.assertEqual((verb, eventId, accepted), ("OK", event.id, False))
+        self.assertTrue(message.startswith("rate-limited: 0 events are waiting"), message)
+        self.assertEqual(facade.stats().rateLimited, 1)
+
+
+class _NoStore:
+    """
+    A store the test never reaches.
+    """
