@@ -99,21 +99,65 @@ class ThreadedVerifierTests(TestCase):
 
         return done.addCallback(check)
 
-    def test_facadeRefusesWhenFull(self) -> None:
-        """
-        An C{EVENT} arriving while the verifier is full is answered
-        C{OK false "rate-limited: ..."} at once.
-        """
+    def facade(self, maxVerifying: int) -> tuple[RelayFacade, _FakeRegistry, _StuckStore]:
         registry = _FakeRegistry()
+        store = _StuckStore()
         facade = RelayFacade(
             registry,  # type: ignore[arg-type]
-            store=_NoStore(),  # type: ignore[arg-type]
+            store=store,  # type: ignore[arg-type]
             okPolicy="local",
             reactor=reactor,
-            maxVerifying=0,
+            maxVerifying=maxVerifying,
         )
         self.addCleanup(facade.close)
+        return facade, registry, store
+
+    def test_idleChecksAtOnce(self) -> None:
+        """
+        An C{EVENT} arriving while no other event waits for its check or
+        its answer is checked at once, not handed to the verifier thread:
+        a forged one is answered C{OK false "invalid: ..."} before
+        C{handleMessage} returns.
+        """
+        facade, registry, store = self.facade(maxVerifying=0)
         session = facade.connect(1)
+        event = forgeSignature(makeEvent(content="forged"))
+        facade.handleMessage(session, orjson.dumps(["EVENT", event.toDict()]))
+        self.assertEqual(registry.received[1], [["OK", event.id, False, "invalid: bad signature"]])
+
+    def test_busyHandsOver(self) -> None:
+        """
+        An C{EVENT} arriving while another waits for the store goes to the
+        verifier thread, and is answered once checked and stored.
+        """
+        facade, registry, store = self.facade(maxVerifying=10)
+        session = facade.connect(1)
+        first, second = makeEvent(content="first"), makeEvent(content="second")
+        facade.handleMessage(session, orjson.dumps(["EVENT", first.toDict()]))
+        self.assertEqual([e.id for e, _ in store.saves], [first.id])
+        facade.handleMessage(session, orjson.dumps(["EVENT", second.toDict()]))
+        self.assertEqual(len(store.saves), 1)
+        done: Deferred[None] = Deferred()
+        store.onSave = lambda: reactor.callLater(0, done.callback, None)
+
+        def saved(_: None) -> None:
+            for _, d in store.saves:
+                d.callback(True)
+            self.assertEqual(
+                registry.received[1], [["OK", first.id, True, ""], ["OK", second.id, True, ""]]
+            )
+
+        return done.addCallback(saved)
+
+    def test_facadeRefusesWhenFull(self) -> None:
+        """
+        An C{EVENT} arriving while the verifier is full (and another event
+        waits for the store) is answered C{OK false "rate-limited: ..."} at
+        once.
+        """
+        facade, registry, store = self.facade(maxVerifying=0)
+        session = facade.connect(1)
+        facade.handleMessage(session, orjson.dumps(["EVENT", makeEvent(content="a").toDict()]))
         event = makeEvent(content="refused")
         facade.handleMessage(session, orjson.dumps(["EVENT", event.toDict()]))
         ((verb, eventId, accepted, message),) = registry.received[1]
@@ -122,7 +166,18 @@ class ThreadedVerifierTests(TestCase):
         self.assertEqual(facade.stats().rateLimited, 1)
 
 
-class _NoStore:
+class _StuckStore:
     """
-    A store the test never reaches.
+    A store whose saves wait until the test fires them.
     """
+
+    def __init__(self) -> None:
+        self.saves: list[tuple[Any, Deferred[bool]]] = []
+        self.onSave: Any = None
+
+    def save(self, event: Any) -> Deferred[bool]:
+        d: Deferred[bool] = Deferred()
+        self.saves.append((event, d))
+        if self.onSave is not None:
+            self.onSave()
+        return d

@@ -25,7 +25,12 @@ from relaypool.gateway.auth import expectedRelayURL, makeChallenge, verifyAuthEv
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits, TokenBucket
 from relaypool.gateway.negentropy import NegentropyServer
 from relaypool.gateway.policy import EventPolicy
-from relaypool.gateway.publishing import DEFAULT_MAX_VERIFYING, EventAcceptor, EventVerifier
+from relaypool.gateway.publishing import (
+    DEFAULT_MAX_VERIFYING,
+    EventAcceptor,
+    EventVerifier,
+    verdict,
+)
 from relaypool.gateway.registry import ConnectionRegistry, ConnId
 from relaypool.gateway.session import Replies, Session
 from relaypool.gateway.subscriptions import SharedSubscriptions
@@ -402,7 +407,11 @@ class RelayFacade:
                 f"rate-limited: at most {self.limits.eventsPerSecond:g} events per second",
             )
             return
-        if not self._verifier.verify(event, partial(self._verified, session, event)):
+        if not (self._verifier.pending or self._acceptor.inFlight):
+            # Idle: checked at once, which answers sooner than a hand-off
+            # to the verifier thread and back.
+            self._verified(session, event, verdict(event))
+        elif not self._verifier.verify(event, partial(self._verified, session, event)):
             self._rateLimited += 1
             self._replies.ok(
                 session,

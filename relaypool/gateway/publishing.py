@@ -15,8 +15,9 @@ of every downstream client at once; each shared subscription remembers the
 last L{RECENT_IDS} ids it delivered, so that a relay's echo of the same
 event is not delivered twice.
 
-The signatures are checked by an L{EventVerifier}, on a thread of its own
-when the reactor takes calls from threads: coincurve releases the GIL, so
+The signatures are checked at once when the gateway is idle (no event
+waits for its check or its answer), which answers soonest; under load, by an
+L{EventVerifier} on a thread of its own: coincurve releases the GIL, so
 verification runs on the second core while the reactor thread parses,
 stores and answers.
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -42,6 +43,8 @@ from relaypool.nostr.messages import reasonPrefix
 from relaypool.upstream.relaypool import PublishResult
 
 _log = Logger()
+
+_T = TypeVar("_T")
 
 OK_POLICIES = ("quorum", "local")
 """
@@ -110,7 +113,7 @@ class EventVerifier:
             events are waiting already.
         """
         if self._reactor is None:
-            verified(_verdict(event))
+            verified(verdict(event))
             return True
         if self.pending >= self.maxPending:
             return False
@@ -143,7 +146,7 @@ class EventVerifier:
                 event: Event
                 verified: Verified
                 event, verified = item  # type: ignore[misc]
-                verdicts.append((verified, _verdict(event)))
+                verdicts.append((verified, verdict(event)))
                 try:
                     item = getNow()
                 except queue.Empty:
@@ -155,14 +158,20 @@ class EventVerifier:
 
     def _deliver(self, verdicts: list[tuple[Verified, InvalidEvent | None]]) -> None:
         self.pending -= len(verdicts)
-        for verified, verdict in verdicts:
+        for verified, outcome in verdicts:
             try:
-                verified(verdict)
+                verified(outcome)
             except Exception:
                 _log.failure("Handling a verified event failed")
 
 
-def _verdict(event: Event) -> InvalidEvent | None:
+def verdict(event: Event) -> InvalidEvent | None:
+    """
+    Check C{event}'s id and signature now.
+
+    @return: L{None} if they are right, else the L{InvalidEvent} saying
+        what is wrong.
+    """
     try:
         event.verify()
     except InvalidEvent as e:
@@ -206,6 +215,9 @@ class EventAcceptor:
     """
     Stores and publishes the valid events downstream clients send, and
     answers each with an honest C{OK} under the OK policy.
+
+    @ivar inFlight: the events accepted and not answered yet (waiting for
+        the store or the relays).
     """
 
     def __init__(
@@ -256,6 +268,7 @@ class EventAcceptor:
         self._local = okPolicy == "local" or pool is None
         self._clock = defaultReactor(clock)
         self._onLatency = onLatency
+        self.inFlight = 0
 
     def setOkPolicy(self, okPolicy: str, quorum: int) -> None:
         """
@@ -278,9 +291,16 @@ class EventAcceptor:
         """
         started = self._clock.seconds()
         if self._local:
-            self._acceptLocally(session, event, started)
+            answered = self._acceptLocally(session, event, started)
         else:
-            self._acceptOnQuorum(session, event, started)
+            answered = self._acceptOnQuorum(session, event, started)
+        if answered is not None:
+            self.inFlight += 1
+            answered.addBoth(self._answered)
+
+    def _answered(self, result: _T) -> _T:
+        self.inFlight -= 1
+        return result
 
     def _fanOut(self, event: Event, started: float) -> None:
         """
@@ -291,12 +311,21 @@ class EventAcceptor:
         if self._onLatency is not None:
             self._onLatency("fanout", self._clock.seconds() - started)
 
-    def _acceptLocally(self, session: Session, event: Event, started: float) -> None:
+    def _acceptLocally(
+        self, session: Session, event: Event, started: float
+    ) -> Deferred[None] | None:
+        """
+        Answer C{event} once the store committed it (an ephemeral event at
+        once).
+
+        @return: a Deferred firing once it is answered, or L{None} if it
+            was answered already.
+        """
         if isEphemeral(event.kind):
             self._replies.ok(session, event.id, True, "")
             self._fanOut(event, started)
             self._forward(event)
-            return
+            return None
 
         def saved(stored: bool) -> None:
             if stored:
@@ -316,7 +345,7 @@ class EventAcceptor:
             self._replies.ok(session, event.id, False, "error: could not store the event")
 
         assert self._store is not None, "the local policy needs a store"
-        maybeDeferred(self._store.save, event).addCallbacks(saved, failed)
+        return maybeDeferred(self._store.save, event).addCallbacks(saved, failed)
 
     def _forward(self, event: Event) -> None:
         """
@@ -340,13 +369,15 @@ class EventAcceptor:
         else:
             _log.failure("Forwarding event {eventId} failed", failure, eventId=event.id)
 
-    def _acceptOnQuorum(self, session: Session, event: Event, started: float) -> None:
+    def _acceptOnQuorum(self, session: Session, event: Event, started: float) -> Deferred[None]:
         """
         Publish C{event} and answer once the quorum is reached or missed:
         C{OK true} (C{"duplicate: ..."} when every relay that accepted
         already had it, and then it is not delivered again), or C{OK false}
         with the relays' reasons, saying so when the outbox keeps retrying
         (some relay timed out or refused for a temporary reason).
+
+        @return: a Deferred firing once it is answered.
         """
         outbox = self._outbox
         viaOutbox = outbox is not None and not isEphemeral(event.kind)
@@ -378,7 +409,14 @@ class EventAcceptor:
             _log.failure("Publishing event {eventId} failed", failure, eventId=event.id)
             self._replies.ok(session, event.id, False, f"error: {failure.getErrorMessage()}")
 
-        d.addCallbacks(published, failed)
+        return d.addCallbacks(published, failed)
 
 
-__all__ = ["DEFAULT_MAX_VERIFYING", "OK_POLICIES", "RETRYING", "EventAcceptor", "EventVerifier"]
+__all__ = [
+    "DEFAULT_MAX_VERIFYING",
+    "OK_POLICIES",
+    "RETRYING",
+    "EventAcceptor",
+    "EventVerifier",
+    "verdict",
+]
