@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaypool.errors import InvalidEvent
 from relaypool.gateway.facade import RelayFacade
-from relaypool.gateway.publishing import EventVerifier
+from relaypool.gateway.publishing import VERIFY_AT_ONCE_BELOW, EventVerifier
 from relaypool.testing import forgeSignature, makeEvent
 from tests.test_gateway_protocol import _FakeRegistry
 
@@ -112,54 +112,59 @@ class ThreadedVerifierTests(TestCase):
         self.addCleanup(facade.close)
         return facade, registry, store
 
-    def test_idleChecksAtOnce(self) -> None:
+    def publish(self, facade: RelayFacade, session: Any, event: Any) -> None:
+        facade.handleMessage(session, orjson.dumps(["EVENT", event.toDict()]))
+
+    def test_lightLoadChecksAtOnce(self) -> None:
         """
-        An C{EVENT} arriving while no other event waits for its check or
-        its answer is checked at once, not handed to the verifier thread:
-        a forged one is answered C{OK false "invalid: ..."} before
-        C{handleMessage} returns.
+        An C{EVENT} arriving while fewer than L{VERIFY_AT_ONCE_BELOW} events
+        wait for their answer is checked at once, not handed to the
+        verifier thread: a forged one is answered C{OK false "invalid:
+        ..."} before C{handleMessage} returns.
         """
         facade, registry, store = self.facade(maxVerifying=0)
         session = facade.connect(1)
+        for i in range(VERIFY_AT_ONCE_BELOW - 1):
+            self.publish(facade, session, makeEvent(content=f"waiting {i}"))
         event = forgeSignature(makeEvent(content="forged"))
-        facade.handleMessage(session, orjson.dumps(["EVENT", event.toDict()]))
+        self.publish(facade, session, event)
         self.assertEqual(registry.received[1], [["OK", event.id, False, "invalid: bad signature"]])
 
-    def test_busyHandsOver(self) -> None:
+    def test_loadHandsOver(self) -> None:
         """
-        An C{EVENT} arriving while another waits for the store goes to the
-        verifier thread, and is answered once checked and stored.
+        An C{EVENT} arriving while L{VERIFY_AT_ONCE_BELOW} events wait for
+        the store goes to the verifier thread, and is answered once checked
+        and stored, after them.
         """
         facade, registry, store = self.facade(maxVerifying=10)
         session = facade.connect(1)
-        first, second = makeEvent(content="first"), makeEvent(content="second")
-        facade.handleMessage(session, orjson.dumps(["EVENT", first.toDict()]))
-        self.assertEqual([e.id for e, _ in store.saves], [first.id])
-        facade.handleMessage(session, orjson.dumps(["EVENT", second.toDict()]))
-        self.assertEqual(len(store.saves), 1)
+        events = [makeEvent(content=str(i)) for i in range(VERIFY_AT_ONCE_BELOW + 1)]
+        for event in events[:-1]:
+            self.publish(facade, session, event)
+        self.assertEqual(len(store.saves), VERIFY_AT_ONCE_BELOW)
+        self.publish(facade, session, events[-1])
+        self.assertEqual(len(store.saves), VERIFY_AT_ONCE_BELOW)
         done: Deferred[None] = Deferred()
         store.onSave = lambda: reactor.callLater(0, done.callback, None)
 
         def saved(_: None) -> None:
             for _, d in store.saves:
                 d.callback(True)
-            self.assertEqual(
-                registry.received[1], [["OK", first.id, True, ""], ["OK", second.id, True, ""]]
-            )
+            self.assertEqual(registry.received[1], [["OK", e.id, True, ""] for e in events])
 
         return done.addCallback(saved)
 
     def test_facadeRefusesWhenFull(self) -> None:
         """
-        An C{EVENT} arriving while the verifier is full (and another event
-        waits for the store) is answered C{OK false "rate-limited: ..."} at
-        once.
+        An C{EVENT} that would go to the verifier thread while it is full
+        is answered C{OK false "rate-limited: ..."} at once.
         """
         facade, registry, store = self.facade(maxVerifying=0)
         session = facade.connect(1)
-        facade.handleMessage(session, orjson.dumps(["EVENT", makeEvent(content="a").toDict()]))
+        for i in range(VERIFY_AT_ONCE_BELOW):
+            self.publish(facade, session, makeEvent(content=f"waiting {i}"))
         event = makeEvent(content="refused")
-        facade.handleMessage(session, orjson.dumps(["EVENT", event.toDict()]))
+        self.publish(facade, session, event)
         ((verb, eventId, accepted, message),) = registry.received[1]
         self.assertEqual((verb, eventId, accepted), ("OK", event.id, False))
         self.assertTrue(message.startswith("rate-limited: 0 events are waiting"), message)

@@ -27,6 +27,7 @@ from relaypool.gateway.negentropy import NegentropyServer
 from relaypool.gateway.policy import EventPolicy
 from relaypool.gateway.publishing import (
     DEFAULT_MAX_VERIFYING,
+    VERIFY_AT_ONCE_BELOW,
     EventAcceptor,
     EventVerifier,
     verdict,
@@ -407,9 +408,9 @@ class RelayFacade:
                 f"rate-limited: at most {self.limits.eventsPerSecond:g} events per second",
             )
             return
-        if not (self._verifier.pending or self._acceptor.inFlight):
-            # Idle: checked at once, which answers sooner than a hand-off
-            # to the verifier thread and back.
+        if not self._verifier.pending and self._acceptor.inFlight < VERIFY_AT_ONCE_BELOW:
+            # Light load: checked at once, which costs the reactor thread
+            # less than a hand-off to the verifier thread and back.
             self._verified(session, event, verdict(event))
         elif not self._verifier.verify(event, partial(self._verified, session, event)):
             self._rateLimited += 1

@@ -15,11 +15,12 @@ of every downstream client at once; each shared subscription remembers the
 last L{RECENT_IDS} ids it delivered, so that a relay's echo of the same
 event is not delivered twice.
 
-The signatures are checked at once when the gateway is idle (no event
-waits for its check or its answer), which answers soonest; under load, by an
-L{EventVerifier} on a thread of its own: coincurve releases the GIL, so
-verification runs on the second core while the reactor thread parses,
-stores and answers.
+The signatures are checked at once under light load (fewer than
+L{VERIFY_AT_ONCE_BELOW} events waiting for their answer), which costs the
+reactor thread less than a hand-off to another thread and back; under
+heavier load, by an L{EventVerifier} on a thread of its own: coincurve
+releases the GIL, so verification runs on the second core while the reactor
+thread parses, stores and answers.
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ DEFAULT_MAX_VERIFYING = 10_000
 """
 The default bound of L{EventVerifier}: events waiting for their signature
 check, from every connection.
+"""
+
+VERIFY_AT_ONCE_BELOW = 8
+"""
+While fewer accepted events than this wait for their answer (and none for
+the verifier thread), an C{EVENT} is verified at once in the reactor thread;
+else on the L{EventVerifier}'s thread. Measured with C{bench/publish.py}:
+with a few clients publishing one event at a time, the hand-off costs the
+reactor thread more than the check; with 100 events in flight, the reactor
+thread is the bottleneck and the check moves to the second core.
 """
 
 Verified = Callable[[InvalidEvent | None], None]
@@ -416,6 +427,7 @@ __all__ = [
     "DEFAULT_MAX_VERIFYING",
     "OK_POLICIES",
     "RETRYING",
+    "VERIFY_AT_ONCE_BELOW",
     "EventAcceptor",
     "EventVerifier",
     "verdict",
