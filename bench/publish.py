@@ -272,23 +272,29 @@ class Server:
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"{self.name} did not start; see {self.log.name}")
+        with open(self.log.name) as log:
+            tail = log.read()[-2000:]
+        raise RuntimeError(f"{self.name} did not start; its output ends with:\n{tail}")
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def cpu(self) -> float:
+    def cpu(self) -> tuple[float, float]:
         """
-        The CPU seconds used by the server's process tree so far.
+        The CPU seconds used so far by the server's process tree, and by
+        the main threads of its processes (the event loops: the other
+        threads are the second core's share).
         """
-        total = 0.0
+        total = loops = 0.0
         for process in [self.psutil, *self.psutil.children(recursive=True)]:
             try:
                 times = process.cpu_times()
+                threads = process.threads()
             except psutil.NoSuchProcess:
                 continue
             total += times.user + times.system
-        return total
+            loops += sum(t.user_time + t.system_time for t in threads if t.id == process.pid)
+        return total, loops
 
     def stop(self) -> None:
         self.process.terminate()
@@ -302,14 +308,22 @@ class Server:
 
 class RelayPoolDaemon(Server):
     name = "relaypool"
+    profile: str | None = None
 
     def command(self) -> list[str]:
-        prefix = os.environ.get("PUBLISH_BENCH_PREFIX", "").split()
+        # Under --profile, twistd's re-raising of the stop signal is skipped
+        # so that cProfile writes its output.
+        script = "from twisted.scripts.twistd import run; run()"
+        if self.profile:
+            script = (
+                "import cProfile; from twisted.application import app; "
+                "from twisted.scripts.twistd import run; "
+                f"app._exitWithSignal = lambda sig: None; cProfile.run('run()', {self.profile!r})"
+            )
         return [
-            *prefix,
             sys.executable,
             "-c",
-            "from twisted.scripts.twistd import run; run()",
+            script,
             "-n",
             "--pidfile=",
             f"--logfile={self.folder}/twistd.log",
@@ -329,13 +343,6 @@ class RelayPoolDaemon(Server):
             "--max-connections-per-ip",
             "1000",
         ]
-
-    def stop(self) -> None:
-        # twistd stops on SIGINT as on SIGTERM, but leaves profilers (a
-        # PUBLISH_BENCH_PREFIX such as "python -m cProfile -o out") time to
-        # write their output.
-        self.process.send_signal(2)
-        super().stop()
 
 
 class NostrRelay(Server):
@@ -400,15 +407,16 @@ class Run:
         tag = f"ok{os.urandom(4).hex()}"
         roles = [(publisher, (self.server.port, perClient, window, 0.0, self.seconds, tag))]
         processes, _, results = self._start(roles * clients)
-        cpu = self.server.cpu()
+        cpu, loop = self.server.cpu()
         figures = self._collect(processes, results)
-        cpu = self.server.cpu() - cpu
-        answered = sum(f["answered"] for f in figures)
+        after, loopAfter = self.server.cpu()
+        answered = max(sum(f["answered"] for f in figures), 1)
         seconds = max(f["end"] for f in figures) - min(f["start"] for f in figures)
         return {
             "rate": answered / seconds,
-            "accepted": sum(f["accepted"] for f in figures) / max(answered, 1),
-            "cpuPerOK": cpu / max(answered, 1) * 1e6,
+            "accepted": sum(f["accepted"] for f in figures) / answered,
+            "cpuPerOK": (after - cpu) / answered * 1e6,
+            "loopPerOK": (loopAfter - loop) / answered * 1e6,
         }
 
     def delivery(self) -> dict[str, float]:
@@ -498,11 +506,24 @@ def report(results: dict[str, dict[str, dict[str, float]] | str]) -> None:
             line += f"{_ratio(value(names[0], scenario, key), value(names[1], scenario, key), higher):>9}"
         print(line)
     print()
-    print("Growth: server CPU per OK (its process tree, microseconds), 1 in flight per client")
-    print(f"{'clients':<44}" + "".join(f"{name:>14}" for name in names))
-    for label, scenario in (("1", "a"), ("4", "b"), ("16", "16")):
-        print(f"{label:<44}" + "".join(f"{cell(n, scenario, 'cpuPerOK', ',.0f'):>14}" for n in names))
-    print(f"{f'1, {IN_FLIGHT} in flight':<44}" + "".join(f"{cell(n, 'c', 'cpuPerOK', ',.0f'):>14}" for n in names))
+    print(
+        "Growth: server CPU per OK in microseconds, its whole process tree (and its"
+        " event loop threads)"
+    )
+    print(f"{'clients':<44}" + "".join(f"{name:>22}" for name in names))
+    for label, scenario in (
+        ("1, 1 in flight", "a"),
+        ("4, 1 in flight each", "b"),
+        ("16, 1 in flight each", "16"),
+        (f"1, {IN_FLIGHT} in flight", "c"),
+    ):
+        print(
+            f"{label:<44}"
+            + "".join(
+                f"{cell(n, scenario, 'cpuPerOK', ',.0f') + ' (' + cell(n, scenario, 'loopPerOK', ',.0f') + ')':>22}"
+                for n in names
+            )
+        )
     for name in names:
         figures = results[name]
         if isinstance(figures, str):
@@ -517,7 +538,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each scenario")
     parser.add_argument("--quick", action="store_true", help="2-second scenarios")
     parser.add_argument("--only", choices=("relaypool", "nostr-relay"), default=None)
+    parser.add_argument("--profile", help="write a cProfile of the daemon to this file")
     options = parser.parse_args()
+    RelayPoolDaemon.profile = options.profile and os.path.abspath(options.profile)
     seconds = 2.0 if options.quick else options.seconds
     servers: list[type[Server]] = [RelayPoolDaemon, NostrRelay]
     results: dict[str, dict[str, dict[str, float]] | str] = {}
@@ -536,7 +559,11 @@ def main() -> None:
                 results[kind.name] = measure(server, seconds, options.quick)
             finally:
                 server.stop()
-    print(f"{seconds:g} s per scenario; clients in separate processes; {os.cpu_count()} cores")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"{seconds:g} s per scenario; clients in separate processes; {os.cpu_count()} cores; "
+        f"load average at the end {load}"
+    )
     report(results)
 
 
