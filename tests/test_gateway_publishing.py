@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaypool.errors import InvalidEvent
 from relaypool.gateway.facade import RelayFacade
-from relaypool.gateway.publishing import VERIFY_AT_ONCE_BELOW, EventVerifier
+from relaypool.gateway.publishing import VERIFY_AT_ONCE_BELOW, EventVerifier, verdict
 from relaypool.testing import forgeSignature, makeEvent
 from tests.test_gateway_protocol import _FakeRegistry
 
@@ -41,6 +41,23 @@ class InlineVerifierTests(SynchronousTestCase):
         self.assertIsNone(verdicts[0])
         self.assertIsInstance(verdicts[1], InvalidEvent)
         self.assertEqual(str(verdicts[1]), "invalid: bad signature")
+
+    def test_checkFailure(self) -> None:
+        """
+        A check that fails with an unexpected exception gives an
+        L{InvalidEvent} starting with C{"error:"}, not an exception.
+        """
+
+        class Broken:
+            id = "ab" * 32
+
+            def verify(self) -> None:
+                raise RuntimeError("broken")
+
+        outcome = verdict(Broken())  # type: ignore[arg-type]
+        assert outcome is not None
+        self.assertTrue(str(outcome).startswith("error: could not check the event"), outcome)
+        self.assertEqual(outcome.eventId, "ab" * 32)
 
 
 class ThreadedVerifierTests(TestCase):

@@ -181,12 +181,17 @@ def verdict(event: Event) -> InvalidEvent | None:
     Check C{event}'s id and signature now.
 
     @return: L{None} if they are right, else the L{InvalidEvent} saying
-        what is wrong.
+        what is wrong (C{"error: ..."} if the check itself failed, so that
+        the verifier thread never dies of it).
     """
     try:
         event.verify()
     except InvalidEvent as e:
         return e
+    except Exception as e:
+        failed = InvalidEvent(f"error: could not check the event ({e!r})")
+        failed.eventId = event.id
+        return failed
     return None
 
 
