@@ -6,7 +6,8 @@ on 127.0.0.1 with their files in a temporary folder, and the same clients,
 each in its own process with a raw WebSocket client and events signed before
 the clock starts, measure both in the same run.
 
-Usage: C{python bench/publish.py [--seconds 4] [--quick] [--only relaypool]}
+Usage: C{python bench/publish.py [--seconds 4] [--quick] [--only relaypool|nostr-relay]
+[--profile FILE]}
 
 Scenarios:
 
