@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -24,7 +25,13 @@ from relaypool.gateway.auth import expectedRelayURL, makeChallenge, verifyAuthEv
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits, TokenBucket
 from relaypool.gateway.negentropy import NegentropyServer
 from relaypool.gateway.policy import EventPolicy
-from relaypool.gateway.publishing import EventAcceptor
+from relaypool.gateway.publishing import (
+    DEFAULT_MAX_VERIFYING,
+    VERIFY_AT_ONCE_BELOW,
+    EventAcceptor,
+    EventVerifier,
+    verdict,
+)
 from relaypool.gateway.registry import ConnectionRegistry, ConnId
 from relaypool.gateway.session import Replies, Session
 from relaypool.gateway.subscriptions import SharedSubscriptions
@@ -136,6 +143,7 @@ class RelayFacade:
         reactor: IReactorTime | None = None,
         policy: EventPolicy | None = None,
         onLatency: Callable[[str, float], None] | None = None,
+        maxVerifying: int = DEFAULT_MAX_VERIFYING,
     ) -> None:
         """
         @param registry: the registry the connections are registered in.
@@ -159,6 +167,9 @@ class RelayFacade:
             client's C{REQ} to the C{EOSE} sent to it, C{"fanout"} from a
             valid C{EVENT} handed to the publishing to its delivery to the
             matching subscriptions (see L{EventAcceptor}).
+        @param maxVerifying: the bound of the L{EventVerifier}: C{EVENT}s
+            (from every connection) waiting for their signature check; past
+            it, an C{EVENT} is answered C{OK false "rate-limited: ..."}.
         @raise ValueError: for a policy that cannot work with the given
             pool and store.
         @raise InvalidRelayURL: if C{relayURL} is not a relay URL.
@@ -184,6 +195,7 @@ class RelayFacade:
             reactor,
             onLatency,
         )
+        self._verifier = EventVerifier(reactor, maxVerifying)
         self.negentropy = NegentropyServer(self._replies, store, limits, reactor)
         self.authRequired = authRequired
         self.relayURL = None if relayURL is None else parseRelayURL(relayURL).url
@@ -264,10 +276,12 @@ class RelayFacade:
 
     def close(self) -> None:
         """
-        Close every upstream subscription (the gateway is stopping).
+        Close every upstream subscription and stop the verifier thread (the
+        gateway is stopping).
         """
         for session in tuple(self._sessions.values()):
             self.disconnect(session)
+        self._verifier.stop()
 
     def notice(self, session: Session, message: str) -> None:
         """
@@ -394,10 +408,35 @@ class RelayFacade:
                 f"rate-limited: at most {self.limits.eventsPerSecond:g} events per second",
             )
             return
-        refusal = self._invalidity(event)
-        if refusal is not None:
-            self._eventsInvalid += 1
-            self._replies.ok(session, event.id, False, refusal)
+        if not self._verifier.pending and self._acceptor.inFlight < VERIFY_AT_ONCE_BELOW:
+            # Light load: checked at once, which costs the reactor thread
+            # less than a hand-off to the verifier thread and back.
+            self._verified(session, event, verdict(event))
+        elif not self._verifier.verify(event, partial(self._verified, session, event)):
+            self._rateLimited += 1
+            self._replies.ok(
+                session,
+                event.id,
+                False,
+                f"rate-limited: {self._verifier.maxPending} events are waiting for their "
+                "signature check already",
+            )
+
+    def _verified(self, session: Session, event: Event, invalid: InvalidEvent | None) -> None:
+        """
+        Judge and accept C{event} from C{session} once its id and signature
+        were checked.
+        """
+        if invalid is not None:
+            self._refuseInvalid(session, event, str(invalid))
+            return
+        if event.kind == AUTH_KIND:
+            self._refuseInvalid(
+                session, event, f"invalid: kind {AUTH_KIND} events are only for AUTH messages"
+            )
+            return
+        if event.isExpired(self._reactor.seconds()):
+            self._refuseInvalid(session, event, "invalid: event has expired")
             return
         refusal = self.policy.refusal(event)
         if refusal is not None:
@@ -406,16 +445,9 @@ class RelayFacade:
             return
         self._acceptor.accept(session, event)
 
-    def _invalidity(self, event: Event) -> str | None:
-        try:
-            event.verify()
-        except InvalidEvent as e:
-            return str(e)
-        if event.kind == AUTH_KIND:
-            return f"invalid: kind {AUTH_KIND} events are only for AUTH messages"
-        if event.isExpired(self._reactor.seconds()):
-            return "invalid: event has expired"
-        return None
+    def _refuseInvalid(self, session: Session, event: Event, reason: str) -> None:
+        self._eventsInvalid += 1
+        self._replies.ok(session, event.id, False, reason)
 
     def _handleCount(self, session: Session, message: ClientCount) -> None:
         subscriptionId = message.subscriptionId

@@ -14,20 +14,29 @@ the background. Accepted events are delivered to the matching subscriptions
 of every downstream client at once; each shared subscription remembers the
 last L{RECENT_IDS} ids it delivered, so that a relay's echo of the same
 event is not delivered twice.
+
+The signatures are checked at once under light load (fewer than
+L{VERIFY_AT_ONCE_BELOW} events waiting for their answer), which costs the
+reactor thread less than a hand-off to another thread and back; under
+heavier load, by an L{EventVerifier} on a thread of its own: coincurve
+releases the GIL, so verification runs on the second core while the reactor
+thread parses, stores and answers.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaypool._reactor import defaultReactor
-from relaypool.errors import PublishFailed
+from relaypool.errors import InvalidEvent, PublishFailed
 from relaypool.gateway.session import Replies, Session
 from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
 from relaypool.nostr.event import Event, isEphemeral
@@ -35,6 +44,8 @@ from relaypool.nostr.messages import reasonPrefix
 from relaypool.upstream.relaypool import PublishResult
 
 _log = Logger()
+
+_T = TypeVar("_T")
 
 OK_POLICIES = ("quorum", "local")
 """
@@ -50,6 +61,138 @@ stays in the outbox, which re-publishes it to the relays that did not accept
 it: only when some relay timed out or refused for a temporary reason (not
 when every refusing relay refused for good).
 """
+
+
+DEFAULT_MAX_VERIFYING = 10_000
+"""
+The default bound of L{EventVerifier}: events waiting for their signature
+check, from every connection.
+"""
+
+VERIFY_AT_ONCE_BELOW = 8
+"""
+While fewer accepted events than this wait for their answer (and none for
+the verifier thread), an C{EVENT} is verified at once in the reactor thread;
+else on the L{EventVerifier}'s thread. Measured with C{bench/publish.py}:
+with a few clients publishing one event at a time, the hand-off costs the
+reactor thread more than the check; with 100 events in flight, the reactor
+thread is the bottleneck and the check moves to the second core.
+"""
+
+Verified = Callable[[InvalidEvent | None], None]
+"""
+What L{EventVerifier.verify} calls with its verdict: L{None} for a valid
+event, else the L{InvalidEvent} saying why it is not.
+"""
+
+_STOP = object()
+
+_BATCH = 256
+"""
+The most verdicts the verifier thread hands to the reactor in one call.
+"""
+
+
+class EventVerifier:
+    """
+    Checks events' ids and signatures (L{Event.verify}) and calls back with
+    the verdicts in the order the events were given.
+
+    With a reactor that provides L{IReactorFromThreads}, the checks run on
+    one thread of the verifier's own, started at the first event (the
+    second core: coincurve releases the GIL), and the verdicts come back to
+    the reactor thread in batches, one reactor call for all those ready;
+    else (a test clock) each event is checked at once, in the caller.
+
+    Bound: at most C{maxPending} events wait for their check; past it,
+    L{verify} refuses at once (returns C{False}).
+    """
+
+    def __init__(self, reactor: object, maxPending: int = DEFAULT_MAX_VERIFYING) -> None:
+        self._reactor = reactor if IReactorFromThreads.providedBy(reactor) else None
+        self.maxPending = maxPending
+        self.pending = 0
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def verify(self, event: Event, verified: Verified) -> bool:
+        """
+        Check C{event}; call C{verified} with the verdict, in the reactor
+        thread, after the verdicts of the events given before it.
+
+        @return: C{False} (and C{verified} is not called) if C{maxPending}
+            events are waiting already.
+        """
+        if self._reactor is None:
+            verified(verdict(event))
+            return True
+        if self.pending >= self.maxPending:
+            return False
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="relaypool-verifier", daemon=True
+            )
+            self._thread.start()
+        self.pending += 1
+        self._queue.put((event, verified))
+        return True
+
+    def stop(self) -> None:
+        """
+        End the thread once the events already given are checked (their
+        verdicts are still delivered).
+        """
+        if self._thread is not None:
+            self._thread = None
+            self._queue.put(_STOP)
+
+    def _run(self) -> None:
+        reactor = self._reactor
+        assert reactor is not None, "the verifier thread needs IReactorFromThreads"
+        get, getNow = self._queue.get, self._queue.get_nowait
+        item = get()
+        while item is not _STOP:
+            verdicts: list[tuple[Verified, InvalidEvent | None]] = []
+            while item is not _STOP and len(verdicts) < _BATCH:
+                event: Event
+                verified: Verified
+                event, verified = item  # type: ignore[misc]
+                verdicts.append((verified, verdict(event)))
+                try:
+                    item = getNow()
+                except queue.Empty:
+                    item = None
+                    break
+            reactor.callFromThread(self._deliver, verdicts)
+            if item is None:
+                item = get()
+
+    def _deliver(self, verdicts: list[tuple[Verified, InvalidEvent | None]]) -> None:
+        self.pending -= len(verdicts)
+        for verified, outcome in verdicts:
+            try:
+                verified(outcome)
+            except Exception:
+                _log.failure("Handling a verified event failed")
+
+
+def verdict(event: Event) -> InvalidEvent | None:
+    """
+    Check C{event}'s id and signature now.
+
+    @return: L{None} if they are right, else the L{InvalidEvent} saying
+        what is wrong (C{"error: ..."} if the check itself failed, so that
+        the verifier thread never dies of it).
+    """
+    try:
+        event.verify()
+    except InvalidEvent as e:
+        return e
+    except Exception as e:
+        failed = InvalidEvent(f"error: could not check the event ({e!r})")
+        failed.eventId = event.id
+        return failed
+    return None
 
 
 def _failureMessage(result: PublishResult, retrying: bool = False) -> str:
@@ -88,6 +231,9 @@ class EventAcceptor:
     """
     Stores and publishes the valid events downstream clients send, and
     answers each with an honest C{OK} under the OK policy.
+
+    @ivar inFlight: the events accepted and not answered yet (waiting for
+        the store or the relays).
     """
 
     def __init__(
@@ -138,6 +284,7 @@ class EventAcceptor:
         self._local = okPolicy == "local" or pool is None
         self._clock = defaultReactor(clock)
         self._onLatency = onLatency
+        self.inFlight = 0
 
     def setOkPolicy(self, okPolicy: str, quorum: int) -> None:
         """
@@ -160,9 +307,16 @@ class EventAcceptor:
         """
         started = self._clock.seconds()
         if self._local:
-            self._acceptLocally(session, event, started)
+            answered = self._acceptLocally(session, event, started)
         else:
-            self._acceptOnQuorum(session, event, started)
+            answered = self._acceptOnQuorum(session, event, started)
+        if answered is not None:
+            self.inFlight += 1
+            answered.addBoth(self._answered)
+
+    def _answered(self, result: _T) -> _T:
+        self.inFlight -= 1
+        return result
 
     def _fanOut(self, event: Event, started: float) -> None:
         """
@@ -173,12 +327,21 @@ class EventAcceptor:
         if self._onLatency is not None:
             self._onLatency("fanout", self._clock.seconds() - started)
 
-    def _acceptLocally(self, session: Session, event: Event, started: float) -> None:
+    def _acceptLocally(
+        self, session: Session, event: Event, started: float
+    ) -> Deferred[None] | None:
+        """
+        Answer C{event} once the store committed it (an ephemeral event at
+        once).
+
+        @return: a Deferred firing once it is answered, or L{None} if it
+            was answered already.
+        """
         if isEphemeral(event.kind):
             self._replies.ok(session, event.id, True, "")
             self._fanOut(event, started)
             self._forward(event)
-            return
+            return None
 
         def saved(stored: bool) -> None:
             if stored:
@@ -198,7 +361,7 @@ class EventAcceptor:
             self._replies.ok(session, event.id, False, "error: could not store the event")
 
         assert self._store is not None, "the local policy needs a store"
-        maybeDeferred(self._store.save, event).addCallbacks(saved, failed)
+        return maybeDeferred(self._store.save, event).addCallbacks(saved, failed)
 
     def _forward(self, event: Event) -> None:
         """
@@ -222,13 +385,15 @@ class EventAcceptor:
         else:
             _log.failure("Forwarding event {eventId} failed", failure, eventId=event.id)
 
-    def _acceptOnQuorum(self, session: Session, event: Event, started: float) -> None:
+    def _acceptOnQuorum(self, session: Session, event: Event, started: float) -> Deferred[None]:
         """
         Publish C{event} and answer once the quorum is reached or missed:
         C{OK true} (C{"duplicate: ..."} when every relay that accepted
         already had it, and then it is not delivered again), or C{OK false}
         with the relays' reasons, saying so when the outbox keeps retrying
         (some relay timed out or refused for a temporary reason).
+
+        @return: a Deferred firing once it is answered.
         """
         outbox = self._outbox
         viaOutbox = outbox is not None and not isEphemeral(event.kind)
@@ -260,7 +425,15 @@ class EventAcceptor:
             _log.failure("Publishing event {eventId} failed", failure, eventId=event.id)
             self._replies.ok(session, event.id, False, f"error: {failure.getErrorMessage()}")
 
-        d.addCallbacks(published, failed)
+        return d.addCallbacks(published, failed)
 
 
-__all__ = ["OK_POLICIES", "RETRYING", "EventAcceptor"]
+__all__ = [
+    "DEFAULT_MAX_VERIFYING",
+    "OK_POLICIES",
+    "RETRYING",
+    "VERIFY_AT_ONCE_BELOW",
+    "EventAcceptor",
+    "EventVerifier",
+    "verdict",
+]

@@ -122,6 +122,11 @@ class _DatabaseThread:
     waiting (up to C{batchSize}) in one transaction, and a failing job
     undoing only its own work.
 
+    A job that finds the thread idle runs at once, alone (no timer waits for
+    company); jobs submitted while a transaction runs share the next one.
+    Results are handed to the reactor thread with one call for all the
+    transactions it has not collected yet.
+
     @ivar lastError: why the last transaction could not write (SQLite's
         message: the transaction failed, or a job in it failed with an
         operational error such as a full disk or a read-only database), or
@@ -145,6 +150,8 @@ class _DatabaseThread:
         self._reactor = reactor
         self._beforeCommit = beforeCommit
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._outcomes: list[tuple[_Job, object]] = []
+        self._outcomesLock = threading.Lock()
         self._stopped: Deferred[None] = Deferred()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -194,10 +201,33 @@ class _DatabaseThread:
                     except queue.Empty:
                         break
                 if batch:
-                    self._reactor.callFromThread(_deliver, self._runBatch(batch))
+                    self._handOver(self._runBatch(batch))
         finally:
             self._connection.close()
             self._reactor.callFromThread(self._stopped.callback, None)
+
+    def _handOver(self, outcomes: list[tuple[_Job, object]]) -> None:
+        """
+        In the thread: queue C{outcomes} for the reactor thread, and wake it
+        unless a wake-up is on its way already.
+        """
+        with self._outcomesLock:
+            awaited = bool(self._outcomes)
+            self._outcomes += outcomes
+        if not awaited:
+            self._reactor.callFromThread(self._deliver)
+
+    def _deliver(self) -> None:
+        """
+        In the reactor thread: fire the Deferreds of the jobs that ended.
+        """
+        with self._outcomesLock:
+            outcomes, self._outcomes = self._outcomes, []
+        for job, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                job.deferred.errback(outcome)
+            else:
+                job.deferred.callback(outcome)
 
     def _runBatch(
         self, batch: list[_Job], isolated: bool = False
@@ -248,14 +278,6 @@ def _failure(error: Exception) -> Exception:
         wrapped.__cause__ = error
         return wrapped
     return error
-
-
-def _deliver(outcomes: list[tuple[_Job, object]]) -> None:
-    for job, outcome in outcomes:
-        if isinstance(outcome, Exception):
-            job.deferred.errback(outcome)
-        else:
-            job.deferred.callback(outcome)
 
 
 def _inClause(column: str, values: Iterable[object]) -> tuple[str, list[object]]:
