@@ -525,3 +525,31 @@ class OutboxModelTests(RolesFixture):
             (router.relaysPerAuthor, router.idleTimeout, router.lookupTimeout, router.capacity, router.maxTagged),
             (3, 60.0, 2.5, 50, 4),
         )
+
+
+class VerificationSettingsTests(RolesFixture):
+    """
+    The verification bounds reach the pool and the gateway.
+    """
+
+    @inlineCallbacks
+    def test_verificationBounds(self) -> Any:
+        """
+        C{verify-queue-size} bounds the pool's events waiting for their
+        check, C{verify-threads 0} verifies on the reactor thread, and
+        C{max-verifying} bounds the gateway's.
+        """
+        [relay] = yield self.fakeRelays(1)
+        daemon, port = yield self.startDaemon(
+            relays=[relay.url],
+            **{
+                "status-interval": "0",
+                "verify-threads": "0",
+                "verify-queue-size": "64",
+                "max-verifying": "32",
+            },
+        )
+        self.assertEqual((daemon.pool._verifier, daemon.pool._verifyQueueSize), (None, 64))
+        self.assertEqual(daemon.gateway.facade._verifier.maxPending, 32)
+        other, _ = yield self.startDaemon(relays=[relay.url], **{"status-interval": "0"})
+        self.assertIsNotNone(other.pool._verifier)

@@ -160,6 +160,12 @@ class Config:
     @ivar outboxRelayLists: how many relay lists the outbox model keeps.
     @ivar outboxMaxTagged: how many tagged pubkeys' read relays a publish
         also goes to.
+    @ivar verifyThreads: threads verifying the events from relays (0: on
+        the reactor thread).
+    @ivar verifyQueueSize: events from relays waiting for their check
+        before reading from the relays pauses.
+    @ivar maxVerifying: client EVENTs waiting for their signature check
+        before more are answered rate-limited.
     @ivar listen: the gateway's Twisted server endpoint string.
     @ivar okPolicy: when a downstream C{EVENT} is answered C{OK true}:
         C{"quorum"} once C{quorum} relays accepted it, C{"local"} once the
@@ -239,6 +245,9 @@ class Config:
     outboxLookupTimeout: float = 5.0
     outboxRelayLists: int = 10000
     outboxMaxTagged: int = 20
+    verifyThreads: int = 1
+    verifyQueueSize: int = 1024
+    maxVerifying: int = 10000
 
     def relayURLs(self, role: str | None = None) -> tuple[str, ...]:
         """
@@ -915,6 +924,24 @@ SETTINGS: tuple[Setting, ...] = (
         "outbox-relay-lists",
         "outboxRelayLists",
         "relay lists (kind 10002) the outbox model keeps in memory",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "verify-threads",
+        "verifyThreads",
+        "threads verifying the events from relays (0: on the reactor thread)",
+        _COUNT,
+    ),
+    Setting(
+        "verify-queue-size",
+        "verifyQueueSize",
+        "events from relays waiting for their signature check before reading pauses",
+        _POSITIVE_INT,
+    ),
+    Setting(
+        "max-verifying",
+        "maxVerifying",
+        "client EVENTs waiting for their signature check before more are answered rate-limited",
         _POSITIVE_INT,
     ),
     Setting(

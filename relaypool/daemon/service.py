@@ -575,6 +575,8 @@ class RelayPoolService(OrderedMultiService):
                 outboxLookupTimeout=config.outboxLookupTimeout,
                 outboxRelayListCapacity=config.outboxRelayLists,
                 outboxMaxTagged=config.outboxMaxTagged,
+                verifyThreads=config.verifyThreads,
+                verifyQueueSize=config.verifyQueueSize,
             )
             for spec in config.relays:
                 try:
@@ -619,6 +621,7 @@ class RelayPoolService(OrderedMultiService):
             statusPageInterval=config.statusPageInterval,
             statusPageHistory=config.statusPageHistory,
             metrics=metrics,
+            maxVerifying=config.maxVerifying,
         )
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.gateway = gateway

@@ -31,6 +31,7 @@ from relaypool.gateway.management import ManagementAPI
 from relaypool.gateway.metrics import GatewayMetrics
 from relaypool.gateway.policy import EventPolicy
 from relaypool.gateway.protocol import GatewayFactory
+from relaypool.gateway.publishing import DEFAULT_MAX_VERIFYING
 from relaypool.gateway.registry import ConnectionRegistry
 from relaypool.gateway.status import DEFAULT_HISTORY, DEFAULT_SAMPLE_INTERVAL, StatusBoard
 from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
@@ -156,6 +157,7 @@ class Gateway(service.MultiService):
         statusPageInterval: float = DEFAULT_SAMPLE_INTERVAL,
         statusPageHistory: int = DEFAULT_HISTORY,
         metrics: GatewayMetrics | None = None,
+        maxVerifying: int = DEFAULT_MAX_VERIFYING,
     ) -> None:
         """
         @param reactor: a L{relaypool._reactor.TimeTCPReactor}; the global
@@ -193,6 +195,8 @@ class Gateway(service.MultiService):
         @param metrics: the L{GatewayMetrics} C{/metrics} shows, which the
             pool's and the store's C{onLatency} may feed too; a new one
             (with the process metrics) if L{None}.
+        @param maxVerifying: the most client C{EVENT}s waiting for their
+            signature check (see L{RelayFacade}).
         @raise ValueError: for an C{okPolicy} that cannot work with the given
             pool and store, or a status page history that cannot work.
         """
@@ -232,6 +236,7 @@ class Gateway(service.MultiService):
             reactor,
             policy,
             self.metrics.observeGateway,
+            maxVerifying,
         )
         self.management = ManagementAPI(
             self.facade, pool, store, adminPubkeys, quorum, adminAuthWindow, reactor
