@@ -46,11 +46,15 @@ def _raiseFileLimit() -> None:
 # --- the server process -----------------------------------------------------
 
 
-def serve(events: int) -> None:
+def serve(events: int, profile: str | None) -> None:
     """
     Run a FakeRelay, a RelayPool on it and a Gateway on the pool; print the
-    gateway's port, then obey C{publish} commands on stdin.
+    gateway's port, then obey C{publish} commands on stdin. With C{profile},
+    the fan-out (from C{publish} to C{stats}) runs under cProfile, whose
+    statistics are written to that file.
     """
+    import cProfile
+
     from twisted.internet import reactor, stdio
     from twisted.internet.defer import inlineCallbacks
     from twisted.internet.task import deferLater
@@ -69,9 +73,14 @@ def serve(events: int) -> None:
 
         def lineReceived(self, line: bytes) -> None:
             if line == b"publish":
+                if profiler is not None:
+                    profiler.enable()
                 relay.store(*batch)
                 self.sendLine(b"published")
             elif line == b"stats":
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(profile)
                 stats = gateway.registry.stats()
                 self.sendLine(
                     f"evicted {stats.evictedSlow} connections {stats.connections}".encode()
@@ -91,6 +100,7 @@ def serve(events: int) -> None:
         stdio.StandardIO(Commands())
         print(f"port {port.getHost().port}", flush=True)
 
+    profiler = cProfile.Profile() if profile else None
     relay = FakeRelay(reactor)
     pool = RelayPool(reactor, nameService=StaticNameService(), fetchInformation=False)
     gateway = Gateway(
@@ -297,9 +307,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--idle", type=int, default=2000)
+    parser.add_argument("--profile", help="write the server's cProfile of the fan-out here")
     options = parser.parse_args()
 
-    server = _spawn("--role", "server", "--events", str(options.events))
+    profile = ("--profile", os.path.abspath(options.profile)) if options.profile else ()
+    server = _spawn("--role", "server", "--events", str(options.events), *profile)
     loader: subprocess.Popen[str] | None = None
     try:
         assert server.stdout is not None
@@ -362,7 +374,8 @@ if __name__ == "__main__":
     if "--role" in sys.argv:
         role = sys.argv[sys.argv.index("--role") + 1]
         if role == "server":
-            serve(int(sys.argv[sys.argv.index("--events") + 1]))
+            profile = sys.argv[sys.argv.index("--profile") + 1] if "--profile" in sys.argv else None
+            serve(int(sys.argv[sys.argv.index("--events") + 1]), profile)
         else:
             load()
     else:

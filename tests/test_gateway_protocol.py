@@ -14,10 +14,14 @@ from typing import Any
 
 import orjson
 import treq
+import txaio
+from autobahn.websocket.protocol import WebSocketProtocol
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
@@ -26,7 +30,9 @@ from relaypool.gateway.facade import RelayFacade
 from relaypool.gateway.gateway import Gateway
 from relaypool.gateway.limits import GatewayLimits
 from relaypool.gateway.metrics import GatewayMetrics
+from relaypool.gateway.protocol import _HANDSHAKE_STATE, GatewayFactory
 from relaypool.gateway.publishing import RETRYING
+from relaypool.gateway.registry import ConnectionRegistry
 from relaypool.gateway.subscriptions import RECENT_IDS
 from relaypool.nostr.event import Event, generatePrivateKey
 from relaypool.nostr.filter import Filter, filtersKey
@@ -1868,3 +1874,44 @@ class AbortedClientTests(GatewayTestCase):
         client.protocol.transport.resumeProducing()
         yield client.whenClosed()
         self.assertEqual(gateway.registry.connectionCount(), 0)
+
+
+class HandshakeStateTests(SynchronousTestCase):
+    """
+    What an open L{GatewayProtocol} keeps of its handshake.
+    """
+
+    def setUp(self) -> None:
+        clock = Clock()
+        savedLoop = txaio.config.loop
+        txaio.config.loop = clock
+        self.addCleanup(setattr, txaio.config, "loop", savedLoop)
+        registry = ConnectionRegistry(reactor=clock)
+        self.pool = _FakePool()
+        facade = RelayFacade(registry, self.pool, reactor=clock)
+        self.factory = GatewayFactory(registry, facade)
+        self.factory.setProtocolOptions(closeHandshakeTimeout=0)
+
+    def test_handshakeStateShed(self) -> None:
+        """
+        Once open, the protocol holds none of the attributes only the
+        handshake reads, its instance dictionary is rebuilt at the small size
+        (at most 85 entries), and the connection still serves a C{REQ}.
+        """
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 4567))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4567))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.assertEqual(protocol.state, WebSocketProtocol.STATE_OPEN)
+        self.assertEqual([name for name in _HANDSHAKE_STATE if hasattr(protocol, name)], [])
+        self.assertLessEqual(len(protocol.__dict__), 85)
+        transport.clear()
+        payload = b'["REQ","s",{"kinds":[1]}]'
+        # A client frame is masked; an all-zero mask leaves the payload as is.
+        protocol.dataReceived(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+        self.pool.subscriptions[0].eose()
+        self.assertIn(b'["EOSE","s"]', transport.value())

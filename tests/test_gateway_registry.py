@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket.compress import PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -325,6 +326,27 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
             self.registerOpen()
         self.registry.broadcastText(b"event")
         self.assertEqual(calls, [b"event"])
+
+    def test_extensionFramesThroughAutobahn(self) -> None:
+        """
+        A connection that negotiated permessage-deflate gets its frames from
+        Autobahn, compressed (RSV1 set), not the prepared plain frame.
+        """
+        self.factory.setProtocolOptions(
+            perMessageCompressionAccept=lambda offers: PerMessageDeflateOfferAccept(offers[0])
+        )
+        protocol = self.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4567))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            _HANDSHAKE.replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+        )
+        transport.clear()
+        connId = self.registry.register(protocol)
+        self.assertTrue(self.registry.sendText(connId, b"x" * 50))
+        frame = transport.value()
+        self.assertEqual((frame[0] & 0x40, frame[0] & 0x0F), (0x40, OPCODE_TEXT))
+        self.assertLess(len(frame), 50)
 
     def test_broadcastRoom(self) -> None:
         """

@@ -52,7 +52,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -71,6 +71,7 @@ ConnId = int
 
 _log = Logger()
 
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSE_NORMAL = 1000
 _CLOSE_GOING_AWAY = 1001
 _CLOSE_POLICY_VIOLATION = 1008
@@ -167,12 +168,15 @@ class _WriteMeter:
 class _Connection:
     connId: ConnId
     protocol: Any
+    # Where its frames are written: the protocol's transport, or None if a
+    # WebSocket extension (permessage-deflate) must frame each message itself.
+    transport: Any
     claims: Claims
     meter: _WriteMeter
     lastSeen: float
-    rooms: set[Hashable] = field(default_factory=set)
+    # Made when first needed: an idle connection has none of these.
+    rooms: set[Hashable] | None = None
     closing: bool = False
-    # Made when first needed: most connections never have either.
     backlog: deque[tuple[Any, int]] | None = None
     backlogBytes: int = 0
     behindSince: float | None = None
@@ -261,7 +265,14 @@ class ConnectionRegistry(service.Service):
             # a transport that Autobahn's WebSocketResource took over.
             transport.unregisterProducer()
             transport.registerProducer(meter, True)
-        self._conns[connId] = _Connection(connId, protocol, claims, meter, self._reactor.seconds())
+        self._conns[connId] = _Connection(
+            connId,
+            protocol,
+            None if protocol.websocket_extensions_in_use else transport,
+            claims,
+            meter,
+            self._reactor.seconds(),
+        )
         return connId
 
     def unregister(self, connId: ConnId) -> None:
@@ -272,7 +283,7 @@ class ConnectionRegistry(service.Service):
         conn = self._conns.pop(connId, None)
         if conn is None:
             return
-        for room in conn.rooms:
+        for room in conn.rooms or ():
             members = self._rooms[room]
             del members[connId]
             if not members:
@@ -319,6 +330,8 @@ class ConnectionRegistry(service.Service):
         conn = self._conns.get(connId)
         if conn is None or conn.closing:
             return
+        if conn.rooms is None:
+            conn.rooms = set()
         conn.rooms.add(room)
         self._rooms.setdefault(room, {})[connId] = conn
 
@@ -331,7 +344,7 @@ class ConnectionRegistry(service.Service):
         """
         conn = self._conns.get(connId)
         members = self._rooms.get(room)
-        if conn is not None and members is not None and room in conn.rooms:
+        if conn is not None and members is not None and conn.rooms and room in conn.rooms:
             conn.rooms.discard(room)
             del members[connId]
             if not members:
@@ -355,7 +368,7 @@ class ConnectionRegistry(service.Service):
         @return: the rooms the connection is in (none if it is unknown).
         """
         conn = self._conns.get(connId)
-        return frozenset(conn.rooms) if conn is not None else frozenset()
+        return frozenset(conn.rooms or ()) if conn is not None else frozenset()
 
     # --- sending ------------------------------------------------------------
 
@@ -376,9 +389,7 @@ class ConnectionRegistry(service.Service):
         conn = self._conns.get(connId)
         if conn is None:
             return False
-        written = self._write(conn, conn.protocol.factory.prepareMessage(text), len(text))
-        self._evictOverflowing()
-        return written
+        return self._broadcast((conn,), text) == 1
 
     def broadcastText(self, text: bytes | str) -> int:
         """
@@ -421,7 +432,7 @@ class ConnectionRegistry(service.Service):
             and not conn.closing
             and not conn.backlog
             and not conn.meter.paused
-            and conn.protocol.state == WebSocketProtocol.STATE_OPEN
+            and conn.protocol.state == _STATE_OPEN
         )
 
     def notifyWritable(self, connId: ConnId, callback: Callable[[], None]) -> bool:
@@ -445,24 +456,49 @@ class ConnectionRegistry(service.Service):
         if not conns:
             return 0
         prepared = conns[0].protocol.factory.prepareMessage(text)
-        written = sum(self._write(conn, prepared, len(text)) for conn in conns)
+        frame = prepared.payloadHybi
+        size = len(text)
+        written = sent = 0
+        # The hot loop of a fan-out: the frame goes straight to each
+        # transport, not through Autobahn's sendData, whose debug log call
+        # formats its arguments for every frame.
+        for conn in conns:
+            if conn.closing or conn.protocol.state != _STATE_OPEN:
+                continue
+            written += 1
+            if conn.backlog or conn.meter.paused:
+                self._queue(conn, prepared, size)
+            elif conn.transport is not None:
+                conn.transport.write(frame)
+                sent += 1
+            else:
+                self._send(conn, prepared)
+        self._droppedDead += len(conns) - written
+        self._framesSent += sent
         self._evictOverflowing()
         return written
 
-    def _write(self, conn: _Connection, prepared: Any, size: int) -> bool:
-        if conn.closing or conn.protocol.state != WebSocketProtocol.STATE_OPEN:
-            self._droppedDead += 1
-            return False
-        if conn.backlog or conn.meter.paused:
-            if conn.backlog is None:
-                conn.backlog = deque()
-            conn.backlog.append((prepared, size))
-            conn.backlogBytes += size
-            self._checkLag(conn, self._reactor.seconds())
-            return True
-        conn.protocol.sendPreparedMessage(prepared)
+    def _queue(self, conn: _Connection, prepared: Any, size: int) -> None:
+        """
+        Queue a frame in the backlog of C{conn}, whose transport's buffer is
+        full.
+        """
+        if conn.backlog is None:
+            conn.backlog = deque()
+        conn.backlog.append((prepared, size))
+        conn.backlogBytes += size
+        self._checkLag(conn, self._reactor.seconds())
+
+    def _send(self, conn: _Connection, prepared: Any) -> None:
+        """
+        Write a frame to the transport of C{conn}, or through Autobahn when
+        an extension frames each message.
+        """
+        if conn.transport is not None:
+            conn.transport.write(prepared.payloadHybi)
+        else:
+            conn.protocol.sendPreparedMessage(prepared)
         self._framesSent += 1
-        return True
 
     def _checkLag(self, conn: _Connection, now: float) -> None:
         """
@@ -494,12 +530,10 @@ class ConnectionRegistry(service.Service):
         conn = self._conns.get(connId)
         if conn is None or conn.closing:
             return
-        protocol = conn.protocol
         while conn.backlog and not conn.meter.paused:
             prepared, size = conn.backlog.popleft()
             conn.backlogBytes -= size
-            protocol.sendPreparedMessage(prepared)
-            self._framesSent += 1
+            self._send(conn, prepared)
         self._checkLag(conn, self._reactor.seconds())
         if conn.backlog or conn.meter.paused:
             return
@@ -567,7 +601,7 @@ class ConnectionRegistry(service.Service):
         conn.drainWaiters = None
         self._closing[conn.connId] = self._reactor.seconds() + self._closeTimeout
         self._scheduleAbort()
-        if conn.protocol.state != WebSocketProtocol.STATE_OPEN:
+        if conn.protocol.state != _STATE_OPEN:
             return False
         # sendClose only accepts codes 1000 and 3000-4999.
         conn.protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
