@@ -3,7 +3,8 @@ The gateway's registry of downstream WebSocket connections and their rooms.
 
 A room is the set of connections that share one upstream subscription; a
 frame sent to a room is built once (an Autobahn prepared message) and written
-to every member. One L{LoopingCall} pings every connection and reaps the idle
+to every member's transport directly (Autobahn's C{sendData} would format a
+debug log line per frame; its C{trafficStats} do not count these frames). One L{LoopingCall} pings every connection and reaps the idle
 ones, and one timer aborts the connections that do not finish closing in time:
 no timer is kept per connection.
 
@@ -487,7 +488,8 @@ class ConnectionRegistry(service.Service):
             conn.backlog = deque()
         conn.backlog.append((prepared, size))
         conn.backlogBytes += size
-        self._checkLag(conn, self._reactor.seconds())
+        if conn.backlogBytes > self._maxPendingBytes:
+            self._checkLag(conn, self._reactor.seconds())
 
     def _send(self, conn: _Connection, prepared: Any) -> None:
         """
