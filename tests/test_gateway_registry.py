@@ -32,7 +32,12 @@ from twisted.web.server import Site
 
 from relaypool.errors import ConfigError, UnknownConnection
 from relaypool.gateway.http import GatewayResource
-from relaypool.gateway.registry import Claims, ConnectionRegistry, RegistryStats
+from relaypool.gateway.registry import (
+    DRAIN_CHUNK_BYTES,
+    Claims,
+    ConnectionRegistry,
+    RegistryStats,
+)
 
 _HANDSHAKE = (
     b"GET / HTTP/1.1\r\n"
@@ -411,14 +416,17 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
 
     def test_backlogWrittenUntilTransportFullAgain(self) -> None:
         """
-        A drained transport gets backlog frames until it reports a full
+        A drained transport gets the backlog in writes of L{DRAIN_CHUNK_BYTES}
+        (the last frame of a write may go past it) until it reports a full
         buffer again; the rest waits for the next drain.
         """
+        self.registry.setBounds(100, 30.0, 90.0, 10.0, 10 * DRAIN_CHUNK_BYTES)
         connId, transport = self.registerOpen()
         producer = transport.producer
         producer.pauseProducing()
-        for i in range(3):
-            self.registry.sendText(connId, b"%d" % i)
+        third = DRAIN_CHUNK_BYTES // 3 + 1
+        for i in range(5):
+            self.registry.sendText(connId, b"%d" % i * third)
         writes = []
         original = transport.write
 
@@ -429,8 +437,11 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
 
         transport.write = writeThenFill  # type: ignore[method-assign]
         producer.resumeProducing()
-        self.assertEqual([payload for _, payload in parseFrames(transport.value())], [b"0"])
-        self.assertEqual(self.registry.stats().bytesPending, 2)
+        self.assertEqual(
+            (len(writes), [payload[:1] for _, payload in parseFrames(transport.value())]),
+            (1, [b"0", b"1", b"2"]),
+        )
+        self.assertEqual(self.registry.stats().bytesPending, 2 * third)
 
     def test_behindForMaxLagEvicted(self) -> None:
         """

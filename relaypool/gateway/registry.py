@@ -15,7 +15,7 @@ Frames are written to a connection's transport while its write buffer is
 below the transport's high-water mark (64 KiB for TCP). Once the transport
 reports a full buffer, further frames wait in the connection's backlog, which
 holds the prepared frames (shared with the other recipients, not copied) and
-is written out when the transport drains. A burst therefore never costs a
+is written out when the transport drains, L{DRAIN_CHUNK_BYTES} at a time. A burst therefore never costs a
 client that keeps up: its backlog empties as fast as it reads.
 
 A client is evicted (close code 1008) when it stays behind the live stream:
@@ -71,6 +71,13 @@ from relaypool.errors import ConfigError, UnknownConnection
 ConnId = int
 
 _log = Logger()
+
+DRAIN_CHUNK_BYTES = 1 << 16
+"""
+How many bytes of backlog frames a drained transport gets in one write (the
+last frame may go past it): a backlog is written in a few writes, not one per
+frame, and a transport holds at most this much over its high-water mark.
+"""
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSE_NORMAL = 1000
@@ -473,7 +480,7 @@ class ConnectionRegistry(service.Service):
                 conn.transport.write(frame)
                 sent += 1
             else:
-                self._send(conn, prepared)
+                self._send(conn, [prepared])
         self._droppedDead += len(conns) - written
         self._framesSent += sent
         self._evictOverflowing()
@@ -491,16 +498,17 @@ class ConnectionRegistry(service.Service):
         if conn.backlogBytes > self._maxPendingBytes:
             self._checkLag(conn, self._reactor.seconds())
 
-    def _send(self, conn: _Connection, prepared: Any) -> None:
+    def _send(self, conn: _Connection, frames: list[Any]) -> None:
         """
-        Write a frame to the transport of C{conn}, or through Autobahn when
-        an extension frames each message.
+        Write prepared frames to the transport of C{conn} in one write, or
+        through Autobahn when an extension frames each message.
         """
         if conn.transport is not None:
-            conn.transport.write(prepared.payloadHybi)
+            conn.transport.write(b"".join([prepared.payloadHybi for prepared in frames]))
         else:
-            conn.protocol.sendPreparedMessage(prepared)
-        self._framesSent += 1
+            for prepared in frames:
+                conn.protocol.sendPreparedMessage(prepared)
+        self._framesSent += len(frames)
 
     def _checkLag(self, conn: _Connection, now: float) -> None:
         """
@@ -525,17 +533,23 @@ class ConnectionRegistry(service.Service):
 
     def _drained(self, connId: ConnId) -> None:
         """
-        The connection's transport wrote out its buffer: write its backlog
-        until the transport is full again, then, if the backlog is empty,
-        call the senders waiting for it.
+        The connection's transport wrote out its buffer: write its backlog,
+        L{DRAIN_CHUNK_BYTES} at a time, until the transport is full again,
+        then, if the backlog is empty, call the senders waiting for it.
         """
         conn = self._conns.get(connId)
         if conn is None or conn.closing:
             return
-        while conn.backlog and not conn.meter.paused:
-            prepared, size = conn.backlog.popleft()
-            conn.backlogBytes -= size
-            self._send(conn, prepared)
+        backlog = conn.backlog
+        while backlog and not conn.meter.paused:
+            frames = []
+            chunkBytes = 0
+            while backlog and chunkBytes < DRAIN_CHUNK_BYTES:
+                prepared, size = backlog.popleft()
+                frames.append(prepared)
+                chunkBytes += size
+            conn.backlogBytes -= chunkBytes
+            self._send(conn, frames)
         self._checkLag(conn, self._reactor.seconds())
         if conn.backlog or conn.meter.paused:
             return
@@ -730,4 +744,4 @@ class ConnectionRegistry(service.Service):
         )
 
 
-__all__ = ["Claims", "ConnId", "ConnectionRegistry", "RegistryStats"]
+__all__ = ["DRAIN_CHUNK_BYTES", "Claims", "ConnId", "ConnectionRegistry", "RegistryStats"]
