@@ -1882,7 +1882,7 @@ class HandshakeStateTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        clock = Clock()
+        self.clock = clock = Clock()
         savedLoop = txaio.config.loop
         txaio.config.loop = clock
         self.addCleanup(setattr, txaio.config, "loop", savedLoop)
@@ -1914,4 +1914,5 @@ class HandshakeStateTests(SynchronousTestCase):
         # A client frame is masked; an all-zero mask leaves the payload as is.
         protocol.dataReceived(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
         self.pool.subscriptions[0].eose()
+        self.clock.advance(0)
         self.assertIn(b'["EOSE","s"]', transport.value())

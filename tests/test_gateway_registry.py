@@ -265,6 +265,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         """
         connId, transport = self.registerOpen()
         self.assertTrue(self.registry.sendText(connId, b'["NOTICE","hi"]'))
+        self.clock.advance(0)
         self.assertEqual(parseFrames(transport.value()), [(OPCODE_TEXT, b'["NOTICE","hi"]')])
 
     def test_sendTextStr(self) -> None:
@@ -278,6 +279,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         self.assertTrue(self.registry.sendText(connId, '["NOTICE","h\u00e9"]'))
         self.assertEqual(self.registry.broadcastText("\u00e9v"), 1)
         self.assertEqual(self.registry.broadcastRoomText("r", "room"), 1)
+        self.clock.advance(0)
         self.assertEqual(
             parseFrames(transport.value()),
             [
@@ -316,6 +318,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         """
         transports = [self.registerOpen()[1] for _ in range(3)]
         self.assertEqual(self.registry.broadcastText(b"event"), 3)
+        self.clock.advance(0)
         self.assertEqual(
             [parseFrames(t.value()) for t in transports], [[(OPCODE_TEXT, b"event")]] * 3
         )
@@ -362,9 +365,82 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         _, otherTransport = self.registerOpen()
         self.registry.joinRoom(member, "r")
         self.assertEqual(self.registry.broadcastRoomText("r", b"event"), 1)
+        self.clock.advance(0)
         self.assertEqual(
             (parseFrames(memberTransport.value()), otherTransport.value()),
             ([(OPCODE_TEXT, b"event")], b""),
+        )
+
+    def test_oneWritePerTurn(self) -> None:
+        """
+        The frames written to a connection in one reactor turn reach its
+        transport in one write, in order, at the end of the turn.
+        """
+        connId, transport = self.registerOpen()
+        self.registry.joinRoom(connId, "r")
+        writes: list[bytes] = []
+        original = transport.write
+        transport.write = lambda data: writes.append(data) or original(data)  # type: ignore[method-assign]
+        self.registry.sendText(connId, b"1")
+        self.registry.broadcastRoomText("r", b"2")
+        self.registry.broadcastText(b"3")
+        self.assertEqual(writes, [])
+        self.clock.advance(0)
+        self.assertEqual(
+            (len(writes), parseFrames(transport.value())),
+            (1, [(OPCODE_TEXT, b"1"), (OPCODE_TEXT, b"2"), (OPCODE_TEXT, b"3")]),
+        )
+
+    def test_turnWritesChunked(self) -> None:
+        """
+        Frames written in one turn are handed to the transport as soon as
+        they reach L{DRAIN_CHUNK_BYTES}, not held to the end of the turn.
+        """
+        connId, transport = self.registerOpen()
+        frame = b"x" * (DRAIN_CHUNK_BYTES // 2)
+        self.registry.sendText(connId, frame)
+        self.assertEqual(transport.value(), b"")
+        self.registry.sendText(connId, frame)
+        self.assertEqual(parseFrames(transport.value()), [(OPCODE_TEXT, frame)] * 2)
+
+    def test_closeWritesTurnFirst(self) -> None:
+        """
+        A connection the registry closes gets the frames written to it in
+        the turn before its Close frame.
+        """
+        connId, transport = self.registerOpen()
+        self.registry.sendText(connId, b"last")
+        self.registry.closeAll()
+        self.clock.advance(0)
+        self.assertEqual(
+            [opcode for opcode, _ in parseFrames(transport.value())], [OPCODE_TEXT, OPCODE_CLOSE]
+        )
+
+    def test_closedByClientDropsTurn(self) -> None:
+        """
+        The frames written in a turn to a connection whose client closed it
+        meanwhile are not written after the Close frame.
+        """
+        protocol, transport = self.openProtocol()
+        connId = self.registry.register(protocol)
+        self.registry.sendText(connId, b"late")
+        protocol.sendCloseFrame(code=1000)
+        self.clock.advance(0)
+        self.assertEqual([opcode for opcode, _ in parseFrames(transport.value())], [OPCODE_CLOSE])
+
+    def test_stopLeavesNoTimer(self) -> None:
+        """
+        Stopping the registry writes each connection's frames before its
+        Close frame and leaves no end-of-turn call behind (only the timer that
+        aborts the connections that do not finish closing).
+        """
+        self.registry.startService()
+        connId, transport = self.registerOpen()
+        self.registry.sendText(connId, b"last")
+        self.registry.stopService()
+        self.assertEqual(
+            ([opcode for opcode, _ in parseFrames(transport.value())], len(self.clock.getDelayedCalls())),
+            ([OPCODE_TEXT, OPCODE_CLOSE], 1),
         )
 
     def test_broadcastUnknownRoom(self) -> None:
@@ -387,6 +463,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         deadProtocol.connectionLost(Failure(ConnectionDone()))
         with capturedLogs() as events:
             written = self.registry.broadcastRoomText("r", b"event")
+            self.clock.advance(0)
         self.assertEqual(
             (written, parseFrames(liveTransport.value()), events),
             (1, [(OPCODE_TEXT, b"event")], []),
@@ -459,6 +536,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         self.clock.advance(0.1)
         with capturedLogs() as events:
             self.assertEqual(self.registry.broadcastText(b"z" * 10), 2)
+        self.clock.advance(0)
         reason = b"slow client: more than 100 bytes behind for 10 s"
         self.assertEqual(
             parseFrames(slowTransport.value()), [(OPCODE_CLOSE, struct.pack("!H", 1008) + reason)]

@@ -187,6 +187,10 @@ class _Connection:
     closing: bool = False
     backlog: deque[tuple[Any, int]] | None = None
     backlogBytes: int = 0
+    # The frames written in this reactor turn, handed to the transport in one
+    # write at the end of the turn (or once they reach DRAIN_CHUNK_BYTES).
+    pending: list[bytes] | None = None
+    pendingBytes: int = 0
     behindSince: float | None = None
     drainWaiters: list[Callable[[], None]] | None = None
 
@@ -236,6 +240,8 @@ class ConnectionRegistry(service.Service):
         self._closing: dict[ConnId, float] = {}
         self._abortCall: IDelayedCall | None = None
         self._overflowing: list[tuple[_Connection, str]] = []
+        self._dirty: list[_Connection] = []
+        self._flushCall: IDelayedCall | None = None
         self._emptyWaiters: list[Deferred[None]] = []
         self._evictedSlow = 0
         self._reapedIdle = 0
@@ -291,6 +297,7 @@ class ConnectionRegistry(service.Service):
         conn = self._conns.pop(connId, None)
         if conn is None:
             return
+        conn.pending = None
         for room in conn.rooms or ():
             members = self._rooms[room]
             del members[connId]
@@ -465,32 +472,73 @@ class ConnectionRegistry(service.Service):
             return 0
         prepared = conns[0].protocol.factory.prepareMessage(text)
         frame = prepared.payloadHybi
+        frameSize = len(frame)
         size = len(text)
         written = sent = 0
-        # The hot loop of a fan-out: the frame goes straight to each
-        # transport, not through Autobahn's sendData, whose debug log call
-        # formats its arguments for every frame.
+        dirty = self._dirty
+        # The hot loop of a fan-out. A frame is not handed to each transport
+        # at once (a transport write costs more than the rest of this loop):
+        # it joins the frames written to the connection in this reactor turn,
+        # which _flush writes in one piece at the end of the turn, when the
+        # transport would have sent it anyway.
         for conn in conns:
             if conn.closing or conn.protocol.state != _STATE_OPEN:
                 continue
             written += 1
             if conn.backlog or conn.meter.paused:
                 self._queue(conn, prepared, size)
-            elif conn.transport is not None:
-                conn.transport.write(frame)
-                sent += 1
-            else:
+                continue
+            if conn.transport is None:
                 self._send(conn, [prepared])
+                continue
+            sent += 1
+            pending = conn.pending
+            if pending is None:
+                conn.pending = [frame]
+                conn.pendingBytes = frameSize
+                dirty.append(conn)
+            else:
+                pending.append(frame)
+                conn.pendingBytes += frameSize
+                if conn.pendingBytes >= DRAIN_CHUNK_BYTES:
+                    self._writePending(conn)
+        if dirty and self._flushCall is None:
+            self._flushCall = self._reactor.callLater(0, self._flush)
         self._droppedDead += len(conns) - written
         self._framesSent += sent
         self._evictOverflowing()
         return written
+
+    def _writePending(self, conn: _Connection) -> None:
+        """
+        Hand the frames written to C{conn} in this turn to its transport, in
+        one write.
+        """
+        pending = conn.pending
+        conn.pending = None
+        conn.pendingBytes = 0
+        if pending and conn.protocol.state == _STATE_OPEN:
+            conn.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def _flush(self) -> None:
+        """
+        The end of a reactor turn: write what each connection got in it.
+        """
+        self._flushCall = None
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            if conn.pending is not None:
+                self._writePending(conn)
 
     def _queue(self, conn: _Connection, prepared: Any, size: int) -> None:
         """
         Queue a frame in the backlog of C{conn}, whose transport's buffer is
         full.
         """
+        if conn.pending is not None:
+            # Written before the transport filled (an Autobahn control
+            # frame filled it): they go first.
+            self._writePending(conn)
         if conn.backlog is None:
             conn.backlog = deque()
         conn.backlog.append((prepared, size))
@@ -611,6 +659,8 @@ class ConnectionRegistry(service.Service):
         return sent
 
     def _beginClose(self, conn: _Connection, code: int, reason: str) -> bool:
+        if conn.pending is not None:
+            self._writePending(conn)
         conn.closing = True
         conn.backlog = None
         conn.backlogBytes = 0
@@ -722,6 +772,11 @@ class ConnectionRegistry(service.Service):
             self._sweeper.stop()
         self._sweeper = None
         self.closeAll()
+        if self._flushCall is not None:
+            # closeAll wrote every connection's frames.
+            self._flushCall.cancel()
+            self._flushCall = None
+            self._dirty = []
         if not self._conns:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
