@@ -3,10 +3,16 @@ The gateway's registry of downstream WebSocket connections and their rooms.
 
 A room is the set of connections that share one upstream subscription; a
 frame sent to a room is built once (an Autobahn prepared message) and written
-to every member's transport directly (Autobahn's C{sendData} would format a
-debug log line per frame; its C{trafficStats} do not count these frames). One L{LoopingCall} pings every connection and reaps the idle
-ones, and one timer aborts the connections that do not finish closing in time:
-no timer is kept per connection.
+to every member. The frames a connection gets in one reactor turn are handed
+to its transport in one write at the end of the turn (one C{callLater(0)} for
+all connections; the transport would not send before then anyway), or as
+soon as they reach L{DRAIN_CHUNK_BYTES}; a transport write costs more than
+the rest of a recipient's share of a fan-out. They go to the transport
+directly, not through Autobahn's C{sendData} (which formats a debug log line
+per frame; its C{trafficStats} do not count them), unless the connection
+uses a WebSocket extension. One L{LoopingCall} pings every connection and
+reaps the idle ones, and one timer aborts the connections that do not finish
+closing in time: no timer is kept per connection.
 
 Slow readers
 ============
@@ -15,8 +21,11 @@ Frames are written to a connection's transport while its write buffer is
 below the transport's high-water mark (64 KiB for TCP). Once the transport
 reports a full buffer, further frames wait in the connection's backlog, which
 holds the prepared frames (shared with the other recipients, not copied) and
-is written out when the transport drains, L{DRAIN_CHUNK_BYTES} at a time. A burst therefore never costs a
-client that keeps up: its backlog empties as fast as it reads.
+is written out when the transport drains, L{DRAIN_CHUNK_BYTES} at a time. A
+burst therefore never costs a client that keeps up: its backlog empties as
+fast as it reads. A transport holds at most L{DRAIN_CHUNK_BYTES} over its
+high-water mark, and a connection at most that much written in the current
+turn and not yet handed to the transport.
 
 A client is evicted (close code 1008) when it stays behind the live stream:
 its backlog has held more than C{maxPendingBytes} for C{maxLag} seconds, or
