@@ -154,20 +154,33 @@ class RegistryStats:
 
 
 @implementer(IPushProducer)
-class _WriteMeter:
+@dataclass(slots=True, eq=False)
+class _Connection:
     """
-    Registered as a connection transport's streaming producer, so that the
-    transport tells it when its write buffer is over its high-water mark
-    (paused) and when the buffer drained (resumed: the registry then writes
-    the connection's backlog).
+    A registered connection. It is its transport's streaming producer, so
+    that the transport tells it when its write buffer is over its high-water
+    mark (paused) and when the buffer drained (resumed: the registry then
+    writes the connection's backlog).
     """
 
-    __slots__ = ("connId", "paused", "registry")
-
-    def __init__(self, registry: ConnectionRegistry, connId: ConnId) -> None:
-        self.paused = False
-        self.registry = registry
-        self.connId = connId
+    connId: ConnId
+    protocol: Any
+    # Where its frames are written: the protocol's transport, or None if a
+    # WebSocket extension (permessage-deflate) must frame each message itself.
+    transport: Any
+    claims: Claims
+    registry: ConnectionRegistry
+    lastSeen: float
+    paused: bool = False
+    # Made when first needed: an idle connection has none of these.
+    rooms: set[Hashable] | None = None
+    closing: bool = False
+    backlog: deque[tuple[Any, int]] | None = None
+    backlogBytes: int = 0
+    # The frames written in this reactor turn, handed to the transport in one
+    # write at the end of the turn (or once they reach DRAIN_CHUNK_BYTES).
+    pending: list[bytes] | None = None
+    pendingBytes: int = 0
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -179,27 +192,6 @@ class _WriteMeter:
     def stopProducing(self) -> None:
         # The connection is lost; unregister() forgets its backlog.
         self.paused = True
-
-
-@dataclass(slots=True, eq=False)
-class _Connection:
-    connId: ConnId
-    protocol: Any
-    # Where its frames are written: the protocol's transport, or None if a
-    # WebSocket extension (permessage-deflate) must frame each message itself.
-    transport: Any
-    claims: Claims
-    meter: _WriteMeter
-    lastSeen: float
-    # Made when first needed: an idle connection has none of these.
-    rooms: set[Hashable] | None = None
-    closing: bool = False
-    backlog: deque[tuple[Any, int]] | None = None
-    backlogBytes: int = 0
-    # The frames written in this reactor turn, handed to the transport in one
-    # write at the end of the turn (or once they reach DRAIN_CHUNK_BYTES).
-    pending: list[bytes] | None = None
-    pendingBytes: int = 0
     behindSince: float | None = None
     drainWaiters: list[Callable[[], None]] | None = None
 
@@ -279,24 +271,23 @@ class ConnectionRegistry(service.Service):
         transport = protocol.transport
         if claims is None:
             claims = Claims(ip=getattr(transport.getPeer(), "host", None))
-        connId = next(self._ids)
-        meter = _WriteMeter(self, connId)
+        conn = _Connection(
+            next(self._ids),
+            protocol,
+            None if protocol.websocket_extensions_in_use else transport,
+            claims,
+            self,
+            self._reactor.seconds(),
+        )
         try:
-            transport.registerProducer(meter, True)
+            transport.registerProducer(conn, True)
         except RuntimeError:
             # twisted.web's HTTPChannel stays registered as the producer of
             # a transport that Autobahn's WebSocketResource took over.
             transport.unregisterProducer()
-            transport.registerProducer(meter, True)
-        self._conns[connId] = _Connection(
-            connId,
-            protocol,
-            None if protocol.websocket_extensions_in_use else transport,
-            claims,
-            meter,
-            self._reactor.seconds(),
-        )
-        return connId
+            transport.registerProducer(conn, True)
+        self._conns[conn.connId] = conn
+        return conn.connId
 
     def unregister(self, connId: ConnId) -> None:
         """
@@ -455,7 +446,7 @@ class ConnectionRegistry(service.Service):
             conn is not None
             and not conn.closing
             and not conn.backlog
-            and not conn.meter.paused
+            and not conn.paused
             and conn.protocol.state == _STATE_OPEN
         )
 
@@ -494,23 +485,24 @@ class ConnectionRegistry(service.Service):
             if conn.closing or conn.protocol.state != _STATE_OPEN:
                 continue
             written += 1
-            if conn.backlog or conn.meter.paused:
-                self._queue(conn, prepared, size)
-                continue
-            if conn.transport is None:
-                self._send(conn, [prepared])
-                continue
-            sent += 1
             pending = conn.pending
-            if pending is None:
-                conn.pending = [frame]
-                conn.pendingBytes = frameSize
-                dirty.append(conn)
-            else:
+            if pending is not None:
+                # Whatever the transport said since: it gets these first.
                 pending.append(frame)
                 conn.pendingBytes += frameSize
                 if conn.pendingBytes >= DRAIN_CHUNK_BYTES:
                     self._writePending(conn)
+            elif conn.backlog or conn.paused:
+                self._queue(conn, prepared, size)
+                continue
+            elif conn.transport is None:
+                self._send(conn, [prepared])
+                continue
+            else:
+                conn.pending = [frame]
+                conn.pendingBytes = frameSize
+                dirty.append(conn)
+            sent += 1
         if dirty and self._flushCall is None:
             self._flushCall = self._reactor.callLater(0, self._flush)
         self._droppedDead += len(conns) - written
@@ -598,7 +590,7 @@ class ConnectionRegistry(service.Service):
         if conn is None or conn.closing:
             return
         backlog = conn.backlog
-        while backlog and not conn.meter.paused:
+        while backlog and not conn.paused:
             frames = []
             chunkBytes = 0
             while backlog and chunkBytes < DRAIN_CHUNK_BYTES:
@@ -608,7 +600,7 @@ class ConnectionRegistry(service.Service):
             conn.backlogBytes -= chunkBytes
             self._send(conn, frames)
         self._checkLag(conn, self._reactor.seconds())
-        if conn.backlog or conn.meter.paused:
+        if conn.backlog or conn.paused:
             return
         conn.backlog = None
         waiters, conn.drainWaiters = conn.drainWaiters or [], None
