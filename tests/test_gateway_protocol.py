@@ -6,7 +6,9 @@ facade, L{relaypool.gateway.protocol}), driven by real WebSocket clients on
 
 from __future__ import annotations
 
+import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -1916,3 +1918,23 @@ class HandshakeStateTests(SynchronousTestCase):
         self.pool.subscriptions[0].eose()
         self.clock.advance(0)
         self.assertIn(b'["EOSE","s"]', transport.value())
+
+    def test_smallSendQueue(self) -> None:
+        """
+        Once open, the protocol's queue of chopped writes takes less memory
+        than Autobahn's empty deque and still works.
+        """
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 4567))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4567))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.assertLess(sys.getsizeof(protocol.send_queue), sys.getsizeof(deque()))
+        transport.clear()
+        protocol.sendData(b"abc", chopsize=1)
+        for _ in range(4):
+            self.clock.advance(1)
+        self.assertEqual(transport.value(), b"abc")
