@@ -140,13 +140,17 @@ _HANDSHAKE = (
 )
 
 
-def _maskedText(payload: bytes) -> bytes:
+def _masked(first: int, payload: bytes) -> bytes:
     # A client frame must be masked; an all-zero mask leaves the payload as is.
     if len(payload) < 126:
-        header = struct.pack("!BB", 0x81, 0x80 | len(payload))
+        header = struct.pack("!BB", first, 0x80 | len(payload))
     else:
-        header = struct.pack("!BBH", 0x81, 0x80 | 126, len(payload))
+        header = struct.pack("!BBH", first, 0x80 | 126, len(payload))
     return header + b"\x00\x00\x00\x00" + payload
+
+
+def _maskedText(payload: bytes) -> bytes:
+    return _masked(0x81, payload)
 
 
 def load() -> None:
@@ -208,7 +212,11 @@ def load() -> None:
                     start = offset + 10
                 if start + length > size:
                     break
-                if buffer[start + 2 : start + 7] == b"EVENT":
+                if buffer[offset] & 0x0F == 0x9:
+                    # A ping: answer it, or the server's idle sweep closes
+                    # a client that only listens through a long fan-out.
+                    self.transport.write(_masked(0x8A, buffer[start : start + length]))
+                elif buffer[start + 2 : start + 7] == b"EVENT":
                     frames += 1
                 elif buffer[start + 2 : start + 6] == b"EOSE":
                     state["eosed"] += 1
