@@ -6,7 +6,9 @@ facade, L{relaypool.gateway.protocol}), driven by real WebSocket clients on
 
 from __future__ import annotations
 
+import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -14,10 +16,16 @@ from typing import Any
 
 import orjson
 import treq
+import txaio
+from autobahn.websocket.protocol import WebSocketProtocol
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import HTTPConnectionPool
 
@@ -26,7 +34,9 @@ from relaypool.gateway.facade import RelayFacade
 from relaypool.gateway.gateway import Gateway
 from relaypool.gateway.limits import GatewayLimits
 from relaypool.gateway.metrics import GatewayMetrics
+from relaypool.gateway.protocol import _HANDSHAKE_STATE, GatewayFactory
 from relaypool.gateway.publishing import RETRYING
+from relaypool.gateway.registry import ConnectionRegistry
 from relaypool.gateway.subscriptions import RECENT_IDS
 from relaypool.nostr.event import Event, generatePrivateKey
 from relaypool.nostr.filter import Filter, filtersKey
@@ -1868,3 +1878,103 @@ class AbortedClientTests(GatewayTestCase):
         client.protocol.transport.resumeProducing()
         yield client.whenClosed()
         self.assertEqual(gateway.registry.connectionCount(), 0)
+
+
+def _maskedText(payload: bytes) -> bytes:
+    """
+    A short client text frame; an all-zero mask leaves the payload as is.
+    """
+    return bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+class MemoryProtocolTests(SynchronousTestCase):
+    """
+    L{GatewayProtocol}s over memory transports, with a real registry, a
+    fake pool and a clock: what an open one keeps of its handshake, and how
+    members leave.
+    """
+
+    def setUp(self) -> None:
+        self.clock = clock = Clock()
+        savedLoop = txaio.config.loop
+        txaio.config.loop = clock
+        self.addCleanup(setattr, txaio.config, "loop", savedLoop)
+        registry = ConnectionRegistry(reactor=clock)
+        self.pool = _FakePool()
+        facade = RelayFacade(registry, self.pool, reactor=clock)
+        self.factory = GatewayFactory(registry, facade)
+        self.factory.setProtocolOptions(closeHandshakeTimeout=0)
+
+    def openClient(self) -> tuple[Any, StringTransport]:
+        """
+        @return: an open L{GatewayProtocol} and its transport.
+        """
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 4567))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4567))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        return protocol, transport
+
+    def test_handshakeStateShed(self) -> None:
+        """
+        Once open, the protocol holds none of the attributes only the
+        handshake reads, its instance dictionary is rebuilt at the small size
+        (at most 85 entries), and the connection still serves a C{REQ}.
+        """
+        protocol, transport = self.openClient()
+        self.assertEqual(protocol.state, WebSocketProtocol.STATE_OPEN)
+        self.assertEqual([name for name in _HANDSHAKE_STATE if hasattr(protocol, name)], [])
+        self.assertLessEqual(len(protocol.__dict__), 85)
+        transport.clear()
+        protocol.dataReceived(_maskedText(b'["REQ","s",{"kinds":[1]}]'))
+        self.pool.subscriptions[0].eose()
+        self.clock.advance(0)
+        self.assertIn(b'["EOSE","s"]', transport.value())
+
+    def test_abortedMembersLeave(self) -> None:
+        """
+        Members of one room that the registry aborts together (they did not
+        answer its Close frame) leave cleanly when their connections are
+        lost: the registry unregistered them all first, yet each leaves, the
+        upstream subscription closes, and their IPs are uncounted.
+        """
+        protocols = [self.openClient() for _ in range(3)]
+        for protocol, _ in protocols:
+            protocol.dataReceived(_maskedText(b'["REQ","s",{"kinds":[1]}]'))
+        self.pool.subscriptions[0].eose()
+        for query in self.pool.queries:
+            query.callback([])
+        self.assertEqual(
+            (self.factory.registry.roomCount(), self.factory.facade.subscriptions.catchingUpCount()),
+            (1, 0),
+        )
+        self.factory.registry.closeAll()
+        self.clock.advance(10)
+        self.assertEqual(self.factory.registry.connectionCount(), 0)
+        for protocol, _ in protocols:
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(
+            (
+                self.factory.facade.subscriptions.sharedCount(),
+                self.pool.subscriptions[0].closed,
+                self.factory.connectionsFrom("10.1.2.3"),
+            ),
+            (0, True, 0),
+        )
+
+    def test_smallSendQueue(self) -> None:
+        """
+        Once open, the protocol's queue of chopped writes takes less memory
+        than Autobahn's empty deque and still works.
+        """
+        protocol, transport = self.openClient()
+        self.assertLess(sys.getsizeof(protocol.send_queue), sys.getsizeof(deque()))
+        transport.clear()
+        protocol.sendData(b"abc", chopsize=1)
+        for _ in range(4):
+            self.clock.advance(1)
+        self.assertEqual(transport.value(), b"abc")

@@ -14,6 +14,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket.compress import PerMessageDeflateOfferAccept
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -31,7 +32,12 @@ from twisted.web.server import Site
 
 from relaypool.errors import ConfigError, UnknownConnection
 from relaypool.gateway.http import GatewayResource
-from relaypool.gateway.registry import Claims, ConnectionRegistry, RegistryStats
+from relaypool.gateway.registry import (
+    DRAIN_CHUNK_BYTES,
+    Claims,
+    ConnectionRegistry,
+    RegistryStats,
+)
 
 _HANDSHAKE = (
     b"GET / HTTP/1.1\r\n"
@@ -259,6 +265,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         """
         connId, transport = self.registerOpen()
         self.assertTrue(self.registry.sendText(connId, b'["NOTICE","hi"]'))
+        self.clock.advance(0)
         self.assertEqual(parseFrames(transport.value()), [(OPCODE_TEXT, b'["NOTICE","hi"]')])
 
     def test_sendTextStr(self) -> None:
@@ -272,6 +279,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         self.assertTrue(self.registry.sendText(connId, '["NOTICE","h\u00e9"]'))
         self.assertEqual(self.registry.broadcastText("\u00e9v"), 1)
         self.assertEqual(self.registry.broadcastRoomText("r", "room"), 1)
+        self.clock.advance(0)
         self.assertEqual(
             parseFrames(transport.value()),
             [
@@ -310,6 +318,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         """
         transports = [self.registerOpen()[1] for _ in range(3)]
         self.assertEqual(self.registry.broadcastText(b"event"), 3)
+        self.clock.advance(0)
         self.assertEqual(
             [parseFrames(t.value()) for t in transports], [[(OPCODE_TEXT, b"event")]] * 3
         )
@@ -326,6 +335,27 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         self.registry.broadcastText(b"event")
         self.assertEqual(calls, [b"event"])
 
+    def test_extensionFramesThroughAutobahn(self) -> None:
+        """
+        A connection that negotiated permessage-deflate gets its frames from
+        Autobahn, compressed (RSV1 set), not the prepared plain frame.
+        """
+        self.factory.setProtocolOptions(
+            perMessageCompressionAccept=lambda offers: PerMessageDeflateOfferAccept(offers[0])
+        )
+        protocol = self.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4567))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(
+            _HANDSHAKE.replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+        )
+        transport.clear()
+        connId = self.registry.register(protocol)
+        self.assertTrue(self.registry.sendText(connId, b"x" * 50))
+        frame = transport.value()
+        self.assertEqual((frame[0] & 0x40, frame[0] & 0x0F), (0x40, OPCODE_TEXT))
+        self.assertLess(len(frame), 50)
+
     def test_broadcastRoom(self) -> None:
         """
         L{ConnectionRegistry.broadcastRoomText} writes only to the room's
@@ -335,9 +365,82 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         _, otherTransport = self.registerOpen()
         self.registry.joinRoom(member, "r")
         self.assertEqual(self.registry.broadcastRoomText("r", b"event"), 1)
+        self.clock.advance(0)
         self.assertEqual(
             (parseFrames(memberTransport.value()), otherTransport.value()),
             ([(OPCODE_TEXT, b"event")], b""),
+        )
+
+    def test_oneWritePerTurn(self) -> None:
+        """
+        The frames written to a connection in one reactor turn reach its
+        transport in one write, in order, at the end of the turn.
+        """
+        connId, transport = self.registerOpen()
+        self.registry.joinRoom(connId, "r")
+        writes: list[bytes] = []
+        original = transport.write
+        transport.write = lambda data: writes.append(data) or original(data)  # type: ignore[method-assign]
+        self.registry.sendText(connId, b"1")
+        self.registry.broadcastRoomText("r", b"2")
+        self.registry.broadcastText(b"3")
+        self.assertEqual(writes, [])
+        self.clock.advance(0)
+        self.assertEqual(
+            (len(writes), parseFrames(transport.value())),
+            (1, [(OPCODE_TEXT, b"1"), (OPCODE_TEXT, b"2"), (OPCODE_TEXT, b"3")]),
+        )
+
+    def test_turnWritesChunked(self) -> None:
+        """
+        Frames written in one turn are handed to the transport as soon as
+        they reach L{DRAIN_CHUNK_BYTES}, not held to the end of the turn.
+        """
+        connId, transport = self.registerOpen()
+        frame = b"x" * (DRAIN_CHUNK_BYTES // 2)
+        self.registry.sendText(connId, frame)
+        self.assertEqual(transport.value(), b"")
+        self.registry.sendText(connId, frame)
+        self.assertEqual(parseFrames(transport.value()), [(OPCODE_TEXT, frame)] * 2)
+
+    def test_closeWritesTurnFirst(self) -> None:
+        """
+        A connection the registry closes gets the frames written to it in
+        the turn before its Close frame.
+        """
+        connId, transport = self.registerOpen()
+        self.registry.sendText(connId, b"last")
+        self.registry.closeAll()
+        self.clock.advance(0)
+        self.assertEqual(
+            [opcode for opcode, _ in parseFrames(transport.value())], [OPCODE_TEXT, OPCODE_CLOSE]
+        )
+
+    def test_closedByClientDropsTurn(self) -> None:
+        """
+        The frames written in a turn to a connection whose client closed it
+        meanwhile are not written after the Close frame.
+        """
+        protocol, transport = self.openProtocol()
+        connId = self.registry.register(protocol)
+        self.registry.sendText(connId, b"late")
+        protocol.sendCloseFrame(code=1000)
+        self.clock.advance(0)
+        self.assertEqual([opcode for opcode, _ in parseFrames(transport.value())], [OPCODE_CLOSE])
+
+    def test_stopLeavesNoTimer(self) -> None:
+        """
+        Stopping the registry writes each connection's frames before its
+        Close frame and leaves no end-of-turn call behind (only the timer that
+        aborts the connections that do not finish closing).
+        """
+        self.registry.startService()
+        connId, transport = self.registerOpen()
+        self.registry.sendText(connId, b"last")
+        self.registry.stopService()
+        self.assertEqual(
+            ([opcode for opcode, _ in parseFrames(transport.value())], len(self.clock.getDelayedCalls())),
+            ([OPCODE_TEXT, OPCODE_CLOSE], 1),
         )
 
     def test_broadcastUnknownRoom(self) -> None:
@@ -360,6 +463,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         deadProtocol.connectionLost(Failure(ConnectionDone()))
         with capturedLogs() as events:
             written = self.registry.broadcastRoomText("r", b"event")
+            self.clock.advance(0)
         self.assertEqual(
             (written, parseFrames(liveTransport.value()), events),
             (1, [(OPCODE_TEXT, b"event")], []),
@@ -389,14 +493,17 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
 
     def test_backlogWrittenUntilTransportFullAgain(self) -> None:
         """
-        A drained transport gets backlog frames until it reports a full
+        A drained transport gets the backlog in writes of L{DRAIN_CHUNK_BYTES}
+        (the last frame of a write may go past it) until it reports a full
         buffer again; the rest waits for the next drain.
         """
+        self.registry.setBounds(100, 30.0, 90.0, 10.0, 10 * DRAIN_CHUNK_BYTES)
         connId, transport = self.registerOpen()
         producer = transport.producer
         producer.pauseProducing()
-        for i in range(3):
-            self.registry.sendText(connId, b"%d" % i)
+        third = DRAIN_CHUNK_BYTES // 3 + 1
+        for i in range(5):
+            self.registry.sendText(connId, b"%d" % i * third)
         writes = []
         original = transport.write
 
@@ -407,8 +514,11 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
 
         transport.write = writeThenFill  # type: ignore[method-assign]
         producer.resumeProducing()
-        self.assertEqual([payload for _, payload in parseFrames(transport.value())], [b"0"])
-        self.assertEqual(self.registry.stats().bytesPending, 2)
+        self.assertEqual(
+            (len(writes), [payload[:1] for _, payload in parseFrames(transport.value())]),
+            (1, [b"0", b"1", b"2"]),
+        )
+        self.assertEqual(self.registry.stats().bytesPending, 2 * third)
 
     def test_behindForMaxLagEvicted(self) -> None:
         """
@@ -426,6 +536,7 @@ class SendTests(_MemoryFixture, SynchronousTestCase):
         self.clock.advance(0.1)
         with capturedLogs() as events:
             self.assertEqual(self.registry.broadcastText(b"z" * 10), 2)
+        self.clock.advance(0)
         reason = b"slow client: more than 100 bytes behind for 10 s"
         self.assertEqual(
             parseFrames(slowTransport.value()), [(OPCODE_CLOSE, struct.pack("!H", 1008) + reason)]

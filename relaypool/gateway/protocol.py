@@ -27,6 +27,38 @@ the two sizes is answered with a C{NOTICE} and the connection stays usable.
 """
 
 
+_HANDSHAKE_STATE = (
+    "_wskey",
+    "http_headers",
+    "http_request_data",
+    "http_request_host",
+    "http_request_params",
+    "http_request_path",
+    "http_request_uri",
+    "http_response_data",
+    "http_status_line",
+    "websocket_extensions",
+    "websocket_origin",
+    "websocket_protocols",
+    "_host",
+    "_secure",
+)
+"""
+The attributes that Autobahn's server handshake (and L{GatewayProtocol}'s
+C{onConnect}) leave on a protocol and nothing reads once it is open.
+"""
+
+
+class _SendQueue(list[Any]):
+    """
+    Autobahn's queue of chopped or synchronous writes, which the gateway
+    never makes: an empty list takes 56 bytes where an empty deque takes 760.
+    """
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 class GatewayProtocol(WebSocketServerProtocol):
     """
     One downstream WebSocket connection: registers with the registry and
@@ -63,6 +95,22 @@ class GatewayProtocol(WebSocketServerProtocol):
         factory = self.factory
         connId = factory.registry.register(self, Claims(ip=self._ip))
         self._session = factory.facade.connect(connId, self._host, self._secure)
+        self._shedHandshakeState()
+
+    def _shedHandshakeState(self) -> None:
+        """
+        Drop what only the handshake needed and rebuild the instance
+        dictionary at its new size: an Autobahn protocol holds about a hundred
+        attributes, and a dictionary never shrinks by itself (a dictionary of
+        86 to 170 entries takes 3.3 KB, one of up to 85 takes 1.6 KB). Swap
+        Autobahn's empty write queue for a smaller one.
+        """
+        state = self.__dict__
+        for name in _HANDSHAKE_STATE:
+            state.pop(name, None)
+        if not state.get("send_queue", True):
+            state["send_queue"] = _SendQueue()
+        self.__dict__ = dict(state)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session

@@ -3,9 +3,16 @@ The gateway's registry of downstream WebSocket connections and their rooms.
 
 A room is the set of connections that share one upstream subscription; a
 frame sent to a room is built once (an Autobahn prepared message) and written
-to every member. One L{LoopingCall} pings every connection and reaps the idle
-ones, and one timer aborts the connections that do not finish closing in time:
-no timer is kept per connection.
+to every member. The frames a connection gets in one reactor turn are handed
+to its transport in one write at the end of the turn (one C{callLater(0)} for
+all connections; the transport would not send before then anyway), or as
+soon as they reach L{DRAIN_CHUNK_BYTES}; a transport write costs more than
+the rest of a recipient's share of a fan-out. They go to the transport
+directly, not through Autobahn's C{sendData} (which formats a debug log line
+per frame; its C{trafficStats} do not count them), unless the connection
+uses a WebSocket extension. One L{LoopingCall} pings every connection and
+reaps the idle ones, and one timer aborts the connections that do not finish
+closing in time: no timer is kept per connection.
 
 Slow readers
 ============
@@ -14,8 +21,11 @@ Frames are written to a connection's transport while its write buffer is
 below the transport's high-water mark (64 KiB for TCP). Once the transport
 reports a full buffer, further frames wait in the connection's backlog, which
 holds the prepared frames (shared with the other recipients, not copied) and
-is written out when the transport drains. A burst therefore never costs a
-client that keeps up: its backlog empties as fast as it reads.
+is written out when the transport drains, L{DRAIN_CHUNK_BYTES} at a time. A
+burst therefore never costs a client that keeps up: its backlog empties as
+fast as it reads. A transport holds at most L{DRAIN_CHUNK_BYTES} over its
+high-water mark, and a connection at most that much written in the current
+turn and not yet handed to the transport.
 
 A client is evicted (close code 1008) when it stays behind the live stream:
 its backlog has held more than C{maxPendingBytes} for C{maxLag} seconds, or
@@ -52,7 +62,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -71,6 +81,14 @@ ConnId = int
 
 _log = Logger()
 
+DRAIN_CHUNK_BYTES = 1 << 16
+"""
+How many bytes of backlog frames a drained transport gets in one write (the
+last frame may go past it): a backlog is written in a few writes, not one per
+frame, and a transport holds at most this much over its high-water mark.
+"""
+
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
 _CLOSE_NORMAL = 1000
 _CLOSE_GOING_AWAY = 1001
 _CLOSE_POLICY_VIOLATION = 1008
@@ -136,20 +154,33 @@ class RegistryStats:
 
 
 @implementer(IPushProducer)
-class _WriteMeter:
+@dataclass(slots=True, eq=False)
+class _Connection:
     """
-    Registered as a connection transport's streaming producer, so that the
-    transport tells it when its write buffer is over its high-water mark
-    (paused) and when the buffer drained (resumed: the registry then writes
-    the connection's backlog).
+    A registered connection. It is its transport's streaming producer, so
+    that the transport tells it when its write buffer is over its high-water
+    mark (paused) and when the buffer drained (resumed: the registry then
+    writes the connection's backlog).
     """
 
-    __slots__ = ("connId", "paused", "registry")
-
-    def __init__(self, registry: ConnectionRegistry, connId: ConnId) -> None:
-        self.paused = False
-        self.registry = registry
-        self.connId = connId
+    connId: ConnId
+    protocol: Any
+    # Where its frames are written: the protocol's transport, or None if a
+    # WebSocket extension (permessage-deflate) must frame each message itself.
+    transport: Any
+    claims: Claims
+    registry: ConnectionRegistry
+    lastSeen: float
+    paused: bool = False
+    # Made when first needed: an idle connection has none of these.
+    rooms: set[Hashable] | None = None
+    closing: bool = False
+    backlog: deque[tuple[Any, int]] | None = None
+    backlogBytes: int = 0
+    # The frames written in this reactor turn, handed to the transport in one
+    # write at the end of the turn (or once they reach DRAIN_CHUNK_BYTES).
+    pending: list[bytes] | None = None
+    pendingBytes: int = 0
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -161,20 +192,6 @@ class _WriteMeter:
     def stopProducing(self) -> None:
         # The connection is lost; unregister() forgets its backlog.
         self.paused = True
-
-
-@dataclass(slots=True, eq=False)
-class _Connection:
-    connId: ConnId
-    protocol: Any
-    claims: Claims
-    meter: _WriteMeter
-    lastSeen: float
-    rooms: set[Hashable] = field(default_factory=set)
-    closing: bool = False
-    # Made when first needed: most connections never have either.
-    backlog: deque[tuple[Any, int]] | None = None
-    backlogBytes: int = 0
     behindSince: float | None = None
     drainWaiters: list[Callable[[], None]] | None = None
 
@@ -224,6 +241,8 @@ class ConnectionRegistry(service.Service):
         self._closing: dict[ConnId, float] = {}
         self._abortCall: IDelayedCall | None = None
         self._overflowing: list[tuple[_Connection, str]] = []
+        self._dirty: list[_Connection] = []
+        self._flushCall: IDelayedCall | None = None
         self._emptyWaiters: list[Deferred[None]] = []
         self._evictedSlow = 0
         self._reapedIdle = 0
@@ -252,17 +271,23 @@ class ConnectionRegistry(service.Service):
         transport = protocol.transport
         if claims is None:
             claims = Claims(ip=getattr(transport.getPeer(), "host", None))
-        connId = next(self._ids)
-        meter = _WriteMeter(self, connId)
+        conn = _Connection(
+            next(self._ids),
+            protocol,
+            None if protocol.websocket_extensions_in_use else transport,
+            claims,
+            self,
+            self._reactor.seconds(),
+        )
         try:
-            transport.registerProducer(meter, True)
+            transport.registerProducer(conn, True)
         except RuntimeError:
             # twisted.web's HTTPChannel stays registered as the producer of
             # a transport that Autobahn's WebSocketResource took over.
             transport.unregisterProducer()
-            transport.registerProducer(meter, True)
-        self._conns[connId] = _Connection(connId, protocol, claims, meter, self._reactor.seconds())
-        return connId
+            transport.registerProducer(conn, True)
+        self._conns[conn.connId] = conn
+        return conn.connId
 
     def unregister(self, connId: ConnId) -> None:
         """
@@ -272,7 +297,8 @@ class ConnectionRegistry(service.Service):
         conn = self._conns.pop(connId, None)
         if conn is None:
             return
-        for room in conn.rooms:
+        conn.pending = None
+        for room in conn.rooms or ():
             members = self._rooms[room]
             del members[connId]
             if not members:
@@ -319,6 +345,8 @@ class ConnectionRegistry(service.Service):
         conn = self._conns.get(connId)
         if conn is None or conn.closing:
             return
+        if conn.rooms is None:
+            conn.rooms = set()
         conn.rooms.add(room)
         self._rooms.setdefault(room, {})[connId] = conn
 
@@ -331,7 +359,7 @@ class ConnectionRegistry(service.Service):
         """
         conn = self._conns.get(connId)
         members = self._rooms.get(room)
-        if conn is not None and members is not None and room in conn.rooms:
+        if conn is not None and members is not None and conn.rooms and room in conn.rooms:
             conn.rooms.discard(room)
             del members[connId]
             if not members:
@@ -355,7 +383,7 @@ class ConnectionRegistry(service.Service):
         @return: the rooms the connection is in (none if it is unknown).
         """
         conn = self._conns.get(connId)
-        return frozenset(conn.rooms) if conn is not None else frozenset()
+        return frozenset(conn.rooms or ()) if conn is not None else frozenset()
 
     # --- sending ------------------------------------------------------------
 
@@ -376,9 +404,7 @@ class ConnectionRegistry(service.Service):
         conn = self._conns.get(connId)
         if conn is None:
             return False
-        written = self._write(conn, conn.protocol.factory.prepareMessage(text), len(text))
-        self._evictOverflowing()
-        return written
+        return self._broadcast((conn,), text) == 1
 
     def broadcastText(self, text: bytes | str) -> int:
         """
@@ -420,8 +446,8 @@ class ConnectionRegistry(service.Service):
             conn is not None
             and not conn.closing
             and not conn.backlog
-            and not conn.meter.paused
-            and conn.protocol.state == WebSocketProtocol.STATE_OPEN
+            and not conn.paused
+            and conn.protocol.state == _STATE_OPEN
         )
 
     def notifyWritable(self, connId: ConnId, callback: Callable[[], None]) -> bool:
@@ -445,24 +471,93 @@ class ConnectionRegistry(service.Service):
         if not conns:
             return 0
         prepared = conns[0].protocol.factory.prepareMessage(text)
-        written = sum(self._write(conn, prepared, len(text)) for conn in conns)
+        frame = prepared.payloadHybi
+        frameSize = len(frame)
+        size = len(text)
+        written = sent = 0
+        dirty = self._dirty
+        # The hot loop of a fan-out. A frame is not handed to each transport
+        # at once (a transport write costs more than the rest of this loop):
+        # it joins the frames written to the connection in this reactor turn,
+        # which _flush writes in one piece at the end of the turn, when the
+        # transport would have sent it anyway.
+        for conn in conns:
+            if conn.closing or conn.protocol.state != _STATE_OPEN:
+                continue
+            written += 1
+            pending = conn.pending
+            if pending is not None:
+                # Whatever the transport said since: it gets these first.
+                pending.append(frame)
+                conn.pendingBytes += frameSize
+                if conn.pendingBytes >= DRAIN_CHUNK_BYTES:
+                    self._writePending(conn)
+            elif conn.backlog or conn.paused:
+                self._queue(conn, prepared, size)
+                continue
+            elif conn.transport is None:
+                self._send(conn, [prepared])
+                continue
+            else:
+                conn.pending = [frame]
+                conn.pendingBytes = frameSize
+                dirty.append(conn)
+            sent += 1
+        if dirty and self._flushCall is None:
+            self._flushCall = self._reactor.callLater(0, self._flush)
+        self._droppedDead += len(conns) - written
+        self._framesSent += sent
         self._evictOverflowing()
         return written
 
-    def _write(self, conn: _Connection, prepared: Any, size: int) -> bool:
-        if conn.closing or conn.protocol.state != WebSocketProtocol.STATE_OPEN:
-            self._droppedDead += 1
-            return False
-        if conn.backlog or conn.meter.paused:
-            if conn.backlog is None:
-                conn.backlog = deque()
-            conn.backlog.append((prepared, size))
-            conn.backlogBytes += size
+    def _writePending(self, conn: _Connection) -> None:
+        """
+        Hand the frames written to C{conn} in this turn to its transport, in
+        one write.
+        """
+        pending = conn.pending
+        conn.pending = None
+        conn.pendingBytes = 0
+        if pending and conn.protocol.state == _STATE_OPEN:
+            conn.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def _flush(self) -> None:
+        """
+        The end of a reactor turn: write what each connection got in it.
+        """
+        self._flushCall = None
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            if conn.pending is not None:
+                self._writePending(conn)
+
+    def _queue(self, conn: _Connection, prepared: Any, size: int) -> None:
+        """
+        Queue a frame in the backlog of C{conn}, whose transport's buffer is
+        full.
+        """
+        if conn.pending is not None:
+            # Written before the transport filled (an Autobahn control
+            # frame filled it): they go first.
+            self._writePending(conn)
+        if conn.backlog is None:
+            conn.backlog = deque()
+        conn.backlog.append((prepared, size))
+        conn.backlogBytes += size
+        if conn.backlogBytes > self._maxPendingBytes:
             self._checkLag(conn, self._reactor.seconds())
-            return True
-        conn.protocol.sendPreparedMessage(prepared)
-        self._framesSent += 1
-        return True
+
+    def _send(self, conn: _Connection, frames: list[Any]) -> None:
+        """
+        Write prepared frames to the transport of C{conn} in one write, or
+        through Autobahn when an extension frames each message.
+        """
+        if conn.transport is not None:
+            conn.transport.write(b"".join([prepared.payloadHybi for prepared in frames]))
+        else:
+            for prepared in frames:
+                conn.protocol.sendPreparedMessage(prepared)
+        self._framesSent += len(frames)
 
     def _checkLag(self, conn: _Connection, now: float) -> None:
         """
@@ -487,21 +582,25 @@ class ConnectionRegistry(service.Service):
 
     def _drained(self, connId: ConnId) -> None:
         """
-        The connection's transport wrote out its buffer: write its backlog
-        until the transport is full again, then, if the backlog is empty,
-        call the senders waiting for it.
+        The connection's transport wrote out its buffer: write its backlog,
+        L{DRAIN_CHUNK_BYTES} at a time, until the transport is full again,
+        then, if the backlog is empty, call the senders waiting for it.
         """
         conn = self._conns.get(connId)
         if conn is None or conn.closing:
             return
-        protocol = conn.protocol
-        while conn.backlog and not conn.meter.paused:
-            prepared, size = conn.backlog.popleft()
-            conn.backlogBytes -= size
-            protocol.sendPreparedMessage(prepared)
-            self._framesSent += 1
+        backlog = conn.backlog
+        while backlog and not conn.paused:
+            frames = []
+            chunkBytes = 0
+            while backlog and chunkBytes < DRAIN_CHUNK_BYTES:
+                prepared, size = backlog.popleft()
+                frames.append(prepared)
+                chunkBytes += size
+            conn.backlogBytes -= chunkBytes
+            self._send(conn, frames)
         self._checkLag(conn, self._reactor.seconds())
-        if conn.backlog or conn.meter.paused:
+        if conn.backlog or conn.paused:
             return
         conn.backlog = None
         waiters, conn.drainWaiters = conn.drainWaiters or [], None
@@ -561,13 +660,15 @@ class ConnectionRegistry(service.Service):
         return sent
 
     def _beginClose(self, conn: _Connection, code: int, reason: str) -> bool:
+        if conn.pending is not None:
+            self._writePending(conn)
         conn.closing = True
         conn.backlog = None
         conn.backlogBytes = 0
         conn.drainWaiters = None
         self._closing[conn.connId] = self._reactor.seconds() + self._closeTimeout
         self._scheduleAbort()
-        if conn.protocol.state != WebSocketProtocol.STATE_OPEN:
+        if conn.protocol.state != _STATE_OPEN:
             return False
         # sendClose only accepts codes 1000 and 3000-4999.
         conn.protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"))
@@ -672,6 +773,11 @@ class ConnectionRegistry(service.Service):
             self._sweeper.stop()
         self._sweeper = None
         self.closeAll()
+        if self._flushCall is not None:
+            # closeAll wrote every connection's frames.
+            self._flushCall.cancel()
+            self._flushCall = None
+            self._dirty = []
         if not self._conns:
             return succeed(None)
         waiter: Deferred[None] = Deferred()
@@ -694,4 +800,4 @@ class ConnectionRegistry(service.Service):
         )
 
 
-__all__ = ["Claims", "ConnId", "ConnectionRegistry", "RegistryStats"]
+__all__ = ["DRAIN_CHUNK_BYTES", "Claims", "ConnId", "ConnectionRegistry", "RegistryStats"]

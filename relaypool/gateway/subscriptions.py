@@ -366,13 +366,16 @@ class SharedSubscriptions:
         shared = member.shared
         del session.subscriptions[member.subscriptionId]
         if shared.catchingUp.pop((session.connId, member.subscriptionId), None) is None:
-            group = shared.groups[member.subscriptionId]
-            if self._registry.leaveRoom(session.connId, group.room):
+            # The group is gone if the registry emptied its room before:
+            # it unregisters the connections it aborts (they did not answer
+            # its Close frame) before their onClose comes.
+            group = shared.groups.get(member.subscriptionId)
+            if group is not None and self._registry.leaveRoom(session.connId, group.room):
                 del shared.groups[member.subscriptionId]
         if member.history is not None:
             history, member.history = member.history, None
             history.cancel()
-        if shared.isEmpty():
+        if shared.isEmpty() and self._shared.get(shared.key) is shared:
             del self._shared[shared.key]
             if shared.upstream is not None:
                 shared.upstream.close()
