@@ -274,14 +274,16 @@ class RelayFacade:
         self.subscriptions.leaveAll(session)
         self.negentropy.closeAll(session)
 
-    def close(self) -> None:
+    def close(self) -> Deferred[None]:
         """
         Close every upstream subscription and stop the verifier thread (the
         gateway is stopping).
+
+        @return: a Deferred firing once the verifier thread has ended.
         """
         for session in tuple(self._sessions.values()):
             self.disconnect(session)
-        self._verifier.stop()
+        return self._verifier.stop()
 
     def notice(self, session: Session, message: str) -> None:
         """

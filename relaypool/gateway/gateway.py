@@ -416,7 +416,7 @@ class Gateway(service.MultiService):
         longer than C{closeTimeout}), then stop listening.
         """
         self.factory.accepting = False
-        self.facade.close()
+        verifying = self.facade.close()
         d: Deferred[None] = super().stopService()
 
         def stopListening(_: object) -> Deferred[None]:
@@ -427,7 +427,7 @@ class Gateway(service.MultiService):
             stopped: Deferred[None] = port.stopListening()  # type: ignore[assignment]
             return stopped
 
-        return d.addCallback(stopListening)
+        return d.addCallback(stopListening).addCallback(lambda _: verifying)
 
     # --- statistics ---------------------------------------------------------
 

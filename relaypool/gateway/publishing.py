@@ -25,12 +25,11 @@ thread parses, stores and answers.
 
 from __future__ import annotations
 
-import queue
-import threading
+from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,6 +41,7 @@ from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
 from relaypool.nostr.event import Event, isEphemeral
 from relaypool.nostr.messages import reasonPrefix
 from relaypool.upstream.relaypool import PublishResult
+from relaypool.upstream.verifying import ThreadsReactor, Verifier, checkEvent
 
 _log = Logger()
 
@@ -85,13 +85,6 @@ What L{EventVerifier.verify} calls with its verdict: L{None} for a valid
 event, else the L{InvalidEvent} saying why it is not.
 """
 
-_STOP = object()
-
-_BATCH = 256
-"""
-The most verdicts the verifier thread hands to the reactor in one call.
-"""
-
 
 class EventVerifier:
     """
@@ -99,21 +92,32 @@ class EventVerifier:
     the verdicts in the order the events were given.
 
     With a reactor that provides L{IReactorFromThreads}, the checks run on
-    one thread of the verifier's own, started at the first event (the
-    second core: coincurve releases the GIL), and the verdicts come back to
-    the reactor thread in batches, one reactor call for all those ready;
-    else (a test clock) each event is checked at once, in the caller.
+    the one worker thread of a L{relaypool.upstream.verifying.Verifier}
+    (the pool's verifier: batches handed over once per reactor iteration,
+    the second core, as coincurve releases the GIL), started at the first
+    event; else (a test clock) each event is checked at once, in the
+    caller.
 
     Bound: at most C{maxPending} events wait for their check; past it,
     L{verify} refuses at once (returns C{False}).
     """
 
     def __init__(self, reactor: object, maxPending: int = DEFAULT_MAX_VERIFYING) -> None:
-        self._reactor = reactor if IReactorFromThreads.providedBy(reactor) else None
         self.maxPending = maxPending
-        self.pending = 0
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._waiting: deque[tuple[str, Verified]] = deque()
+        self._verifier = (
+            Verifier(cast(ThreadsReactor, reactor), self._verified)
+            if IReactorFromThreads.providedBy(reactor)
+            else None
+        )
+        self._started = False
+
+    @property
+    def pending(self) -> int:
+        """
+        How many events wait for their verdict.
+        """
+        return len(self._waiting)
 
     def verify(self, event: Event, verified: Verified) -> bool:
         """
@@ -123,53 +127,38 @@ class EventVerifier:
         @return: C{False} (and C{verified} is not called) if C{maxPending}
             events are waiting already.
         """
-        if self._reactor is None:
+        if self._verifier is None:
             verified(verdict(event))
             return True
         if self.pending >= self.maxPending:
             return False
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="relaypool-verifier", daemon=True
-            )
-            self._thread.start()
-        self.pending += 1
-        self._queue.put((event, verified))
+        if not self._started:
+            self._started = True
+            self._verifier.start()
+        self._waiting.append((event.id, verified))
+        self._verifier.verify(event)
         return True
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
         """
-        End the thread once the events already given are checked (their
-        verdicts are still delivered).
+        Stop the worker thread; the verdicts not given yet are dropped (the
+        connections are closing).
+
+        @return: a Deferred firing once the thread has ended.
         """
-        if self._thread is not None:
-            self._thread = None
-            self._queue.put(_STOP)
+        self._waiting.clear()
+        if self._verifier is None or not self._started:
+            return succeed(None)
+        self._started = False
+        return self._verifier.stop()
 
-    def _run(self) -> None:
-        reactor = self._reactor
-        assert reactor is not None, "the verifier thread needs IReactorFromThreads"
-        get, getNow = self._queue.get, self._queue.get_nowait
-        item = get()
-        while item is not _STOP:
-            verdicts: list[tuple[Verified, InvalidEvent | None]] = []
-            while item is not _STOP and len(verdicts) < _BATCH:
-                event: Event
-                verified: Verified
-                event, verified = item  # type: ignore[misc]
-                verdicts.append((verified, verdict(event)))
-                try:
-                    item = getNow()
-                except queue.Empty:
-                    item = None
-                    break
-            reactor.callFromThread(self._deliver, verdicts)
-            if item is None:
-                item = get()
-
-    def _deliver(self, verdicts: list[tuple[Verified, InvalidEvent | None]]) -> None:
-        self.pending -= len(verdicts)
-        for verified, outcome in verdicts:
+    def _verified(self, batch: list[Event], errors: list[str | None]) -> None:
+        for error in errors:
+            eventId, verified = self._waiting.popleft()
+            outcome = None
+            if error is not None:
+                outcome = InvalidEvent(error)
+                outcome.eventId = eventId
             try:
                 verified(outcome)
             except Exception:
@@ -181,18 +170,14 @@ def verdict(event: Event) -> InvalidEvent | None:
     Check C{event}'s id and signature now.
 
     @return: L{None} if they are right, else the L{InvalidEvent} saying
-        what is wrong (C{"error: ..."} if the check itself failed, so that
-        the verifier thread never dies of it).
+        what is wrong.
     """
-    try:
-        event.verify()
-    except InvalidEvent as e:
-        return e
-    except Exception as e:
-        failed = InvalidEvent(f"error: could not check the event ({e!r})")
-        failed.eventId = event.id
-        return failed
-    return None
+    error = checkEvent(event)
+    if error is None:
+        return None
+    invalid = InvalidEvent(error)
+    invalid.eventId = event.id
+    return invalid
 
 
 def _failureMessage(result: PublishResult, retrying: bool = False) -> str:

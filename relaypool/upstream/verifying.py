@@ -53,22 +53,30 @@ class WorkerPool(Protocol):
     ) -> None: ...
 
 
+def checkEvent(event: Event) -> str | None:
+    """
+    Check C{event}'s id and signature (L{Event.verify}).
+
+    @return: L{None} if they are right, else what is wrong (C{"error:
+        ..."} if the check itself failed, so that a worker thread never
+        dies of it).
+    """
+    try:
+        event.verify()
+    except InvalidEvent as e:
+        return str(e)
+    except Exception as e:
+        return f"error: could not check the event ({e!r})"
+    return None
+
+
 def verifyBatch(events: Sequence[Event]) -> list[str | None]:
     """
-    Verify each event (id and signature, as L{Event.verify}); this is what a
-    worker thread runs.
+    Check each event (L{checkEvent}); this is what a worker thread runs.
 
     @return: for each event in order, L{None} if it is valid, else why not.
     """
-    errors: list[str | None] = []
-    for event in events:
-        try:
-            event.verify()
-        except InvalidEvent as e:
-            errors.append(str(e))
-        else:
-            errors.append(None)
-    return errors
+    return [checkEvent(event) for event in events]
 
 
 class Verifier:
@@ -152,4 +160,4 @@ class Verifier:
         return result
 
 
-__all__ = ["ThreadsReactor", "Verifier", "WorkerPool", "verifyBatch"]
+__all__ = ["ThreadsReactor", "Verifier", "WorkerPool", "checkEvent", "verifyBatch"]
