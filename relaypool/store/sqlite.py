@@ -31,7 +31,7 @@ from relaypool.errors import QueueFull, StoreError
 from relaypool.interfaces import IEventStore, IOutbox
 from relaypool.nostr.event import Event, isAddressable, isEphemeral, isReplaceable
 from relaypool.nostr.filter import Filter
-from relaypool.store.schema import migrate
+from relaypool.store.schema import migrate, storedValue
 
 _T = TypeVar("_T")
 
@@ -43,9 +43,17 @@ _DELETION = 5
 
 _MAX_INTEGER = 2**63 - 1
 
-# Longer lists are passed as one JSON array parameter (json_each), which
-# keeps every statement far below SQLite's bound on parameters.
+# Longer lists are passed as two parameters at most (the 32-byte values
+# concatenated, the others as a JSON array), which keeps every statement far
+# below SQLite's bound on parameters.
 _MAX_INLINE_PARAMETERS = 64
+
+# The 32-byte values concatenated in one parameter (the second), cut apart;
+# the first parameter is the offset of the last one (1-based).
+_SPLIT_BLOBS = (
+    "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 32 FROM k WHERE i < ?)"
+    " SELECT substr(?, i, 32) FROM k"
+)
 
 # Per connection: the page cache, and the WAL size (in pages) past which a
 # commit copies it back into the database. Random-keyed indexes (ids,
@@ -259,16 +267,38 @@ def _deliver(outcomes: list[tuple[_Job, object]]) -> None:
 
 
 def _inClause(column: str, values: Iterable[object]) -> tuple[str, list[object]]:
+    """
+    The condition that C{column} is one of C{values} (integers, strings, or
+    32-byte stored values, see L{storedValue}), and its parameters.
+    """
     items = list(values)
     if len(items) <= _MAX_INLINE_PARAMETERS:
         return f"{column} IN ({', '.join('?' * len(items))})", items
-    return f"{column} IN (SELECT value FROM json_each(?))", [orjson.dumps(items).decode()]
+    blobs = [item for item in items if isinstance(item, bytes)]
+    others = [item for item in items if not isinstance(item, bytes)]
+    clauses = []
+    params: list[object] = []
+    if blobs:
+        clauses.append(f"{column} IN ({_SPLIT_BLOBS})")
+        params += [32 * len(blobs) - 31, b"".join(blobs)]
+    if others:
+        clauses.append(f"{column} IN (SELECT value FROM json_each(?))")
+        params.append(orjson.dumps(others).decode())
+    return f"({' OR '.join(clauses)})", params
 
 
-def _indexedTags(event: Event) -> set[tuple[str, str]]:
+def _storedValues(values: Iterable[str]) -> list[bytes | str]:
+    return [storedValue(value) for value in values]
+
+
+def _indexedTags(tags: Iterable[Sequence[str]]) -> set[tuple[str, bytes | str]]:
+    """
+    The rows of the tags table for an event with C{tags}: each distinct
+    single-letter name with its first value, as stored.
+    """
     return {
-        (tag[0], tag[1])
-        for tag in event.tags
+        (tag[0], storedValue(tag[1]))
+        for tag in tags
         if len(tag) > 1 and len(tag[0]) == 1 and tag[0] in _TAG_LETTERS
     }
 
@@ -315,8 +345,12 @@ def _filterSelect(
         source = "tags t JOIN events e ON e.seq = t.seq"
         order = "t.created_at DESC, e.id"
         where += ["t.name = ?", "t.value = ?"]
-        params += [driver[0], next(iter(driver[1]))]
-    for column, values in (("e.id", f.ids), ("e.pubkey", f.authors), ("e.kind", f.kinds)):
+        params += [driver[0], storedValue(next(iter(driver[1])))]
+    for column, values in (
+        ("e.id", None if f.ids is None else _storedValues(f.ids)),
+        ("e.pubkey", None if f.authors is None else _storedValues(f.authors)),
+        ("e.kind", f.kinds),
+    ):
         if values is not None:
             clause, clauseParams = _inClause(column, values)
             where.append(clause)
@@ -327,8 +361,8 @@ def _filterSelect(
     if f.until is not None:
         where.append("e.created_at <= ?")
         params.append(f.until)
-    for name, values in tags:
-        clause, clauseParams = _inClause("value", values)
+    for name, tagValues in tags:
+        clause, clauseParams = _inClause("value", _storedValues(tagValues))
         where.append(f"e.seq IN (SELECT seq FROM tags WHERE name = ? AND {clause})")
         params += [name, *clauseParams]
     sql = f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)}"
@@ -650,7 +684,7 @@ class SQLiteEventStore:
         return min(int(self._clock()), _MAX_INTEGER)
 
     def _maintain(self, connection: sqlite3.Connection) -> None:
-        connection.execute("DELETE FROM events WHERE expiration <= ?", (self._now(),))
+        _removeEvents(connection, "expiration <= ?", (self._now(),))
         if self._maxEvents is not None:
             stored: int = connection.execute("SELECT events FROM stats").fetchone()[0]
             if stored > self._maxEvents:
@@ -683,17 +717,44 @@ def _usedBytes(connection: sqlite3.Connection) -> int:
 
 
 def _evict(connection: sqlite3.Connection, count: int) -> None:
-    evicted = connection.execute(
-        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE address IS NULL"
+    evicted = _removeEvents(
+        connection,
+        "seq IN (SELECT seq FROM events WHERE address IS NULL"
         " ORDER BY created_at, id DESC LIMIT ?)",
         (count,),
-    ).rowcount
+    )
     if evicted < count:
-        connection.execute(
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events"
-            " ORDER BY created_at, id DESC LIMIT ?)",
+        _removeEvents(
+            connection,
+            "seq IN (SELECT seq FROM events ORDER BY created_at, id DESC LIMIT ?)",
             (count - evicted,),
         )
+
+
+def _removeEvents(
+    connection: sqlite3.Connection, condition: str, params: Sequence[object]
+) -> int:
+    """
+    Delete the events matching the SQL C{condition} (on the events table)
+    and their rows in the tags table.
+
+    @return: how many events were deleted.
+    """
+    rows = connection.execute(
+        f"SELECT seq, created_at, raw FROM events WHERE {condition}", params
+    ).fetchall()
+    if not rows:
+        return 0
+    connection.executemany(
+        "DELETE FROM tags WHERE name = ? AND value = ? AND created_at = ? AND seq = ?",
+        [
+            (name, value, createdAt, seq)
+            for seq, createdAt, raw in rows
+            for name, value in _indexedTags(orjson.loads(raw)["tags"])
+        ],
+    )
+    connection.executemany("DELETE FROM events WHERE seq = ?", [(row[0],) for row in rows])
+    return len(rows)
 
 
 # --- jobs run in the database threads ----------------------------------------
@@ -704,63 +765,64 @@ def _isDeleted(connection: sqlite3.Connection, event: Event, address: str | None
         "SELECT 1 FROM tags t JOIN events d ON d.seq = t.seq WHERE t.name = ?"
         " AND t.value = ? AND d.kind = 5 AND d.pubkey = ?"
     )
-    if connection.execute(deletedBy, ("e", event.id, event.pubkey)).fetchone():
+    pubkey = bytes.fromhex(event.pubkey)
+    if connection.execute(deletedBy, ("e", bytes.fromhex(event.id), pubkey)).fetchone():
         return True
     if address is None:
         return False
     row = connection.execute(
-        deletedBy + " AND d.created_at >= ?",
-        ("a", f"{event.kind}:{event.pubkey}:{address}", event.pubkey, event.createdAt),
+        deletedBy + " AND t.created_at >= ?",
+        ("a", storedValue(f"{event.kind}:{event.pubkey}:{address}"), pubkey, event.createdAt),
     ).fetchone()
     return row is not None
 
 
 def _applyDeletion(connection: sqlite3.Connection, request: Event) -> None:
+    author = bytes.fromhex(request.pubkey)
     ids = request.tagValues("e")
     if ids:
-        clause, params = _inClause("id", ids)
-        connection.execute(
-            f"DELETE FROM events WHERE {clause} AND pubkey = ? AND kind != 5",
-            (*params, request.pubkey),
-        )
+        clause, params = _inClause("id", _storedValues(ids))
+        _removeEvents(connection, f"{clause} AND pubkey = ? AND kind != 5", (*params, author))
     for value in request.tagValues("a"):
         kind, _, rest = value.partition(":")
         pubkey, separator, address = rest.partition(":")
         if separator and pubkey == request.pubkey and kind.isdigit():
-            connection.execute(
-                "DELETE FROM events WHERE pubkey = ? AND kind = ? AND address = ?"
-                " AND created_at <= ?",
-                (pubkey, int(kind), address, request.createdAt),
+            _removeEvents(
+                connection,
+                "pubkey = ? AND kind = ? AND address = ? AND created_at <= ?",
+                (author, int(kind), address, request.createdAt),
             )
 
 
 def _deleteEvents(eventIds: tuple[str, ...], connection: sqlite3.Connection) -> int:
     if not eventIds:
         return 0
-    clause, params = _inClause("id", eventIds)
-    return connection.execute(f"DELETE FROM events WHERE {clause}", params).rowcount
+    clause, params = _inClause("id", _storedValues(eventIds))
+    return _removeEvents(connection, clause, params)
 
 
 def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connection) -> bool:
     address = _address(event)
     if event.kind != _DELETION and _isDeleted(connection, event, address):
         return False
+    eventId = bytes.fromhex(event.id)
+    pubkey = bytes.fromhex(event.pubkey)
     if address is not None:
         row = connection.execute(
             "SELECT seq, created_at, id FROM events WHERE pubkey = ? AND kind = ?"
             " AND address = ?",
-            (event.pubkey, event.kind, address),
+            (pubkey, event.kind, address),
         ).fetchone()
         if row is not None:
-            if (row[1], event.id) >= (event.createdAt, row[2]):
+            if (row[1], eventId) >= (event.createdAt, row[2]):
                 return False
-            connection.execute("DELETE FROM events WHERE seq = ?", (row[0],))
+            _removeEvents(connection, "seq = ?", (row[0],))
     cursor = connection.execute(
         "INSERT OR IGNORE INTO events (id, pubkey, kind, created_at, address,"
         " expiration, raw) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
-            event.id,
-            event.pubkey,
+            eventId,
+            pubkey,
             event.kind,
             event.createdAt,
             address,
@@ -770,12 +832,12 @@ def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connect
     )
     if cursor.rowcount == 0:
         return False
-    tags = _indexedTags(event)
+    tags = _indexedTags(event.tags)
     if tags:
         seq = cursor.lastrowid
         connection.executemany(
-            "INSERT INTO tags (seq, name, value, created_at) VALUES (?, ?, ?, ?)",
-            [(seq, name, value, event.createdAt) for name, value in tags],
+            "INSERT INTO tags (name, value, created_at, seq) VALUES (?, ?, ?, ?)",
+            [(name, value, event.createdAt, seq) for name, value in tags],
         )
     if event.kind == _DELETION:
         _applyDeletion(connection, event)
@@ -794,7 +856,7 @@ def _newestMatches(
     of C{filters}, each filter's C{limit} applied to its own matches, newest
     first (ties by lowest id).
     """
-    found: dict[str, tuple[Any, ...]] = {}
+    found: dict[bytes, tuple[Any, ...]] = {}
     for f in filters:
         limit = maxLimit if f.limit is None else min(f.limit, maxLimit)
         # The newest matches are picked first, then only they are read.
@@ -816,14 +878,14 @@ def _queryEvents(
 def _queryIds(
     filters: tuple[Filter, ...], maxLimit: int, now: int, connection: sqlite3.Connection
 ) -> list[str]:
-    return [row[0] for row in _newestMatches(filters, maxLimit, now, "", connection)]
+    return [row[0].hex() for row in _newestMatches(filters, maxLimit, now, "", connection)]
 
 
 def _syncRecords(
     filters: tuple[Filter, ...], maxRecords: int, now: int, connection: sqlite3.Connection
 ) -> list[tuple[int, str]]:
     rows = _newestMatches(filters, maxRecords, now, "", connection)
-    return [(createdAt, eventId) for eventId, createdAt in rows[:maxRecords]]
+    return [(createdAt, eventId.hex()) for eventId, createdAt in rows[:maxRecords]]
 
 
 def _fetchEvents(
@@ -831,15 +893,16 @@ def _fetchEvents(
 ) -> list[Event]:
     if not eventIds:
         return []
-    clause, params = _inClause("id", eventIds)
-    raws: dict[str, bytes] = dict(
+    keys = _storedValues(eventIds)
+    clause, params = _inClause("id", keys)
+    raws: dict[bytes | str, bytes] = dict(
         connection.execute(
             f"SELECT id, raw FROM events WHERE {clause}"
             " AND (expiration IS NULL OR expiration > ?)",
             [*params, now],
         )
     )
-    return [_eventFromJSON(raws[eventId]) for eventId in eventIds if eventId in raws]
+    return [_eventFromJSON(raws[key]) for key in keys if key in raws]
 
 
 def _countEvents(
