@@ -473,6 +473,20 @@ class DeletionTests(StoreTestMixin, TestCase):
         self.assertEqual((yield store.count([Filter(kinds=frozenset([0]))])), 0)
 
     @inlineCallbacks
+    def test_refuseDeletedVersionKeepsOlder(self) -> Any:
+        """
+        A newer version of a replaceable event that a deletion request names
+        by id is refused, and the stored older version stays.
+        """
+        store = self.openStore()
+        older = note(createdAt=NOW - 30, kind=0, content="older")
+        newer = note(createdAt=NOW - 10, kind=0, content="newer")
+        yield store.save(older)
+        yield store.save(note(createdAt=NOW - 20, kind=5, tags=[["e", newer.id]]))
+        self.assertFalse((yield store.save(newer)))
+        self.assertEqual((yield store.query([Filter(kinds=frozenset([0]))])), [older])
+
+    @inlineCallbacks
     def test_otherAuthorsAddress(self) -> Any:
         """
         An C{a} tag naming another author's address deletes nothing.

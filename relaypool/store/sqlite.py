@@ -760,21 +760,25 @@ def _removeEvents(
 # --- jobs run in the database threads ----------------------------------------
 
 
-def _isDeleted(connection: sqlite3.Connection, event: Event, address: str | None) -> bool:
-    deletedBy = (
-        "SELECT 1 FROM tags t JOIN events d ON d.seq = t.seq WHERE t.name = ?"
-        " AND t.value = ? AND d.kind = 5 AND d.pubkey = ?"
-    )
-    pubkey = bytes.fromhex(event.pubkey)
-    if connection.execute(deletedBy, ("e", bytes.fromhex(event.id), pubkey)).fetchone():
-        return True
-    if address is None:
-        return False
-    row = connection.execute(
-        deletedBy + " AND t.created_at >= ?",
-        ("a", storedValue(f"{event.kind}:{event.pubkey}:{address}"), pubkey, event.createdAt),
-    ).fetchone()
-    return row is not None
+# A stored deletion request by the author (?2) naming the event by its id
+# (?1), or by its address (?1) at or after its created_at (?3).
+_DELETED_BY_ID = (
+    "SELECT 1 FROM tags t JOIN events d ON d.seq = t.seq"
+    " WHERE t.name = 'e' AND t.value = ?1 AND d.kind = 5 AND d.pubkey = ?2"
+)
+_DELETED_BY_ADDRESS = (
+    "SELECT 1 FROM tags t JOIN events d ON d.seq = t.seq"
+    " WHERE t.name = 'a' AND t.value = ?1 AND t.created_at >= ?3"
+    " AND d.kind = 5 AND d.pubkey = ?2"
+)
+
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (id, pubkey, kind, created_at, address, expiration, raw)"
+    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7"
+)
+# Deletion requests cannot be deleted; any other event is refused if a
+# request names its id: checked in the insert, without a statement of its own.
+_INSERT_UNLESS_DELETED = f"{_INSERT_EVENT} WHERE NOT EXISTS ({_DELETED_BY_ID})"
 
 
 def _applyDeletion(connection: sqlite3.Connection, request: Event) -> None:
@@ -803,11 +807,18 @@ def _deleteEvents(eventIds: tuple[str, ...], connection: sqlite3.Connection) -> 
 
 def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connection) -> bool:
     address = _address(event)
-    if event.kind != _DELETION and _isDeleted(connection, event, address):
-        return False
     eventId = bytes.fromhex(event.id)
     pubkey = bytes.fromhex(event.pubkey)
+    insert = _INSERT_EVENT if event.kind == _DELETION else _INSERT_UNLESS_DELETED
     if address is not None:
+        # Checked before an older version is replaced.
+        if connection.execute(_DELETED_BY_ID, (eventId, pubkey)).fetchone():
+            return False
+        byAddress = storedValue(f"{event.kind}:{event.pubkey}:{address}")
+        if connection.execute(
+            _DELETED_BY_ADDRESS, (byAddress, pubkey, event.createdAt)
+        ).fetchone():
+            return False
         row = connection.execute(
             "SELECT seq, created_at, id FROM events WHERE pubkey = ? AND kind = ?"
             " AND address = ?",
@@ -818,8 +829,7 @@ def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connect
                 return False
             _removeEvents(connection, "seq = ?", (row[0],))
     cursor = connection.execute(
-        "INSERT OR IGNORE INTO events (id, pubkey, kind, created_at, address,"
-        " expiration, raw) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        insert,
         (
             eventId,
             pubkey,
