@@ -55,12 +55,17 @@ _SPLIT_BLOBS = (
     " SELECT substr(?, i, 32) FROM k"
 )
 
-# Per connection: the page cache, and the WAL size (in pages) past which a
-# commit copies it back into the database. Random-keyed indexes (ids,
-# pubkeys, tag values) make each insert touch several pages: a large cache
-# and fewer checkpoints double the insert rate at a million events.
-_CACHE_KIB = 64 * 1024
+# The WAL size (in pages) past which a commit copies it back into the
+# database: fewer checkpoints write each hot index page back fewer times.
 _CHECKPOINT_PAGES = 10_000
+
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
+"""
+The default bound on each database connection's page cache. Random-keyed
+indexes (ids, pubkeys, tag values) make each insert touch pages all over
+them: a cache that holds the indexes keeps the insert rate at a million
+events (about 200 MB of indexes).
+"""
 
 # How many eviction rounds one batch may run to get under maxBytes.
 _MAX_EVICTION_ROUNDS = 8
@@ -406,6 +411,8 @@ class SQLiteEventStore:
         L{QueueFull}.
       - C{maxLimit}: the most events one filter returns from L{query}, the
         filter's own C{limit} applying if smaller.
+      - C{cacheBytes}: the page cache of each of its two connections; pages
+        past it are read from the file again when needed.
 
     Durability: the database is in WAL mode with C{synchronous=NORMAL}: a
     Deferred that fired reports a committed transaction, which survives the
@@ -429,6 +436,7 @@ class SQLiteEventStore:
         maxOutbox: int = 10_000,
         maxLimit: int = 10_000,
         onLatency: Callable[[str, float], None] | None = None,
+        cacheBytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         """
         Open (creating or migrating) the database at C{path}.
@@ -445,6 +453,8 @@ class SQLiteEventStore:
             call that reached a database thread: C{"write"} for L{save},
             L{enqueue}, L{recordResult} and L{discard}; C{"query"} for
             L{query}, L{queryIds}, L{fetch}, L{count} and L{pending}.
+        @param cacheBytes: the most memory each of the two database
+            connections (writer, reader) keeps as its page cache.
         @raise relaypool.errors.SchemaVersionError: if the database has a
             newer schema than this relaypool knows.
         @raise StoreError: if the database cannot be opened.
@@ -463,6 +473,7 @@ class SQLiteEventStore:
         self._onLatency = onLatency
         self._probing = False
         self._closed: Deferred[None] | None = None
+        self._cacheKiB = max(1, cacheBytes // 1024)
         writeConnection = self._connect()
         try:
             migrate(writeConnection)
@@ -498,7 +509,7 @@ class SQLiteEventStore:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("PRAGMA temp_store = MEMORY")
-            connection.execute(f"PRAGMA cache_size = {-_CACHE_KIB:d}")
+            connection.execute(f"PRAGMA cache_size = {-self._cacheKiB:d}")
             connection.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES:d}")
         except sqlite3.Error as e:
             connection.close()
@@ -1011,4 +1022,4 @@ def _discard(eventId: str, connection: sqlite3.Connection) -> None:
     connection.execute("DELETE FROM outbox WHERE event_id = ?", (eventId,))
 
 
-__all__ = ["OutboxEntry", "RelayDelivery", "SQLiteEventStore"]
+__all__ = ["DEFAULT_CACHE_BYTES", "OutboxEntry", "RelayDelivery", "SQLiteEventStore"]
