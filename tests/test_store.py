@@ -184,6 +184,19 @@ class SaveAndQueryTests(StoreTestMixin, TestCase):
         self.assertEqual({e.id for e in found}, {hexTagged.id, wordTagged.id})
 
     @inlineCallbacks
+    def test_manyTags(self) -> Any:
+        """
+        An event with hundreds of indexed tags is found by each of them.
+        """
+        store = self.openStore()
+        pubkeys = [f"{i:064x}" for i in range(600)]
+        event = note(tags=[["p", pubkey] for pubkey in pubkeys])
+        yield store.save(event)
+        for pubkey in (pubkeys[0], pubkeys[299], pubkeys[-1]):
+            found = yield store.query([Filter(tags=(("p", frozenset([pubkey])),))])
+            self.assertEqual(found, [event])
+
+    @inlineCallbacks
     def test_hexValuesExact(self) -> Any:
         """
         A tag value that is 64 hex characters matches only itself: the same

@@ -48,12 +48,17 @@ _MAX_INTEGER = 2**63 - 1
 # below SQLite's bound on parameters.
 _MAX_INLINE_PARAMETERS = 64
 
-# The 32-byte values concatenated in one parameter (the second), cut apart;
-# the first parameter is the offset of the last one (1-based).
+# Values of one size (bytes) concatenated in one parameter (the second), cut
+# apart; the first parameter is the offset of the last one (1-based).
 _SPLIT_BLOBS = (
-    "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 32 FROM k WHERE i < ?)"
-    " SELECT substr(?, i, 32) FROM k"
+    "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + {size} FROM k WHERE i < ?)"
+    " SELECT substr(?, i, {size}) FROM k"
 )
+
+# The id and pubkey indexes hold the first _PREFIX bytes of each (see
+# relaypool.store.schema): a lookup names the prefix, for the index, and the
+# whole value.
+_PREFIX = 8
 
 # The WAL size (in pages) past which a commit copies it back into the
 # database: fewer checkpoints write each hot index page back fewer times.
@@ -274,7 +279,7 @@ def _deliver(outcomes: list[tuple[_Job, object]]) -> None:
 def _inClause(column: str, values: Iterable[object]) -> tuple[str, list[object]]:
     """
     The condition that C{column} is one of C{values} (integers, strings, or
-    32-byte stored values, see L{storedValue}), and its parameters.
+    byte strings all of one size), and its parameters.
     """
     items = list(values)
     if len(items) <= _MAX_INLINE_PARAMETERS:
@@ -284,8 +289,9 @@ def _inClause(column: str, values: Iterable[object]) -> tuple[str, list[object]]
     clauses = []
     params: list[object] = []
     if blobs:
-        clauses.append(f"{column} IN ({_SPLIT_BLOBS})")
-        params += [32 * len(blobs) - 31, b"".join(blobs)]
+        size = len(blobs[0])
+        clauses.append(f"{column} IN ({_SPLIT_BLOBS.format(size=size)})")
+        params += [size * (len(blobs) - 1) + 1, b"".join(blobs)]
     if others:
         clauses.append(f"{column} IN (SELECT value FROM json_each(?))")
         params.append(orjson.dumps(others).decode())
@@ -294,6 +300,19 @@ def _inClause(column: str, values: Iterable[object]) -> tuple[str, list[object]]
 
 def _storedValues(values: Iterable[str]) -> list[bytes | str]:
     return [storedValue(value) for value in values]
+
+
+def _keyClause(column: str, values: Iterable[str]) -> tuple[str, list[object]]:
+    """
+    The condition that C{column} (C{id} or C{pubkey}, indexed by prefix) is
+    one of C{values} (hex; others match nothing), and its parameters.
+    """
+    keys = [key for key in _storedValues(values) if isinstance(key, bytes)]
+    prefixes, prefixParams = _inClause(
+        f"substr({column}, 1, {_PREFIX})", sorted({key[:_PREFIX] for key in keys})
+    )
+    whole, wholeParams = _inClause(column, keys)
+    return f"{prefixes} AND {whole}", prefixParams + wholeParams
 
 
 def _indexedTags(tags: Iterable[Sequence[str]]) -> set[tuple[str, bytes | str]]:
@@ -351,15 +370,15 @@ def _filterSelect(
         order = "t.created_at DESC, e.id"
         where += ["t.name = ?", "t.value = ?"]
         params += [driver[0], storedValue(next(iter(driver[1])))]
-    for column, values in (
-        ("e.id", None if f.ids is None else _storedValues(f.ids)),
-        ("e.pubkey", None if f.authors is None else _storedValues(f.authors)),
-        ("e.kind", f.kinds),
-    ):
-        if values is not None:
-            clause, clauseParams = _inClause(column, values)
+    for column, keys in (("e.id", f.ids), ("e.pubkey", f.authors)):
+        if keys is not None:
+            clause, clauseParams = _keyClause(column, keys)
             where.append(clause)
             params += clauseParams
+    if f.kinds is not None:
+        clause, clauseParams = _inClause("e.kind", f.kinds)
+        where.append(clause)
+        params += clauseParams
     if f.since is not None:
         where.append("e.created_at >= ?")
         params.append(f.since)
@@ -783,20 +802,25 @@ _DELETED_BY_ADDRESS = (
     " AND d.kind = 5 AND d.pubkey = ?2"
 )
 
+_INSERT_TAGS = "INSERT INTO tags (name, value, created_at, seq) VALUES "
+_TAG_ROWS = 256
+
+# An event not stored yet (the id index holds prefixes: not UNIQUE).
 _INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (id, pubkey, kind, created_at, address, expiration, raw)"
-    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7"
+    "INSERT INTO events (id, pubkey, kind, created_at, address, expiration, raw)"
+    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM events"
+    f" WHERE substr(id, 1, {_PREFIX}) = substr(?1, 1, {_PREFIX}) AND id = ?1)"
 )
 # Deletion requests cannot be deleted; any other event is refused if a
 # request names its id: checked in the insert, without a statement of its own.
-_INSERT_UNLESS_DELETED = f"{_INSERT_EVENT} WHERE NOT EXISTS ({_DELETED_BY_ID})"
+_INSERT_UNLESS_DELETED = f"{_INSERT_EVENT} AND NOT EXISTS ({_DELETED_BY_ID})"
 
 
 def _applyDeletion(connection: sqlite3.Connection, request: Event) -> None:
     author = bytes.fromhex(request.pubkey)
     ids = request.tagValues("e")
     if ids:
-        clause, params = _inClause("id", _storedValues(ids))
+        clause, params = _keyClause("id", ids)
         _removeEvents(connection, f"{clause} AND pubkey = ? AND kind != 5", (*params, author))
     for value in request.tagValues("a"):
         kind, _, rest = value.partition(":")
@@ -812,7 +836,7 @@ def _applyDeletion(connection: sqlite3.Connection, request: Event) -> None:
 def _deleteEvents(eventIds: tuple[str, ...], connection: sqlite3.Connection) -> int:
     if not eventIds:
         return 0
-    clause, params = _inClause("id", _storedValues(eventIds))
+    clause, params = _keyClause("id", eventIds)
     return _removeEvents(connection, clause, params)
 
 
@@ -853,12 +877,14 @@ def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connect
     )
     if cursor.rowcount == 0:
         return False
-    tags = _indexedTags(event.tags)
-    if tags:
-        seq = cursor.lastrowid
-        connection.executemany(
-            "INSERT INTO tags (name, value, created_at, seq) VALUES (?, ?, ?, ?)",
-            [(name, value, event.createdAt, seq) for name, value in tags],
+    tags = list(_indexedTags(event.tags))
+    seq = cursor.lastrowid
+    # A statement per _TAG_ROWS rows, not per row.
+    for start in range(0, len(tags), _TAG_ROWS):
+        chunk = tags[start : start + _TAG_ROWS]
+        connection.execute(
+            _INSERT_TAGS + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
+            [item for name, value in chunk for item in (name, value, event.createdAt, seq)],
         )
     if event.kind == _DELETION:
         _applyDeletion(connection, event)
@@ -914,8 +940,7 @@ def _fetchEvents(
 ) -> list[Event]:
     if not eventIds:
         return []
-    keys = _storedValues(eventIds)
-    clause, params = _inClause("id", keys)
+    clause, params = _keyClause("id", eventIds)
     raws: dict[bytes | str, bytes] = dict(
         connection.execute(
             f"SELECT id, raw FROM events WHERE {clause}"
@@ -923,6 +948,7 @@ def _fetchEvents(
             [*params, now],
         )
     )
+    keys = _storedValues(eventIds)
     return [_eventFromJSON(raws[key]) for key in keys if key in raws]
 
 
