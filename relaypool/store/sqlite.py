@@ -376,7 +376,11 @@ def _filterSelect(
             where.append(clause)
             params += clauseParams
     if f.kinds is not None:
-        clause, clauseParams = _inClause("e.kind", f.kinds)
+        # With authors, their index (kinds in it) rather than the kinds one:
+        # an author's events are fewer than a kind's.
+        clause, clauseParams = _inClause(
+            "e.kind" if f.authors is None else "+e.kind", f.kinds
+        )
         where.append(clause)
         params += clauseParams
     if f.since is not None:
