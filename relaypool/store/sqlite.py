@@ -60,9 +60,10 @@ _SPLIT_BLOBS = (
 # whole value.
 _PREFIX = 8
 
-# The WAL size (in pages) past which a commit copies it back into the
-# database: fewer checkpoints write each hot index page back fewer times.
-_CHECKPOINT_PAGES = 10_000
+# The WAL size (in pages, 200 MB) past which a commit copies it back into the
+# database: fewer checkpoints copy each hot index page back fewer times (at
+# 400k events, 3.8 KB written per event instead of 4.8 KB with 10,000 pages).
+_CHECKPOINT_PAGES = 50_000
 
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 """
@@ -439,7 +440,9 @@ class SQLiteEventStore:
 
     Durability: the database is in WAL mode with C{synchronous=NORMAL}: a
     Deferred that fired reports a committed transaction, which survives the
-    process being killed; a power loss may undo the last transactions.
+    process being killed; a power loss may undo the last transactions. The
+    WAL file grows to about 200 MB under a heavy write load before it is
+    copied back into the database.
 
     The file is opened and its schema migrated in the constructor.
 
