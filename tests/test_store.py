@@ -184,6 +184,30 @@ class SaveAndQueryTests(StoreTestMixin, TestCase):
         self.assertEqual({e.id for e in found}, {hexTagged.id, wordTagged.id})
 
     @inlineCallbacks
+    def test_emptyLists(self) -> Any:
+        """
+        An empty C{ids} or C{authors} list matches nothing.
+        """
+        store = self.openStore()
+        yield store.save(note())
+        self.assertEqual((yield store.query([Filter(ids=frozenset())])), [])
+        self.assertEqual((yield store.query([Filter(authors=frozenset())])), [])
+
+    @inlineCallbacks
+    def test_notHexIds(self) -> Any:
+        """
+        C{fetch} and C{delete} with ids that are not 64 lowercase hex
+        characters find nothing.
+        """
+        store = self.openStore()
+        event = note()
+        yield store.save(event)
+        odd = [event.id.upper(), "x", ""]
+        self.assertEqual((yield store.fetch(odd)), [])
+        self.assertEqual((yield store.delete(odd)), 0)
+        self.assertEqual((yield store.fetch([event.id])), [event])
+
+    @inlineCallbacks
     def test_manyTags(self) -> Any:
         """
         An event with hundreds of indexed tags is found by each of them.

@@ -43,7 +43,7 @@ _DELETION = 5
 
 _MAX_INTEGER = 2**63 - 1
 
-# Longer lists are passed as two parameters at most (the 32-byte values
+# Longer lists are passed as two parameters at most (the byte strings
 # concatenated, the others as a JSON array), which keeps every statement far
 # below SQLite's bound on parameters.
 _MAX_INLINE_PARAMETERS = 64
