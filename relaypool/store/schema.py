@@ -185,8 +185,8 @@ _VERSION_4 = (
     "ALTER TABLE tags_v4 RENAME TO tags",
     # The id and pubkey indexes hold their first 8 bytes: random keys, so
     # each insert writes pages all over them, and narrow ones have fewer.
-    # A lookup compares the whole value in the row; the store checks that an
-    # id is new (no UNIQUE constraint).
+    # A lookup compares the whole value in the row; the events_refuse
+    # trigger keeps ids unique.
     "CREATE INDEX events_id ON events (substr(id, 1, 8))",
     "CREATE INDEX events_created_at ON events (created_at)",
     # An author's events newest first, their kinds read from the index: a
@@ -200,6 +200,20 @@ _VERSION_4 = (
     """
     CREATE INDEX events_expiration ON events (expiration)
     WHERE expiration IS NOT NULL
+    """,
+    # An event already stored, or (unless it is one itself) named by id in
+    # a deletion request of its author, is not inserted (no error).
+    """
+    CREATE TRIGGER events_refuse BEFORE INSERT ON events BEGIN
+        SELECT RAISE(IGNORE) WHERE EXISTS (
+            SELECT 1 FROM events
+            WHERE substr(id, 1, 8) = substr(new.id, 1, 8) AND id = new.id
+        ) OR (new.kind != 5 AND EXISTS (
+            SELECT 1 FROM tags t JOIN events d ON d.seq = t.seq
+            WHERE t.name = 'e' AND t.value = new.id AND d.kind = 5
+            AND d.pubkey = new.pubkey
+        ));
+    END
     """,
     """
     CREATE TRIGGER events_insert AFTER INSERT ON events BEGIN
