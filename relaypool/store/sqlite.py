@@ -70,7 +70,7 @@ DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 The default bound on each database connection's page cache. Random-keyed
 indexes (ids, pubkeys, tag values) make each insert touch pages all over
 them: a cache that holds the indexes keeps the insert rate at a million
-events (about 200 MB of indexes).
+events (about 150 MB of indexes).
 """
 
 # How many eviction rounds one batch may run to get under maxBytes.
