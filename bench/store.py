@@ -1,10 +1,12 @@
 """
-Benchmark of L{relaypool.store.sqlite.SQLiteEventStore}: insert throughput and
-query latency at 100k and 1M stored events, beside the same work on a plain
-SQLite table with no index (a table scan).
+Benchmark of L{relaypool.store.sqlite.SQLiteEventStore}: insert throughput,
+the cost of one insert, query latency and bytes on disk per event at 10k,
+100k and 1M stored events, beside the same work on a plain SQLite table with
+no index (a table scan).
 
-    python bench/store.py            # 100k, then 1M events
-    python bench/store.py --quick    # 100k events only
+    python bench/store.py                       # 10k, 100k, then 1M events
+    python bench/store.py --quick               # 10k and 100k events
+    python bench/store.py --sizes 10000,50000   # other sizes
 
 Events are not signed (random ids and signatures): the store does not
 verify them.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import sqlite3
 import sys
 import tempfile
@@ -140,6 +143,20 @@ class PlainTable:
             (f"('e', '{target}')",),
         ).fetchall()
 
+    def ids(self, ids: list[str]) -> None:
+        self._db.execute(
+            f"SELECT raw FROM plain WHERE id IN ({', '.join('?' * len(ids))})"
+            " ORDER BY created_at DESC, id",
+            ids,
+        ).fetchall()
+
+    def untilLimit(self, until: int) -> None:
+        self._db.execute(
+            "SELECT raw FROM plain WHERE created_at <= ? ORDER BY created_at DESC, id"
+            " LIMIT 100",
+            (until,),
+        ).fetchall()
+
     def kindsSince(self, since: int) -> None:
         self._db.execute(
             "SELECT raw FROM plain WHERE kind = 1 AND created_at >= ?"
@@ -147,8 +164,32 @@ class PlainTable:
             (since,),
         ).fetchall()
 
+    def usedBytes(self) -> int:
+        return _usedBytes(self._db)
+
     def close(self) -> None:
         self._db.close()
+
+
+def _usedBytes(db: sqlite3.Connection) -> int:
+    """
+    The bytes of the database's pages in use, its WAL copied back first.
+    """
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages, free, size = (
+        db.execute(f"PRAGMA {name}").fetchone()[0]
+        for name in ("page_count", "freelist_count", "page_size")
+    )
+    used: int = (pages - free) * size
+    return used
+
+
+def _cpuSeconds() -> float:
+    """
+    The CPU time of this process (every thread), user and system.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:
@@ -172,6 +213,8 @@ def _shapes(source: EventSource, rng: random.Random) -> list[tuple[str, Callable
         ),
         ("#e tag", lambda: rng.choice(source.referenced)),
         ("kinds since (30 s)", lambda: since),
+        ("ids (10)", lambda: [rng.choice(source.referenced) for _ in range(10)]),
+        ("until limit 100", lambda: rng.randrange(START, source.newest() + 1)),
     ]
 
 
@@ -180,17 +223,26 @@ def _storeFilter(shape: str, argument: Any) -> Filter:
         return Filter(authors=frozenset([argument]), kinds=frozenset([1, 7]), limit=50)
     if shape.startswith("#e"):
         return Filter(tags=(("e", frozenset([argument])),))
+    if shape.startswith("ids"):
+        return Filter(ids=frozenset(argument))
+    if shape.startswith("until"):
+        return Filter(until=argument, limit=100)
     return Filter(kinds=frozenset([1]), since=argument)
 
 
 @inlineCallbacks
 def _insert(store: SQLiteEventStore, plain: PlainTable, events: list[Event]) -> Iterator[Any]:
-    started = time.perf_counter()
+    """
+    Insert C{events} in the store, then in the plain table.
+
+    @return: for each, the wall and the CPU seconds it took.
+    """
+    started, cpu = time.perf_counter(), _cpuSeconds()
     yield gatherResults([store.save(e) for e in events])
-    storeSeconds = time.perf_counter() - started
-    started = time.perf_counter()
+    storeTimes = (time.perf_counter() - started, _cpuSeconds() - cpu)
+    started, cpu = time.perf_counter(), _cpuSeconds()
     plain.insert(events)
-    return storeSeconds, time.perf_counter() - started
+    return storeTimes, (time.perf_counter() - started, _cpuSeconds() - cpu)
 
 
 @inlineCallbacks
@@ -206,6 +258,8 @@ def _measure(
         "authors+kinds limit 50": plain.authorsKinds,
         "#e tag": plain.tagE,
         "kinds since (30 s)": plain.kindsSince,
+        "ids (10)": plain.ids,
+        "until limit 100": plain.untilLimit,
     }
     print(f"  {'filter':24} {'store p50':>10} {'store p99':>10} {'results':>8}"
           f" {'scan p50':>10} {'scan p99':>10}")
@@ -232,43 +286,125 @@ def _measure(
         )
 
 
+class Totals:
+    """
+    Events inserted and the wall and CPU seconds inserting them took.
+    """
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def add(self, events: int, times: tuple[float, float]) -> None:
+        self.events += events
+        self.wall += times[0]
+        self.cpu += times[1]
+
+    def since(self, earlier: Totals) -> str:
+        """
+        The rate and the cost of one insert since C{earlier}.
+        """
+        events = self.events - earlier.events
+        wall = self.wall - earlier.wall
+        cpu = self.cpu - earlier.cpu
+        return (
+            f"{events / wall:9,.0f}/s {wall / events * 1e6:6.1f} us wall"
+            f" {cpu / events * 1e6:6.1f} us CPU"
+        )
+
+    def copy(self) -> Totals:
+        totals = Totals()
+        totals.add(self.events, (self.wall, self.cpu))
+        return totals
+
+
+def _sizes(text: str) -> list[int]:
+    sizes = sorted({int(size.replace("_", "")) for size in text.split(",")})
+    if not sizes or sizes[0] <= 0:
+        raise argparse.ArgumentTypeError("sizes must be positive event counts")
+    return sizes
+
+
 @inlineCallbacks
 def main(reactor: Any, argv: list[str]) -> Iterator[Deferred[Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--quick", action="store_true", help="100k events only")
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=[10_000, 100_000, 1_000_000],
+        help="stored-event counts to measure at, comma-separated (default 10k,100k,1M)",
+    )
+    parser.add_argument("--quick", action="store_true", help="10k and 100k events only")
     parser.add_argument("--queries", type=int, default=500, help="per shape, store")
     parser.add_argument(
         "--scan-queries", type=int, default=10, help="per shape, plain table scan"
     )
     parser.add_argument("--dir", default=None, help="where the databases go")
     options = parser.parse_args(argv)
-    total = 100_000 if options.quick else options.events
-    checkpoints = sorted({min(100_000, total), total})
+    checkpoints = [10_000, 100_000] if options.quick else options.sizes
     directory = options.dir or tempfile.mkdtemp(prefix="relaypool-bench-")
-    print(f"databases in {directory}; events are unsigned (the store does not verify)")
-    store = SQLiteEventStore(os.path.join(directory, "store.db"), reactor=reactor)
+    print(
+        f"databases in {directory}; events are unsigned (the store does not verify);"
+        " CPU is this process's, every thread"
+    )
+    storePath = os.path.join(directory, "store.db")
+    store = SQLiteEventStore(storePath, reactor=reactor)
     plain = PlainTable(os.path.join(directory, "plain.db"))
     source = EventSource()
-    storeSeconds = plainSeconds = 0.0
+    storeTotals, plainTotals = Totals(), Totals()
     try:
         for checkpoint in checkpoints:
+            storeBefore, plainBefore = storeTotals.copy(), plainTotals.copy()
             while source.made < checkpoint:
                 events = source.chunk(min(CHUNK, checkpoint - source.made))
-                s, p = yield _insert(store, plain, events)
-                storeSeconds += s
-                plainSeconds += p
+                storeTimes, plainTimes = yield _insert(store, plain, events)
+                storeTotals.add(len(events), storeTimes)
+                plainTotals.add(len(events), plainTimes)
                 print(f"  inserted {source.made:,}", end="\r", flush=True)
-            print(f"{checkpoint:,} events stored")
+            print(f"{checkpoint:,} events stored" + " " * 20)
             print(
-                f"  inserts/s: store {source.made / storeSeconds:,.0f}"
-                f" (batched transactions, via save() Deferreds),"
-                f" plain table {source.made / plainSeconds:,.0f} (executemany, no index)"
+                "  inserts (batched transactions, via save() Deferreds;"
+                " plain: executemany, no index):"
             )
+            print(f"    store, 0 to {checkpoint:,}:   {storeTotals.since(Totals())}")
+            print(f"    plain, 0 to {checkpoint:,}:   {plainTotals.since(Totals())}")
+            if storeBefore.events:
+                print(
+                    f"    store, {storeBefore.events:,} to {checkpoint:,}:"
+                    f" {storeTotals.since(storeBefore)}"
+                )
+                print(
+                    f"    plain, {plainBefore.events:,} to {checkpoint:,}:"
+                    f" {plainTotals.since(plainBefore)}"
+                )
             yield _measure(store, plain, source, options.queries, options.scan_queries)
+            storeBytes = yield _storeBytes(store)
+            plainBytes = plain.usedBytes()
+            print(
+                f"  bytes on disk per event: store {storeBytes / checkpoint:,.0f},"
+                f" plain table {plainBytes / checkpoint:,.0f}"
+            )
     finally:
         plain.close()
         yield store.close()
+
+
+def _storeBytes(store: SQLiteEventStore) -> Deferred[int]:
+    """
+    The bytes of the store's pages in use, read on a connection of its own
+    once the store's writes are committed.
+    """
+    done = store.count([Filter(limit=0)])
+
+    def measure(_: object) -> int:
+        db = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            return _usedBytes(db)
+        finally:
+            db.close()
+
+    return done.addCallback(measure)
 
 
 if __name__ == "__main__":

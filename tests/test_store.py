@@ -170,6 +170,72 @@ class SaveAndQueryTests(StoreTestMixin, TestCase):
         self.assertEqual(byTag, sorted(events[2:], key=lambda e: (-e.createdAt, e.id)))
 
     @inlineCallbacks
+    def test_longMixedTagList(self) -> Any:
+        """
+        A long tag list mixing 64-hex values and other strings matches
+        events tagged with either kind of value.
+        """
+        store = self.openStore()
+        hexTagged = note(content="hex", tags=[["t", "a" * 64]])
+        wordTagged = note(content="word", tags=[["t", "word"]])
+        yield gatherResults([store.save(e) for e in (hexTagged, wordTagged)])
+        values = frozenset(["a" * 64, "word"] + [f"other{i}" for i in range(100)])
+        found = yield store.query([Filter(tags=(("t", values),))])
+        self.assertEqual({e.id for e in found}, {hexTagged.id, wordTagged.id})
+
+    @inlineCallbacks
+    def test_emptyLists(self) -> Any:
+        """
+        An empty C{ids} or C{authors} list matches nothing.
+        """
+        store = self.openStore()
+        yield store.save(note())
+        self.assertEqual((yield store.query([Filter(ids=frozenset())])), [])
+        self.assertEqual((yield store.query([Filter(authors=frozenset())])), [])
+
+    @inlineCallbacks
+    def test_notHexIds(self) -> Any:
+        """
+        C{fetch} and C{delete} with ids that are not 64 lowercase hex
+        characters find nothing.
+        """
+        store = self.openStore()
+        event = note()
+        yield store.save(event)
+        odd = [event.id.upper(), "x", ""]
+        self.assertEqual((yield store.fetch(odd)), [])
+        self.assertEqual((yield store.delete(odd)), 0)
+        self.assertEqual((yield store.fetch([event.id])), [event])
+
+    @inlineCallbacks
+    def test_manyTags(self) -> Any:
+        """
+        An event with hundreds of indexed tags is found by each of them.
+        """
+        store = self.openStore()
+        pubkeys = [f"{i:064x}" for i in range(600)]
+        event = note(tags=[["p", pubkey] for pubkey in pubkeys])
+        yield store.save(event)
+        for pubkey in (pubkeys[0], pubkeys[299], pubkeys[-1]):
+            found = yield store.query([Filter(tags=(("p", frozenset([pubkey])),))])
+            self.assertEqual(found, [event])
+
+    @inlineCallbacks
+    def test_hexValuesExact(self) -> Any:
+        """
+        A tag value that is 64 hex characters matches only itself: the same
+        digits in upper case are another value.
+        """
+        store = self.openStore()
+        lower = note(content="lower", tags=[["t", "ab" * 32]])
+        upper = note(content="upper", tags=[["t", "AB" * 32]])
+        yield gatherResults([store.save(e) for e in (lower, upper)])
+        for event in (lower, upper):
+            tag = event.tags[0][1]
+            found = yield store.query([Filter(tags=(("t", frozenset([tag])),))])
+            self.assertEqual(found, [event])
+
+    @inlineCallbacks
     def test_tagConditions(self) -> Any:
         """
         Several tag conditions must all hold; each matches any of its values,
@@ -444,6 +510,20 @@ class DeletionTests(StoreTestMixin, TestCase):
         self.assertEqual((yield store.count([Filter(kinds=frozenset([0]))])), 0)
 
     @inlineCallbacks
+    def test_refuseDeletedVersionKeepsOlder(self) -> Any:
+        """
+        A newer version of a replaceable event that a deletion request names
+        by id is refused, and the stored older version stays.
+        """
+        store = self.openStore()
+        older = note(createdAt=NOW - 30, kind=0, content="older")
+        newer = note(createdAt=NOW - 10, kind=0, content="newer")
+        yield store.save(older)
+        yield store.save(note(createdAt=NOW - 20, kind=5, tags=[["e", newer.id]]))
+        self.assertFalse((yield store.save(newer)))
+        self.assertEqual((yield store.query([Filter(kinds=frozenset([0]))])), [older])
+
+    @inlineCallbacks
     def test_otherAuthorsAddress(self) -> Any:
         """
         An C{a} tag naming another author's address deletes nothing.
@@ -604,6 +684,40 @@ class BoundTests(StoreTestMixin, TestCase):
         self.failureResultOf(store.save(note(content="x")), QueueFull)
         self.failureResultOf(store.query([Filter()]), QueueFull)
         return gatherResults(waiting)
+
+
+class TagRowsTests(StoreTestMixin, TestCase):
+    """
+    The tags table holds the tags of the stored events only.
+    """
+
+    @inlineCallbacks
+    def test_removedWithTheirEvent(self) -> Any:
+        """
+        Every way an event leaves the store (replaced, deleted by a NIP-09
+        request, expired, evicted, deleted) removes its tag rows.
+        """
+        clock = FakeWallClock()
+        store = self.openStore(clock=clock, maxEvents=4)
+        replaced = note(kind=30000, tags=[["d", "x"], ["t", "old"]], createdAt=NOW - 50)
+        replacing = note(kind=30000, tags=[["d", "x"], ["t", "new"]], createdAt=NOW - 40)
+        requested = note(content="requested", tags=[["p", PUBKEYS[1]]], createdAt=NOW - 30)
+        expiring = note(tags=[["t", "brief"], ["expiration", str(NOW + 5)]], createdAt=NOW - 90)
+        evicted = note(content="oldest", tags=[["t", "evicted"]], createdAt=NOW - 1000)
+        deleted = note(content="deleted", tags=[["e", "c" * 64]], createdAt=NOW - 20)
+        for event in (evicted, replaced, replacing, requested, expiring, deleted):
+            yield store.save(event)
+        yield store.save(note(kind=5, tags=[["e", requested.id]], createdAt=NOW - 10))
+        clock.now = NOW + 5
+        yield store.delete([deleted.id])
+        stored = yield store.query([Filter()])
+        self.assertEqual([e.kind for e in stored], [5, 30000])
+        connection = sqlite3.connect(store.path)
+        self.addCleanup(connection.close)
+        rows = connection.execute("SELECT name, value FROM tags ORDER BY name, value").fetchall()
+        self.assertEqual(
+            rows, [("d", "x"), ("e", bytes.fromhex(requested.id)), ("t", "new")]
+        )
 
 
 def _failWrite(connection: sqlite3.Connection) -> None:

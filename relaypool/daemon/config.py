@@ -174,6 +174,8 @@ class Config:
         otherwise. See L{effectiveOkPolicy}.
     @ivar storeMaxEvents: the store's event bound; 0 means none.
     @ivar storeMaxBytes: the store's size bound in bytes; 0 means none.
+    @ivar storeCacheBytes: the page cache of each of the store's two
+        database connections, in bytes.
     @ivar statusInterval: seconds between per-relay status log lines; 0
         turns them off.
     @ivar statusPageInterval: seconds between two samples of the status
@@ -215,6 +217,7 @@ class Config:
     store: str = "relaypool.db"
     storeMaxEvents: int = 0
     storeMaxBytes: int = 0
+    storeCacheBytes: int = 256 * 1024 * 1024
     okPolicy: str = "auto"
     outboxMaxAge: float = 7 * 86400.0
     outboxMaxEvents: int = 10_000
@@ -664,6 +667,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("store", "store", "the SQLite event store file, or :memory:", _storePath),
     Setting("store-max-events", "storeMaxEvents", "events kept in the store; 0: no bound", _COUNT),
     Setting("store-max-bytes", "storeMaxBytes", "bytes the store may use; 0: no bound", _COUNT),
+    Setting(
+        "store-cache-bytes",
+        "storeCacheBytes",
+        "page cache of each of the store's two database connections, in bytes",
+        _POSITIVE_INT,
+    ),
     Setting(
         "ok-policy",
         "okPolicy",

@@ -836,6 +836,7 @@ class RelayPoolService(OrderedMultiService):
                 reactor=reactor,
                 maxEvents=config.storeMaxEvents or None,
                 maxBytes=config.storeMaxBytes or None,
+                cacheBytes=config.storeCacheBytes,
                 maxOutbox=config.outboxMaxEvents,
                 onLatency=onLatency,
             )

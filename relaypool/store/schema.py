@@ -5,10 +5,14 @@ The schema version is kept in C{PRAGMA user_version}. L{MIGRATIONS} holds one
 step per version: step C{n} takes a database from version C{n} to C{n + 1},
 version 0 being an empty file. A database is always migrated step by step, so
 a file made by any earlier relaypool opens with the current one.
+
+From version 4 on, event ids and pubkeys are stored as 32-byte BLOBs, and so
+is every tag value that is 64 lowercase hex characters (see L{storedValue}).
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 from relaypool.errors import SchemaVersionError
@@ -121,7 +125,109 @@ _VERSION_3 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_VERSION_1, _VERSION_2, _VERSION_3)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def storedValue(value: str) -> bytes | str:
+    """
+    How an event id, a pubkey or a tag value is stored: a value of 64
+    lowercase hex characters as the 32 bytes it spells, any other as it is
+    (SQLite never finds a BLOB equal to a TEXT, so the two cannot mix up).
+    """
+    if len(value) == 64 and _HEX64.fullmatch(value):
+        return bytes.fromhex(value)
+    return value
+
+
+_VERSION_4 = (
+    # Ids, pubkeys and hex tag values as 32-byte BLOBs, and narrower
+    # indexes: a query ordered by (created_at DESC, id) sorts the ties of
+    # the index's created_at order, reading id from the table row.
+    "DROP TRIGGER events_insert",
+    "DROP TRIGGER events_delete",
+    """
+    CREATE TABLE events_v4 (
+        seq INTEGER PRIMARY KEY,
+        id BLOB NOT NULL,
+        pubkey BLOB NOT NULL,
+        kind INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        address TEXT,
+        expiration INTEGER,
+        raw BLOB NOT NULL
+    )
+    """,
+    """
+    INSERT INTO events_v4 (seq, id, pubkey, kind, created_at, address, expiration, raw)
+    SELECT seq, relaypool_stored(id), relaypool_stored(pubkey), kind, created_at,
+        address, expiration, raw
+    FROM events ORDER BY seq
+    """,
+    # One row per distinct (single-letter name, first value) of an event,
+    # keyed for the tag queries. The store deletes an event's rows with
+    # the event (the keys come from its raw JSON): no index on seq.
+    """
+    CREATE TABLE tags_v4 (
+        name TEXT NOT NULL,
+        value NOT NULL,
+        created_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (name, value, created_at, seq)
+    ) WITHOUT ROWID
+    """,
+    """
+    INSERT INTO tags_v4 (name, value, created_at, seq)
+    SELECT name, relaypool_stored(value), created_at, seq FROM tags
+    """,
+    "DROP TABLE tags",
+    "DROP TABLE events",
+    "ALTER TABLE events_v4 RENAME TO events",
+    "ALTER TABLE tags_v4 RENAME TO tags",
+    # The id and pubkey indexes hold their first 8 bytes: random keys, so
+    # each insert writes pages all over them, and narrow ones have fewer.
+    # A lookup compares the whole value in the row; the events_refuse
+    # trigger keeps ids unique.
+    "CREATE INDEX events_id ON events (substr(id, 1, 8))",
+    "CREATE INDEX events_created_at ON events (created_at)",
+    # An author's events newest first, their kinds read from the index: a
+    # query for some of an author's kinds reads only the rows it returns.
+    "CREATE INDEX events_pubkey ON events (substr(pubkey, 1, 8), created_at, kind)",
+    "CREATE INDEX events_kind ON events (kind, created_at)",
+    """
+    CREATE UNIQUE INDEX events_address ON events (pubkey, kind, address)
+    WHERE address IS NOT NULL
+    """,
+    """
+    CREATE INDEX events_expiration ON events (expiration)
+    WHERE expiration IS NOT NULL
+    """,
+    # An event already stored, or (unless it is one itself) named by id in
+    # a deletion request of its author, is not inserted (no error).
+    """
+    CREATE TRIGGER events_refuse BEFORE INSERT ON events BEGIN
+        SELECT RAISE(IGNORE) WHERE EXISTS (
+            SELECT 1 FROM events
+            WHERE substr(id, 1, 8) = substr(new.id, 1, 8) AND id = new.id
+        ) OR (new.kind != 5 AND EXISTS (
+            SELECT 1 FROM tags t JOIN events d ON d.seq = t.seq
+            WHERE t.name = 'e' AND t.value = new.id AND d.kind = 5
+            AND d.pubkey = new.pubkey
+        ));
+    END
+    """,
+    """
+    CREATE TRIGGER events_insert AFTER INSERT ON events BEGIN
+        UPDATE stats SET events = events + 1;
+    END
+    """,
+    """
+    CREATE TRIGGER events_delete AFTER DELETE ON events BEGIN
+        UPDATE stats SET events = events - 1;
+    END
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4)
 """
 The SQL statements of each migration step, step C{n} taking a database from
 version C{n} to C{n + 1}.
@@ -161,6 +267,8 @@ def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int
             f" newest this relaypool knows ({SCHEMA_VERSION}): open it with"
             " a newer relaypool"
         )
+    # For the migration steps' SQL.
+    connection.create_function("relaypool_stored", 1, storedValue, deterministic=True)
     for step in range(original, target):
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -176,4 +284,4 @@ def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int
     return original
 
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "schemaVersion"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "schemaVersion", "storedValue"]
