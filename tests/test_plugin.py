@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from twisted.application.service import IServiceMaker
@@ -179,9 +181,14 @@ class StartupFailureTests(TestCase):
         )
         self.assertEqual(result.returncode, 1)
         self.assertIn(f"StartupError: cannot listen on {listen}", result.stderr)
-        with open(logfile) as f:
-            self.assertIn(f"relaypool: cannot listen on {listen}: Address already in use", f.read())
-        self.assertFalse(os.path.exists(pidfile))
+        # The parent exits as soon as the daemon reports the failure; the
+        # daemon may still be writing its log and removing its pidfile.
+        logged = f"relaypool: cannot listen on {listen}: Address already in use"
+        _waitFor(
+            lambda: os.path.exists(logfile)
+            and logged in Path(logfile).read_text()
+            and not os.path.exists(pidfile)
+        )
 
     def test_storeNotSQLite(self) -> None:
         """
@@ -204,6 +211,18 @@ class StartupFailureTests(TestCase):
         self.assertOneLine(
             result, f"relaypool: cannot open the store {path}: file is not a database"
         )
+
+
+def _waitFor(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """
+    Poll C{condition} every 20 ms until it holds; fail after C{timeout}
+    seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout} s")
+        time.sleep(0.02)
 
 
 def _killDaemon(pidfile: str) -> None:
