@@ -43,7 +43,7 @@ from relaypool.nostr.filter import Filter  # noqa: E402
 from relaypool.store.sqlite import SQLiteEventStore  # noqa: E402
 from relaypool.testing import makeEvent  # noqa: E402
 from relaypool.transport.names import StaticNameService  # noqa: E402
-from relaypool.upstream.relay import RelayConnection  # noqa: E402
+from relaypool.upstream.relay import Relay, RelayConnection  # noqa: E402
 from relaypool.upstream.relaypool import RelayPool  # noqa: E402
 
 ID_IN_JSON_LIST = 67
@@ -59,19 +59,19 @@ class WireCounter:
         self.sent = 0
         self.received = 0
         self._sendText = RelayConnection.sendText
-        self._onMessage = RelayConnection.onMessage
+        self._frameReceived = Relay._frameReceived
         counter = self
 
         def sendText(connection: RelayConnection, data: bytes) -> None:
             counter.sent += len(data)
             counter._sendText(connection, data)
 
-        def onMessage(connection: RelayConnection, payload: bytes, isBinary: bool) -> None:
+        def frameReceived(relay: Relay, connection: RelayConnection, payload: bytes) -> None:
             counter.received += len(payload)
-            counter._onMessage(connection, payload, isBinary)
+            counter._frameReceived(relay, connection, payload)
 
         RelayConnection.sendText = sendText  # type: ignore[method-assign]
-        RelayConnection.onMessage = onMessage  # type: ignore[method-assign]
+        Relay._frameReceived = frameReceived  # type: ignore[method-assign]
 
     def reset(self) -> None:
         self.sent = self.received = 0
