@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import queue
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,8 @@ from typing import IO, Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bench.peers import freePort  # noqa: E402
 
 STEP_TIMEOUT = 120.0
 FAST = ["--events-per-second", "100000", "--event-burst", "100000"]
@@ -234,13 +235,6 @@ def relays(count: int) -> None:
 # --- the orchestrator -------------------------------------------------------
 
 
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _child(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), *args],
@@ -266,7 +260,7 @@ class Daemon:
     """
 
     def __init__(self, folder: str, *options: str) -> None:
-        self.port = _freePort()
+        self.port = freePort()
         self.url = f"ws://127.0.0.1:{self.port}"
         command = [
             sys.executable,

@@ -43,6 +43,8 @@ from typing import IO, Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.peers import freePort, nostrRelayCommand  # noqa: E402
+
 STEP_TIMEOUT = 180.0
 CONNECT_BATCH = 100
 #: File descriptors a process needs beside its connections.
@@ -364,13 +366,6 @@ def _settle(process: Any) -> int:
     return rss
 
 
-def _freePort() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class _Server:
     """
     A server under test: a subprocess whose tree is measured.
@@ -429,25 +424,12 @@ class _NostrRelayServer(_Server):
     clientPublishes = True
 
     def start(self) -> None:
-        executable = shutil.which("nostr-relay", path=os.path.dirname(sys.executable))
-        if executable is None:
-            raise RuntimeError("nostr-relay is not installed: pip install '.[bench]'")
         self.folder = tempfile.mkdtemp(prefix="fanout-nostr-relay-")
-        self.port = _freePort()
-        config = os.path.join(self.folder, "config.yaml")
-        with open(config, "w") as f:
-            f.write(
-                "storage:\n"
-                f"  sqlalchemy.url: sqlite+aiosqlite:///{self.folder}/nostr.sqlite3\n"
-                "gunicorn:\n"
-                f"  bind: 127.0.0.1:{self.port}\n"
-                "  workers: 1\n"
-                "  loglevel: warning\n"
-                f"subscription_limit: 32\n"
-            )
+        self.port = freePort()
+        command = nostrRelayCommand(self.folder, self.port, loglevel="warning", subscriptionLimit=32)
         self.log = open(os.path.join(self.folder, "relay.log"), "w")
         self.process = subprocess.Popen(
-            [executable, "-c", config, "serve"],
+            command,
             cwd=self.folder,
             stdin=subprocess.DEVNULL,
             stdout=self.log,

@@ -33,7 +33,6 @@ import base64
 import multiprocessing
 import os
 import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -47,6 +46,8 @@ import psutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bench.peers import freePort, nostrRelayCommand  # noqa: E402
 
 SUBSCRIBERS = 50
 LIVE_RATE = 60.0
@@ -247,13 +248,6 @@ def subscribers(port: int, count: int, tag: str, expected: int, ready: Any, resu
 # --- the servers -----------------------------------------------------------------
 
 
-def _freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Server:
     """
     A relay in a subprocess on a free port, its files in C{folder}.
@@ -263,7 +257,7 @@ class Server:
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
-        self.port = _freePort()
+        self.port = freePort()
         self.log = open(os.path.join(folder, "server.log"), "w")
         self.process = subprocess.Popen(
             self.command(), cwd=folder, stdout=self.log, stderr=subprocess.STDOUT
@@ -356,19 +350,7 @@ class NostrRelay(Server):
     name = "nostr-relay"
 
     def command(self) -> list[str]:
-        config = os.path.join(self.folder, "config.yaml")
-        with open(config, "w") as f:
-            f.write(
-                "storage:\n"
-                f"  sqlalchemy.url: sqlite+aiosqlite:///{self.folder}/nostr.sqlite3\n"
-                "gunicorn:\n"
-                f"  bind: 127.0.0.1:{self.port}\n"
-                "  workers: 1\n"
-            )
-        executable = shutil.which("nostr-relay", path=os.path.dirname(sys.executable))
-        if executable is None:
-            raise RuntimeError("nostr-relay is not installed: pip install '.[bench]'")
-        return [executable, "-c", config, "serve"]
+        return nostrRelayCommand(self.folder, self.port)
 
 
 # --- scenarios -------------------------------------------------------------------
