@@ -396,21 +396,25 @@ class Event:
         """
         The event as a JSON-ready dict with wire field names.
         """
-        return {
-            "id": self.id,
-            "pubkey": self.pubkey,
-            "created_at": self.createdAt,
-            "kind": self.kind,
-            "tags": [list(tag) for tag in self.tags],
-            "content": self.content,
-            "sig": self.sig,
-        }
+        return self._wireFields([list(tag) for tag in self.tags])
 
     def toJSON(self) -> bytes:
         """
         The event as compact JSON bytes.
         """
-        return orjson.dumps(self.toDict())
+        # orjson writes the tag tuples as arrays: no lists to build.
+        return orjson.dumps(self._wireFields(self.tags))
+
+    def _wireFields(self, tags: object) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pubkey": self.pubkey,
+            "created_at": self.createdAt,
+            "kind": self.kind,
+            "tags": tags,
+            "content": self.content,
+            "sig": self.sig,
+        }
 
     def _idDigests(self) -> tuple[bytes, bytes | None]:
         """

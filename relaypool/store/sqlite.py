@@ -15,7 +15,7 @@ import sqlite3
 import string
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
@@ -261,22 +261,24 @@ class _DatabaseThread:
         operationalError: str | None = None
         try:
             connection.execute(self._begin)
-            for job in batch:
-                if isolated:
-                    connection.execute("SAVEPOINT job")
+            if not isolated:
+                try:
+                    for jobs, results in _runTogether(batch, connection):
+                        outcomes += zip(jobs, results, strict=True)
+                except Exception:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    return self._runBatch(batch, isolated=True)
+            for job in batch if isolated else ():
+                connection.execute("SAVEPOINT job")
                 try:
                     result = job.work(connection)
                 except Exception as e:
-                    if not isolated:
-                        if connection.in_transaction:
-                            connection.execute("ROLLBACK")
-                        return self._runBatch(batch, isolated=True)
                     connection.execute("ROLLBACK TO job")
                     if isinstance(e, sqlite3.OperationalError):
                         operationalError = str(e)
                     result = _failure(e)
-                if isolated:
-                    connection.execute("RELEASE job")
+                connection.execute("RELEASE job")
                 outcomes.append((job, result))
             if self._beforeCommit is not None:
                 self._beforeCommit(connection)
@@ -289,6 +291,31 @@ class _DatabaseThread:
             return [(job, failure) for job in batch]
         self.lastError = operationalError
         return outcomes
+
+
+def _runTogether(
+    batch: Sequence[_Job], connection: sqlite3.Connection
+) -> Iterator[tuple[Sequence[_Job], list[object]]]:
+    """
+    Run C{batch}'s jobs in order. A work may have a C{runAll} attribute: a
+    function taking a list of such works and the connection and returning
+    their results in order. Each run of neighbouring jobs whose works share
+    one C{runAll} is run by one call of it, any other job alone.
+
+    @return: each run (or job) and its results.
+    """
+    start = 0
+    while start < len(batch):
+        runAll = getattr(batch[start].work, "runAll", None)
+        end = start + 1
+        while runAll and end < len(batch) and getattr(batch[end].work, "runAll", None) is runAll:
+            end += 1
+        jobs = batch[start:end]
+        if runAll is None or len(jobs) == 1:
+            yield jobs, [jobs[0].work(connection)]
+        else:
+            yield jobs, runAll([job.work for job in jobs], connection)
+        start = end
 
 
 def _failure(error: Exception) -> Exception:
@@ -593,7 +620,7 @@ class SQLiteEventStore:
         expiration = event.expiration()
         if expiration is not None and expiration <= self._clock():
             return succeed(False)
-        return self._submit(self._writer, partial(_saveEvent, event, expiration), "write")
+        return self._submit(self._writer, _SaveEvent(event, expiration), "write")
 
     def query(self, filters: Sequence[Filter]) -> Deferred[list[Event]]:
         """
@@ -864,6 +891,135 @@ def _deleteEvents(eventIds: tuple[str, ...], connection: sqlite3.Connection) -> 
         return 0
     clause, params = _keyClause("id", eventIds)
     return _removeEvents(connection, clause, params)
+
+
+class _SaveEvent:
+    """
+    The work of L{SQLiteEventStore.save}: store C{event}. Several of them
+    next to each other in a batch run together (L{_saveEvents}).
+    """
+
+    __slots__ = ("event", "expiration")
+
+    def __init__(self, event: Event, expiration: int | None) -> None:
+        self.event = event
+        self.expiration = expiration
+
+    def __call__(self, connection: sqlite3.Connection) -> bool:
+        return _saveEvent(self.event, self.expiration, connection)
+
+    @staticmethod
+    def runAll(works: Sequence[_SaveEvent], connection: sqlite3.Connection) -> list[bool]:
+        return _saveEvents(works, connection)
+
+
+def _saveEvents(works: Sequence[_SaveEvent], connection: sqlite3.Connection) -> list[bool]:
+    """
+    Store each work's event, in order: each run of plain events (see
+    L{_isPlain}: nothing they do depends on the others) with one statement
+    for the events (or one per L{_BULK_BYTES} of them) and one for their
+    tags, any other event alone.
+
+    @return: for each, whether it was stored.
+    """
+    saved: list[bool] = []
+    start = 0
+    while start < len(works):
+        end, size, raws = start, 0, []
+        while end < len(works) and size < _BULK_BYTES and _isPlain(works[end]):
+            raws.append(works[end].event.toJSON())
+            size += len(raws[-1])
+            end += 1
+        if end > start:
+            saved += _insertPlain([work.event for work in works[start:end]], raws, connection)
+        else:
+            saved.append(works[start](connection))
+            end += 1
+        start = end
+    return saved
+
+
+def _isPlain(work: _SaveEvent) -> bool:
+    """
+    Whether C{work}'s event is a regular one (not replaceable, addressable
+    or a deletion request) with no expiration.
+    """
+    event = work.event
+    return work.expiration is None and event.kind != _DELETION and _address(event) is None
+
+
+# The most bytes of events inserted by one statement.
+_BULK_BYTES = 4 * 1024 * 1024
+
+# The events as one JSON array, their ids and pubkeys as 32-byte values
+# concatenated: SQLite takes them apart, and the rows are numbered from ?1
+# so that those the events_refuse trigger skipped are known afterwards. One
+# statement, not one per event: the thread holds the GIL only to build it.
+_INSERT_PLAIN_EVENTS = """
+    INSERT INTO events (seq, id, pubkey, kind, created_at, address, expiration, raw)
+    SELECT ?1 + key, substr(?2, 32 * key + 1, 32), substr(?3, 32 * key + 1, 32),
+        json_extract(value, '$.kind'), json_extract(value, '$.created_at'), NULL, NULL,
+        CAST(value AS BLOB)
+    FROM json_each(?4)
+"""
+
+# The tag rows as a JSON array of [name, created_at, seq, start, length,
+# text]: the value is the bytes of ?2 from start (1-based) on, as a TEXT if
+# text is 1 (UTF-8) and as a BLOB if 0 (see storedValue). Rows of events
+# that were not inserted are left out.
+_INSERT_PLAIN_TAGS = """
+    INSERT INTO tags (name, value, created_at, seq)
+    SELECT name, iif(text, CAST(substr(?2, start, length) AS TEXT), substr(?2, start, length)),
+        created_at, event
+    FROM (
+        SELECT json_extract(value, '$[0]') AS name, json_extract(value, '$[1]') AS created_at,
+            json_extract(value, '$[2]') AS event, json_extract(value, '$[3]') AS start,
+            json_extract(value, '$[4]') AS length, json_extract(value, '$[5]') AS text
+        FROM json_each(?1)
+    )
+    WHERE EXISTS (SELECT 1 FROM events WHERE seq = event)
+"""
+
+
+def _insertPlain(
+    events: Sequence[Event], raws: Sequence[bytes], connection: sqlite3.Connection
+) -> list[bool]:
+    """
+    Insert C{events} (plain ones, see L{_isPlain}), whose JSON is C{raws}.
+
+    @return: for each, whether it was stored (not there already, nor
+        deleted by a stored deletion request).
+    """
+    first: int = connection.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+    connection.execute(
+        _INSERT_PLAIN_EVENTS,
+        (
+            first,
+            b"".join(bytes.fromhex(event.id) for event in events),
+            b"".join(bytes.fromhex(event.pubkey) for event in events),
+            b"[" + b",".join(raws) + b"]",
+        ),
+    )
+    rows: list[tuple[str, int, int, int, int, int]] = []
+    values: list[bytes] = []
+    start = 1
+    for index, event in enumerate(events):
+        for name, value in _indexedTags(event.tags):
+            text = isinstance(value, str)
+            stored = value.encode() if isinstance(value, str) else value
+            rows.append((name, event.createdAt, first + index, start, len(stored), text))
+            values.append(stored)
+            start += len(stored)
+    if rows:
+        connection.execute(_INSERT_PLAIN_TAGS, (orjson.dumps(rows), b"".join(values)))
+    inserted = set(
+        orjson.loads(
+            connection.execute(
+                "SELECT json_group_array(seq) FROM events WHERE seq >= ?", (first,)
+            ).fetchone()[0]
+        )
+    )
+    return [first + index in inserted for index in range(len(events))]
 
 
 def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connection) -> bool:
