@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from relaypool.gateway.facade import RelayFacade
 from relaypool.gateway.registry import Claims, ConnectionRegistry
 from relaypool.gateway.session import Session
+from relaypool.transport.receiving import WholeMessages
 
 HARD_SIZE_FACTOR = 2
 """
@@ -59,7 +60,9 @@ class _SendQueue(list[Any]):
         return self.pop(0)
 
 
-class GatewayProtocol(WebSocketServerProtocol):
+# Autobahn's own bases disagree on two attributes' types (mypy sees it
+# once the class has a second base).
+class GatewayProtocol(WholeMessages, WebSocketServerProtocol):  # type: ignore[misc]
     """
     One downstream WebSocket connection: registers with the registry and
     hands its messages to the factory's L{RelayFacade}.
@@ -112,7 +115,7 @@ class GatewayProtocol(WebSocketServerProtocol):
             state["send_queue"] = _SendQueue()
         self.__dict__ = dict(state)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+    def messageReceived(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
         if session is None:
             return

@@ -61,6 +61,7 @@ from relaypool.nostr.url import parseRelayURL
 from relaypool.transport.health import HealthPolicy
 from relaypool.transport.mux import Backoff, UniformMultiplexer
 from relaypool.transport.pool import Pool
+from relaypool.transport.receiving import WholeMessages
 
 log = Logger()
 
@@ -155,14 +156,9 @@ class _NegentropyExchange:
     sentAt: float
 
 
-_READ_SLICE = 4096
-"""
-The size of the slices a L{RelayConnection} hands what it reads to Autobahn
-in.
-"""
-
-
-class RelayConnection(WebSocketClientProtocol):
+# Autobahn's own bases disagree on two attributes' types (mypy sees it
+# once the class has a second base).
+class RelayConnection(WholeMessages, WebSocketClientProtocol):  # type: ignore[misc]
     """
     One WebSocket connection to a relay; everything it reads goes to its
     L{Relay}.
@@ -193,22 +189,14 @@ class RelayConnection(WebSocketClientProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.lastSeen = self.factory.relay.reactor.seconds()
-        # Autobahn copies the rest of its buffer each time it takes a frame
-        # off its front: given a 64 KB read at once it copies a hundred
-        # times what it parses. In slices, its buffer stays small.
-        for start in range(0, len(data), _READ_SLICE):
-            self._dataReceived(data[start : start + _READ_SLICE])
+        super().dataReceived(data)
 
-    def onMessageEnd(self) -> None:
-        # Autobahn's own also fires its observable "message" event, which
-        # nothing here listens to, at the cost of a Deferred per message.
-        if not self.failedByMe:
-            relay = self.factory.relay
-            if self.message_is_binary:
-                relay._protocolError(self, "binary frame")
-            else:
-                relay._frameReceived(self, b"".join(self.message_data))
-        self.message_data = None  # type: ignore[assignment]
+    def messageReceived(self, payload: bytes, isBinary: bool) -> None:
+        relay = self.factory.relay
+        if isBinary:
+            relay._protocolError(self, "binary frame")
+        else:
+            relay._frameReceived(self, payload)
 
     def onPong(self, payload: bytes) -> None:
         relay = self.factory.relay
