@@ -22,7 +22,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaypool.transport.receiving import WholeMessages, unmask
+from relaypool.transport.receiving import KEEP_BYTES, WholeMessages, unmask
 
 MASK = b"\x12\x34\x56\x78"
 BOUND = 100_000
@@ -196,6 +196,33 @@ class ServerSideTests(SynchronousTestCase):
                 protocol.dataReceived(stream[start : start + piece])
             self.assertEqual(protocol.messages, expected, f"reads of {piece} bytes")
             self.assertEqual(transport.value(), b"\x8a\x05ping!", f"reads of {piece} bytes")
+
+    def test_streamTakenHere(self) -> None:
+        """
+        A stream of frames read in pieces that cut frames anywhere is still
+        taken here: the start of a frame waits for the next read.
+        """
+        protocol, _ = _openServer()
+        messages = [(f'["EVENT","sub",{{"n":{i}}}]'.encode(), False) for i in range(300)]
+        stream = b"".join(frame(payload) for payload, _ in messages)
+        for start in range(0, len(stream), 1000):
+            protocol.dataReceived(stream[start : start + 1000])
+        self.assertEqual(protocol.messages, messages)
+        self.assertEqual(protocol.trafficStats.incomingWebSocketMessages, 0)
+
+    def test_longFrameThenShortOnes(self) -> None:
+        """
+        A frame longer than L{KEEP_BYTES} goes through Autobahn as it
+        comes; the frames after it are taken here again.
+        """
+        protocol, _ = _openServer()
+        messages = [(b"z" * (KEEP_BYTES + 1), False)]
+        messages += [(f"short {i}".encode(), False) for i in range(10)]
+        stream = b"".join(frame(payload) for payload, _ in messages)
+        for start in range(0, len(stream), 4096):
+            protocol.dataReceived(stream[start : start + 4096])
+        self.assertEqual(protocol.messages, messages)
+        self.assertEqual(protocol.trafficStats.incomingWebSocketMessages, 1)
 
     def assertFailed(self, data: bytes, code: int, delivered: int = 1) -> None:
         """
