@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.python.failure import Failure
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -230,6 +231,34 @@ def _storeFilter(shape: str, argument: Any) -> Filter:
     return Filter(kinds=frozenset([1]), since=argument)
 
 
+def _saveAll(store: SQLiteEventStore, events: list[Event]) -> Deferred[None]:
+    """
+    Save C{events}, each with its own L{SQLiteEventStore.save} call, as the
+    relay pool does: one callback per save (a L{gatherResults} over them
+    would cost the reactor thread 6 us per save itself).
+
+    @return: a Deferred firing once every save has, failing with the
+        first failure.
+    """
+    done: Deferred[None] = Deferred()
+    waiting = [len(events)]
+    failures: list[Failure] = []
+
+    def saved(result: object) -> None:
+        if isinstance(result, Failure):
+            failures.append(result)
+        waiting[0] -= 1
+        if waiting[0] == 0:
+            if failures:
+                done.errback(failures[0])
+            else:
+                done.callback(None)
+
+    for event in events:
+        store.save(event).addBoth(saved)
+    return done
+
+
 @inlineCallbacks
 def _insert(store: SQLiteEventStore, plain: PlainTable, events: list[Event]) -> Iterator[Any]:
     """
@@ -238,7 +267,7 @@ def _insert(store: SQLiteEventStore, plain: PlainTable, events: list[Event]) -> 
     @return: for each, the wall and the CPU seconds it took.
     """
     started, cpu = time.perf_counter(), _cpuSeconds()
-    yield gatherResults([store.save(e) for e in events])
+    yield _saveAll(store, events)
     storeTimes = (time.perf_counter() - started, _cpuSeconds() - cpu)
     started, cpu = time.perf_counter(), _cpuSeconds()
     plain.insert(events)
