@@ -125,10 +125,17 @@ class OutboxEntry:
 
 
 class _Job:
-    __slots__ = ("deferred", "work")
+    """
+    A call to run in a database thread: its work, its Deferred, what kind
+    of call it is (C{"write"} or C{"query"}) and when it was submitted.
+    """
 
-    def __init__(self, work: _Work) -> None:
+    __slots__ = ("deferred", "kind", "started", "work")
+
+    def __init__(self, work: _Work, kind: str = "", started: float = 0.0) -> None:
         self.work = work
+        self.kind = kind
+        self.started = started
         self.deferred: Deferred[Any] = Deferred()
 
 
@@ -162,8 +169,10 @@ class _DatabaseThread:
         batchSize: int,
         reactor: IReactorFromThreads,
         beforeCommit: Callable[[sqlite3.Connection], None] | None,
+        finished: Callable[[_Job], None] | None = None,
     ) -> None:
         self._connection = connection
+        self._finished = finished
         self._begin = begin
         self._batchSize = batchSize
         self._reactor = reactor
@@ -181,13 +190,14 @@ class _DatabaseThread:
         """
         return self._thread.is_alive()
 
-    def submit(self, work: _Work) -> Deferred[Any]:
+    def submit(self, work: _Work, kind: str = "") -> Deferred[Any]:
         """
         Run C{work(connection)} in the thread.
 
+        @param kind: what kind of call this is, for C{finished}.
         @return: a Deferred firing with its result once committed.
         """
-        job = _Job(work)
+        job = _Job(work, kind, time.perf_counter())
         self._queue.put(job)
         return job.deferred
 
@@ -242,7 +252,10 @@ class _DatabaseThread:
         """
         with self._outcomesLock:
             outcomes, self._outcomes = self._outcomes, []
+        finished = self._finished
         for job, outcome in outcomes:
+            if finished is not None:
+                finished(job)
             if isinstance(outcome, Exception):
                 job.deferred.errback(outcome)
             else:
@@ -566,11 +579,18 @@ class SQLiteEventStore:
             batchSize,
             reactor,
             self._maintain,
+            self._jobFinished,
         )
         self._reader = self._writer
         if readConnection is not None:
             self._reader = _DatabaseThread(
-                "relaypool-store-reader", readConnection, "BEGIN", batchSize, reactor, None
+                "relaypool-store-reader",
+                readConnection,
+                "BEGIN",
+                batchSize,
+                reactor,
+                None,
+                self._jobFinished,
             )
 
     def _connect(self) -> sqlite3.Connection:
@@ -599,15 +619,16 @@ class SQLiteEventStore:
                 QueueFull(f"{self._pending} store calls are waiting already")
             )
         self._pending += 1
-        started = time.perf_counter()
+        return thread.submit(work, kind)
 
-        def done(result: _T) -> _T:
-            self._pending -= 1
-            if self._onLatency is not None:
-                self._onLatency(kind, time.perf_counter() - started)
-            return result
-
-        return thread.submit(work).addBoth(done)
+    def _jobFinished(self, job: _Job) -> None:
+        """
+        In the reactor thread, before a call's Deferred fires: count it
+        done and report its latency.
+        """
+        self._pending -= 1
+        if self._onLatency is not None:
+            self._onLatency(job.kind, time.perf_counter() - job.started)
 
     # --- IEventStore ---------------------------------------------------------
 
