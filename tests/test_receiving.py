@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 
+import txaio
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
@@ -19,6 +20,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -161,7 +163,19 @@ _MIXED = [
 ]
 
 
-class ServerSideTests(SynchronousTestCase):
+class _AutobahnOnClock(SynchronousTestCase):
+    """
+    Autobahn's timers (the close handshake's, once it fails a connection)
+    go on a L{Clock}, not the global reactor.
+    """
+
+    def setUp(self) -> None:
+        savedLoop = txaio.config.loop
+        txaio.config.loop = Clock()
+        self.addCleanup(setattr, txaio.config, "loop", savedLoop)
+
+
+class ServerSideTests(_AutobahnOnClock):
     """
     Frames from a client, masked.
     """
@@ -283,7 +297,7 @@ class ServerSideTests(SynchronousTestCase):
         self.assertEqual(_closeCode(transport.value()), 1007)
 
 
-class ClientSideTests(SynchronousTestCase):
+class ClientSideTests(_AutobahnOnClock):
     """
     Frames from a server, unmasked.
     """
