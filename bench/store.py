@@ -1,8 +1,9 @@
 """
-Benchmark of L{relaypool.store.sqlite.SQLiteEventStore}: insert throughput,
-the cost of one insert, query latency and bytes on disk per event at 10k,
-100k and 1M stored events, beside the same work on a plain SQLite table with
-no index (a table scan).
+Benchmark of L{relaypool.store.sqlite.SQLiteEventStore}: insert throughput
+(through saveMany() calls and through a save() call per event), the cost of
+one insert, query latency and bytes on disk per event at 10k, 100k and 1M
+stored events, beside the same work on a plain SQLite table with no index (a
+table scan).
 
     python bench/store.py                       # 10k, 100k, then 1M events
     python bench/store.py --quick               # 10k and 100k events
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.python.failure import Failure
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -39,6 +40,8 @@ AUTHORS = 2000
 START = 1_600_000_000
 EVENTS_PER_SECOND = 10
 CHUNK = 20_000
+# Events per saveMany() call.
+MANY = 1_000
 
 
 def _hex(rng: random.Random, size: int) -> str:
@@ -234,8 +237,9 @@ def _storeFilter(shape: str, argument: Any) -> Filter:
 def _saveAll(store: SQLiteEventStore, events: list[Event]) -> Deferred[None]:
     """
     Save C{events}, each with its own L{SQLiteEventStore.save} call, as the
-    relay pool does: one callback per save (a L{gatherResults} over them
-    would cost the reactor thread 6 us per save itself).
+    gateway saves clients' EVENTs: one callback per save (a
+    L{gatherResults} over them would cost the reactor thread 6 us per save
+    itself).
 
     @return: a Deferred firing once every save has, failing with the
         first failure.
@@ -259,19 +263,41 @@ def _saveAll(store: SQLiteEventStore, events: list[Event]) -> Deferred[None]:
     return done
 
 
+def _saveInCalls(store: SQLiteEventStore, events: list[Event]) -> Deferred[Any]:
+    """
+    Save C{events} with L{SQLiteEventStore.saveMany} calls of L{MANY}
+    events, as the relay pool saves what it verified.
+    """
+    return gatherResults(
+        [store.saveMany(events[start : start + MANY]) for start in range(0, len(events), MANY)]
+    )
+
+
+@inlineCallbacks
+def _timed(work: Callable[[], Deferred[Any]]) -> Iterator[Any]:
+    """
+    @return: the wall and the CPU seconds C{work()} took to fire.
+    """
+    started, cpu = time.perf_counter(), _cpuSeconds()
+    yield work()
+    return time.perf_counter() - started, _cpuSeconds() - cpu
+
+
 @inlineCallbacks
 def _insert(store: SQLiteEventStore, plain: PlainTable, events: list[Event]) -> Iterator[Any]:
     """
-    Insert C{events} in the store, then in the plain table.
+    Insert the first half of C{events} in the store with C{saveMany}
+    calls, the second half with a C{save} call each, then all of them in
+    the plain table.
 
-    @return: for each, the wall and the CPU seconds it took.
+    @return: the wall and CPU seconds of each of the three.
     """
-    started, cpu = time.perf_counter(), _cpuSeconds()
-    yield _saveAll(store, events)
-    storeTimes = (time.perf_counter() - started, _cpuSeconds() - cpu)
+    half = len(events) // 2
+    many = yield _timed(lambda: _saveInCalls(store, events[:half]))
+    each = yield _timed(lambda: _saveAll(store, events[half:]))
     started, cpu = time.perf_counter(), _cpuSeconds()
     plain.insert(events)
-    return storeTimes, (time.perf_counter() - started, _cpuSeconds() - cpu)
+    return many, each, (time.perf_counter() - started, _cpuSeconds() - cpu)
 
 
 @inlineCallbacks
@@ -381,32 +407,32 @@ def main(reactor: Any, argv: list[str]) -> Iterator[Deferred[Any]]:
     store = SQLiteEventStore(storePath, reactor=reactor)
     plain = PlainTable(os.path.join(directory, "plain.db"))
     source = EventSource()
-    storeTotals, plainTotals = Totals(), Totals()
+    totals = {"saveMany": Totals(), "save": Totals(), "plain": Totals()}
     try:
         for checkpoint in checkpoints:
-            storeBefore, plainBefore = storeTotals.copy(), plainTotals.copy()
+            before = {name: total.copy() for name, total in totals.items()}
             while source.made < checkpoint:
                 events = source.chunk(min(CHUNK, checkpoint - source.made))
-                storeTimes, plainTimes = yield _insert(store, plain, events)
-                storeTotals.add(len(events), storeTimes)
-                plainTotals.add(len(events), plainTimes)
+                half = len(events) // 2
+                many, each, plainTimes = yield _insert(store, plain, events)
+                totals["saveMany"].add(half, many)
+                totals["save"].add(len(events) - half, each)
+                totals["plain"].add(len(events), plainTimes)
                 print(f"  inserted {source.made:,}", end="\r", flush=True)
             print(f"{checkpoint:,} events stored" + " " * 20)
             print(
-                "  inserts (batched transactions, via save() Deferreds;"
-                " plain: executemany, no index):"
+                f"  inserts: of each {CHUNK:,}, half in saveMany() calls of {MANY:,} (as the"
+                " relay pool saves)\n  and half with a save() call each (as the gateway"
+                " saves EVENTs); plain: executemany, no index:"
             )
-            print(f"    store, 0 to {checkpoint:,}:   {storeTotals.since(Totals())}")
-            print(f"    plain, 0 to {checkpoint:,}:   {plainTotals.since(Totals())}")
-            if storeBefore.events:
-                print(
-                    f"    store, {storeBefore.events:,} to {checkpoint:,}:"
-                    f" {storeTotals.since(storeBefore)}"
-                )
-                print(
-                    f"    plain, {plainBefore.events:,} to {checkpoint:,}:"
-                    f" {plainTotals.since(plainBefore)}"
-                )
+            for name, total in totals.items():
+                print(f"    {name + ',':9} 0 to {checkpoint:,}: {total.since(Totals())}")
+            if before["plain"].events:
+                for name, total in totals.items():
+                    print(
+                        f"    {name + ',':9} {before['plain'].events:,} to {checkpoint:,}:"
+                        f" {total.since(before[name])}"
+                    )
             yield _measure(store, plain, source, options.queries, options.scan_queries)
             storeBytes = yield _storeBytes(store)
             plainBytes = plain.usedBytes()

@@ -102,6 +102,16 @@ class IEventStore(Interface):
             if it was a duplicate, ephemeral, expired, deleted or superseded.
         """
 
+    def saveMany(events):  # type: ignore[no-untyped-def]
+        """
+        Store each of C{events} as L{save} does, in order, in one call: what
+        a caller with many events at once uses, for less work per event.
+
+        @return: Deferred firing with a list of, for each event, what
+            L{save} would have fired with; if the call fails, it fails as
+            a whole.
+        """
+
     def query(filters):  # type: ignore[no-untyped-def]
         """
         @param filters: a sequence of L{relaypool.nostr.Filter}, OR-ed.

@@ -92,6 +92,36 @@ class SaveAndQueryTests(StoreTestMixin, TestCase):
         self.assertEqual((yield store.query([Filter()])), [event])
 
     @inlineCallbacks
+    def test_saveMany(self) -> Any:
+        """
+        C{saveMany} answers for each event, in order, what C{save} would:
+        C{False} for one stored already or earlier in the call, ephemeral,
+        expired or older than the stored version of a replaceable one.
+        """
+        store = self.openStore()
+        stored = note(content="stored")
+        profile = note(kind=0, content="new profile", createdAt=NOW - 10)
+        yield store.save(stored)
+        yield store.save(profile)
+        first, second = note(content="first"), note(content="second")
+        events = [
+            first,
+            stored,
+            note(kind=20001, content="ephemeral"),
+            note(content="expired", tags=[["expiration", str(NOW - 1)]]),
+            note(kind=0, content="old profile", createdAt=NOW - 20),
+            first,
+            second,
+        ]
+        saved = yield store.saveMany(events)
+        self.assertEqual(saved, [True, False, False, False, False, False, True])
+        self.assertEqual(
+            {e.content for e in (yield store.query([Filter()]))},
+            {"stored", "new profile", "first", "second"},
+        )
+        self.assertEqual((yield store.saveMany([])), [])
+
+    @inlineCallbacks
     def test_duplicate(self) -> Any:
         """
         Saving an event already stored answers C{False} and keeps one copy.
@@ -906,6 +936,7 @@ class LifecycleTests(StoreTestMixin, TestCase):
         yield store.close()
         self.assertTrue(self.successResultOf(saved))
         self.failureResultOf(store.save(note(content="late")), StoreError)
+        self.failureResultOf(store.saveMany([note(content="late")]), StoreError)
         self.failureResultOf(store.query([Filter()]), StoreError)
         yield store.close()
 

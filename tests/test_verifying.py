@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import txaio
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -150,6 +151,20 @@ class VerifierTests(SynchronousTestCase):
         self.assertTrue(self.workers.stopped)
 
 
+class _SaveManyRecorder:
+    """
+    The part of an L{IEventStore} that a pool saving events uses: records
+    the ids of each L{saveMany} call.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def saveMany(self, events: list[Event]) -> Deferred[list[bool]]:
+        self.calls.append([event.id for event in events])
+        return succeed([True] * len(events))
+
+
 class PoolVerificationTests(SynchronousTestCase):
     """
     A L{RelayPool} verifying on a (test double) worker, with fake relays
@@ -246,6 +261,21 @@ class PoolVerificationTests(SynchronousTestCase):
         self.assertEqual(len(self.workers.jobs), 1)
         self.settle()
         self.assertEqual(heard, [("s", "0"), ("s", "1"), ("s", "2"), ("s", "EOSE")])
+
+    def test_storedInOneCallPerBatch(self) -> None:
+        """
+        The new valid events a verified batch settles go to the store in
+        one L{IEventStore.saveMany} call, in arrival order; a forged one
+        does not.
+        """
+        good = [makeEvent(content=str(i), createdAt=100 - i) for i in range(3)]
+        forged = forgeSignature(makeEvent(content="forged", createdAt=90))
+        fake = self.startRelay(*good, forged)
+        store = _SaveManyRecorder()
+        pool = self.makePool(fake, store=store)
+        pool.subscribe([KIND1])
+        self.settle()
+        self.assertEqual(store.calls, [[event.id for event in good]])
 
     def test_verifiedEventWaitsForTheOnesBefore(self) -> None:
         """

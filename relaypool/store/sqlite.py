@@ -636,12 +636,46 @@ class SQLiteEventStore:
         """
         Store C{event}; see L{IEventStore.save}.
         """
-        if isEphemeral(event.kind):
+        work = self._saving(event)
+        if work is None:
             return succeed(False)
+        return self._submit(self._writer, work, "write")
+
+    def saveMany(self, events: Sequence[Event]) -> Deferred[list[bool]]:
+        """
+        Store C{events} in one call; see L{IEventStore.saveMany}.
+        """
+        works: list[_SaveEvent] = []
+        positions: list[int] = []
+        for index, event in enumerate(events):
+            work = self._saving(event)
+            if work is not None:
+                works.append(work)
+                positions.append(index)
+        if not works:
+            return succeed([False] * len(events))
+
+        def placed(saved: list[bool]) -> list[bool]:
+            result = [False] * len(events)
+            for index, stored in zip(positions, saved, strict=True):
+                result[index] = stored
+            return result
+
+        return self._submit(self._writer, partial(_saveEvents, works), "write").addCallback(
+            placed
+        )
+
+    def _saving(self, event: Event) -> _SaveEvent | None:
+        """
+        The writer's work storing C{event}, or L{None} if it is not to be
+        stored: ephemeral, or expired already.
+        """
+        if isEphemeral(event.kind):
+            return None
         expiration = event.expiration()
         if expiration is not None and expiration <= self._clock():
-            return succeed(False)
-        return self._submit(self._writer, _SaveEvent(event, expiration), "write")
+            return None
+        return _SaveEvent(event, expiration)
 
     def query(self, filters: Sequence[Filter]) -> Deferred[list[Event]]:
         """

@@ -366,6 +366,8 @@ class RelayPool(service.Service):
         # The inbound path in arrival order: events, and the EOSE and CLOSED
         # steps behind them, waiting while an event ahead is being verified.
         self._arrivals: deque[_Arrival | Callable[[], None]] = deque()
+        # New verified events settled but not handed to the store yet.
+        self._unsaved: list[Event] = []
         self._verifying: dict[str, _Arrival] = {}
         self._waiting = 0
         self._waitingFull = False
@@ -1232,6 +1234,7 @@ class RelayPool(service.Service):
                 self._verifyInThread(arrival)
         elif not self._arrivals:
             waiting = self._settle(arrival)
+            self._saveSettled()
             if waiting is None:
                 return
             arrival = waiting
@@ -1271,23 +1274,37 @@ class RelayPool(service.Service):
         self._nextTurn = None
         arrivals = self._arrivals
         budget = _SETTLE_BYTES
-        while arrivals and not self._closed:
-            head = arrivals.popleft()
-            if isinstance(head, _Arrival):
-                if head.state == _VERIFYING:
-                    arrivals.appendleft(head)
+        try:
+            while arrivals and not self._closed:
+                head = arrivals.popleft()
+                if isinstance(head, _Arrival):
+                    if head.state == _VERIFYING:
+                        arrivals.appendleft(head)
+                        return
+                    waiting = self._settle(head)
+                    if waiting is not None:
+                        arrivals.appendleft(waiting)
+                        return
+                    budget -= len(head.event.content) + _EVENT_OVERHEAD
+                else:
+                    head()
+                self._queued(-1)
+                if budget <= 0 and arrivals and not self._closed:
+                    self._nextTurn = self.reactor.callLater(0, self._advance)
                     return
-                waiting = self._settle(head)
-                if waiting is not None:
-                    arrivals.appendleft(waiting)
-                    return
-                budget -= len(head.event.content) + _EVENT_OVERHEAD
-            else:
-                head()
-            self._queued(-1)
-            if budget <= 0 and arrivals and not self._closed:
-                self._nextTurn = self.reactor.callLater(0, self._advance)
-                return
+        finally:
+            self._saveSettled()
+
+    def _saveSettled(self) -> None:
+        """
+        Hand the new events settled since the last call to the store, in
+        one call.
+        """
+        if self._unsaved and self._store is not None:
+            events, self._unsaved = self._unsaved, []
+            self._store.saveMany(events).addErrback(  # type: ignore[no-untyped-call]
+                lambda f: log.failure("saving {count} events failed", f, count=len(events))
+            )
 
     def _settle(self, arrival: _Arrival) -> _Arrival | None:
         """
@@ -1325,9 +1342,7 @@ class RelayPool(service.Service):
             if self._router is not None and event.kind == RELAY_LIST_KIND:
                 self._router.relayListSeen(event)
             if self._store is not None:
-                self._store.save(event).addErrback(  # type: ignore[no-untyped-call]
-                    lambda f: log.failure("saving event {id} failed", f, id=event.id)
-                )
+                self._unsaved.append(event)
             for other in list(self._subscriptions.values()):
                 if (
                     other is not subscription
