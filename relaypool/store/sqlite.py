@@ -1020,8 +1020,7 @@ _INSERT_PLAIN_EVENTS = """
 
 # The tag rows as a JSON array of [name, created_at, seq, start, length,
 # text]: the value is the bytes of ?2 from start (1-based) on, as a TEXT if
-# text is 1 (UTF-8) and as a BLOB if 0 (see storedValue). Rows of events
-# that were not inserted are left out.
+# text is 1 (UTF-8) and as a BLOB if 0 (see storedValue).
 _INSERT_PLAIN_TAGS = """
     INSERT INTO tags (name, value, created_at, seq)
     SELECT name, iif(text, CAST(substr(?2, start, length) AS TEXT), substr(?2, start, length)),
@@ -1032,7 +1031,6 @@ _INSERT_PLAIN_TAGS = """
             json_extract(value, '$[4]') AS length, json_extract(value, '$[5]') AS text
         FROM json_each(?1)
     )
-    WHERE EXISTS (SELECT 1 FROM events WHERE seq = event)
 """
 
 
@@ -1055,10 +1053,19 @@ def _insertPlain(
             b"[" + b",".join(raws) + b"]",
         ),
     )
+    inserted = set(
+        orjson.loads(
+            connection.execute(
+                "SELECT json_group_array(seq) FROM events WHERE seq >= ?", (first,)
+            ).fetchone()[0]
+        )
+    )
     rows: list[tuple[str, int, int, int, int, int]] = []
     values: list[bytes] = []
     start = 1
     for index, event in enumerate(events):
+        if first + index not in inserted:
+            continue
         for name, value in _indexedTags(event.tags):
             text = isinstance(value, str)
             stored = value.encode() if isinstance(value, str) else value
@@ -1067,13 +1074,6 @@ def _insertPlain(
             start += len(stored)
     if rows:
         connection.execute(_INSERT_PLAIN_TAGS, (orjson.dumps(rows), b"".join(values)))
-    inserted = set(
-        orjson.loads(
-            connection.execute(
-                "SELECT json_group_array(seq) FROM events WHERE seq >= ?", (first,)
-            ).fetchone()[0]
-        )
-    )
     return [first + index in inserted for index in range(len(events))]
 
 
