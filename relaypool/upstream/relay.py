@@ -62,24 +62,11 @@ from relaypool.transport.health import HealthPolicy
 from relaypool.transport.mux import Backoff, UniformMultiplexer
 from relaypool.transport.pool import Pool
 from relaypool.transport.receiving import WholeMessages
+from relaypool.upstream.following import follow
 
 log = Logger()
 
 _NO_COUNT = "unsupported: the relay's NIP-11 document does not list NIP-45 (COUNT)"
-
-def _follow(source: Deferred[bool]) -> Deferred[bool]:
-    """
-    @return: a new Deferred firing with C{source}'s result, leaving
-        C{source}'s own result untouched for later followers.
-    """
-    follower: Deferred[bool] = Deferred()
-
-    def relay(result: bool) -> bool:
-        follower.callback(result)
-        return result
-
-    source.addCallback(relay)
-    return follower
 
 
 class RelayOwner(Protocol):
@@ -1236,7 +1223,7 @@ class Relay:
         @return: a Deferred firing with whether the relay accepted it.
         """
         if connection.authState is not None:
-            return _follow(connection.authState)
+            return follow(connection.authState)
         if connection.challenge is None or self._signingKey is None:
             return succeed(False)
         event = Event.sign(
@@ -1250,7 +1237,7 @@ class Relay:
         connection.authState = state
         connection.authEventId = event.id
         connection.sendText(ClientAuth(event).toJSON())
-        return _follow(state)
+        return follow(state)
 
     # --- rate limiting ------------------------------------------------------
 

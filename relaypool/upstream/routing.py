@@ -31,6 +31,7 @@ from relaypool.errors import InvalidRelayURL, RelayRefused, SubscriptionClosed, 
 from relaypool.nostr.event import Event
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.nip65 import RELAY_LIST_KIND, RelayList
+from relaypool.upstream.following import follow
 from relaypool.upstream.roles import OUTBOX_ONLY
 
 if TYPE_CHECKING:
@@ -278,7 +279,7 @@ class OutboxRouter:
             runs[id(running)] = running
         if not runs:
             return succeed(None)
-        return DeferredList([_observe(run) for run in runs.values()]).addCallback(lambda _: None)
+        return DeferredList([follow(run) for run in runs.values()]).addCallback(lambda _: None)
 
     def _lookedUp(self, result: object, pubkeys: set[str], run: Deferred[None]) -> object:
         for pubkey in pubkeys:
@@ -581,21 +582,6 @@ class OutboxRouter:
             if call.active():
                 call.cancel()
         self._idle.clear()
-
-
-def _observe(run: Deferred[None]) -> Deferred[None]:
-    """
-    @return: a Deferred firing once C{run} (which does not fail) fired,
-        leaving C{run}'s own result to its other observers.
-    """
-    observer: Deferred[None] = Deferred()
-
-    def fire(result: object) -> object:
-        observer.callback(None)
-        return result
-
-    run.addBoth(fire)
-    return observer
 
 
 def _isPubkey(value: str) -> bool:
