@@ -565,6 +565,23 @@ class DeletionTests(StoreTestMixin, TestCase):
         self.assertEqual((yield store.query([Filter(kinds=frozenset([0]))])), [theirs])
 
     @inlineCallbacks
+    def test_removedRequestRefusesNothing(self) -> Any:
+        """
+        Once a deletion request is removed (by an operator), the events it
+        named may be stored again; another stored request naming the same
+        event still refuses it.
+        """
+        store = self.openStore()
+        event = note()
+        first = note(kind=5, content="first", tags=[["e", event.id]])
+        second = note(kind=5, content="second", tags=[["e", event.id]])
+        yield gatherResults([store.save(first), store.save(second)])
+        yield store.delete([first.id])
+        self.assertFalse((yield store.save(event)))
+        yield store.delete([second.id])
+        self.assertTrue((yield store.save(event)))
+
+    @inlineCallbacks
     def test_deletingADeletion(self) -> Any:
         """
         A deletion request for a deletion request has no effect.
@@ -668,6 +685,31 @@ class BoundTests(StoreTestMixin, TestCase):
             yield store.save(event)
         result = yield store.query([Filter()])
         self.assertEqual(result, [notes[3], notes[2], profile])
+
+    @inlineCallbacks
+    def test_countOfStoredEvents(self) -> Any:
+        """
+        The count that C{maxEvents} is checked against stays the number of
+        stored events through bulk and single saves, repeats, replacements,
+        deletion requests, expiration and operator removals.
+        """
+        clock = FakeWallClock()
+        store = self.openStore(clock=clock)
+        notes = [note(content=str(i), tags=[["t", "x"]]) for i in range(5)]
+        expiring = note(content="expiring", tags=[["expiration", str(NOW + 10)]])
+        yield store.saveMany([*notes, notes[0], expiring])
+        yield store.save(notes[1])
+        yield store.save(note(createdAt=NOW - 10, kind=0))
+        yield store.save(note(createdAt=NOW - 5, kind=0, content="newer"))
+        yield store.save(note(kind=5, tags=[["e", notes[2].id]]))
+        yield store.delete([notes[3].id])
+        clock.now = NOW + 11
+        yield store.save(note(content="later"))
+        connection = sqlite3.connect(store.path)
+        self.addCleanup(connection.close)
+        [(counted,)] = connection.execute("SELECT events FROM stats").fetchall()
+        [(stored,)] = connection.execute("SELECT count(*) FROM events").fetchall()
+        self.assertEqual((counted, stored), (6, 6))
 
     @inlineCallbacks
     def test_maxEventsOnlyReplaceable(self) -> Any:

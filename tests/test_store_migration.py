@@ -1,8 +1,9 @@
 """
 Tests for the migration of L{relaypool.store.sqlite.SQLiteEventStore}'s
-database from schema version 3 (hex text ids, pubkeys and tag values) to the
-current schema: a version-3 file is written with version 3's own SQL, then
-opened by the store.
+database from schema version 3 (hex text ids, pubkeys and tag values) and
+from version 4 (the count of events and the check for deletion requests
+kept by triggers) to the current schema: a file is written with its
+version's own SQL, then opened by the store.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from relaypool.errors import SchemaVersionError
 from relaypool.nostr.event import Event, isAddressable, isReplaceable
 from relaypool.nostr.filter import Filter
-from relaypool.store.schema import SCHEMA_VERSION, migrate, schemaVersion
+from relaypool.store.schema import SCHEMA_VERSION, migrate, schemaVersion, storedValue
 from relaypool.store.sqlite import SQLiteEventStore
 from tests.test_store import NOW, PUBKEYS, FakeWallClock, note
 
@@ -62,6 +63,88 @@ def _writeVersion3(path: str, events: Sequence[Event]) -> None:
         connection.execute("COMMIT")
     finally:
         connection.close()
+
+
+def _writeVersion4(path: str, events: Sequence[Event]) -> None:
+    """
+    Write a version-4 database at C{path} holding C{events} (regular ones
+    and deletion requests), with the rows version 4 wrote for them.
+    """
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(connection, target=4)
+        connection.execute("BEGIN")
+        for event in events:
+            cursor = connection.execute(
+                "INSERT INTO events (id, pubkey, kind, created_at, raw) VALUES (?, ?, ?, ?, ?)",
+                (
+                    bytes.fromhex(event.id),
+                    bytes.fromhex(event.pubkey),
+                    event.kind,
+                    event.createdAt,
+                    event.toJSON(),
+                ),
+            )
+            connection.executemany(
+                "INSERT OR IGNORE INTO tags (name, value, created_at, seq) VALUES (?, ?, ?, ?)",
+                [
+                    (tag[0], storedValue(tag[1]), event.createdAt, cursor.lastrowid)
+                    for tag in event.tags
+                    if len(tag) > 1 and len(tag[0]) == 1 and tag[0].isalpha()
+                ],
+            )
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+
+
+class MigrationFromVersion4Tests(TestCase):
+    """
+    A version-4 database opened by the store is migrated: the stored
+    deletion requests still refuse what they name, and the count of events
+    that bounds the store stays right.
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.path = os.path.join(directory, "store.db")
+        self.deleted = note(content="deleted")
+        self.theirs = note(content="theirs", key=1)
+        self.oldest = note(content="oldest", createdAt=NOW - 200)
+        self.request = note(
+            kind=5, tags=[["e", self.deleted.id], ["e", self.theirs.id], ["e", "not hex"]]
+        )
+        _writeVersion4(self.path, [self.oldest, self.request])
+
+    @inlineCallbacks
+    def test_deletion(self) -> Any:
+        """
+        The request still refuses its author's event, and not another
+        author's with an id it names; once it is removed, it refuses
+        nothing.
+        """
+        store = SQLiteEventStore(self.path)
+        self.addCleanup(store.close)
+        self.assertFalse((yield store.save(self.deleted)))
+        self.assertTrue((yield store.save(self.theirs)))
+        yield store.delete([self.request.id])
+        self.assertTrue((yield store.save(self.deleted)))
+
+    @inlineCallbacks
+    def test_count(self) -> Any:
+        """
+        The count that version 4's triggers kept goes on from where it was:
+        past C{maxEvents}, the oldest event is evicted.
+        """
+        store = SQLiteEventStore(self.path, maxEvents=2)
+        self.addCleanup(store.close)
+        newer = note(content="newer", createdAt=NOW - 50)
+        self.assertEqual((yield store.saveMany([newer])), [True])
+        self.assertEqual(
+            sorted(e.id for e in (yield store.query([Filter()]))),
+            sorted([self.request.id, newer.id]),
+        )
 
 
 class MigrationFromVersion3Tests(TestCase):

@@ -227,7 +227,49 @@ _VERSION_4 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_VERSION_1, _VERSION_2, _VERSION_3, _VERSION_4)
+_VERSION_5 = (
+    # Work taken off each insert. The store keeps the count of events in
+    # stats itself, one update per statement instead of a trigger per row.
+    "DROP TRIGGER events_insert",
+    "DROP TRIGGER events_delete",
+    # The ids that stored deletion requests name (e tags holding an id),
+    # with the request's author and seq: the store adds a request's rows
+    # when it stores it and removes them with it. An insert checks this
+    # small table instead of the whole tag index.
+    """
+    CREATE TABLE deleted (
+        id BLOB NOT NULL,
+        pubkey BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (id, pubkey, seq)
+    ) WITHOUT ROWID
+    """,
+    """
+    INSERT OR IGNORE INTO deleted (id, pubkey, seq)
+    SELECT t.value, d.pubkey, d.seq FROM tags t JOIN events d ON d.seq = t.seq
+    WHERE t.name = 'e' AND typeof(t.value) = 'blob' AND length(t.value) = 32
+    AND d.kind = 5
+    """,
+    "DROP TRIGGER events_refuse",
+    """
+    CREATE TRIGGER events_refuse BEFORE INSERT ON events BEGIN
+        SELECT RAISE(IGNORE) WHERE EXISTS (
+            SELECT 1 FROM events
+            WHERE substr(id, 1, 8) = substr(new.id, 1, 8) AND id = new.id
+        ) OR (new.kind != 5 AND EXISTS (
+            SELECT 1 FROM deleted WHERE id = new.id AND pubkey = new.pubkey
+        ));
+    END
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _VERSION_1,
+    _VERSION_2,
+    _VERSION_3,
+    _VERSION_4,
+    _VERSION_5,
+)
 """
 The SQL statements of each migration step, step C{n} taking a database from
 version C{n} to C{n + 1}.

@@ -882,20 +882,46 @@ def _removeEvents(
     @return: how many events were deleted.
     """
     rows = connection.execute(
-        f"SELECT seq, created_at, raw FROM events WHERE {condition}", params
+        f"SELECT seq, created_at, kind, pubkey, raw FROM events WHERE {condition}", params
     ).fetchall()
     if not rows:
         return 0
+    tagRows = []
+    deletedRows = []
+    for seq, createdAt, kind, pubkey, raw in rows:
+        tags = _indexedTags(orjson.loads(raw)["tags"])
+        tagRows += [(name, value, createdAt, seq) for name, value in tags]
+        if kind == _DELETION:
+            deletedRows += _deletedRows(tags, pubkey, seq)
     connection.executemany(
         "DELETE FROM tags WHERE name = ? AND value = ? AND created_at = ? AND seq = ?",
-        [
-            (name, value, createdAt, seq)
-            for seq, createdAt, raw in rows
-            for name, value in _indexedTags(orjson.loads(raw)["tags"])
-        ],
+        tagRows,
+    )
+    connection.executemany(
+        "DELETE FROM deleted WHERE id = ? AND pubkey = ? AND seq = ?", deletedRows
     )
     connection.executemany("DELETE FROM events WHERE seq = ?", [(row[0],) for row in rows])
+    _countStored(connection, -len(rows))
     return len(rows)
+
+
+def _deletedRows(
+    tags: Iterable[tuple[str, bytes | str]], pubkey: bytes, seq: int
+) -> list[tuple[bytes, bytes, int]]:
+    """
+    The rows of the deleted table for a deletion request by C{pubkey}
+    stored as C{seq}, whose rows in the tags table are C{tags}: one per id
+    it names.
+    """
+    return [(value, pubkey, seq) for name, value in tags if name == "e" and isinstance(value, bytes)]
+
+
+def _countStored(connection: sqlite3.Connection, change: int) -> None:
+    """
+    Add C{change} to the count of stored events (the stats table).
+    """
+    if change:
+        connection.execute("UPDATE stats SET events = events + ?", (change,))
 
 
 # --- jobs run in the database threads ----------------------------------------
@@ -903,10 +929,7 @@ def _removeEvents(
 
 # A stored deletion request by the author (?2) naming the event by its id
 # (?1), or by its address (?1) at or after its created_at (?3).
-_DELETED_BY_ID = (
-    "SELECT 1 FROM tags t JOIN events d ON d.seq = t.seq"
-    " WHERE t.name = 'e' AND t.value = ?1 AND d.kind = 5 AND d.pubkey = ?2"
-)
+_DELETED_BY_ID = "SELECT 1 FROM deleted WHERE id = ?1 AND pubkey = ?2"
 _DELETED_BY_ADDRESS = (
     "SELECT 1 FROM tags t JOIN events d ON d.seq = t.seq"
     " WHERE t.name = 'a' AND t.value = ?1 AND t.created_at >= ?3"
@@ -1074,6 +1097,7 @@ def _insertPlain(
             start += len(stored)
     if rows:
         connection.execute(_INSERT_PLAIN_TAGS, (orjson.dumps(rows), b"".join(values)))
+    _countStored(connection, len(inserted))
     return [first + index in inserted for index in range(len(events))]
 
 
@@ -1113,8 +1137,10 @@ def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connect
     )
     if cursor.rowcount == 0:
         return False
+    _countStored(connection, 1)
     tags = list(_indexedTags(event.tags))
     seq = cursor.lastrowid
+    assert seq is not None
     # A statement per _TAG_ROWS rows, not per row.
     for start in range(0, len(tags), _TAG_ROWS):
         chunk = tags[start : start + _TAG_ROWS]
@@ -1123,6 +1149,10 @@ def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connect
             [item for name, value in chunk for item in (name, value, event.createdAt, seq)],
         )
     if event.kind == _DELETION:
+        connection.executemany(
+            "INSERT OR IGNORE INTO deleted (id, pubkey, seq) VALUES (?, ?, ?)",
+            _deletedRows(tags, pubkey, seq),
+        )
         _applyDeletion(connection, event)
     return True
 
