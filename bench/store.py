@@ -8,18 +8,28 @@ table scan).
     python bench/store.py                       # 10k, 100k, then 1M events
     python bench/store.py --quick               # 10k and 100k events
     python bench/store.py --sizes 10000,50000   # other sizes
+    python bench/store.py --against 68fd430     # beside an earlier store
 
 Events are not signed (random ids and signatures): the store does not
 verify them.
+
+With --against REF, the store of git revision REF (this repository's) is
+measured first, in a subprocess on the same events, with a save() call per
+event, and each insert rate is printed as a ratio to it. This machine's speed
+drifts (the plain table's rate, printed for both runs, shows by how much), so
+a target set as an absolute rate on another day is best read as its ratio to
+the store of that day: issue 12 measured the store at 68fd430.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import resource
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +40,11 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.python.failure import Failure
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The relaypool measured: this repository's, or (for --against) the copy of
+# an earlier revision's named by this variable.
+CODE_VARIABLE = "RELAYPOOL_BENCH_CODE"
+sys.path.insert(0, os.environ.get(CODE_VARIABLE) or REPOSITORY)
 
 from relaypool.nostr.event import Event  # noqa: E402
 from relaypool.nostr.filter import Filter  # noqa: E402
@@ -287,17 +301,34 @@ def _timed(work: Callable[[], Deferred[Any]]) -> Iterator[Any]:
 def _insert(store: SQLiteEventStore, plain: PlainTable, events: list[Event]) -> Iterator[Any]:
     """
     Insert the first half of C{events} in the store with C{saveMany}
-    calls, the second half with a C{save} call each, then all of them in
-    the plain table.
+    calls, the second half with a C{save} call each (all of them with
+    C{save} in an earlier store, which has no C{saveMany}), then all of
+    them in the plain table.
 
-    @return: the wall and CPU seconds of each of the three.
+    @return: for each way of inserting, its name, how many events it
+        inserted, and the wall and CPU seconds that took.
     """
+    if not hasattr(store, "saveMany"):
+        each = yield _timed(lambda: _saveAll(store, events))
+        return [("save", len(events), each), ("plain", len(events), _timedPlain(plain, events))]
     half = len(events) // 2
     many = yield _timed(lambda: _saveInCalls(store, events[:half]))
     each = yield _timed(lambda: _saveAll(store, events[half:]))
+    return [
+        ("saveMany", half, many),
+        ("save", len(events) - half, each),
+        ("plain", len(events), _timedPlain(plain, events)),
+    ]
+
+
+def _timedPlain(plain: PlainTable, events: list[Event]) -> tuple[float, float]:
+    """
+    @return: the wall and the CPU seconds inserting C{events} in the plain
+        table took.
+    """
     started, cpu = time.perf_counter(), _cpuSeconds()
     plain.insert(events)
-    return many, each, (time.perf_counter() - started, _cpuSeconds() - cpu)
+    return time.perf_counter() - started, _cpuSeconds() - cpu
 
 
 @inlineCallbacks
@@ -356,6 +387,12 @@ class Totals:
         self.wall += times[0]
         self.cpu += times[1]
 
+    def rate(self) -> float:
+        """
+        Events inserted per second of wall time.
+        """
+        return self.events / self.wall
+
     def since(self, earlier: Totals) -> str:
         """
         The rate and the cost of one insert since C{earlier}.
@@ -395,10 +432,22 @@ def main(reactor: Any, argv: list[str]) -> Iterator[Deferred[Any]]:
     parser.add_argument(
         "--scan-queries", type=int, default=10, help="per shape, plain table scan"
     )
-    parser.add_argument("--dir", default=None, help="where the databases go")
+    parser.add_argument("--dir", default=None, help="where the databases go (made if missing)")
+    parser.add_argument(
+        "--against",
+        metavar="REF",
+        help="first measure the inserts of the store of this repository's git revision"
+        " REF, and print each rate's ratio to it (issue 12 measured 68fd430)",
+    )
+    # For --against: measure inserts only and print their rates as JSON.
+    parser.add_argument("--inserts-only", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     checkpoints = [10_000, 100_000] if options.quick else options.sizes
     directory = options.dir or tempfile.mkdtemp(prefix="relaypool-bench-")
+    os.makedirs(directory, exist_ok=True)
+    earlier = None
+    if options.against:
+        earlier = _earlierRates(options.against, checkpoints, directory)
     print(
         f"databases in {directory}; events are unsigned (the store does not verify);"
         " CPU is this process's, every thread"
@@ -408,16 +457,14 @@ def main(reactor: Any, argv: list[str]) -> Iterator[Deferred[Any]]:
     plain = PlainTable(os.path.join(directory, "plain.db"))
     source = EventSource()
     totals = {"saveMany": Totals(), "save": Totals(), "plain": Totals()}
+    rates: dict[int, dict[str, float]] = {}
     try:
         for checkpoint in checkpoints:
             before = {name: total.copy() for name, total in totals.items()}
             while source.made < checkpoint:
                 events = source.chunk(min(CHUNK, checkpoint - source.made))
-                half = len(events) // 2
-                many, each, plainTimes = yield _insert(store, plain, events)
-                totals["saveMany"].add(half, many)
-                totals["save"].add(len(events) - half, each)
-                totals["plain"].add(len(events), plainTimes)
+                for name, count, times in (yield _insert(store, plain, events)):
+                    totals[name].add(count, times)
                 print(f"  inserted {source.made:,}", end="\r", flush=True)
             print(f"{checkpoint:,} events stored" + " " * 20)
             print(
@@ -425,14 +472,18 @@ def main(reactor: Any, argv: list[str]) -> Iterator[Deferred[Any]]:
                 " relay pool saves)\n  and half with a save() call each (as the gateway"
                 " saves EVENTs); plain: executemany, no index:"
             )
-            for name, total in totals.items():
+            measured = {name: total for name, total in totals.items() if total.events}
+            rates[checkpoint] = {name: total.rate() for name, total in measured.items()}
+            for name, total in measured.items():
                 print(f"    {name + ',':9} 0 to {checkpoint:,}: {total.since(Totals())}")
             if before["plain"].events:
-                for name, total in totals.items():
+                for name, total in measured.items():
                     print(
                         f"    {name + ',':9} {before['plain'].events:,} to {checkpoint:,}:"
                         f" {total.since(before[name])}"
                     )
+            if options.inserts_only:
+                continue
             yield _measure(store, plain, source, options.queries, options.scan_queries)
             storeBytes = yield _storeBytes(store)
             plainBytes = plain.usedBytes()
@@ -443,6 +494,86 @@ def main(reactor: Any, argv: list[str]) -> Iterator[Deferred[Any]]:
     finally:
         plain.close()
         yield store.close()
+    if options.inserts_only:
+        print(_RATES_LINE + json.dumps(rates))
+    if earlier is not None:
+        _printRatios(options.against, earlier, rates)
+
+
+# How the subprocess of --against starts the line of its rates.
+_RATES_LINE = "rates: "
+
+
+def _earlierRates(
+    revision: str, checkpoints: list[int], directory: str
+) -> dict[int, dict[str, float]]:
+    """
+    Measure the inserts of the store of git revision C{revision} (this
+    repository's), in a subprocess, up to each of C{checkpoints}.
+
+    @return: for each checkpoint, the rate of each way of inserting from
+        0 to it (C{"save"}, C{"plain"}).
+    @raise SystemExit: if the revision cannot be read or measured.
+    """
+    code = os.path.join(directory, "earlier-code")
+    os.makedirs(code, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", REPOSITORY, "archive", revision, "relaypool"], capture_output=True
+    )
+    if archive.returncode != 0:
+        raise SystemExit(
+            f"--against {revision}: git cannot read that revision of {REPOSITORY}:"
+            f" {archive.stderr.decode(errors='replace').strip()}"
+        )
+    subprocess.run(["tar", "-x", "-C", code], input=archive.stdout, check=True)
+    print(f"the store of {revision}, a save() call per event:", flush=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--inserts-only",
+            "--sizes",
+            ",".join(str(size) for size in checkpoints),
+            "--dir",
+            os.path.join(directory, "earlier"),
+        ],
+        env=dict(os.environ, **{CODE_VARIABLE: code}),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    rates = None
+    for line in run.stdout.splitlines():
+        if line.startswith(_RATES_LINE):
+            rates = {int(size): rate for size, rate in json.loads(line[len(_RATES_LINE):]).items()}
+        else:
+            print(f"  [{revision}] {line.split(chr(13))[-1]}")
+    if run.returncode != 0 or rates is None:
+        raise SystemExit(f"--against {revision}: measuring that store failed (above)")
+    return rates
+
+
+def _printRatios(
+    revision: str,
+    earlier: dict[int, dict[str, float]],
+    rates: dict[int, dict[str, float]],
+) -> None:
+    """
+    Print each insert rate of this run beside the rate of the store of
+    C{revision}, from 0 to each size, and their ratio.
+    """
+    print(f"inserts/s from 0 to each size, this store against the store of {revision}:")
+    print(
+        f"  {'size':>10} {revision + ' save':>16} {'saveMany':>10} {'ratio':>6}"
+        f" {'save':>10} {'ratio':>6} {'plain then':>11} {'plain now':>10}"
+    )
+    for size, now in rates.items():
+        then = earlier[size]
+        print(
+            f"  {size:>10,} {then['save']:>16,.0f} {now['saveMany']:>10,.0f}"
+            f" {now['saveMany'] / then['save']:>6.2f} {now['save']:>10,.0f}"
+            f" {now['save'] / then['save']:>6.2f} {then['plain']:>11,.0f}"
+            f" {now['plain']:>10,.0f}"
+        )
 
 
 def _storeBytes(store: SQLiteEventStore) -> Deferred[int]:
