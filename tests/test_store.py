@@ -23,7 +23,7 @@ from relaypool.errors import QueueFull, SchemaVersionError, StoreError
 from relaypool.nostr.event import Event, isAddressable, isReplaceable, publicKeyFor
 from relaypool.nostr.filter import Filter
 from relaypool.store.schema import SCHEMA_VERSION, migrate, schemaVersion
-from relaypool.store.sqlite import SQLiteEventStore
+from relaypool.store.sqlite import DEFAULT_FRESH_EVENTS, SQLiteEventStore
 
 _T = TypeVar("_T")
 
@@ -57,13 +57,29 @@ class FakeWallClock:
         return self.now
 
 
+def storedTagRows(connection: sqlite3.Connection, columns: str) -> list[tuple[Any, ...]]:
+    """
+    The rows of both tag tables (fresh and merged; see
+    L{relaypool.store.schema}), C{columns} of each, in order.
+    """
+    return connection.execute(
+        f"SELECT {columns} FROM (SELECT * FROM tags UNION ALL SELECT * FROM fresh_tags) t"
+        " ORDER BY 1, 2, 3"
+    ).fetchall()
+
+
 class StoreTestMixin:
     """
     Opens stores on files in a temporary directory, closed at test end.
+
+    @cvar freshEvents: the stores' C{freshEvents}, if not the default: a
+        class with 0 runs its tests with each transaction's id and tag rows
+        merged into the large tables at once.
     """
 
     mktemp: Callable[[], str]
     addCleanup: Callable[..., None]
+    freshEvents: int | None = None
 
     def openStore(self, path: str | None = None, **kwargs: Any) -> SQLiteEventStore:
         if path is None:
@@ -71,6 +87,8 @@ class StoreTestMixin:
             os.makedirs(directory)
             path = os.path.join(directory, "store.db")
         kwargs.setdefault("clock", FakeWallClock())
+        if self.freshEvents is not None:
+            kwargs.setdefault("freshEvents", self.freshEvents)
         store = SQLiteEventStore(path, **kwargs)
         self.addCleanup(store.close)
         return store
@@ -786,9 +804,10 @@ class TagRowsTests(StoreTestMixin, TestCase):
         self.assertEqual([e.kind for e in stored], [5, 30000])
         connection = sqlite3.connect(store.path)
         self.addCleanup(connection.close)
-        rows = connection.execute("SELECT name, value FROM tags ORDER BY name, value").fetchall()
+        rows = storedTagRows(connection, "name, value, created_at")
         self.assertEqual(
-            rows, [("d", "x"), ("e", bytes.fromhex(requested.id)), ("t", "new")]
+            [row[:2] for row in rows],
+            [("d", "x"), ("e", bytes.fromhex(requested.id)), ("t", "new")],
         )
 
 
@@ -1093,6 +1112,76 @@ _filters = st.builds(
 )
 
 
+class FreshRowsTests(StoreTestMixin, TestCase):
+    """
+    The id and tag rows of the newest events wait in tables of their own
+    until more than C{freshEvents} events were stored since the last merge.
+    """
+
+    def rowCounts(self, store: SQLiteEventStore) -> tuple[int, ...]:
+        connection = sqlite3.connect(store.path)
+        self.addCleanup(connection.close)
+        return tuple(
+            connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("fresh_ids", "fresh_tags", "ids", "tags")
+        )
+
+    @inlineCallbacks
+    def test_merged(self) -> Any:
+        """
+        The rows stay fresh up to the bound and are merged in the write that
+        passes it; the events are found by id and by tag before and after.
+        """
+        store = self.openStore(freshEvents=2)
+        events = [note(content=str(i), tags=[["t", "x"]], createdAt=NOW - i) for i in range(3)]
+        for event in events[:2]:
+            yield store.save(event)
+        self.assertEqual(self.rowCounts(store), (2, 2, 0, 0))
+        byTag = [Filter(tags=(("t", frozenset(["x"])),))]
+        self.assertEqual((yield store.query(byTag)), events[:2])
+        yield store.save(events[2])
+        self.assertEqual(self.rowCounts(store), (0, 0, 3, 3))
+        self.assertEqual((yield store.query(byTag)), events)
+        self.assertEqual((yield store.fetch([e.id for e in events])), events)
+        self.assertFalse((yield store.save(events[0])))
+
+    @inlineCallbacks
+    def test_countedAcrossOpens(self) -> Any:
+        """
+        A store opened on a file counts the fresh rows already in it.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "store.db")
+        first = self.openStore(path, freshEvents=2)
+        yield first.saveMany([note(content="a"), note(content="b")])
+        yield first.close()
+        second = self.openStore(path, freshEvents=2)
+        yield second.save(note(content="c"))
+        self.assertEqual(self.rowCounts(second)[:3], (0, 0, 3))
+
+
+def _merged(tests: type[StoreTestMixin]) -> type[StoreTestMixin]:
+    """
+    A subclass of C{tests} whose stores merge the id and tag rows into the
+    large tables at every write (see L{StoreTestMixin.freshEvents}).
+    """
+    return type(
+        tests.__name__.replace("Tests", "MergedTests"),
+        (tests,),
+        {"freshEvents": 0, "__doc__": f"L{{{tests.__name__}}}, rows merged at every write."},
+    )
+
+
+SaveAndQueryMergedTests = _merged(SaveAndQueryTests)
+PagedQueryMergedTests = _merged(PagedQueryTests)
+ReplacementMergedTests = _merged(ReplacementTests)
+DeletionMergedTests = _merged(DeletionTests)
+OperatorDeleteMergedTests = _merged(OperatorDeleteTests)
+ExpirationMergedTests = _merged(ExpirationTests)
+TagRowsMergedTests = _merged(TagRowsTests)
+
+
 class ReferenceTests(SynchronousTestCase):
     """
     Queries against a reference implementation over generated events.
@@ -1106,18 +1195,24 @@ class ReferenceTests(SynchronousTestCase):
     @given(
         events=_events,
         filters=st.lists(_filters, min_size=1, max_size=3),
+        freshEvents=st.sampled_from([0, 2, DEFAULT_FRESH_EVENTS]),
     )
-    def test_matchesReference(self, events: list[Event], filters: list[Filter]) -> None:
+    def test_matchesReference(
+        self, events: list[Event], filters: list[Filter], freshEvents: int
+    ) -> None:
         """
         C{query} returns the ids, in order, that L{Filter.matches}, NIP-01
         replacement, ordering and limits give; C{count} agrees with it when
-        no filter has a limit.
+        no filter has a limit; whether the events' id and tag rows were
+        merged into the large tables (all, some or none) makes no
+        difference.
         """
         pumped = PumpedReactor()
         store = SQLiteEventStore(
             self.mktemp(),
             reactor=pumped,
             clock=FakeWallClock(),  # type: ignore[arg-type]
+            freshEvents=freshEvents,
         )
         try:
             for event in events:

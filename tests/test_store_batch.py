@@ -44,8 +44,9 @@ def _contents(connection: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
         "SELECT id, pubkey, kind, created_at, address, expiration, raw FROM events ORDER BY id"
     ).fetchall()
     tags = connection.execute(
-        "SELECT t.name, t.value, t.created_at, e.id FROM tags t JOIN events e ON e.seq = t.seq"
-        " ORDER BY 1, 2, 3, 4"
+        "SELECT t.name, t.value, t.created_at, e.id"
+        " FROM (SELECT * FROM tags UNION ALL SELECT * FROM fresh_tags) t"
+        " JOIN events e ON e.seq = t.seq ORDER BY 1, 2, 3, 4"
     ).fetchall()
     return events, tags
 

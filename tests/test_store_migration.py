@@ -21,7 +21,7 @@ from relaypool.nostr.event import Event, isAddressable, isReplaceable
 from relaypool.nostr.filter import Filter
 from relaypool.store.schema import SCHEMA_VERSION, migrate, schemaVersion, storedValue
 from relaypool.store.sqlite import SQLiteEventStore
-from tests.test_store import NOW, PUBKEYS, FakeWallClock, note
+from tests.test_store import NOW, PUBKEYS, FakeWallClock, note, storedTagRows
 
 
 def _writeVersion3(path: str, events: Sequence[Event]) -> None:
@@ -278,8 +278,8 @@ class MigrationFromVersion3Tests(TestCase):
         yield self.store.close()
         connection = sqlite3.connect(self.path)
         self.addCleanup(connection.close)
-        names = connection.execute("SELECT name FROM tags ORDER BY name").fetchall()
-        self.assertEqual(names, [("d",), ("e",)])
+        names = [row[0] for row in storedTagRows(connection, "name, value, seq")]
+        self.assertEqual(names, ["d", "e"])
 
 
 class NewerVersionTests(TestCase):

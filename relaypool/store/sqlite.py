@@ -73,6 +73,16 @@ them: a cache that holds the indexes keeps the insert rate at a million
 events (about 150 MB of indexes).
 """
 
+DEFAULT_FRESH_EVENTS = 50_000
+"""
+The default number of events stored before their id and tag rows are merged
+from small tables of their own into the large ones (see
+L{relaypool.store.schema}). At a million stored events, one merge took the
+writer 0.2 s here, where inserting the same rows into the large tables
+directly cost it about 0.5 s more (C{bench/store.py}); that write
+transaction commits 0.2 s later.
+"""
+
 # How many eviction rounds one batch may run to get under maxBytes.
 _MAX_EVICTION_ROUNDS = 8
 
@@ -367,8 +377,8 @@ def _storedValues(values: Iterable[str]) -> list[bytes | str]:
 
 def _keyClause(column: str, values: Iterable[str]) -> tuple[str, list[object]]:
     """
-    The condition that C{column} (C{id} or C{pubkey}, indexed by prefix) is
-    one of C{values} (hex; others match nothing), and its parameters.
+    The condition that C{column} (C{pubkey}, indexed by prefix) is one of
+    C{values} (hex; others match nothing), and its parameters.
     """
     keys = [key for key in _storedValues(values) if isinstance(key, bytes)]
     prefixes, prefixParams = _inClause(
@@ -376,6 +386,22 @@ def _keyClause(column: str, values: Iterable[str]) -> tuple[str, list[object]]:
     )
     whole, wholeParams = _inClause(column, keys)
     return f"{prefixes} AND {whole}", prefixParams + wholeParams
+
+
+def _idClause(table: str, values: Iterable[str]) -> tuple[str, list[object]]:
+    """
+    The condition that the id of the events table named (or aliased)
+    C{table} is one of C{values} (hex; others match nothing), found by
+    prefix in the ids and fresh_ids tables, and its parameters.
+    """
+    keys = [key for key in _storedValues(values) if isinstance(key, bytes)]
+    prefixes, prefixParams = _inClause("prefix", sorted({key[:_PREFIX] for key in keys}))
+    whole, wholeParams = _inClause(f"{table}.id", keys)
+    return (
+        f"{table}.seq IN (SELECT seq FROM ids WHERE {prefixes}"
+        f" UNION ALL SELECT seq FROM fresh_ids WHERE {prefixes}) AND {whole}",
+        prefixParams + prefixParams + wholeParams,
+    )
 
 
 def _indexedTags(tags: Iterable[Sequence[str]]) -> set[tuple[str, bytes | str]]:
@@ -413,31 +439,31 @@ def _address(event: Event) -> str | None:
 
 
 def _filterSelect(
-    f: Filter, columns: str, now: int, limit: int | None, ordered: bool
+    f: Filter, now: int, limit: int | None, ordered: bool
 ) -> tuple[str, list[object]]:
     """
-    The SQL selecting C{columns} of the stored events matching C{f} and not
+    The SQL selecting the C{seq} of the stored events matching C{f} and not
     expired at C{now}, newest first if C{ordered}, at most C{limit}.
     """
-    source = "events e"
-    order = "e.created_at DESC, e.id"
     where = ["(e.expiration IS NULL OR e.expiration > ?)"]
     params: list[object] = [now]
     tags = list(f.tags)
-    # A tag condition with one value can drive the query from the tags
-    # index, already in created_at order and without duplicate events.
+    # A tag condition with one value can drive the query from the tag
+    # tables' keys, already in created_at order and without duplicate
+    # events.
     driver = next(((n, v) for n, v in tags if len(v) == 1), None)
     if driver is not None:
         tags.remove(driver)
-        source = "tags t JOIN events e ON e.seq = t.seq"
-        order = "t.created_at DESC, e.id"
         where += ["t.name = ?", "t.value = ?"]
         params += [driver[0], storedValue(next(iter(driver[1])))]
-    for column, keys in (("e.id", f.ids), ("e.pubkey", f.authors)):
-        if keys is not None:
-            clause, clauseParams = _keyClause(column, keys)
-            where.append(clause)
-            params += clauseParams
+    if f.ids is not None:
+        clause, clauseParams = _idClause("e", f.ids)
+        where.append(clause)
+        params += clauseParams
+    if f.authors is not None:
+        clause, clauseParams = _keyClause("e.pubkey", f.authors)
+        where.append(clause)
+        params += clauseParams
     if f.kinds is not None:
         # With authors, their index (kinds in it) rather than the kinds one:
         # an author's events are fewer than a kind's.
@@ -454,15 +480,31 @@ def _filterSelect(
         params.append(f.until)
     for name, tagValues in tags:
         clause, clauseParams = _inClause("value", _storedValues(tagValues))
-        where.append(f"e.seq IN (SELECT seq FROM tags WHERE name = ? AND {clause})")
-        params += [name, *clauseParams]
-    sql = f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)}"
-    if ordered:
-        sql += f" ORDER BY {order}"
+        where.append(
+            f"e.seq IN (SELECT seq FROM tags WHERE name = ? AND {clause}"
+            f" UNION ALL SELECT seq FROM fresh_tags WHERE name = ? AND {clause})"
+        )
+        params += [name, *clauseParams, name, *clauseParams]
+    condition = " AND ".join(where)
+    if driver is None:
+        sql = f"SELECT e.seq FROM events e WHERE {condition}"
+        if ordered:
+            sql += " ORDER BY e.created_at DESC, e.id"
+    else:
+        # Each tag table's matches in order, merged.
+        arms = [
+            f"SELECT e.seq AS seq, t.created_at AS created_at, e.id AS id"
+            f" FROM {table} t JOIN events e ON e.seq = t.seq WHERE {condition}"
+            for table in ("tags", "fresh_tags")
+        ]
+        sql = " UNION ALL ".join(arms)
+        params += params
+        if ordered:
+            sql += " ORDER BY created_at DESC, id"
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return sql, params
+    return (sql if driver is None else f"SELECT seq FROM ({sql})"), params
 
 
 @implementer(IEventStore, IOutbox)
@@ -525,6 +567,7 @@ class SQLiteEventStore:
         maxLimit: int = 10_000,
         onLatency: Callable[[str, float], None] | None = None,
         cacheBytes: int = DEFAULT_CACHE_BYTES,
+        freshEvents: int = DEFAULT_FRESH_EVENTS,
     ) -> None:
         """
         Open (creating or migrating) the database at C{path}.
@@ -543,6 +586,9 @@ class SQLiteEventStore:
             L{query}, L{queryIds}, L{fetch}, L{count} and L{pending}.
         @param cacheBytes: the most memory each of the two database
             connections (writer, reader) keeps as its page cache.
+        @param freshEvents: how many events are stored, their id and tag
+            rows kept in small tables of their own, before those rows are
+            merged into the large ones (in the transaction that passes it).
         @raise relaypool.errors.SchemaVersionError: if the database has a
             newer schema than this relaypool knows.
         @raise StoreError: if the database cannot be opened.
@@ -562,9 +608,11 @@ class SQLiteEventStore:
         self._probing = False
         self._closed: Deferred[None] | None = None
         self._cacheKiB = max(1, cacheBytes // 1024)
+        self._freshEvents = freshEvents
         writeConnection = self._connect()
         try:
             migrate(writeConnection)
+            self._fresh = _FreshRows(writeConnection)
             readConnection = None if path == ":memory:" else self._connect()
         except sqlite3.Error as e:
             writeConnection.close()
@@ -825,6 +873,7 @@ class SQLiteEventStore:
         return min(int(self._clock()), _MAX_INTEGER)
 
     def _maintain(self, connection: sqlite3.Connection) -> None:
+        self._fresh.mergeIfPast(connection, self._freshEvents)
         _removeEvents(connection, "expiration <= ?", (self._now(),))
         if self._maxEvents is not None:
             stored: int = connection.execute("SELECT events FROM stats").fetchone()[0]
@@ -840,6 +889,49 @@ class SQLiteEventStore:
                     break
                 perEvent = max(1, used // stored)
                 _evict(connection, max(1, -(-(used - self._maxBytes) // perEvent)))
+
+
+class _FreshRows:
+    """
+    In the writer thread: when to merge the id and tag rows of the newest
+    events from the fresh_ids and fresh_tags tables into the ids and tags
+    tables (see L{relaypool.store.schema}). The events stored since the
+    last merge are counted by the growth of the highest seq, which costs
+    one index lookup per transaction.
+    """
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._highest = _highestSeq(connection)
+        self._events: int = connection.execute("SELECT count(*) FROM fresh_ids").fetchone()[0]
+
+    def mergeIfPast(self, connection: sqlite3.Connection, bound: int) -> None:
+        """
+        Merge the fresh rows once more than C{bound} events were stored
+        since the last merge.
+        """
+        highest = _highestSeq(connection)
+        self._events += max(0, highest - self._highest)
+        self._highest = highest
+        if self._events > bound:
+            # In key order: each page of the large B-trees takes its rows
+            # at once.
+            connection.execute(
+                "INSERT INTO ids (prefix, seq) SELECT prefix, seq FROM fresh_ids"
+                " ORDER BY prefix, seq"
+            )
+            connection.execute("DELETE FROM fresh_ids")
+            connection.execute(
+                "INSERT INTO tags (name, value, created_at, seq)"
+                " SELECT name, value, created_at, seq FROM fresh_tags"
+                " ORDER BY name, value, created_at, seq"
+            )
+            connection.execute("DELETE FROM fresh_tags")
+            self._events = 0
+
+
+def _highestSeq(connection: sqlite3.Connection) -> int:
+    highest: int = connection.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+    return highest
 
 
 def _probeWrite(connection: sqlite3.Connection) -> None:
@@ -893,10 +985,11 @@ def _removeEvents(
         tagRows += [(name, value, createdAt, seq) for name, value in tags]
         if kind == _DELETION:
             deletedRows += _deletedRows(tags, pubkey, seq)
-    connection.executemany(
-        "DELETE FROM tags WHERE name = ? AND value = ? AND created_at = ? AND seq = ?",
-        tagRows,
-    )
+    for table in ("tags", "fresh_tags"):
+        connection.executemany(
+            f"DELETE FROM {table} WHERE name = ? AND value = ? AND created_at = ? AND seq = ?",
+            tagRows,
+        )
     connection.executemany(
         "DELETE FROM deleted WHERE id = ? AND pubkey = ? AND seq = ?", deletedRows
     )
@@ -931,12 +1024,14 @@ def _countStored(connection: sqlite3.Connection, change: int) -> None:
 # (?1), or by its address (?1) at or after its created_at (?3).
 _DELETED_BY_ID = "SELECT 1 FROM deleted WHERE id = ?1 AND pubkey = ?2"
 _DELETED_BY_ADDRESS = (
-    "SELECT 1 FROM tags t JOIN events d ON d.seq = t.seq"
-    " WHERE t.name = 'a' AND t.value = ?1 AND t.created_at >= ?3"
-    " AND d.kind = 5 AND d.pubkey = ?2"
+    "SELECT 1 FROM events d WHERE d.seq IN ("
+    "SELECT seq FROM tags WHERE name = 'a' AND value = ?1 AND created_at >= ?3"
+    " UNION ALL"
+    " SELECT seq FROM fresh_tags WHERE name = 'a' AND value = ?1 AND created_at >= ?3"
+    ") AND d.kind = 5 AND d.pubkey = ?2"
 )
 
-_INSERT_TAGS = "INSERT INTO tags (name, value, created_at, seq) VALUES "
+_INSERT_TAGS = "INSERT INTO fresh_tags (name, value, created_at, seq) VALUES "
 _TAG_ROWS = 256
 
 # The events_refuse trigger (see relaypool.store.schema) skips an event
@@ -951,7 +1046,7 @@ def _applyDeletion(connection: sqlite3.Connection, request: Event) -> None:
     author = bytes.fromhex(request.pubkey)
     ids = request.tagValues("e")
     if ids:
-        clause, params = _keyClause("id", ids)
+        clause, params = _idClause("events", ids)
         _removeEvents(connection, f"{clause} AND pubkey = ? AND kind != 5", (*params, author))
     for value in request.tagValues("a"):
         kind, _, rest = value.partition(":")
@@ -967,7 +1062,7 @@ def _applyDeletion(connection: sqlite3.Connection, request: Event) -> None:
 def _deleteEvents(eventIds: tuple[str, ...], connection: sqlite3.Connection) -> int:
     if not eventIds:
         return 0
-    clause, params = _keyClause("id", eventIds)
+    clause, params = _idClause("events", eventIds)
     return _removeEvents(connection, clause, params)
 
 
@@ -1045,7 +1140,7 @@ _INSERT_PLAIN_EVENTS = """
 # text]: the value is the bytes of ?2 from start (1-based) on, as a TEXT if
 # text is 1 (UTF-8) and as a BLOB if 0 (see storedValue).
 _INSERT_PLAIN_TAGS = """
-    INSERT INTO tags (name, value, created_at, seq)
+    INSERT INTO fresh_tags (name, value, created_at, seq)
     SELECT name, iif(text, CAST(substr(?2, start, length) AS TEXT), substr(?2, start, length)),
         created_at, event
     FROM (
@@ -1173,7 +1268,7 @@ def _newestMatches(
     for f in filters:
         limit = maxLimit if f.limit is None else min(f.limit, maxLimit)
         # The newest matches are picked first, then only they are read.
-        sql, params = _filterSelect(f, "e.seq", now, limit, True)
+        sql, params = _filterSelect(f, now, limit, True)
         for row in connection.execute(
             f"SELECT id, created_at{extraColumns} FROM events WHERE seq IN ({sql})", params
         ):
@@ -1206,7 +1301,7 @@ def _fetchEvents(
 ) -> list[Event]:
     if not eventIds:
         return []
-    clause, params = _keyClause("id", eventIds)
+    clause, params = _idClause("events", eventIds)
     raws: dict[bytes | str, bytes] = dict(
         connection.execute(
             f"SELECT id, raw FROM events WHERE {clause}"
@@ -1226,7 +1321,7 @@ def _countEvents(
     parts = []
     params: list[object] = []
     for f in filters:
-        sql, partParams = _filterSelect(f, "e.seq", now, f.limit, f.limit is not None)
+        sql, partParams = _filterSelect(f, now, f.limit, f.limit is not None)
         parts.append(f"SELECT seq FROM ({sql})")
         params += partParams
     counted: int = connection.execute(
