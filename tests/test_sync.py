@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from relaypool.errors import UnknownRelay
@@ -33,6 +34,24 @@ from tests.test_gateway_protocol import waitUntil
 def events(count: int, kind: int = 1, start: int = 1_700_000_000) -> list[Event]:
     key = generatePrivateKey()
     return [makeEvent(kind, f"s{n}", createdAt=start + n, privateKey=key) for n in range(count)]
+
+
+@inlineCallbacks
+def storedEventually(
+    store: SQLiteEventStore, eventIds: list[str], timeout: float = 30.0
+) -> Any:
+    """
+    The events of C{eventIds} that C{store} holds, once it holds them all:
+    the pool hands what it received to the store after delivering it, and
+    the store commits in its writer thread, so a query may come first.
+    Polled every 10 ms; after C{timeout}, those it holds then.
+    """
+    for _ in range(int(timeout / 0.01)):
+        found = yield store.fetch(eventIds)
+        if len(found) == len(set(eventIds)):
+            return found
+        yield deferLater(reactor, 0.01, lambda: None)
+    return (yield store.fetch(eventIds))
 
 
 def key(relay: FakeRelay) -> str:
@@ -96,7 +115,7 @@ class SyncTests(SyncTestCase):
             (result.method, result.need, result.have, result.fetched, result.sent, result.errors),
             ("negentropy", 30, 20, 30, 0, []),
         )
-        stored = yield store.fetch(sorted(ids(onlyRelay)))
+        stored = yield storedEventually(store, sorted(ids(onlyRelay)))
         self.assertEqual(ids(stored), ids(onlyRelay))
         self.assertEqual(len(relay.events), 530)
         self.assertTrue(any(isinstance(m, ClientNegOpen) for m in relay.received))
@@ -219,7 +238,7 @@ class SyncTests(SyncTestCase):
         pool.relay(url).negentropyRefused = "test: the REQ fallback"
         results = yield pool.sync([Filter()], direction="down")
         self.assertEqual((results[url].method, results[url].fetched), ("req", 45))
-        found = yield store.fetch([e.id for e in stored])
+        found = yield storedEventually(store, [e.id for e in stored])
         self.assertEqual(len(found), 45)
         self.assertGreaterEqual(gateway.facade.stats().messagesReceived["REQ"], 5)
 
@@ -329,7 +348,7 @@ class OutageSyncTests(SyncTestCase):
         ][-1]
         self.assertGreater(resubscribe.filters[0].since, late.createdAt)
         self.assertEqual(received.count(late.id), 1)
-        stored = yield store.fetch([late.id])
+        stored = yield storedEventually(store, [late.id])
         self.assertEqual(ids(stored), {late.id})
 
     @inlineCallbacks
