@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from relaypool.errors import QueueFull, SchemaVersionError, StoreError
 from relaypool.nostr.event import Event, isAddressable, isReplaceable, publicKeyFor
 from relaypool.nostr.filter import Filter
+from relaypool.store import sqlite
 from relaypool.store.schema import SCHEMA_VERSION, migrate, schemaVersion
 from relaypool.store.sqlite import DEFAULT_FRESH_EVENTS, SQLiteEventStore
 
@@ -1146,6 +1147,27 @@ class FreshRowsTests(StoreTestMixin, TestCase):
         self.assertFalse((yield store.save(events[0])))
 
     @inlineCallbacks
+    def test_mergedInSlices(self) -> Any:
+        """
+        A merge moves at most a slice of each fresh table per write, in key
+        order, until a pass over them is done; the events are found by id
+        and by tag in the middle of it.
+        """
+        self.patch(sqlite, "_MERGE_SLICE_ROWS", 2)
+        store = self.openStore(freshEvents=2)
+        events = [note(content=str(i), tags=[["t", f"x{i}"]], createdAt=NOW - i) for i in range(3)]
+        yield store.saveMany(events)
+        self.assertEqual(self.rowCounts(store), (1, 1, 2, 2))
+        self.assertEqual((yield store.fetch([e.id for e in events])), events)
+        for i, event in enumerate(events):
+            byTag = Filter(tags=(("t", frozenset([f"x{i}"])),))
+            self.assertEqual((yield store.query([byTag])), [event])
+        self.assertFalse((yield store.save(events[0])))
+        self.assertEqual(self.rowCounts(store), (0, 0, 3, 3))
+        self.assertFalse((yield store.save(events[1])))
+        self.assertEqual(self.rowCounts(store), (0, 0, 3, 3))
+
+    @inlineCallbacks
     def test_countedAcrossOpens(self) -> Any:
         """
         A store opened on a file counts the fresh rows already in it.
@@ -1196,17 +1218,19 @@ class ReferenceTests(SynchronousTestCase):
         events=_events,
         filters=st.lists(_filters, min_size=1, max_size=3),
         freshEvents=st.sampled_from([0, 2, DEFAULT_FRESH_EVENTS]),
+        sliceRows=st.sampled_from([1, 3, 10_000]),
     )
     def test_matchesReference(
-        self, events: list[Event], filters: list[Filter], freshEvents: int
+        self, events: list[Event], filters: list[Filter], freshEvents: int, sliceRows: int
     ) -> None:
         """
         C{query} returns the ids, in order, that L{Filter.matches}, NIP-01
         replacement, ordering and limits give; C{count} agrees with it when
         no filter has a limit; whether the events' id and tag rows were
-        merged into the large tables (all, some or none) makes no
-        difference.
+        merged into the large tables (all, some or none, whole or in
+        slices) makes no difference.
         """
+        self.patch(sqlite, "_MERGE_SLICE_ROWS", sliceRows)
         pumped = PumpedReactor()
         store = SQLiteEventStore(
             self.mktemp(),

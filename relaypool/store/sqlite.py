@@ -891,42 +891,105 @@ class SQLiteEventStore:
                 _evict(connection, max(1, -(-(used - self._maxBytes) // perEvent)))
 
 
+# The most rows one write transaction moves from each fresh table into its
+# large one: a merge is spread over transactions so that none of them waits
+# long for it.
+_MERGE_SLICE_ROWS = 10_000
+
+
 class _FreshRows:
     """
-    In the writer thread: when to merge the id and tag rows of the newest
+    In the writer thread: the merge of the id and tag rows of the newest
     events from the fresh_ids and fresh_tags tables into the ids and tags
-    tables (see L{relaypool.store.schema}). The events stored since the
-    last merge are counted by the growth of the highest seq, which costs
-    one index lookup per transaction.
+    tables (see L{relaypool.store.schema}).
+
+    Once more than C{bound} events were stored since the last merge, each
+    write transaction moves the next L{_MERGE_SLICE_ROWS} rows of each
+    fresh table, in key order, until a pass over both is done: each slice
+    covers a key range, so each page of a large table still takes all the
+    rows of its range at once. Rows stored during a pass behind its
+    position wait for the next one. The events stored are counted by the
+    growth of the highest seq, one index lookup per transaction.
     """
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._highest = _highestSeq(connection)
         self._events: int = connection.execute("SELECT count(*) FROM fresh_ids").fetchone()[0]
+        self._passes = [
+            _MergePass("fresh_ids", "ids", ("prefix", "seq")),
+            _MergePass("fresh_tags", "tags", ("name", "value", "created_at", "seq")),
+        ]
 
     def mergeIfPast(self, connection: sqlite3.Connection, bound: int) -> None:
         """
-        Merge the fresh rows once more than C{bound} events were stored
-        since the last merge.
+        Move the next slice of fresh rows if a merge is under way or more
+        than C{bound} events were stored since the last one began.
         """
         highest = _highestSeq(connection)
         self._events += max(0, highest - self._highest)
         self._highest = highest
         if self._events > bound:
-            # In key order: each page of the large B-trees takes its rows
-            # at once.
-            connection.execute(
-                "INSERT INTO ids (prefix, seq) SELECT prefix, seq FROM fresh_ids"
-                " ORDER BY prefix, seq"
-            )
-            connection.execute("DELETE FROM fresh_ids")
-            connection.execute(
-                "INSERT INTO tags (name, value, created_at, seq)"
-                " SELECT name, value, created_at, seq FROM fresh_tags"
-                " ORDER BY name, value, created_at, seq"
-            )
-            connection.execute("DELETE FROM fresh_tags")
             self._events = 0
+            for mergePass in self._passes:
+                mergePass.begin()
+        for mergePass in self._passes:
+            mergePass.moveSlice(connection)
+
+
+class _MergePass:
+    """
+    A pass moving the rows of one fresh table into its large one, slice by
+    slice in key order.
+
+    @ivar position: the key of the last row moved in the pass under way,
+        C{()} at its start, or L{None} when no pass is under way.
+    """
+
+    position: tuple[object, ...] | None = None
+
+    def __init__(self, fresh: str, large: str, key: tuple[str, ...]) -> None:
+        self._fresh = fresh
+        self._large = large
+        self._columns = ", ".join(key)
+        self._placeholders = ", ".join("?" * len(key))
+
+    def begin(self) -> None:
+        """
+        Start a pass from the lowest key (or start it again).
+        """
+        self.position = ()
+
+    def moveSlice(self, connection: sqlite3.Connection) -> None:
+        """
+        Move the next slice of the pass under way, if any, and end the pass
+        when it reached the end of the table.
+        """
+        position = self.position
+        if position is None:
+            return
+        columns, fresh = self._columns, self._fresh
+        bounds = [f"({columns}) > ({self._placeholders})"] if position else []
+        params = list(position)
+        last = connection.execute(
+            f"SELECT {columns} FROM {fresh}{_where(bounds)} ORDER BY {columns}"
+            " LIMIT 1 OFFSET ?",
+            [*params, _MERGE_SLICE_ROWS - 1],
+        ).fetchone()
+        if last is not None:
+            bounds.append(f"({columns}) <= ({self._placeholders})")
+            params += last
+        where = _where(bounds)
+        connection.execute(
+            f"INSERT INTO {self._large} ({columns})"
+            f" SELECT {columns} FROM {fresh}{where} ORDER BY {columns}",
+            params,
+        )
+        connection.execute(f"DELETE FROM {fresh}{where}", params)
+        self.position = last
+
+
+def _where(conditions: Sequence[str]) -> str:
+    return f" WHERE {' AND '.join(conditions)}" if conditions else ""
 
 
 def _highestSeq(connection: sqlite3.Connection) -> int:
