@@ -14,8 +14,9 @@ Events are not signed (random ids and signatures): the store does not
 verify them.
 
 With --against REF, the store of git revision REF (this repository's) is
-measured first, in a subprocess on the same events, with a save() call per
-event, and each insert rate is printed as a ratio to it. This machine's speed
+measured first, in a subprocess on the same events (a save() call per event
+where it has no saveMany()), and each insert rate is printed as a ratio to
+it. This machine's speed
 drifts (the plain table's rate, printed for both runs, shows by how much), so
 a target set as an absolute rate on another day is best read as its ratio to
 the store of that day: issue 12 measured the store at 68fd430.
@@ -529,7 +530,7 @@ def _earlierRates(
             f" {archive.stderr.decode(errors='replace').strip()}"
         )
     subprocess.run(["tar", "-x", "-C", code], input=archive.stdout, check=True)
-    print(f"the store of {revision}, a save() call per event:", flush=True)
+    print(f"the store of {revision}:", flush=True)
     run = subprocess.run(
         [
             sys.executable,

@@ -388,6 +388,18 @@ def _keyClause(column: str, values: Iterable[str]) -> tuple[str, list[object]]:
     return f"{prefixes} AND {whole}", prefixParams + wholeParams
 
 
+def _seqsInBoth(table: str, condition: str) -> str:
+    """
+    The SQL selecting the C{seq} of the rows matching C{condition} in
+    C{table} (C{ids} or C{tags}) and in its C{fresh_} twin (see
+    L{relaypool.store.schema}).
+    """
+    return (
+        f"SELECT seq FROM {table} WHERE {condition}"
+        f" UNION ALL SELECT seq FROM fresh_{table} WHERE {condition}"
+    )
+
+
 def _idClause(table: str, values: Iterable[str]) -> tuple[str, list[object]]:
     """
     The condition that the id of the events table named (or aliased)
@@ -398,8 +410,7 @@ def _idClause(table: str, values: Iterable[str]) -> tuple[str, list[object]]:
     prefixes, prefixParams = _inClause("prefix", sorted({key[:_PREFIX] for key in keys}))
     whole, wholeParams = _inClause(f"{table}.id", keys)
     return (
-        f"{table}.seq IN (SELECT seq FROM ids WHERE {prefixes}"
-        f" UNION ALL SELECT seq FROM fresh_ids WHERE {prefixes}) AND {whole}",
+        f"{table}.seq IN ({_seqsInBoth('ids', prefixes)}) AND {whole}",
         prefixParams + prefixParams + wholeParams,
     )
 
@@ -480,10 +491,7 @@ def _filterSelect(
         params.append(f.until)
     for name, tagValues in tags:
         clause, clauseParams = _inClause("value", _storedValues(tagValues))
-        where.append(
-            f"e.seq IN (SELECT seq FROM tags WHERE name = ? AND {clause}"
-            f" UNION ALL SELECT seq FROM fresh_tags WHERE name = ? AND {clause})"
-        )
+        where.append(f"e.seq IN ({_seqsInBoth('tags', f'name = ? AND {clause}')})")
         params += [name, *clauseParams, name, *clauseParams]
     condition = " AND ".join(where)
     if driver is None:
@@ -1089,10 +1097,8 @@ def _countStored(connection: sqlite3.Connection, change: int) -> None:
 _DELETED_BY_ID = "SELECT 1 FROM deleted WHERE id = ?1 AND pubkey = ?2"
 _DELETED_BY_ADDRESS = (
     "SELECT 1 FROM events d WHERE d.seq IN ("
-    "SELECT seq FROM tags WHERE name = 'a' AND value = ?1 AND created_at >= ?3"
-    " UNION ALL"
-    " SELECT seq FROM fresh_tags WHERE name = 'a' AND value = ?1 AND created_at >= ?3"
-    ") AND d.kind = 5 AND d.pubkey = ?2"
+    + _seqsInBoth("tags", "name = 'a' AND value = ?1 AND created_at >= ?3")
+    + ") AND d.kind = 5 AND d.pubkey = ?2"
 )
 
 _INSERT_TAGS = "INSERT INTO fresh_tags (name, value, created_at, seq) VALUES "
@@ -1225,7 +1231,7 @@ def _insertPlain(
     @return: for each, whether it was stored (not there already, nor
         deleted by a stored deletion request).
     """
-    first: int = connection.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+    first = _highestSeq(connection) + 1
     connection.execute(
         _INSERT_PLAIN_EVENTS,
         (
