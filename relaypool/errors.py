@@ -240,6 +240,17 @@ class UnknownConnection(RelayPoolError, KeyError):
         return Exception.__str__(self)
 
 
+# --- cluster ----------------------------------------------------------------
+
+
+class RedisUnavailable(RelayPoolError):
+    """
+    A cluster node cannot reach its Redis server (not connected, or a
+    command got no answer in time): the node serves its own clients as a
+    single node until Redis is back.
+    """
+
+
 __all__ = [
     "AcquireTimeout",
     "ConfigError",
@@ -259,6 +270,7 @@ __all__ = [
     "PoolClosed",
     "PublishFailed",
     "QueueFull",
+    "RedisUnavailable",
     "RelayPoolError",
     "SchemaVersionError",
     "StartupError",

@@ -218,11 +218,13 @@ class IOutbox(Interface):
 
 
 __all__ = [
+    "IClusterNode",
     "IEventStore",
     "INameService",
     "INameSubscription",
     "IOutbox",
     "IRequestProtocol",
+    "IUpstreamSubscriptions",
 ]
 
 
@@ -314,6 +316,42 @@ class IRelayPool(Interface):
     def totals() -> Any:
         """
         @return: the pool-wide L{relaypool.upstream.results.PoolTotals}.
+        """
+
+
+class IUpstreamSubscriptions(Interface):
+    """
+    Where the gateway's shared subscriptions get their upstream
+    subscriptions and the stored events a joining client needs: the
+    L{IRelayPool}, or a cluster node (L{IClusterNode}).
+    """
+
+    def subscribe(filters: Any) -> Any:
+        """
+        @return: an upstream subscription of C{filters}: an object with
+            C{onEvent(callback(event, source))}, C{onEOSE(callback())} and
+            C{close()}, whose events are unique and verified and whose EOSE
+            fires once.
+        @raise relaypool.errors.PoolClosed: if the pool stopped.
+        """
+
+    def query(filters: Any) -> Any:
+        """
+        @return: a Deferred firing with the stored events matching
+            C{filters}, newest first, limits applied.
+        """
+
+
+class IClusterNode(IUpstreamSubscriptions):
+    """
+    One node of several on a Redis server: what the gateway needs of
+    L{relaypool.cluster.node.ClusterNode}.
+    """
+
+    def status() -> Any:
+        """
+        @return: a JSON-ready dict: this node, the nodes it sees, its
+            leases and its traffic through Redis.
         """
 
 

@@ -23,10 +23,11 @@ LAYERS = {
     "nostr": 2,
     "upstream": 3,
     "store": 4,
-    "gateway": 5,
-    "daemon": 6,
-    "testing": 7,
-    "__init__": 7,
+    "cluster": 5,
+    "gateway": 6,
+    "daemon": 7,
+    "testing": 8,
+    "__init__": 8,
 }
 
 

@@ -35,7 +35,7 @@ from relaypool.gateway.publishing import (
 from relaypool.gateway.registry import ConnectionRegistry, ConnId
 from relaypool.gateway.session import Replies, Session
 from relaypool.gateway.subscriptions import SharedSubscriptions
-from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
+from relaypool.interfaces import IEventStore, IPublisher, IRelayPool, IUpstreamSubscriptions
 from relaypool.nostr.event import AUTH_KIND, Event
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.messages import (
@@ -144,6 +144,7 @@ class RelayFacade:
         policy: EventPolicy | None = None,
         onLatency: Callable[[str, float], None] | None = None,
         maxVerifying: int = DEFAULT_MAX_VERIFYING,
+        upstream: IUpstreamSubscriptions | None = None,
     ) -> None:
         """
         @param registry: the registry the connections are registered in.
@@ -170,6 +171,8 @@ class RelayFacade:
         @param maxVerifying: the bound of the L{EventVerifier}: C{EVENT}s
             (from every connection) waiting for their signature check; past
             it, an C{EVENT} is answered C{OK false "rate-limited: ..."}.
+        @param upstream: where shared subscriptions subscribe upstream (a
+            L{relaypool.interfaces.IClusterNode}); C{pool} if L{None}.
         @raise ValueError: for a policy that cannot work with the given
             pool and store.
         @raise InvalidRelayURL: if C{relayURL} is not a relay URL.
@@ -182,7 +185,7 @@ class RelayFacade:
         self.limits = limits
         self._replies = Replies(registry)
         self.subscriptions = SharedSubscriptions(
-            registry, self._replies, pool, store, limits, reactor, onLatency
+            registry, self._replies, pool, store, limits, reactor, onLatency, upstream
         )
         self._acceptor = EventAcceptor(
             self._replies,

@@ -34,7 +34,7 @@ from relaypool.gateway.protocol import GatewayFactory
 from relaypool.gateway.publishing import DEFAULT_MAX_VERIFYING
 from relaypool.gateway.registry import ConnectionRegistry
 from relaypool.gateway.status import DEFAULT_HISTORY, DEFAULT_SAMPLE_INTERVAL, StatusBoard
-from relaypool.interfaces import IEventStore, IPublisher, IRelayPool
+from relaypool.interfaces import IClusterNode, IEventStore, IPublisher, IRelayPool
 from relaypool.nostr.nip11 import Limitation, RelayInformation
 from relaypool.nostr.nip98 import HTTP_AUTH_WINDOW
 
@@ -158,6 +158,7 @@ class Gateway(service.MultiService):
         statusPageHistory: int = DEFAULT_HISTORY,
         metrics: GatewayMetrics | None = None,
         maxVerifying: int = DEFAULT_MAX_VERIFYING,
+        cluster: IClusterNode | None = None,
     ) -> None:
         """
         @param reactor: a L{relaypool._reactor.TimeTCPReactor}; the global
@@ -197,6 +198,10 @@ class Gateway(service.MultiService):
             (with the process metrics) if L{None}.
         @param maxVerifying: the most client C{EVENT}s waiting for their
             signature check (see L{RelayFacade}).
+        @param cluster: the L{relaypool.interfaces.IClusterNode} when this
+            gateway is one node of several on Redis: its shared
+            subscriptions subscribe upstream through it, and C{/stats},
+            C{/metrics} and the status page show the cluster.
         @raise ValueError: for an C{okPolicy} that cannot work with the given
             pool and store, or a status page history that cannot work.
         """
@@ -206,6 +211,7 @@ class Gateway(service.MultiService):
         self._pool = pool
         self._store = store
         self._outbox = outbox
+        self.cluster = cluster
         self._listen = listen
         self._name = name
         self._description = description
@@ -237,6 +243,7 @@ class Gateway(service.MultiService):
             policy,
             self.metrics.observeGateway,
             maxVerifying,
+            cluster,
         )
         self.management = ManagementAPI(
             self.facade, pool, store, adminPubkeys, quorum, adminAuthWindow, reactor
@@ -438,7 +445,8 @@ class Gateway(service.MultiService):
             seconds since the epoch, ISO 8601 UTC and seconds ago), and the
             outbox's retries in flight and what waits in it (events, the
             oldest one's age in seconds, the same per relay; as of the
-            outbox's last pass, see L{relaypool.store.outbox.OutboxPublisher.stats}).
+            outbox's last pass, see L{relaypool.store.outbox.OutboxPublisher.stats});
+            with a cluster, its status (L{relaypool.interfaces.IClusterNode.status}).
         """
         document: dict[str, Any] = {
             "registry": asdict(self.registry.stats()),
@@ -461,6 +469,8 @@ class Gateway(service.MultiService):
                 "readAgo": readAgo,
                 "relays": {url: asdict(backlog) for url, backlog in outbox.relays.items()},
             }
+        if self.cluster is not None:
+            document["cluster"] = self.cluster.status()
         return document
 
     def liveness(self) -> tuple[int, dict[str, Any]]:
@@ -601,6 +611,8 @@ class Gateway(service.MultiService):
             families += self._poolFamilies()
         if self._outbox is not None:
             families += self._outboxFamilies()
+        if self.cluster is not None:
+            families += _clusterFamilies(self.cluster.status())
         return families
 
     def _outboxFamilies(self) -> list[Metric]:
@@ -736,3 +748,52 @@ class Gateway(service.MultiService):
 
 
 __all__ = ["CLIENT_VERBS", "DEFAULT_DESCRIPTION", "RELAY_VERBS", "Gateway"]
+
+
+def _clusterFamilies(status: dict[str, Any]) -> list[Metric]:
+    """
+    The cluster's gauges and counters, from a cluster node's status.
+    """
+    cluster = status["cluster"]
+    return [
+        _gauge(
+            "relaypool_cluster_redis_up",
+            "1 when this node is connected to Redis.",
+            status["redisUp"],
+        ),
+        _gauge(
+            "relaypool_cluster_nodes",
+            "Cluster nodes this node sees (itself included).",
+            cluster["nodes"],
+        ),
+        _gauge(
+            "relaypool_cluster_filter_sets",
+            "Filter sets this node's clients subscribe to.",
+            status["filterSets"],
+        ),
+        _gauge(
+            "relaypool_cluster_leases_held",
+            "Filter sets this node subscribes upstream for the cluster (leases held).",
+            status["leasesHeld"],
+        ),
+        _gauge(
+            "relaypool_cluster_streams_following",
+            "Filter sets this node reads from another node's stream.",
+            status["following"],
+        ),
+        _counter(
+            "relaypool_cluster_events_published_total",
+            "Events this node added to the cluster's streams.",
+            status["eventsPublished"],
+        ),
+        _counter(
+            "relaypool_cluster_events_received_total",
+            "Events this node read from other nodes' streams.",
+            status["eventsReceived"],
+        ),
+        _counter(
+            "relaypool_cluster_redis_commands_total",
+            "Commands this node sent to Redis.",
+            status["redisCommands"],
+        ),
+    ]

@@ -53,7 +53,7 @@ from relaypool.gateway.limits import GatewayLimits
 from relaypool.gateway.policy import EventPolicy
 from relaypool.gateway.registry import ConnectionRegistry, ConnId
 from relaypool.gateway.session import Replies, Session
-from relaypool.interfaces import IEventStore, IRelayPool
+from relaypool.interfaces import IEventStore, IRelayPool, IUpstreamSubscriptions
 from relaypool.nostr.event import Event
 from relaypool.nostr.filter import Filter, filtersKey, limitEvents, matchesAny
 from relaypool.nostr.messages import RelayEOSE
@@ -152,11 +152,15 @@ class SharedSubscriptions:
         limits: GatewayLimits,
         clock: IReactorTime,
         onLatency: Callable[[str, float], None] | None = None,
+        upstream: IUpstreamSubscriptions | None = None,
     ) -> None:
         """
         @param pool: the L{relaypool.upstream.relaypool.RelayPool}, or
             L{None}.
         @param store: an L{relaypool.interfaces.IEventStore}, or L{None}.
+        @param upstream: where the upstream subscriptions and a joiner's
+            stored events come from, when C{pool} is given: a cluster node,
+            or C{pool} itself if L{None}.
         @param clock: an L{IReactorTime}, for NIP-40 expiration and
             latencies.
         @param onLatency: called with C{"eose"} and the seconds from a
@@ -165,6 +169,9 @@ class SharedSubscriptions:
         self._registry = registry
         self._replies = replies
         self._pool = pool
+        self._upstream: IRelayPool | IUpstreamSubscriptions | None = (
+            pool if upstream is None else upstream
+        )
         self._store = store
         self.limits = limits
         self._clock = clock
@@ -243,17 +250,17 @@ class SharedSubscriptions:
         return member
 
     def _openUpstream(self, shared: _SharedSubscription) -> None:
-        if self._pool is None:
+        if self._upstream is None:
             shared.eosed = True
             return
-        upstream = self._pool.subscribe(shared.filters)
+        upstream = self._upstream.subscribe(shared.filters)
         shared.upstream = upstream
         upstream.onEvent(lambda event, url: self._deliver(shared, event))
         upstream.onEOSE(lambda: self._upstreamEOSE(shared))
 
     def _historyQuery(self, filters: tuple[Filter, ...]) -> Deferred[list[Event]]:
-        assert self._pool is not None, "only a joiner behind a pool asks its relays"
-        queries: list[Deferred[list[Event]]] = [maybeDeferred(self._pool.query, filters)]
+        assert self._upstream is not None, "only a joiner behind a pool asks its relays"
+        queries: list[Deferred[list[Event]]] = [maybeDeferred(self._upstream.query, filters)]
         if self._store is not None:
             queries.append(maybeDeferred(self._store.query, filters))
         return gatherResults(queries, consumeErrors=True).addCallback(
@@ -404,8 +411,7 @@ class SharedSubscriptions:
                 self._replies.closed(
                     session,
                     member.subscriptionId,
-                    f"error: more than {limit} new events arrived while stored events "
-                    "were sent",
+                    f"error: more than {limit} new events arrived while stored events were sent",
                 )
             else:
                 member.arrived.append(event)

@@ -1,0 +1,410 @@
+"""
+Tests for L{relaypool.cluster}: several gateways on one real Redis server
+(L{tests.redisserver}) sharing one upstream subscription per filter set,
+with fake relays and real WebSocket clients on 127.0.0.1.
+
+Leases here last 0.6 s (renewed every 0.2 s) so that handovers happen
+within a second of real time; every wait is a bounded poll for something
+that must happen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaypool.cluster.leases import Leases
+from relaypool.cluster.link import RedisAddress, RedisLink, connectOnce, parseRedisURL
+from relaypool.cluster.node import ClusterNode, filterSetName
+from relaypool.errors import RedisUnavailable
+from relaypool.nostr.filter import Filter
+from relaypool.nostr.messages import ClientClose, ClientReq
+from relaypool.testing import makeEvent
+from tests.redisserver import freePort, startRedis
+from tests.test_gateway_protocol import TIMEOUT, GatewayTestCase, waitUntil
+
+LEASE_TIME = 0.6
+NOTES = Filter(kinds=frozenset({1}))
+
+
+class RedisURLTests(SynchronousTestCase):
+    """
+    L{parseRedisURL}.
+    """
+
+    def test_full(self) -> None:
+        """
+        Host, port, database and credentials are read; the address shows
+        without its password.
+        """
+        address = parseRedisURL("redis://user:s%40cret@redis.example:6380/3")
+        self.assertEqual(address, RedisAddress("redis.example", 6380, 3, "user", "s@cret"))
+        self.assertEqual(str(address), "redis://redis.example:6380/3")
+
+    def test_defaults(self) -> None:
+        """
+        Port 6379 and database 0 by default.
+        """
+        self.assertEqual(parseRedisURL("redis://127.0.0.1"), RedisAddress("127.0.0.1"))
+
+    def test_invalid(self) -> None:
+        """
+        Each wrong part is named.
+        """
+        for text, problem in [
+            ("http://127.0.0.1:6379", "is not a redis:// URL"),
+            ("redis://:6379/0", "names no host"),
+            ("redis://127.0.0.1:port/0", "invalid port"),
+            ("redis://127.0.0.1:6379/zero", "the database must be a number"),
+            ("redis://127.0.0.1:6379/0?x=1", "takes no query"),
+        ]:
+            with self.assertRaises(ValueError) as caught:
+                parseRedisURL(text)
+            self.assertIn(problem, str(caught.exception))
+
+
+class RedisTestCase(GatewayTestCase):
+    """
+    Fixtures: a Redis server, links to it, cluster nodes.
+    """
+
+    def setUp(self) -> None:
+        self.redis = startRedis(self)
+        self.address = parseRedisURL(self.redis.url)
+
+    def startLink(self, **kwargs: Any) -> RedisLink:
+        link = RedisLink(self.address, reactor, **kwargs)
+        link.start()
+        self.addCleanup(link.stop)
+        return link
+
+    @inlineCallbacks
+    def startNode(self, relays: list[Any], nodeId: str, **kwargs: Any) -> Any:
+        """
+        A cluster node: a relay pool over C{relays}, a store, the node and
+        a gateway serving through it.
+        """
+        pool = yield self.startPool(relays)
+        store = self.openStore()
+        kwargs.setdefault("leaseTime", LEASE_TIME)
+        node = ClusterNode(self.address, pool, store, reactor, nodeId, **kwargs)
+        node.startService()
+        self.addCleanup(lambda: node.stopService() if node.running else None)
+        yield waitUntil(lambda: node.link.up)
+        gateway = yield self.startGateway(pool, store=store, cluster=node)
+        return node, gateway
+
+    def logged(self) -> list[str]:
+        """
+        @return: the cluster's log lines from now on.
+        """
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            text = event.get("log_format") or ""
+            if text.startswith("relaypool: cluster:"):
+                from twisted.logger import formatEvent
+
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return lines
+
+
+def reqs(relay: Any) -> list[ClientReq]:
+    """
+    @return: the REQs a fake relay received.
+    """
+    return [message for message in relay.received if isinstance(message, ClientReq)]
+
+
+class LinkTests(RedisTestCase):
+    """
+    L{RedisLink} and L{connectOnce} on a real server.
+    """
+
+    @inlineCallbacks
+    def test_command(self) -> Any:
+        """
+        A command is answered once the link is up.
+        """
+        link = self.startLink()
+        yield waitUntil(lambda: link.up)
+        answer = yield link.command("SET", "k", "v")
+        self.assertEqual(answer, "OK")
+        self.assertEqual((yield link.command("GET", "k")), "v")
+
+    @inlineCallbacks
+    def test_unreachable(self) -> Any:
+        """
+        Connecting to a port nothing listens on fails with
+        L{RedisUnavailable} naming the address.
+        """
+        address = RedisAddress("127.0.0.1", freePort())
+        error = yield self.assertFailure(connectOnce(address, reactor, 2.0), RedisUnavailable)
+        self.assertIn(f"cannot reach Redis at {address}: could not connect", str(error))
+
+    @inlineCallbacks
+    def test_downFailsAtOnce(self) -> Any:
+        """
+        While Redis is away a command fails at once, the link logs one line
+        for the loss, none per reconnection attempt, and one when Redis is
+        back.
+        """
+        link = self.startLink(retryDelay=0.05)
+        yield waitUntil(lambda: link.up)
+        lines = self.logged()
+        self.redis.stop()
+        yield waitUntil(lambda: not link.up)
+        yield self.assertFailure(link.command("PING"), RedisUnavailable)
+        attempts = link.commandsSent
+        self.redis.start()
+        yield waitUntil(lambda: link.up)
+        self.assertEqual(link.commandsSent, attempts)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("lost Redis at", lines[0])
+        self.assertIn("back on Redis at", lines[1])
+
+
+class LeaseTests(RedisTestCase):
+    """
+    L{Leases} on a real server.
+    """
+
+    def leases(
+        self, nodeId: str, changes: list[tuple[str, str, bool]], clock: Any = reactor
+    ) -> Leases:
+        link = self.startLink()
+        return Leases(
+            link,
+            nodeId,
+            LEASE_TIME,
+            60.0,
+            clock,
+            lambda name: f"test:lease:{name}",
+            lambda name: f"test:events:{name}",
+            lambda name, owned: changes.append((nodeId, name, owned)),
+        )
+
+    @inlineCallbacks
+    def startBoth(self) -> Any:
+        changes: list[tuple[str, str, bool]] = []
+        a, b = self.leases("a", changes), self.leases("b", changes)
+        yield waitUntil(lambda: a._link.up and b._link.up)
+        return a, b, changes
+
+    @inlineCallbacks
+    def test_oneHolder(self) -> Any:
+        """
+        Of two nodes wanting a lease, the first holds it; the other sees
+        who does.
+        """
+        a, b, changes = yield self.startBoth()
+        yield a.want("x")
+        yield b.want("x")
+        self.assertTrue(a.owns("x"))
+        self.assertFalse(b.owns("x"))
+        self.assertEqual(b.holders["x"], "a")
+        self.assertEqual(changes, [("a", "x", True), ("b", "x", False)])
+        self.assertEqual(self.redis.command("GET", "test:lease:x"), b"$1\r\na\r\n")
+
+    @inlineCallbacks
+    def test_dropHandsOver(self) -> Any:
+        """
+        A dropped lease is free: the other node's next round takes it.
+        """
+        a, b, changes = yield self.startBoth()
+        yield a.want("x")
+        yield b.want("x")
+        yield a.drop("x")
+        yield b.renew()
+        self.assertTrue(b.owns("x"))
+        self.assertEqual(changes, [("a", "x", True), ("b", "x", False), ("b", "x", True)])
+
+    @inlineCallbacks
+    def test_expiryHandsOver(self) -> Any:
+        """
+        A lease its holder stops renewing (it died, or lost Redis) expires,
+        and the other node takes it.
+        """
+        a, b, changes = yield self.startBoth()
+        yield a.want("x")
+        yield b.want("x")
+        yield a._link.stop()
+
+        @inlineCallbacks
+        def renewed() -> Any:
+            yield b.renew()
+            return b.owns("x")
+
+        for _ in range(int(TIMEOUT / 0.05)):
+            if (yield renewed()):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(b.owns("x"))
+
+    @inlineCallbacks
+    def test_ownDeadline(self) -> Any:
+        """
+        A holder that could not renew stops claiming the lease at its own
+        deadline (the time it asked plus the lease time), before Redis lets
+        it expire.
+        """
+        clock = Clock()
+        a = self.leases("a", [], clock)
+        yield waitUntil(lambda: a._link.up)
+        yield a.want("x")
+        clock.advance(LEASE_TIME - 0.01)
+        self.assertTrue(a.owns("x"))
+        clock.advance(0.01)
+        self.assertFalse(a.owns("x"))
+        self.assertEqual(a.held(), [])
+
+
+class ClusterGatewayTests(RedisTestCase):
+    """
+    Gateways on one Redis server: one upstream subscription per filter set,
+    each event delivered once to each client, and handovers that lose
+    nothing.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def subscribed(self, gateway: Any, subscriptionId: str = "s") -> Any:
+        client = yield self.connect(gateway)
+        client.send("REQ", subscriptionId, NOTES.toDict())
+        yield client.waitForVerb("EOSE", subscriptionId)
+        return client
+
+    @inlineCallbacks
+    def twoNodes(self) -> Any:
+        (relay,) = yield self.startRelays(1)
+        first, gatewayA = yield self.startNode([relay], "a")
+        second, gatewayB = yield self.startNode([relay], "b")
+        return relay, (first, gatewayA), (second, gatewayB)
+
+    @inlineCallbacks
+    def test_oneUpstreamSubscription(self) -> Any:
+        """
+        Clients on two nodes with one filter set make one REQ upstream, from
+        the lease holder, and each gets each event once, also those stored
+        before.
+        """
+        relay, (a, gatewayA), (b, gatewayB) = yield self.twoNodes()
+        stored = makeEvent(kind=1, content="stored")
+        relay.store(stored)
+        clientA = yield self.subscribed(gatewayA)
+        clientB = yield self.subscribed(gatewayB)
+        joinerB = yield self.subscribed(gatewayB, "t")
+        name = filterSetName((NOTES.withLimit(500),))
+        self.assertEqual(a.leases.holders[name], "a")
+        self.assertEqual(b.leases.holders[name], "a")
+        self.assertEqual(len(reqs(relay)), 1)
+        live = [makeEvent(kind=1, content=f"live {i}") for i in range(20)]
+        relay.store(*live)
+        everything = {stored.id} | {event.id for event in live}
+        for client, subscriptionId in [(clientA, "s"), (clientB, "s"), (joinerB, "t")]:
+            yield waitUntil(lambda c=client, s=subscriptionId: set(c.eventIds(s)) == everything)
+            ids = client.eventIds(subscriptionId)
+            self.assertEqual(len(ids), len(set(ids)))
+        self.assertEqual(len(reqs(relay)), 1)
+        # The stored event came to b with the stream's stored entries, the
+        # live ones as they were added.
+        self.assertEqual(b.eventsReceived, 20)
+
+    @inlineCallbacks
+    def test_handoverWhenOwnerLeaves(self) -> Any:
+        """
+        When the owner's last client leaves, the other node takes the lease
+        and subscribes upstream from the newest event it had: its client
+        misses nothing and gets nothing twice.
+        """
+        relay, (a, gatewayA), (b, gatewayB) = yield self.twoNodes()
+        clientA = yield self.subscribed(gatewayA)
+        clientB = yield self.subscribed(gatewayB)
+        before = makeEvent(kind=1, content="before", createdAt=1_700_000_000)
+        relay.store(before)
+        yield waitUntil(lambda: clientB.eventIds("s") == [before.id])
+        clientA.send("CLOSE", "s")
+        name = filterSetName((NOTES.withLimit(500),))
+        yield waitUntil(lambda: b.leases.owns(name))
+        yield waitUntil(lambda: len(reqs(relay)) == 2)
+        resubscribed = reqs(relay)[1]
+        self.assertEqual([f.since for f in resubscribed.filters], [1_700_000_000])
+        self.assertTrue(any(isinstance(m, ClientClose) for m in relay.received))
+        after = makeEvent(kind=1, content="after", createdAt=1_700_000_001)
+        relay.store(after)
+        yield waitUntil(lambda: clientB.eventIds("s") == [before.id, after.id])
+
+    @inlineCallbacks
+    def test_ownerCutOff(self) -> Any:
+        """
+        An owner cut off from Redis serves its own clients on its own, and
+        the other node takes the lease once it expires: both nodes' clients
+        keep getting every event, once.
+        """
+        relay, (a, gatewayA), (b, gatewayB) = yield self.twoNodes()
+        clientA = yield self.subscribed(gatewayA)
+        clientB = yield self.subscribed(gatewayB)
+        name = filterSetName((NOTES.withLimit(500),))
+        yield a.link.stop()
+        yield waitUntil(lambda: b.leases.owns(name))
+        self.assertFalse(a.leases.owns(name))
+        events = [makeEvent(kind=1, content=f"during {i}") for i in range(5)]
+        relay.store(*events)
+        ids = [event.id for event in events]
+        for client in (clientA, clientB):
+            yield waitUntil(lambda c=client: sorted(c.eventIds("s")) == sorted(ids))
+        self.assertEqual(len(clientB.eventIds("s")), 5)
+
+    @inlineCallbacks
+    def test_redisRestart(self) -> Any:
+        """
+        While Redis is away both nodes subscribe upstream for their own
+        clients; once it is back, one holds the lease again and the other
+        closes its upstream subscription. No client misses an event.
+        """
+        relay, (a, gatewayA), (b, gatewayB) = yield self.twoNodes()
+        clientA = yield self.subscribed(gatewayA)
+        clientB = yield self.subscribed(gatewayB)
+        self.redis.stop()
+        yield waitUntil(lambda: not a.link.up and not b.link.up)
+        yield waitUntil(lambda: relay.subscriptionCount() == 2)
+        during = makeEvent(kind=1, content="during")
+        relay.store(during)
+        for client in (clientA, clientB):
+            yield waitUntil(lambda c=client: c.eventIds("s") == [during.id])
+        self.redis.start()
+        yield waitUntil(lambda: a.link.up and b.link.up)
+        yield waitUntil(lambda: relay.subscriptionCount() == 1)
+        after = makeEvent(kind=1, content="after")
+        relay.store(after)
+        for client in (clientA, clientB):
+            yield waitUntil(lambda c=client: c.eventIds("s") == [during.id, after.id])
+
+    @inlineCallbacks
+    def test_status(self) -> Any:
+        """
+        C{/stats} shows the cluster: both nodes, the lease owners and the
+        traffic through Redis.
+        """
+        relay, (a, gatewayA), (b, gatewayB) = yield self.twoNodes()
+        yield self.subscribed(gatewayA)
+        yield self.subscribed(gatewayB)
+        relay.store(makeEvent(kind=1))
+        yield waitUntil(lambda: b.eventsReceived == 1)
+        yield waitUntil(lambda: "a" in gatewayB.stats()["cluster"]["nodes"])
+        status = gatewayB.stats()["cluster"]
+        self.assertEqual(status["node"], "b")
+        self.assertTrue(status["redisUp"])
+        self.assertEqual(status["leaseOwners"], {"a": 1})
+        self.assertEqual(status["following"], 1)
+        self.assertEqual(status["eventsReceived"], 1)
+        self.assertEqual(status["cluster"]["nodes"], 2)
