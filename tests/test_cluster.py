@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,11 +21,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from relaypool.cluster.leases import Leases
 from relaypool.cluster.link import RedisAddress, RedisLink, connectOnce, parseRedisURL
 from relaypool.cluster.node import ClusterNode, filterSetName
-from relaypool.errors import RedisUnavailable
+from relaypool.daemon.config import buildConfig
+from relaypool.errors import ConfigError, RedisUnavailable
 from relaypool.nostr.filter import Filter
 from relaypool.nostr.messages import ClientClose, ClientReq
 from relaypool.testing import makeEvent
+from tests.daemons import startDaemon
 from tests.redisserver import freePort, startRedis
+from tests.test_cli import _CLI, _run
 from tests.test_gateway_protocol import TIMEOUT, GatewayTestCase, waitUntil
 
 LEASE_TIME = 0.6
@@ -99,6 +102,16 @@ class RedisTestCase(GatewayTestCase):
         gateway = yield self.startGateway(pool, store=store, cluster=node)
         return node, gateway
 
+    @inlineCallbacks
+    def subscribed(self, gateway: Any, subscriptionId: str = "s") -> Any:
+        """
+        A client of C{gateway} subscribed to kind 1 notes, past EOSE.
+        """
+        client = yield self.connect(gateway)
+        client.send("REQ", subscriptionId, NOTES.toDict())
+        yield client.waitForVerb("EOSE", subscriptionId)
+        return client
+
     def logged(self) -> list[str]:
         """
         @return: the cluster's log lines from now on.
@@ -147,7 +160,8 @@ class LinkTests(RedisTestCase):
         L{RedisUnavailable} naming the address.
         """
         address = RedisAddress("127.0.0.1", freePort())
-        error = yield self.assertFailure(connectOnce(address, reactor, 2.0), RedisUnavailable)
+        factory, connecting = connectOnce(address, reactor, 2.0)
+        error = yield self.assertFailure(connecting, RedisUnavailable)
         self.assertIn(f"cannot reach Redis at {address}: could not connect", str(error))
 
     @inlineCallbacks
@@ -277,13 +291,6 @@ class ClusterGatewayTests(RedisTestCase):
     timeout = 60
 
     @inlineCallbacks
-    def subscribed(self, gateway: Any, subscriptionId: str = "s") -> Any:
-        client = yield self.connect(gateway)
-        client.send("REQ", subscriptionId, NOTES.toDict())
-        yield client.waitForVerb("EOSE", subscriptionId)
-        return client
-
-    @inlineCallbacks
     def twoNodes(self) -> Any:
         (relay,) = yield self.startRelays(1)
         first, gatewayA = yield self.startNode([relay], "a")
@@ -408,3 +415,101 @@ class ClusterGatewayTests(RedisTestCase):
         self.assertEqual(status["following"], 1)
         self.assertEqual(status["eventsReceived"], 1)
         self.assertEqual(status["cluster"]["nodes"], 2)
+
+
+class DaemonClusterTests(RedisTestCase):
+    """
+    The daemon's cluster settings: C{--redis}, C{--node-id},
+    C{--redis-optional}, C{--lease-time}, C{--cluster-history}.
+    """
+
+    @inlineCallbacks
+    def test_joins(self) -> Any:
+        """
+        With C{--redis} the daemon's gateway serves through a cluster node
+        with the given id and settings, shown in C{/stats}.
+        """
+        (relay,) = yield self.startRelays(1)
+        daemon, port = yield Deferred.fromCoroutine(
+            startDaemon(
+                self,
+                [relay.url],
+                redis=self.redis.url,
+                **{"node-id": "first", "lease-time": "0.6", "cluster-history": "50"},
+            )
+        )
+        node = daemon.cluster
+        assert node is not None
+        yield waitUntil(lambda: node.link.up)
+        self.assertEqual((node.nodeId, node.leaseTime, node.historySize), ("first", 0.6, 50))
+        self.assertEqual(daemon.gateway.stats()["cluster"]["node"], "first")
+
+    @inlineCallbacks
+    def test_optional(self) -> Any:
+        """
+        With C{--redis-optional}, a daemon whose Redis is unreachable
+        starts, serves its clients on its own, logs one line saying so,
+        and joins once Redis is up.
+        """
+        lines = self.logged()
+        self.redis.stop()
+        (relay,) = yield self.startRelays(1)
+        daemon, port = yield Deferred.fromCoroutine(
+            startDaemon(self, [relay.url], redis=self.redis.url, **{"redis-optional": True})
+        )
+        gateway = daemon.gateway
+        client = yield self.subscribed(gateway)
+        event = makeEvent(kind=1)
+        relay.store(event)
+        yield client.waitFor(lambda frame: frame[0] == "EVENT")
+        yield waitUntil(lambda: lines != [])
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"cannot reach Redis at {self.address}", lines[0])
+        self.assertIn("serving this node's clients on its own until it is reachable", lines[0])
+        self.redis.start()
+        node = daemon.cluster
+        assert node is not None
+        yield waitUntil(lambda: node.link.up and node.leases.held() != [])
+
+    def test_refusesWithoutRedis(self) -> None:
+        """
+        Without C{--redis-optional}, C{relaypool run} ends with status 1 and
+        one line saying Redis cannot be reached and what to do.
+        """
+        url = f"redis://127.0.0.1:{freePort()}/0"
+        result = _run(
+            *_CLI,
+            "run",
+            "--store",
+            ":memory:",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--relay",
+            "ws://127.0.0.1:9/",
+            "--redis",
+            url,
+        )
+        lines = [line for line in result.stdout.splitlines() if "Redis" in line]
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertEqual(len(lines), 1, result.stdout)
+        self.assertIn(f"relaypool: cannot reach Redis at {url}: could not connect", lines[0])
+        self.assertIn("(start with --redis-optional to serve as a single node", lines[0])
+
+    def test_needsRelays(self) -> None:
+        """
+        C{--redis} without relays is refused: a cluster shares upstream
+        subscriptions.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            buildConfig(overrides={"redis": self.redis.url, "store": ":memory:"})
+        self.assertIn("a cluster shares upstream subscriptions", str(caught.exception))
+
+    def test_invalidURL(self) -> None:
+        """
+        An invalid C{--redis} URL is refused, naming the setting and the
+        problem.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            buildConfig(overrides={"redis": "http://127.0.0.1", "relays": ["ws://127.0.0.1:9"]})
+        self.assertIn("redis", str(caught.exception))
+        self.assertIn("is not a redis:// URL", str(caught.exception))

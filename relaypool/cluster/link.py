@@ -78,13 +78,17 @@ def parseRedisURL(text: str) -> RedisAddress:
     )
 
 
-def connectOnce(address: RedisAddress, reactor: IReactorTCP, timeout: float) -> Deferred[Any]:
+def connectOnce(
+    address: RedisAddress, reactor: IReactorTCP, timeout: float
+) -> tuple[Any, Deferred[Any]]:
     """
     Open one connection to C{address} (authenticated, its database
     selected), without reconnecting.
 
-    @return: a Deferred firing with the txredisapi connection, or failing
-        with L{RedisUnavailable} naming the reason.
+    @return: the txredisapi factory (its C{disconnect()} gives up the
+        attempt or closes the connection) and a Deferred firing with the
+        txredisapi connection, or failing with L{RedisUnavailable} naming
+        the reason.
     """
     factory = txredisapi.RedisFactory(
         str(address),
@@ -109,7 +113,7 @@ def connectOnce(address: RedisAddress, reactor: IReactorTCP, timeout: float) -> 
         reason = failure.getErrorMessage().removeprefix("Redis error: ")
         return Failure(RedisUnavailable(f"cannot reach Redis at {address}: {reason}"))  # type: ignore[no-untyped-call]
 
-    return connected.addCallbacks(ready, failed)
+    return factory, connected.addCallbacks(ready, failed)
 
 
 class RedisLink:
@@ -118,6 +122,9 @@ class RedisLink:
 
     @ivar up: whether the command connection is open.
     @ivar commandsSent: the commands sent on either connection.
+    @ivar firstAttempt: fires when the command connection first opens, or
+        fails with L{RedisUnavailable} (saying why) if the first attempt
+        does; the link goes on trying either way.
     """
 
     def __init__(
@@ -147,9 +154,12 @@ class RedisLink:
         self._reads: Any = None
         self._readsWaiters: list[Deferred[None]] = []
         self._retries: dict[str, Any] = {}
+        # The txredisapi factory of each connection, open or being opened.
+        self._factories: dict[str, Any] = {}
         self.up = False
         self._everUp = False
         self.commandsSent = 0
+        self.firstAttempt: Deferred[None] = Deferred()
 
     def start(self) -> None:
         """
@@ -168,9 +178,9 @@ class RedisLink:
             if call.active():
                 call.cancel()
         self._retries.clear()
-        for connection in (self._commands, self._reads):
-            if connection is not None:
-                connection.transport.loseConnection()
+        for factory in self._factories.values():
+            factory.disconnect()
+        self._factories.clear()
         waiters, self._readsWaiters = self._readsWaiters, []
         for waiter in waiters:
             waiter.errback(RedisUnavailable("the cluster node stopped"))
@@ -229,7 +239,7 @@ class RedisLink:
         self._retries.pop(which, None)
         if not self._running:
             return
-        d = connectOnce(self.address, self._reactor, self.commandTimeout)
+        self._factories[which], d = connectOnce(self.address, self._reactor, self.commandTimeout)
         d.addCallbacks(self._opened, self._notOpened, callbackArgs=(which,), errbackArgs=(which,))
 
     def _opened(self, connection: Any, which: str) -> None:
@@ -240,6 +250,8 @@ class RedisLink:
         if which == "commands":
             self._commands = connection
             self._setUp(True)
+            if not self.firstAttempt.called:
+                self.firstAttempt.callback(None)
         else:
             self._reads = connection
             waiters, self._readsWaiters = self._readsWaiters, []
@@ -247,13 +259,8 @@ class RedisLink:
                 waiter.callback(None)
 
     def _notOpened(self, failure: Failure, which: str) -> None:
-        if which == "commands" and not self._everUp:
-            _log.warn(
-                "relaypool: cluster: {reason}; serving this node's clients on its own"
-                " until it is reachable",
-                reason=failure.getErrorMessage(),
-            )
-            self._everUp = True  # one line, not one per attempt
+        if which == "commands" and not self.firstAttempt.called:
+            self.firstAttempt.errback(failure)
         self._retry(which)
 
     def _lost(self, which: str) -> None:
@@ -275,7 +282,7 @@ class RedisLink:
         if up:
             _log.info(
                 "relaypool: cluster: {rejoin} Redis at {address}",
-                rejoin="back on" if self._everUp else "joined the cluster on",
+                rejoin="back on" if self._everUp or self.firstAttempt.called else "joined the cluster on",
                 address=str(self.address),
             )
             self._everUp = True

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -38,6 +38,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from relaypool.cluster.leases import Leases
@@ -95,6 +96,7 @@ class ClusterNode(service.Service):
         readBlock: float = DEFAULT_READ_BLOCK,
         commandTimeout: float = 2.0,
         prefix: str = "relaypool",
+        onUnreachable: Callable[[str], object] | None = None,
     ) -> None:
         """
         @param pool: the L{relaypool.upstream.relaypool.RelayPool} whose
@@ -111,6 +113,10 @@ class ClusterNode(service.Service):
             before it starts again with the streams followed meanwhile.
         @param commandTimeout: seconds a Redis command may take before the
             node counts Redis as lost.
+        @param onUnreachable: called with the reason (one line) if Redis
+            cannot be reached when the node starts; if L{None}, the reason
+            is logged and the node serves its clients on its own until
+            Redis is reachable.
         """
         self.nodeId = nodeId or generatedNodeId()
         self._pool = pool
@@ -138,6 +144,7 @@ class ClusterNode(service.Service):
         self._following: dict[str, str] = {}
         self._wakeReader: Deferred[None] | None = None
         self._wakeCall: Any = None
+        self._onUnreachable = onUnreachable
         self._rounds = LoopingCall(self._round)
         self._rounds.clock = reactor
         self.eventsPublished = 0
@@ -148,9 +155,21 @@ class ClusterNode(service.Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        self.link.firstAttempt.addErrback(self._unreachable)
         self.link.start()
         self._rounds.start(self.leaseTime / 3, now=False)
         self._read()
+
+    def _unreachable(self, failure: Failure) -> None:
+        reason = failure.getErrorMessage()
+        if self._onUnreachable is not None:
+            self._onUnreachable(reason)
+        else:
+            _log.warn(
+                "relaypool: cluster: {reason}; serving this node's clients on its own until"
+                " it is reachable",
+                reason=reason,
+            )
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]

@@ -166,6 +166,14 @@ class Config:
         before reading from the relays pauses.
     @ivar maxVerifying: client EVENTs waiting for their signature check
         before more are answered rate-limited.
+    @ivar redis: the cluster's Redis server (C{redis://HOST:PORT/DB}), or
+        L{None} for a single node.
+    @ivar nodeId: this node's id in the cluster; L{None} for a generated
+        one.
+    @ivar redisOptional: start as a single node when Redis cannot be
+        reached at start, instead of refusing to start.
+    @ivar leaseTime: seconds a filter set's lease lasts without renewal.
+    @ivar clusterHistory: events kept in Redis per filter set.
     @ivar listen: the gateway's Twisted server endpoint string.
     @ivar okPolicy: when a downstream C{EVENT} is answered C{OK true}:
         C{"quorum"} once C{quorum} relays accepted it, C{"local"} once the
@@ -251,6 +259,11 @@ class Config:
     verifyThreads: int = 1
     verifyQueueSize: int = 1024
     maxVerifying: int = 10000
+    redis: str | None = None
+    nodeId: str | None = None
+    redisOptional: bool = False
+    leaseTime: float = 5.0
+    clusterHistory: int = 500
 
     def relayURLs(self, role: str | None = None) -> tuple[str, ...]:
         """
@@ -386,6 +399,17 @@ def _relayURL(value: object, fromText: bool) -> str:
         return validateRelayURL(value)
     except InvalidRelayURL as e:
         raise _Invalid(str(e)) from None
+
+
+def _redisURL(value: object, fromText: bool) -> str:
+    from relaypool.cluster.link import parseRedisURL
+
+    text = _text(value, fromText)
+    try:
+        parseRedisURL(text)
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
+    return text
 
 
 def _shownTable(table: Mapping[Any, object]) -> str:
@@ -959,6 +983,39 @@ SETTINGS: tuple[Setting, ...] = (
         "tagged pubkeys (p tags) of a published event whose read relays get it too",
         _POSITIVE_INT,
     ),
+    Setting(
+        "redis",
+        "redis",
+        "the cluster's Redis server, redis://HOST:PORT/DB: this node shares upstream"
+        " subscriptions with the other nodes on it",
+        _redisURL,
+    ),
+    Setting(
+        "node-id",
+        "nodeId",
+        "this node's id in the cluster; default: host name, process id and random bits",
+        _text,
+    ),
+    Setting(
+        "redis-optional",
+        "redisOptional",
+        "start as a single node when Redis is unreachable at start (else refuse to start)",
+        _flag,
+    ),
+    Setting(
+        "lease-time",
+        "leaseTime",
+        "seconds a filter set's lease lasts unrenewed: the longest it has no owner after"
+        " its node died",
+        _number(float, 0.3, "a number of seconds >= 0.3"),
+    ),
+    Setting(
+        "cluster-history",
+        "clusterHistory",
+        "events kept in Redis per filter set: the most stored events a client of another"
+        " node gets from it",
+        _POSITIVE_INT,
+    ),
 )
 
 RELAY_ROLE_VARIABLES: Mapping[str, RelaySpec] = {
@@ -1230,6 +1287,12 @@ def _checkTogether(config: Config) -> None:
     if config.okPolicy == "quorum" and not writeRelays:
         raise ConfigError(
             "ok-policy", '"quorum" needs at least one write relay: add one or use "local"'
+        )
+    if config.redis is not None and not config.relays:
+        raise ConfigError(
+            "redis",
+            "a cluster shares upstream subscriptions, so it needs relays: add one, or"
+            " remove --redis",
         )
     if config.outboxModel and not config.relays:
         raise ConfigError(

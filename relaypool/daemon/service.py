@@ -42,6 +42,7 @@ from relaypool.errors import (
 from relaypool.upstream.admission import RelayPatterns
 
 if TYPE_CHECKING:
+    from relaypool.cluster.node import ClusterNode
     from relaypool.gateway.gateway import Gateway
     from relaypool.store.outbox import OutboxPublisher
     from relaypool.store.sqlite import SQLiteEventStore
@@ -480,7 +481,8 @@ class RelayPoolService(OrderedMultiService):
     """
     The daemon: the event store, and with relays configured a
     L{relaypool.transport.names.DNSNameService}, the L{RelayPool}, its
-    L{OutboxPublisher} and a L{StatusLogger}; then the L{Gateway} serving
+    L{OutboxPublisher}, a L{StatusLogger} and with C{redis} set a
+    L{relaypool.cluster.node.ClusterNode}; then the L{Gateway} serving
     clients.
 
     The parts are built when the service starts (in
@@ -489,13 +491,16 @@ class RelayPoolService(OrderedMultiService):
     store's threads must start in the process that uses them.
 
     Stopping stops the parts one after the other, in the reverse order:
-    the gateway first (clients get a close handshake), then the status
-    logger, the outbox, the pool (relays get a close handshake), the name
-    service, and the store last, after its pending writes.
+    the gateway first (clients get a close handshake), then the cluster
+    node (its leases are let go), the status logger, the outbox, the pool
+    (relays get a close handshake), the name service, and the store last,
+    after its pending writes.
 
     @ivar store: the event store, once started.
     @ivar pool: the relay pool, once started with relays, else L{None}.
     @ivar outbox: the outbox publisher, once started with relays, else
+        L{None}.
+    @ivar cluster: the cluster node, once started with C{redis} set, else
         L{None}.
     @ivar gateway: the gateway, once started.
     @ivar sources: where the settings came from, read again on C{SIGHUP}
@@ -505,6 +510,7 @@ class RelayPoolService(OrderedMultiService):
     store: SQLiteEventStore | None = None
     pool: RelayPool | None = None
     outbox: OutboxPublisher | None = None
+    cluster: ClusterNode | None = None
     gateway: Gateway | None = None
 
     def __init__(
@@ -602,6 +608,8 @@ class RelayPoolService(OrderedMultiService):
                 PeriodicSync(
                     pool, config.syncFilters, config.syncInterval, config.syncDirection, reactor
                 ).setServiceParent(self)  # type: ignore[no-untyped-call]
+            if config.redis is not None:
+                self.cluster = self._joinCluster(reactor, pool, store)
         gateway = Gateway(
             reactor,
             self.pool,
@@ -622,6 +630,7 @@ class RelayPoolService(OrderedMultiService):
             statusPageHistory=config.statusPageHistory,
             metrics=metrics,
             maxVerifying=config.maxVerifying,
+            cluster=self.cluster,
         )
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.gateway = gateway
@@ -823,6 +832,39 @@ class RelayPoolService(OrderedMultiService):
 
     def _removeFailed(self, failure: Failure, url: str) -> None:
         self.log.failure("relaypool: reload: removing {url} failed", failure, url=url)
+
+    def _joinCluster(self, reactor: Any, pool: RelayPool, store: SQLiteEventStore) -> ClusterNode:
+        """
+        The cluster node on C{config.redis}: started after the pool, so
+        stopped before it (its leases are let go while the pool still
+        runs). If Redis cannot be reached at start, the daemon stops with
+        one line saying so, unless C{redisOptional}.
+        """
+        from relaypool.cluster.link import parseRedisURL
+        from relaypool.cluster.node import ClusterNode
+
+        config = self.config
+        assert config.redis is not None
+
+        def unreachable(reason: str) -> None:
+            self._startupError(
+                f"{reason} (start with --redis-optional to serve as a single node until it is"
+                " reachable)"
+            )
+            self._exitAfterShutdown(1)
+
+        node = ClusterNode(
+            parseRedisURL(config.redis),
+            pool,
+            store,
+            reactor,
+            nodeId=config.nodeId,
+            leaseTime=config.leaseTime,
+            historySize=config.clusterHistory,
+            onUnreachable=None if config.redisOptional else unreachable,
+        )
+        node.setServiceParent(self)  # type: ignore[no-untyped-call]
+        return node
 
     def _openStore(
         self, reactor: IReactorFromThreads, onLatency: Callable[[str, float], None]

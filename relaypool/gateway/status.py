@@ -118,6 +118,21 @@ def _pick(document: dict[str, Any] | None, *keys: str) -> dict[str, Any] | None:
     return None if document is None else {key: document[key] for key in keys}
 
 
+def _clusterSummary(cluster: dict[str, Any] | None) -> dict[str, Any] | None:
+    """
+    @return: what the status page shows of a cluster node's status, or
+        L{None} for a single node.
+    """
+    if cluster is None:
+        return None
+    summary = _pick(
+        cluster, "node", "redisUp", "leasesHeld", "following", "eventsPublished", "eventsReceived"
+    )
+    assert summary is not None
+    summary["nodes"] = cluster["cluster"]["nodes"]
+    return summary
+
+
 def _isoTime(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -299,6 +314,7 @@ class StatusBoard(service.Service):
             "history": history,
             "relays": relays,
             "outbox": _pick(stats.get("outbox"), "waiting", "retrying", "oldestAge"),
+            "cluster": _clusterSummary(stats.get("cluster")),
             "store": None
             if self._store is None
             else {

@@ -204,6 +204,13 @@
     setField("outbox.waiting", s.outbox ? fmtInt(outbox.waiting) : "none");
     setField("outbox.retrying", fmtInt(outbox.retrying));
     setField("outbox.oldestAge", outbox.oldestAge ? fmtDuration(outbox.oldestAge) : "–");
+    const cluster = s.cluster || {};
+    setField("cluster.nodes", s.cluster ? fmtInt(cluster.nodes) : "single node");
+    setField("cluster.node", s.cluster ? cluster.node : "–");
+    setField("cluster.redis", s.cluster ? (cluster.redisUp ? "connected" : "away: serving alone") : "–");
+    setField("cluster.leasesHeld", s.cluster ? fmtInt(cluster.leasesHeld) + " filter sets" : "–");
+    setField("cluster.following", s.cluster ? fmtInt(cluster.following) + " filter sets" : "–");
+    setField("cluster.traffic", s.cluster ? fmtInt(cluster.eventsPublished) + " / " + fmtInt(cluster.eventsReceived) : "–");
     const store = s.store || {};
     setField("store.events", s.store ? fmtInt(store.events) : "none");
     setField("store.bytes", store.bytes === null || store.bytes === undefined ? "in memory" : fmtBytes(store.bytes));
