@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relaypool.cluster.leases import Leases
 from relaypool.cluster.link import RedisAddress, RedisLink, connectOnce, parseRedisURL
 from relaypool.cluster.node import ClusterNode, filterSetName
+from relaypool.cluster.outbox import RedisOutbox
 from relaypool.daemon.config import buildConfig
 from relaypool.errors import ConfigError, RedisUnavailable
 from relaypool.nostr.filter import Filter
@@ -443,6 +444,15 @@ class DaemonClusterTests(RedisTestCase):
         yield waitUntil(lambda: node.link.up)
         self.assertEqual((node.nodeId, node.leaseTime, node.historySize), ("first", 0.6, 50))
         self.assertEqual(daemon.gateway.stats()["cluster"]["node"], "first")
+        # A client's EVENT goes through the cluster's outbox on Redis.
+        client = yield self.connect(daemon.gateway)
+        event = makeEvent(kind=1)
+        client.send("EVENT", event.toDict())
+        ok = yield client.waitForVerb("OK", event.id)
+        self.assertTrue(ok[2], ok)
+        self.assertIn(event, relay.events)
+        outboxKey = RedisOutbox(node.link, "first", list, None, reactor).streamKey(relay.url + "/")
+        self.assertEqual(self.redis.command("EXISTS", outboxKey), b":1\r\n")
 
     @inlineCallbacks
     def test_optional(self) -> Any:
@@ -503,6 +513,22 @@ class DaemonClusterTests(RedisTestCase):
         with self.assertRaises(ConfigError) as caught:
             buildConfig(overrides={"redis": self.redis.url, "store": ":memory:"})
         self.assertIn("a cluster shares upstream subscriptions", str(caught.exception))
+
+    def test_claimTimeAfterPublishTimeout(self) -> None:
+        """
+        An outbox claim time no longer than the publish timeout is refused:
+        a node would take another's event in flight.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            buildConfig(
+                overrides={
+                    "redis": self.redis.url,
+                    "relays": ["ws://127.0.0.1:9"],
+                    "publish-timeout": "10",
+                    "outbox-claim-time": "10",
+                }
+            )
+        self.assertIn("outbox-claim-time: must be more than publish-timeout", str(caught.exception))
 
     def test_invalidURL(self) -> None:
         """

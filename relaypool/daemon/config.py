@@ -174,6 +174,8 @@ class Config:
         reached at start, instead of refusing to start.
     @ivar leaseTime: seconds a filter set's lease lasts without renewal.
     @ivar clusterHistory: events kept in Redis per filter set.
+    @ivar outboxClaimTime: seconds an entry of the cluster's outbox stays
+        idle (its node died) before another node publishes it.
     @ivar listen: the gateway's Twisted server endpoint string.
     @ivar okPolicy: when a downstream C{EVENT} is answered C{OK true}:
         C{"quorum"} once C{quorum} relays accepted it, C{"local"} once the
@@ -264,6 +266,7 @@ class Config:
     redisOptional: bool = False
     leaseTime: float = 5.0
     clusterHistory: int = 500
+    outboxClaimTime: float = 60.0
 
     def relayURLs(self, role: str | None = None) -> tuple[str, ...]:
         """
@@ -1016,6 +1019,13 @@ SETTINGS: tuple[Setting, ...] = (
         " node gets from it",
         _POSITIVE_INT,
     ),
+    Setting(
+        "outbox-claim-time",
+        "outboxClaimTime",
+        "seconds an event in the cluster's outbox waits, when its node died, before another"
+        " node publishes it (more than publish-timeout)",
+        _POSITIVE_SECONDS,
+    ),
 )
 
 RELAY_ROLE_VARIABLES: Mapping[str, RelaySpec] = {
@@ -1293,6 +1303,12 @@ def _checkTogether(config: Config) -> None:
             "redis",
             "a cluster shares upstream subscriptions, so it needs relays: add one, or"
             " remove --redis",
+        )
+    if config.redis is not None and config.outboxClaimTime <= config.publishTimeout:
+        raise ConfigError(
+            "outbox-claim-time",
+            f"must be more than publish-timeout ({config.publishTimeout:g} s): a node would"
+            " take another's event while it is still being published",
         )
     if config.outboxModel and not config.relays:
         raise ConfigError(

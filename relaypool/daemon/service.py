@@ -44,6 +44,7 @@ from relaypool.upstream.admission import RelayPatterns
 if TYPE_CHECKING:
     from relaypool.cluster.node import ClusterNode
     from relaypool.gateway.gateway import Gateway
+    from relaypool.interfaces import IOutbox
     from relaypool.store.outbox import OutboxPublisher
     from relaypool.store.sqlite import SQLiteEventStore
     from relaypool.upstream.relaypool import RelayPool
@@ -480,10 +481,10 @@ def _exitProcess(status: int) -> None:
 class RelayPoolService(OrderedMultiService):
     """
     The daemon: the event store, and with relays configured a
-    L{relaypool.transport.names.DNSNameService}, the L{RelayPool}, its
-    L{OutboxPublisher}, a L{StatusLogger} and with C{redis} set a
-    L{relaypool.cluster.node.ClusterNode}; then the L{Gateway} serving
-    clients.
+    L{relaypool.transport.names.DNSNameService}, the L{RelayPool}, with
+    C{redis} set a L{relaypool.cluster.node.ClusterNode} (and the outbox on
+    Redis, L{relaypool.cluster.outbox.RedisOutbox}), the L{OutboxPublisher}
+    and a L{StatusLogger}; then the L{Gateway} serving clients.
 
     The parts are built when the service starts (in
     L{privilegedStartService}, or L{startService} if that was not called),
@@ -491,8 +492,8 @@ class RelayPoolService(OrderedMultiService):
     store's threads must start in the process that uses them.
 
     Stopping stops the parts one after the other, in the reverse order:
-    the gateway first (clients get a close handshake), then the cluster
-    node (its leases are let go), the status logger, the outbox, the pool
+    the gateway first (clients get a close handshake), then the status
+    logger, the outbox, the cluster node (its leases are let go), the pool
     (relays get a close handshake), the name service, and the store last,
     after its pending writes.
 
@@ -593,10 +594,14 @@ class RelayPoolService(OrderedMultiService):
                     raise self._startupError(str(e)) from None
             pool.setServiceParent(self)  # type: ignore[no-untyped-call]
             self.pool = pool
+            outboxRecord: IOutbox = store
+            if config.redis is not None:
+                self.cluster = cluster = self._joinCluster(reactor, pool, store)
+                outboxRecord = self._clusterOutbox(reactor, cluster, pool, store)
             outbox = OutboxPublisher(
                 reactor,
                 pool,
-                store,
+                outboxRecord,
                 quorum=config.quorum,
                 maxAge=config.outboxMaxAge,
             )
@@ -608,8 +613,6 @@ class RelayPoolService(OrderedMultiService):
                 PeriodicSync(
                     pool, config.syncFilters, config.syncInterval, config.syncDirection, reactor
                 ).setServiceParent(self)  # type: ignore[no-untyped-call]
-            if config.redis is not None:
-                self.cluster = self._joinCluster(reactor, pool, store)
         gateway = Gateway(
             reactor,
             self.pool,
@@ -865,6 +868,26 @@ class RelayPoolService(OrderedMultiService):
         )
         node.setServiceParent(self)  # type: ignore[no-untyped-call]
         return node
+
+    def _clusterOutbox(
+        self, reactor: Any, cluster: ClusterNode, pool: RelayPool, store: SQLiteEventStore
+    ) -> IOutbox:
+        """
+        The cluster's shared outbox on Redis, with the store's outbox for
+        the events accepted while Redis is away.
+        """
+        from relaypool.cluster.outbox import RedisOutbox
+
+        config = self.config
+        return RedisOutbox(
+            cluster.link,
+            cluster.nodeId,
+            pool.relayURLs,
+            store,
+            reactor,
+            maxEvents=config.outboxMaxEvents,
+            claimTime=config.outboxClaimTime,
+        )
 
     def _openStore(
         self, reactor: IReactorFromThreads, onLatency: Callable[[str, float], None]
