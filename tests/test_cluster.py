@@ -25,7 +25,7 @@ from relaypool.cluster.outbox import RedisOutbox
 from relaypool.daemon.config import buildConfig
 from relaypool.errors import ConfigError, RedisUnavailable
 from relaypool.nostr.filter import Filter
-from relaypool.nostr.messages import ClientClose, ClientReq
+from relaypool.nostr.messages import ClientClose, ClientNegOpen, ClientReq
 from relaypool.testing import makeEvent
 from tests.daemons import startDaemon
 from tests.redisserver import freePort, startRedis
@@ -93,8 +93,8 @@ class RedisTestCase(GatewayTestCase):
         A cluster node: a relay pool over C{relays}, a store, the node and
         a gateway serving through it.
         """
-        pool = yield self.startPool(relays)
         store = self.openStore()
+        pool = yield self.startPool(relays, store=store)
         kwargs.setdefault("leaseTime", LEASE_TIME)
         node = ClusterNode(self.address, pool, store, reactor, nodeId, **kwargs)
         node.startService()
@@ -346,6 +346,10 @@ class ClusterGatewayTests(RedisTestCase):
         yield waitUntil(lambda: len(reqs(relay)) == 2)
         resubscribed = reqs(relay)[1]
         self.assertEqual([f.since for f in resubscribed.filters], [1_700_000_000])
+        # Events that came late, with older timestamps, are synced.
+        yield waitUntil(lambda: any(isinstance(m, ClientNegOpen) for m in relay.received))
+        (negOpen,) = [m for m in relay.received if isinstance(m, ClientNegOpen)]
+        self.assertEqual(negOpen.filter.since, 1_700_000_000 - 3600)
         self.assertTrue(any(isinstance(m, ClientClose) for m in relay.received))
         after = makeEvent(kind=1, content="after", createdAt=1_700_000_001)
         relay.store(after)

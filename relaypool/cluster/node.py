@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 from twisted.application import service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -97,6 +97,7 @@ class ClusterNode(service.Service):
         commandTimeout: float = 2.0,
         prefix: str = "relaypool",
         onUnreachable: Callable[[str], object] | None = None,
+        handoverLookback: float | None = 3600.0,
     ) -> None:
         """
         @param pool: the L{relaypool.upstream.relaypool.RelayPool} whose
@@ -117,6 +118,12 @@ class ClusterNode(service.Service):
             cannot be reached when the node starts; if L{None}, the reason
             is logged and the node serves its clients on its own until
             Redis is reachable.
+        @param handoverLookback: when this node starts to subscribe upstream
+            for a filter set whose events it had from another node, it
+            syncs (NIP-77, down) the filter set with the relays from this
+            many seconds before the newest event it had, for events that
+            came late; L{None}: no sync (the resubscription from the newest
+            event alone).
         """
         self.nodeId = nodeId or generatedNodeId()
         self._pool = pool
@@ -145,6 +152,7 @@ class ClusterNode(service.Service):
         self._wakeReader: Deferred[None] | None = None
         self._wakeCall: Any = None
         self._onUnreachable = onUnreachable
+        self.handoverLookback = handoverLookback
         self._rounds = LoopingCall(self._round)
         self._rounds.clock = reactor
         self.eventsPublished = 0
@@ -264,6 +272,15 @@ class ClusterNode(service.Service):
 
     def _subscribeUpstream(self, filters: tuple[Filter, ...]) -> Any:
         return self._pool.subscribe(filters)
+
+    def _backfill(self, filters: tuple[Filter, ...], newest: int) -> None:
+        if self.handoverLookback is None or self._store is None:
+            return
+        since = max(0, int(newest - self.handoverLookback))
+        window = [f.withLimit(None).withSince(max(f.since or 0, since)) for f in filters]
+        maybeDeferred(self._pool.sync, window, direction="down").addErrback(
+            lambda f: _log.failure("relaypool: cluster: the handover sync failed", f)
+        )
 
     def _publish(self, name: str, event: Event) -> None:
         if not self.leases.owns(name):

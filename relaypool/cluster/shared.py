@@ -20,7 +20,9 @@ subscriptions use from a L{relaypool.upstream.subscription.Subscription}
 Nothing is lost when the state changes: a node that starts to subscribe
 upstream after it followed the stream (it took the lease of a dead owner,
 or lost Redis) asks the relays for what came since the newest event it
-had; a node that starts to follow reads the stream's stored events again.
+had, and syncs (NIP-77) its store with them from some time before, for the
+events that came late with older timestamps; a node that starts to follow
+reads the stream's stored events again.
 Each event is delivered once: the subscription remembers the ids it
 delivered lately (L{recentSize}).
 """
@@ -208,9 +210,11 @@ class ClusterSubscription:
     def _openUpstream(self) -> None:
         filters = self.filters
         if self.newest is not None:
-            # Catch up on what came while this node did not subscribe.
+            # Catch up on what came while this node did not subscribe, and
+            # sync what came late, with older timestamps.
             since = self.newest
             filters = tuple(f.withSince(max(f.since or 0, since)) for f in filters)
+            self._node._backfill(self.filters, since)
         upstream = self._node._subscribeUpstream(filters)
         self._upstream = upstream
         upstream.onEvent(self._fromUpstream)

@@ -863,13 +863,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "outage-sync",
         "outageSync",
-        "after a relay's outage, sync (NIP-77) the live subscriptions' filters over it",
+        "after a relay's outage, or a cluster node's handover of a filter set, sync (NIP-77)"
+        " the filters over it",
         _flag,
     ),
     Setting(
         "outage-lookback",
         "outageLookback",
-        "seconds before a relay went down that the outage sync reaches back",
+        "seconds before a relay went down (or a handover's newest event) that the outage sync"
+        " reaches back",
         _SECONDS,
     ),
     Setting(

@@ -865,6 +865,7 @@ class RelayPoolService(OrderedMultiService):
             leaseTime=config.leaseTime,
             historySize=config.clusterHistory,
             onUnreachable=None if config.redisOptional else unreachable,
+            handoverLookback=config.outageLookback if config.outageSync else None,
         )
         node.setServiceParent(self)  # type: ignore[no-untyped-call]
         return node
