@@ -99,11 +99,7 @@ class ClusterSubscription:
         Stop: close the upstream subscription, stop reading the stream, let
         go of the lease. Idempotent.
         """
-        if self.state == "closed":
-            return
-        self._change("closed")
-        self._closeUpstream()
-        self._node._forget(self)
+        self._input("close")
 
     # --- changes of state, made by the node -------------------------------------
 
@@ -112,12 +108,7 @@ class ClusterSubscription:
         This node took the lease: subscribe upstream (unless already), from
         the newest event delivered if some were.
         """
-        if self.state in ("owner", "closed"):
-            return
-        self._change("owner")
-        self._node._unfollow(self)
-        if self._upstream is None:
-            self._openUpstream()
+        self._input("owned")
 
     def becomeFollower(self) -> None:
         """
@@ -125,23 +116,27 @@ class ClusterSubscription:
         follow it; an upstream subscription this node had closes once the
         stream is followed.
         """
-        if self.state in ("follower", "closed"):
-            return
-        generation = self._change("follower")
-        self._node._history(self.name).addCallbacks(
-            self._historyRead, self._historyFailed, callbackArgs=(generation,)
-        )
+        self._input("notOwned")
 
     def goAlone(self) -> None:
         """
         Redis is away: subscribe upstream for this node's clients.
         """
-        if self.state in ("alone", "closed"):
+        self._input("redisLost")
+
+    def _input(self, name: str) -> None:
+        """
+        Take one input: move to the state L{_TRANSITIONS} gives and run its
+        outputs in order; an input the state already reflects changes
+        nothing.
+        """
+        if self.state == "closed" or (self.state, name) in _UNCHANGED:
             return
-        self._change("alone")
-        self._node._unfollow(self)
-        if self._upstream is None:
-            self._openUpstream()
+        state, outputs = _TRANSITIONS[self.state, name]
+        self.state = state
+        self._generation += 1
+        for output in outputs:
+            output(self)
 
     # --- events -------------------------------------------------------------------
 
@@ -185,10 +180,16 @@ class ClusterSubscription:
 
     # --- helpers --------------------------------------------------------------------
 
-    def _change(self, state: str) -> int:
-        self.state = state
-        self._generation += 1
-        return self._generation
+    def _readHistory(self) -> None:
+        self._node._history(self.name).addCallbacks(
+            self._historyRead, self._historyFailed, callbackArgs=(self._generation,)
+        )
+
+    def _unfollow(self) -> None:
+        self._node._unfollow(self)
+
+    def _forget(self) -> None:
+        self._node._forget(self)
 
     def _historyRead(self, stored: tuple[list[Event], str], generation: int) -> None:
         if generation != self._generation:
@@ -208,6 +209,8 @@ class ClusterSubscription:
         _log.debug("reading a cluster stream failed: {f}", f=failure.getErrorMessage())
 
     def _openUpstream(self) -> None:
+        if self._upstream is not None:
+            return
         filters = self.filters
         if self.newest is not None:
             # Catch up on what came while this node did not subscribe, and
@@ -224,6 +227,27 @@ class ClusterSubscription:
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.close()
+
+
+# Per (state, input): the next state and the outputs run in order. Inputs:
+# "owned" (this node holds the lease), "notOwned" (another node does),
+# "redisLost", "close". A closed subscription takes no input.
+_TRANSITIONS: dict[tuple[str, str], tuple[str, tuple[Callable[[ClusterSubscription], None], ...]]] = {
+    ("deciding", "owned"): ("owner", (ClusterSubscription._openUpstream,)),
+    ("follower", "owned"): ("owner", (ClusterSubscription._unfollow, ClusterSubscription._openUpstream)),
+    ("alone", "owned"): ("owner", ()),
+    ("deciding", "notOwned"): ("follower", (ClusterSubscription._readHistory,)),
+    ("owner", "notOwned"): ("follower", (ClusterSubscription._readHistory,)),
+    ("alone", "notOwned"): ("follower", (ClusterSubscription._readHistory,)),
+    ("deciding", "redisLost"): ("alone", (ClusterSubscription._openUpstream,)),
+    ("follower", "redisLost"): ("alone", (ClusterSubscription._unfollow, ClusterSubscription._openUpstream)),
+    ("owner", "redisLost"): ("alone", ()),
+    **{
+        (state, "close"): ("closed", (ClusterSubscription._closeUpstream, ClusterSubscription._forget))
+        for state in ("deciding", "owner", "follower", "alone")
+    },
+}
+_UNCHANGED = frozenset({("owner", "owned"), ("follower", "notOwned"), ("alone", "redisLost")})
 
 
 __all__ = ["STATES", "ClusterSubscription"]
