@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock, deferLater
@@ -323,6 +325,9 @@ class ClusterGatewayTests(RedisTestCase):
             ids = client.eventIds(subscriptionId)
             self.assertEqual(len(ids), len(set(ids)))
         self.assertEqual(len(reqs(relay)), 1)
+        # The stream expires if no node renews its lease any more.
+        ttl = self.redis.command("PTTL", f"relaypool:events:{name}")
+        self.assertGreater(int(ttl[1:].split(b"\r\n")[0]), 0)
         # The stored event came to b with the stream's stored entries, the
         # live ones as they were added.
         self.assertEqual(b.eventsReceived, 20)
@@ -420,6 +425,16 @@ class ClusterGatewayTests(RedisTestCase):
         self.assertEqual(status["following"], 1)
         self.assertEqual(status["eventsReceived"], 1)
         self.assertEqual(status["cluster"]["nodes"], 2)
+        _, body = yield self.get(gatewayB, "/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        self.assertEqual(families["relaypool_cluster_nodes"].samples[0].value, 2)
+        self.assertEqual(families["relaypool_cluster_redis_up"].samples[0].value, 1)
+        self.assertEqual(families["relaypool_cluster_streams_following"].samples[0].value, 1)
+        self.assertEqual(families["relaypool_cluster_events_received"].samples[0].value, 1)
+        # The status page's document has the cluster's summary.
+        _, body = yield self.get(gatewayB, "/status.json")
+        summary = orjson.loads(body)["cluster"]
+        self.assertEqual((summary["node"], summary["nodes"], summary["following"]), ("b", 2, 1))
 
 
 class DaemonClusterTests(RedisTestCase):

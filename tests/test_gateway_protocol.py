@@ -136,6 +136,23 @@ class GatewayTestCase(TestCase):
         return fakes, pool, gateway
 
     @inlineCallbacks
+    def get(self, gateway: Gateway, path: str, headers: dict[str, str] | None = None) -> Any:
+        """
+        C{GET} C{path} on the gateway's port.
+
+        @return: a Deferred firing with the response and its body.
+        """
+        assert gateway.port is not None
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        response = yield treq.get(
+            f"http://127.0.0.1:{gateway.port.getHost().port}{path}",
+            headers=headers,
+            pool=pool,
+        )
+        body = yield response.content()
+        return response, body
+
+    @inlineCallbacks
     def sync(self, client: NostrClient) -> Any:
         """
         Wait until the gateway handled everything C{client} sent before and
@@ -1088,18 +1105,6 @@ class HTTPTests(GatewayTestCase):
     """
     NIP-11, C{/stats} and C{/metrics} on the gateway's port.
     """
-
-    @inlineCallbacks
-    def get(self, gateway: Gateway, path: str, headers: dict[str, str] | None = None) -> Any:
-        assert gateway.port is not None
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        response = yield treq.get(
-            f"http://127.0.0.1:{gateway.port.getHost().port}{path}",
-            headers=headers,
-            pool=pool,
-        )
-        body = yield response.content()
-        return response, body
 
     @inlineCallbacks
     def test_information(self) -> Any:

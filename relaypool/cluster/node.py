@@ -149,6 +149,9 @@ class ClusterNode(service.Service):
         self._subscriptions: dict[str, ClusterSubscription] = {}
         # The streams followed, by name, with the last entry id read.
         self._following: dict[str, str] = {}
+        # The streams this node added to since it took their lease, whose
+        # expiry it set.
+        self._expiring: set[str] = set()
         self._wakeReader: Deferred[None] | None = None
         self._wakeCall: Any = None
         self._onUnreachable = onUnreachable
@@ -299,6 +302,13 @@ class ClusterNode(service.Service):
             "n",
             self.nodeId,
         ).addErrback(lambda _: None)
+        if name not in self._expiring:
+            # A stream made by this XADD has no expiry until the next
+            # renewal round: give it one now, in case there is none.
+            self._expiring.add(name)
+            self.link.command(
+                "PEXPIRE", self._streamKey(name), int(self.leases.streamTime * 1000)
+            ).addErrback(lambda _: None)
 
     def _history(self, name: str) -> Deferred[tuple[list[Event], str]]:
         """
@@ -333,6 +343,7 @@ class ClusterNode(service.Service):
     # --- leases and Redis state ---------------------------------------------------------
 
     def _leaseChanged(self, name: str, owned: bool) -> None:
+        self._expiring.discard(name)
         subscription = self._subscriptions.get(name)
         if subscription is None:
             return
