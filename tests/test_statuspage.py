@@ -30,6 +30,7 @@ from relaypool.nostr.nip11 import RelayInformation
 from relaypool.testing import FakeRelay, makeEvent
 from tests.chromium import MISSING, HeadlessChromium, findChromium
 from tests.daemons import startDaemon
+from tests.redisserver import startRedis
 from tests.test_gateway_http import INFORMATION, STATS, GatewayResourceTests
 from tests.test_gateway_registry import listen, makeWebSocketFactory
 from tests.test_service import _connect, _until
@@ -547,3 +548,40 @@ class BrowserTests(TestCase):
             (page["marker"], page["health"], stats["relays"][down]["state"] != "open"),
             ("same page", "degraded", True),
         )
+
+    async def test_clusterCard(self) -> None:
+        """
+        The Cluster card shows a cluster node's id, its Redis connection and
+        the nodes it sees; a single node says so.
+        """
+        redis = startRedis(self)
+        relays = await self.fakeRelays()
+        daemon, port = await startDaemon(
+            self,
+            [relay.url for relay in relays],
+            redis=redis.url,
+            **{"node-id": "node-one", "status-page-interval": "0.5", "lease-time": "0.6"},
+        )
+        browser = HeadlessChromium(reactor)
+        self.addCleanup(browser.stop)
+        await browser.start()
+        await browser.navigate(f"http://127.0.0.1:{port}/")
+        shown = await browser.waitFor(
+            _READ_CLUSTER, lambda card: bool(card) and orjson.loads(card)["redis"] == "connected"
+        )
+        self.assertEqual(
+            orjson.loads(shown),
+            {"nodes": "1", "node": "node-one", "redis": "connected"},
+        )
+        single, singlePort = await self.startDaemon(relays)
+        await browser.navigate(f"http://127.0.0.1:{singlePort}/")
+        shown = await browser.waitFor(
+            _READ_CLUSTER, lambda card: bool(card) and orjson.loads(card)["node"] == "–"
+        )
+        self.assertEqual(orjson.loads(shown)["nodes"], "single node")
+
+
+# The Cluster card, read from the rendered DOM once the page updated.
+_READ_CLUSTER = """document.body && document.body.dataset.updates && JSON.stringify(
+  Object.fromEntries(['nodes', 'node', 'redis'].map(k =>
+    [k, document.querySelector('[data-field="cluster.' + k + '"]').textContent])))"""
