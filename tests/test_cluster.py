@@ -283,6 +283,24 @@ class LeaseTests(RedisTestCase):
         self.assertFalse(a.owns("x"))
         self.assertEqual(a.held(), [])
 
+    @inlineCallbacks
+    def test_lateRenewal(self) -> Any:
+        """
+        A lease renewed after its holder's own deadline passed is lapsed
+        until then, and the renewal is reported as taking it again.
+        """
+        clock = Clock()
+        changes: list[tuple[str, str, bool]] = []
+        a = self.leases("a", changes, clock)
+        yield waitUntil(lambda: a._link.up)
+        yield a.want("x")
+        clock.advance(LEASE_TIME)
+        self.assertTrue(a.lapsed("x"))
+        yield a.renew()
+        self.assertFalse(a.lapsed("x"))
+        self.assertTrue(a.owns("x"))
+        self.assertEqual(changes, [("a", "x", True), ("a", "x", True)])
+
 
 class ClusterGatewayTests(RedisTestCase):
     """
@@ -359,6 +377,48 @@ class ClusterGatewayTests(RedisTestCase):
         after = makeEvent(kind=1, content="after", createdAt=1_700_000_001)
         relay.store(after)
         yield waitUntil(lambda: clientB.eventIds("s") == [before.id, after.id])
+
+    @inlineCallbacks
+    def test_eventsOfALateRenewal(self) -> Any:
+        """
+        The events an owner gets while its renewal is late reach the stream
+        once the renewal says it still holds the lease: the other node's
+        clients miss none.
+        """
+        relay, (a, gatewayA), (b, gatewayB) = yield self.twoNodes()
+        yield self.subscribed(gatewayA)
+        clientB = yield self.subscribed(gatewayB)
+        name = filterSetName((NOTES.withLimit(500),))
+        # The owner's own deadline passed before the renewal's answer came.
+        a.leases._deadlines[name] = reactor.seconds() - 1
+        late = makeEvent(kind=1, content="late")
+        relay.store(late)
+        yield waitUntil(lambda: a.leases.lapsed(name) and name in a._waitingForRenewal)
+        yield a.leases.renew()
+        yield waitUntil(lambda: clientB.eventIds("s") == [late.id])
+
+    @inlineCallbacks
+    def test_joinerHistoryUpToReadPosition(self) -> Any:
+        """
+        A client joining a filter set on a follower gets the stream's
+        events up to those the node read: the newer ones come to it live,
+        once.
+        """
+        relay, (a, gatewayA), (b, gatewayB) = yield self.twoNodes()
+        yield self.subscribed(gatewayA)
+        yield self.subscribed(gatewayB)
+        name = filterSetName((NOTES.withLimit(500),))
+        yield waitUntil(lambda: name in b._following)
+        # b reads nothing more for now.
+        reads: list[Deferred[Any]] = []
+        b.link.read = lambda *args: reads.append(Deferred()) or reads[-1]  # type: ignore[method-assign]
+        # Its read in flight ended: its next one waits.
+        yield waitUntil(lambda: reads != [])
+        unread = makeEvent(kind=1, content="not read by b yet")
+        relay.store(unread)
+        yield waitUntil(lambda: a.eventsPublished == 1)
+        stored = yield b.query((NOTES.withLimit(500),))
+        self.assertEqual(stored, [])
 
     @inlineCallbacks
     def test_ownerCutOff(self) -> Any:

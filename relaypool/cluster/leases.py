@@ -86,7 +86,8 @@ class Leases:
         @param leaseKey: the Redis key of a lease's name.
         @param streamKey: the Redis key of the stream of a lease's name.
         @param onChange: called with a name and C{True} when this node took
-            the lease, C{False} when it lost it, and with the first answer
+            the lease, or renewed it after its own deadline had passed
+            (L{lapsed}), C{False} when it lost it, and with the first answer
             for a lease wanted (C{False}: another node holds it).
         """
         self._link = link
@@ -126,6 +127,14 @@ class Leases:
         """
         deadline = self._deadlines.get(name)
         return deadline is not None and self._clock.seconds() < deadline
+
+    def lapsed(self, name: str) -> bool:
+        """
+        @return: whether this node held the lease at its last answer but its
+            own deadline passed since: the next answer says whether it still
+            holds it.
+        """
+        return name in self._deadlines and not self.owns(name)
 
     def held(self) -> list[str]:
         """
@@ -178,6 +187,7 @@ class Leases:
             if name not in self._wanted:
                 continue
             was = name in self._deadlines
+            lapsed = was and not self.owns(name)
             first = name not in self.holders
             if answer == 1:
                 self._deadlines[name] = sentAt + self.leaseTime
@@ -185,7 +195,7 @@ class Leases:
             else:
                 self._deadlines.pop(name, None)
                 self.holders[name] = str(answer)
-            if first or (answer == 1) != was:
+            if first or lapsed or (answer == 1) != was:
                 self._onChange(name, answer == 1)
 
 

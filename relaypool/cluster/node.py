@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -152,6 +153,8 @@ class ClusterNode(service.Service):
         # The streams this node added to since it took their lease, whose
         # expiry it set.
         self._expiring: set[str] = set()
+        # The events of leases whose renewal is late, by name.
+        self._waitingForRenewal: dict[str, deque[Event]] = {}
         self._wakeReader: Deferred[None] | None = None
         self._wakeCall: Any = None
         self._onUnreachable = onUnreachable
@@ -231,11 +234,26 @@ class ClusterNode(service.Service):
         set's stream, or without Redis the relays' answer (as a single node).
         """
         filters = tuple(filters)
-        if not self.link.up:
-            result: Deferred[list[Event]] = self._pool.query(filters)
-            return result
-        return self._history(filterSetName(filters)).addCallback(
-            lambda stored: limitEvents(filters, stored[0])
+        name = filterSetName(filters)
+        subscription = self._subscriptions.get(name)
+        state = None if subscription is None else subscription.state
+        # The stream's entries up to those this node delivered: the owner
+        # delivered every entry it added, a follower those up to its read
+        # position, and while deciding no client is live yet (each one
+        # catching up drops what it got already). Otherwise, or without
+        # Redis, the relays answer, as on a single node.
+        if not self.link.up or state not in ("owner", "deciding", "follower"):
+            return self._relaysAnswer(filters)
+        if state == "follower":
+            if name not in self._following:
+                return self._relaysAnswer(filters)
+            newest = self._following[name]
+        else:
+            newest = "+"
+        d = self._history(name, newest)
+        return d.addCallbacks(
+            lambda stored: limitEvents(filters, stored[0]),
+            lambda failure: self._relaysAnswer(filters),
         )
 
     def status(self) -> dict[str, Any]:
@@ -287,8 +305,17 @@ class ClusterNode(service.Service):
 
     def _publish(self, name: str, event: Event) -> None:
         if not self.leases.owns(name):
-            # Renewing the lease failed for too long: no two owners.
+            # The renewal is late: no two owners. The events wait for its
+            # answer (at most historySize of them): added if this node
+            # still holds the lease, dropped if not (the new owner
+            # resubscribes from the newest event it had).
+            if self.leases.lapsed(name):
+                waiting = self._waitingForRenewal.setdefault(name, deque(maxlen=self.historySize))
+                waiting.append(event)
             return
+        self._add(name, event)
+
+    def _add(self, name: str, event: Event) -> None:
         self.eventsPublished += 1
         self.link.command(
             "XADD",
@@ -310,13 +337,18 @@ class ClusterNode(service.Service):
                 "PEXPIRE", self._streamKey(name), int(self.leases.streamTime * 1000)
             ).addErrback(lambda _: None)
 
-    def _history(self, name: str) -> Deferred[tuple[list[Event], str]]:
+    def _relaysAnswer(self, filters: tuple[Filter, ...]) -> Deferred[list[Event]]:
+        result: Deferred[list[Event]] = self._pool.query(filters)
+        return result
+
+    def _history(self, name: str, newest: str = "+") -> Deferred[tuple[list[Event], str]]:
         """
+        @param newest: the id of the newest entry to read, or C{+}.
         @return: a Deferred firing with the events in a filter set's stream,
             newest first, and the id of its newest entry (C{0-0} if none).
         """
         d = self.link.command(
-            "XREVRANGE", self._streamKey(name), "+", "-", "COUNT", self.historySize
+            "XREVRANGE", self._streamKey(name), newest, "-", "COUNT", self.historySize
         )
 
         def read(entries: list[Any] | None) -> tuple[list[Event], str]:
@@ -344,6 +376,10 @@ class ClusterNode(service.Service):
 
     def _leaseChanged(self, name: str, owned: bool) -> None:
         self._expiring.discard(name)
+        waiting = self._waitingForRenewal.pop(name, ())
+        if owned:
+            for event in waiting:
+                self._add(name, event)
         subscription = self._subscriptions.get(name)
         if subscription is None:
             return
