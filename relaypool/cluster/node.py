@@ -239,17 +239,17 @@ class ClusterNode(service.Service):
         state = None if subscription is None else subscription.state
         # The stream's entries up to those this node delivered: the owner
         # delivered every entry it added, a follower those up to its read
-        # position, and while deciding no client is live yet (each one
-        # catching up drops what it got already). Otherwise, or without
-        # Redis, the relays answer, as on a single node.
-        if not self.link.up or state not in ("owner", "deciding", "follower"):
+        # position; before its first stored part no client is live yet
+        # (each one catching up drops what it got already). Otherwise (a
+        # follower between an upstream subscription and its first read),
+        # or without Redis, the relays answer, as on a single node.
+        if not self.link.up or subscription is None or state not in ("owner", "deciding", "follower"):
             return self._relaysAnswer(filters)
-        if state == "follower":
-            if name not in self._following:
-                return self._relaysAnswer(filters)
+        newest = "+"
+        if state == "follower" and name in self._following:
             newest = self._following[name]
-        else:
-            newest = "+"
+        elif state == "follower" and subscription.eosed:
+            return self._relaysAnswer(filters)
         d = self._history(name, newest)
         return d.addCallbacks(
             lambda stored: limitEvents(filters, stored[0]),
