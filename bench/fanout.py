@@ -11,9 +11,10 @@ Processes: this orchestrator; the server (for relaypool: a FakeRelay, a
 RelayPool on it and a Gateway on the pool, the events coming from the fake
 relay; for the peer: C{nostr-relay -c config.yaml serve} from a temp dir,
 its events published by one more client), whose process tree's CPU and RSS
-are measured with psutil; and the load client (raw-socket WebSocket clients
-that only parse frame headers, so the load costs as little as possible). A
-fresh server and load client per client count. Printed per run:
+are measured with psutil; and the load client (raw-socket WebSocket clients,
+C{bench/wsload.py}, that only parse frame headers, so the load costs as
+little as possible). A fresh server and load client per client count.
+Printed per run:
 
     - delivered frames/s: frames received by all clients, divided by the
       time from the publish command to the last frame;
@@ -29,12 +30,10 @@ does not fit under it is reported and skipped.
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import resource
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -43,17 +42,11 @@ from typing import IO, Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.peers import freePort, nostrRelayCommand  # noqa: E402
+from bench.peers import freePort, nostrRelayCommand, raiseFileLimit  # noqa: E402
 
 STEP_TIMEOUT = 180.0
-CONNECT_BATCH = 100
 #: File descriptors a process needs beside its connections.
 FD_MARGIN = 100
-
-
-def _raiseFileLimit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 # --- the server process -----------------------------------------------------
@@ -135,26 +128,6 @@ def serve(events: int, profile: str | None) -> None:
 
 # --- the load client process ------------------------------------------------
 
-_HANDSHAKE = (
-    "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-    "Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-    "Sec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
-def _masked(first: int, payload: bytes) -> bytes:
-    # A client frame must be masked; an all-zero mask leaves the payload as is.
-    if len(payload) < 126:
-        header = struct.pack("!BB", first, 0x80 | len(payload))
-    else:
-        header = struct.pack("!BBH", first, 0x80 | 126, len(payload))
-    return header + b"\x00\x00\x00\x00" + payload
-
-
-def _maskedText(payload: bytes) -> bytes:
-    return _masked(0x81, payload)
-
-
 def load() -> None:
     """
     Open raw WebSocket clients on command: C{connect N sub|idle}, C{expect
@@ -163,70 +136,38 @@ def load() -> None:
     sends them from; report on stdout.
     """
     from twisted.internet import reactor, stdio
-    from twisted.internet.defer import Deferred, DeferredList
+    from twisted.internet.defer import DeferredList
     from twisted.internet.endpoints import TCP4ClientEndpoint
-    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.protocol import Factory
     from twisted.protocols.basic import LineReceiver
+
+    from bench.wsload import CONNECT_BATCH, RawClient, maskedText
 
     state: dict[str, Any] = {"frames": 0, "expected": 0, "start": 0.0, "eosed": 0}
     clients: list[Client] = []
-    req = _maskedText(b'["REQ","bench",{"kinds":[1]}]')
+    req = maskedText(b'["REQ","bench",{"kinds":[1]}]')
 
-    class Client(Protocol):
+    class Client(RawClient):
         def __init__(self, subscribe: bool) -> None:
+            super().__init__(port)
             self.subscribe = subscribe
-            self.buffer = b""
-            self.upgraded = False
-            self.opened: Deferred[None] = Deferred()
 
-        def connectionMade(self) -> None:
-            key = base64.b64encode(os.urandom(16)).decode()
-            self.transport.write(_HANDSHAKE.format(port=port, key=key).encode())
+        def handshakeDone(self) -> None:
+            if self.subscribe:
+                self.transport.write(req)
+            else:
+                self.opened.callback(None)
 
-        def dataReceived(self, data: bytes) -> None:
-            buffer = self.buffer + data
-            if not self.upgraded:
-                end = buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    self.buffer = buffer
-                    return
-                self.upgraded = True
-                buffer = buffer[end + 4 :]
-                if self.subscribe:
-                    self.transport.write(req)
-                else:
-                    self.opened.callback(None)
-            offset = 0
-            size = len(buffer)
-            frames = 0
-            while size - offset >= 2:
-                length = buffer[offset + 1] & 0x7F
-                start = offset + 2
-                if length == 126:
-                    if size - offset < 4:
-                        break
-                    (length,) = struct.unpack_from("!H", buffer, offset + 2)
-                    start = offset + 4
-                elif length == 127:
-                    if size - offset < 10:
-                        break
-                    (length,) = struct.unpack_from("!Q", buffer, offset + 2)
-                    start = offset + 10
-                if start + length > size:
-                    break
-                if buffer[offset] & 0x0F == 0x9:
-                    # A ping: answer it, or the server's idle sweep closes
-                    # a client that only listens through a long fan-out.
-                    self.transport.write(_masked(0x8A, buffer[start : start + length]))
-                elif buffer[start + 2 : start + 7] == b"EVENT":
-                    frames += 1
+        def framesReceived(self, buffer: bytes, frames: list[tuple[int, int]]) -> None:
+            events = 0
+            for start, _ in frames:
+                if buffer[start + 2 : start + 7] == b"EVENT":
+                    events += 1
                 elif buffer[start + 2 : start + 6] == b"EOSE":
                     state["eosed"] += 1
                     self.opened.callback(None)
-                offset = start + length
-            self.buffer = buffer[offset:]
-            if frames:
-                state["frames"] += frames
+            if events:
+                state["frames"] += events
                 if state["expected"] and state["frames"] >= state["expected"]:
                     elapsed = time.perf_counter() - state["start"]
                     commands.sendLine(f"done {state['frames']} {elapsed:.6f}".encode())
@@ -251,7 +192,7 @@ def load() -> None:
         now = int(time.time())
         for i in range(count):
             event = makeEvent(content=f"fan-out event {i}", createdAt=now)
-            frames.append(_maskedText(b'["EVENT",' + event.toJSON() + b"]"))
+            frames.append(maskedText(b'["EVENT",' + event.toJSON() + b"]"))
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=30)
         endpoint.connect(ClientFactory(False, publisher)).addCallback(
             lambda client: client.opened
@@ -565,7 +506,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _raiseFileLimit()
+    raiseFileLimit()
     if "--role" in sys.argv:
         role = sys.argv[sys.argv.index("--role") + 1]
         if role == "server":

@@ -1,12 +1,14 @@
 """
-What several benches share: a free port on 127.0.0.1, and PyPI
-C{nostr-relay} (the peer relay of the C{bench} extra) set up as its users
-run it, from its command line and a config file.
+What several benches share: a free port on 127.0.0.1, the file
+descriptor limit raised to the hard limit, and PyPI C{nostr-relay} (the
+peer relay of the C{bench} extra) set up as its users run it, from its
+command line and a config file.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -20,6 +22,15 @@ def freePort() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def raiseFileLimit() -> None:
+    """
+    Raise this process's soft limit of open file descriptors to the hard
+    limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def nostrRelayCommand(
