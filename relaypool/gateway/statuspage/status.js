@@ -206,6 +206,7 @@
     setField("outbox.oldestAge", outbox.oldestAge ? fmtDuration(outbox.oldestAge) : "–");
     const cluster = s.cluster || {};
     setField("cluster.nodes", s.cluster ? fmtInt(cluster.nodes) : "single node");
+    setField("cluster.unit", s.cluster ? "nodes on Redis" : "no --redis: not in a cluster");
     setField("cluster.node", s.cluster ? cluster.node : "–");
     setField("cluster.redis", s.cluster ? (cluster.redisUp ? "connected" : "away: serving alone") : "–");
     setField("cluster.leasesHeld", s.cluster ? fmtInt(cluster.leasesHeld) + " filter sets" : "–");
