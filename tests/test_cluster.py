@@ -421,6 +421,18 @@ class ClusterGatewayTests(RedisTestCase):
         self.assertEqual(stored, [])
 
     @inlineCallbacks
+    def test_sameNodeId(self) -> Any:
+        """
+        Two running nodes with one id: a line says so (once per node at
+        most).
+        """
+        lines = self.logged()
+        (relay,) = yield self.startRelays(1)
+        yield self.startNode([relay], "twin")
+        yield self.startNode([relay], "twin")
+        yield waitUntil(lambda: any("another running node has the id twin" in line for line in lines))
+
+    @inlineCallbacks
     def test_ownerCutOff(self) -> Any:
         """
         An owner cut off from Redis serves its own clients on its own, and

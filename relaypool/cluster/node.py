@@ -163,6 +163,11 @@ class ClusterNode(service.Service):
         self._rounds.clock = reactor
         self.eventsPublished = 0
         self.eventsReceived = 0
+        # This process's mark in its status document, to tell another
+        # process with the same node id.
+        self._instance = os.urandom(8).hex()
+        self._wroteStatus = False
+        self._warnedSameId = False
         self.nodes: dict[str, dict[str, Any]] = {}
 
     # --- the service --------------------------------------------------------------
@@ -389,6 +394,7 @@ class ClusterNode(service.Service):
             subscription.becomeFollower()
 
     def _linkChanged(self, up: bool) -> None:
+        self._wroteStatus = False
         if up:
             self._round()
             self._poke()
@@ -410,7 +416,10 @@ class ClusterNode(service.Service):
     def _heartbeat(self) -> Any:
         own = orjson.dumps(self._ownStatus())
         ttl = int(self.leaseTime * 1000)  # three rounds
-        yield self.link.command("SET", self._key("node:" + self.nodeId), own, "PX", ttl)
+        before = yield self.link.command(
+            "SET", self._key("node:" + self.nodeId), own, "PX", ttl, "GET"
+        )
+        self._checkUnique(before)
         yield self.link.command("SADD", self._key("nodes"), self.nodeId)
         ids = sorted((yield self.link.command("SMEMBERS", self._key("nodes"))) or [])
         documents = (
@@ -424,8 +433,27 @@ class ClusterNode(service.Service):
                 nodes[nodeId] = orjson.loads(document)
         self.nodes = nodes
 
+    def _checkUnique(self, before: str | None) -> None:
+        """
+        Warn (once) when another running node has this node's id: the
+        status document this node wrote at its last round was replaced by
+        one of another process since. Two such nodes would both act as the
+        owner of the same leases.
+        """
+        wroteLastRound, self._wroteStatus = self._wroteStatus, True
+        if before is None or not wroteLastRound or self._warnedSameId:
+            return
+        if orjson.loads(before).get("instance") != self._instance:
+            self._warnedSameId = True
+            _log.error(
+                "relaypool: cluster: another running node has the id {nodeId}: give each node"
+                " its own --node-id (both would act as the owner of the same filter sets)",
+                nodeId=self.nodeId,
+            )
+
     def _ownStatus(self) -> dict[str, Any]:
         return {
+            "instance": self._instance,
             "leasesHeld": len(self.leases.held()),
             "following": len(self._following),
             "eventsPublished": self.eventsPublished,
