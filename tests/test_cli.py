@@ -401,6 +401,28 @@ class StatusTests(_RelaysMixin, TestCase):
             ["wss://a/", "wss://b/ (read)", "wss://c/ (discovery, outbox)"],
         )
 
+    def test_summaryCluster(self) -> None:
+        """
+        The summary of a cluster node says which node it is, how many it
+        sees, whether Redis is connected and what it subscribes upstream.
+        """
+        stats = {
+            "cluster": {
+                "node": "a",
+                "redis": "redis://127.0.0.1:6379/0",
+                "redisUp": True,
+                "nodes": {"a": {}, "b": {}},
+                "filterSets": 10,
+                "leasesHeld": 4,
+                "following": 6,
+            }
+        }
+        self.assertEqual(
+            summarize(stats)[-1],
+            "cluster: node a of 2 on redis://127.0.0.1:6379/0 (connected), 4 of 10 filter sets"
+            " subscribed upstream, 6 read from other nodes",
+        )
+
     @inlineCallbacks
     def test_json(self) -> Any:
         """

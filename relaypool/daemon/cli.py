@@ -740,6 +740,15 @@ def summarize(stats: dict[str, Any]) -> list[str]:
             f"outbox: {outbox.get('waiting', 0)} waiting, {outbox.get('retrying', 0)} retrying,"
             f" oldest {_seconds(oldest) if oldest is not None else '-'}"
         )
+    cluster = stats.get("cluster")
+    if cluster is not None:
+        nodes = cluster.get("nodes") or {}
+        lines.append(
+            f"cluster: node {cluster.get('node')} of {len(nodes)} on {cluster.get('redis')}"
+            f" ({'connected' if cluster.get('redisUp') else 'away: serving alone'}),"
+            f" {cluster.get('leasesHeld', 0)} of {cluster.get('filterSets', 0)} filter sets"
+            f" subscribed upstream, {cluster.get('following', 0)} read from other nodes"
+        )
     return lines
 
 
