@@ -433,6 +433,28 @@ class ClusterGatewayTests(RedisTestCase):
         yield waitUntil(lambda: any("another running node has the id twin" in line for line in lines))
 
     @inlineCallbacks
+    def test_streamOfAnotherType(self) -> Any:
+        """
+        A stream key Redis holds as another type makes the reads fail: the
+        node logs it and reads again, and once the key is a stream again,
+        events flow.
+        """
+        self.flushLoggedErrors()
+        relay, (a, gatewayA), (b, gatewayB) = yield self.twoNodes()
+        yield self.subscribed(gatewayA)
+        clientB = yield self.subscribed(gatewayB)
+        name = filterSetName((NOTES.withLimit(500),))
+        key = f"relaypool:events:{name}"
+        self.redis.command("DEL", key)
+        self.redis.command("SET", key, "not a stream")
+        yield waitUntil(lambda: len(self.flushLoggedErrors()) > 0)
+        self.redis.command("DEL", key)
+        event = makeEvent(kind=1)
+        relay.store(event)
+        yield waitUntil(lambda: clientB.eventIds("s") == [event.id])
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
     def test_ownerCutOff(self) -> Any:
         """
         An owner cut off from Redis serves its own clients on its own, and

@@ -333,7 +333,7 @@ class ClusterNode(service.Service):
             event.toJSON(),
             "n",
             self.nodeId,
-        ).addErrback(lambda _: None)
+        ).addErrback(_unexpected, "adding an event to its stream")
         if name not in self._expiring:
             # A stream made by this XADD has no expiry until the next
             # renewal round: give it one now, in case there is none.
@@ -409,8 +409,8 @@ class ClusterNode(service.Service):
         """
         if not self.link.up:
             return None
-        self.leases.renew().addErrback(lambda _: None)
-        return self._heartbeat().addErrback(lambda _: None)
+        self.leases.renew().addErrback(_unexpected, "renewing the leases")
+        return self._heartbeat().addErrback(_unexpected, "writing this node's status")
 
     @inlineCallbacks
     def _heartbeat(self) -> Any:
@@ -514,6 +514,12 @@ class ClusterNode(service.Service):
                 yield self.link.whenReadable().addErrback(lambda _: None)
                 yield self._sleep(self.link.retryDelay)
                 continue
+            except Exception:
+                # Redis refused the read (a key of another type, ...): say
+                # so and try again, rather than stop reading for good.
+                _unexpected(Failure(), "reading the streams")  # type: ignore[no-untyped-call]
+                yield self._sleep(self.link.retryDelay)
+                continue
             self._received(names, answer or [])
 
     def _received(self, names: list[str], answer: list[Any]) -> None:
@@ -552,6 +558,14 @@ class ClusterNode(service.Service):
 
     def _streamKey(self, name: str) -> str:
         return f"{self._prefix}:events:{name}"
+
+
+def _unexpected(failure: Failure, doing: str) -> None:
+    """
+    Log a failure other than Redis being away (which the link logs once).
+    """
+    if not failure.check(RedisUnavailable):  # type: ignore[no-untyped-call]
+        _log.failure("relaypool: cluster: {doing} failed", failure, doing=doing)
 
 
 def _field(fields: list[Any], name: str) -> Any:
