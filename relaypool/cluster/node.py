@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 from twisted.application import service
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -199,19 +199,7 @@ class ClusterNode(service.Service):
         if self.link.up:
             releases.append(self.link.command("SREM", self._key("nodes"), self.nodeId))
             releases.append(self.link.command("DEL", self._key("node:" + self.nodeId)))
-        done: Deferred[Any] = Deferred()
-        pending = len(releases)
-
-        def one(_: object) -> None:
-            nonlocal pending
-            pending -= 1
-            if pending == 0:
-                done.callback(None)
-
-        for release in releases:
-            release.addBoth(one)
-        if not releases:
-            done.callback(None)
+        done = DeferredList(releases, consumeErrors=True)
         return done.addCallback(lambda _: self.link.stop())
 
     # --- what the gateway uses -------------------------------------------------------

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -250,11 +250,12 @@ class RedisOutbox:
 
     def _settle(self, url: str, entryIds: list[str]) -> Deferred[None]:
         key = self.streamKey(url)
-        d = self._link.command("XACK", key, GROUP, *entryIds)
-        d.addCallback(lambda _: self._link.command("XDEL", key, *entryIds))
-        # Without Redis the entry stays pending: it is claimed and
-        # published again, and the relay answers duplicate.
-        return d.addCallbacks(lambda _: None, lambda _: None)
+        # Both go out at once: one connection runs them in order. Without
+        # Redis the entry stays pending: it is claimed and published again,
+        # and the relay answers duplicate.
+        acked = self._link.command("XACK", key, GROUP, *entryIds)
+        deleted = self._link.command("XDEL", key, *entryIds)
+        return DeferredList([acked, deleted], consumeErrors=True).addCallback(lambda _: None)
 
     def _keepOwn(self) -> Deferred[Any]:
         """
