@@ -1,9 +1,10 @@
 """
 Tests for the migration of L{relaypool.store.sqlite.SQLiteEventStore}'s
-database from schema version 3 (hex text ids, pubkeys and tag values) and
-from version 4 (the count of events and the check for deletion requests
-kept by triggers) to the current schema: a file is written with its
-version's own SQL, then opened by the store.
+database from schema version 3 (hex text ids, pubkeys and tag values), from
+version 4 (the count of events and the check for deletion requests kept by
+triggers) and from version 5 (triggers refusing events stored already and
+adding their fresh_ids rows) to the current schema: a file is written with
+its version's own SQL, then opened by the store.
 """
 
 from __future__ import annotations
@@ -145,6 +146,81 @@ class MigrationFromVersion4Tests(TestCase):
             sorted(e.id for e in (yield store.query([Filter()]))),
             sorted([self.request.id, newer.id]),
         )
+
+
+def _writeVersion5(path: str, events: Sequence[Event]) -> None:
+    """
+    Write a version-5 database at C{path} holding C{events} (regular ones
+    without tags), inserted as version 5 inserted them: its triggers added
+    their fresh_ids rows.
+    """
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        migrate(connection, target=5)
+        connection.execute("BEGIN")
+        connection.executemany(
+            "INSERT INTO events (id, pubkey, kind, created_at, raw) VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    bytes.fromhex(event.id),
+                    bytes.fromhex(event.pubkey),
+                    event.kind,
+                    event.createdAt,
+                    event.toJSON(),
+                )
+                for event in events
+            ],
+        )
+        connection.execute("UPDATE stats SET events = ?", (len(events),))
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
+
+
+class MigrationFromVersion5Tests(TestCase):
+    """
+    A version-5 database opened by the store is migrated: its triggers are
+    gone, and the store itself refuses what is stored already and finds
+    what it stores by id.
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.path = os.path.join(directory, "store.db")
+        self.stored = note(content="stored")
+        _writeVersion5(self.path, [self.stored])
+
+    def test_triggers(self) -> Any:
+        """
+        Of version 5's triggers, only the one deleting an event's id rows
+        is left.
+        """
+        store = SQLiteEventStore(self.path)
+        self.addCleanup(store.close)
+        connection = sqlite3.connect(self.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(
+            connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
+            ).fetchall(),
+            [("events_id_delete",)],
+        )
+
+    @inlineCallbacks
+    def test_storedOnce(self) -> Any:
+        """
+        An event version 5 stored is refused by C{save} and C{saveMany};
+        a new one is stored once and found by id.
+        """
+        store = SQLiteEventStore(self.path)
+        self.addCleanup(store.close)
+        new = note(content="new")
+        self.assertFalse((yield store.save(self.stored)))
+        self.assertEqual((yield store.saveMany([self.stored, new, new])), [False, True, False])
+        found = yield store.query([Filter(ids=frozenset([self.stored.id, new.id]))])
+        self.assertEqual(sorted(e.id for e in found), sorted([self.stored.id, new.id]))
+        self.assertEqual((yield store.count([Filter()])), 2)
 
 
 class MigrationFromVersion3Tests(TestCase):

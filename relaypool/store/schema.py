@@ -10,7 +10,8 @@ From version 4 on, event ids and pubkeys are stored as 32-byte BLOBs, and so
 is every tag value that is 64 lowercase hex characters (see L{storedValue}).
 From version 5 on, the id and tag rows of the newest events are in the
 fresh_ids and fresh_tags tables until the store merges them into the ids and
-tags tables: a lookup reads both.
+tags tables: a lookup reads both. From version 6 on, no trigger refuses an
+event stored already or deleted, nor adds its fresh_ids row: the store does.
 """
 
 from __future__ import annotations
@@ -316,12 +317,23 @@ _VERSION_5 = (
     """,
 )
 
+_VERSION_6 = (
+    # The store itself refuses an event stored already or named by id in a
+    # deletion request of its author (unless it is one itself), and adds
+    # its fresh_ids row: one statement for a run of events instead of two
+    # trigger programs run for each row, which were a third of the cost of
+    # an insert at 100k stored events.
+    "DROP TRIGGER events_refuse",
+    "DROP TRIGGER events_id_insert",
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _VERSION_1,
     _VERSION_2,
     _VERSION_3,
     _VERSION_4,
     _VERSION_5,
+    _VERSION_6,
 )
 """
 The SQL statements of each migration step, step C{n} taking a database from

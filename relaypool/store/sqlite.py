@@ -1092,24 +1092,51 @@ def _countStored(connection: sqlite3.Connection, change: int) -> None:
 # --- jobs run in the database threads ----------------------------------------
 
 
-# A stored deletion request by the author (?2) naming the event by its id
-# (?1), or by its address (?1) at or after its created_at (?3).
-_DELETED_BY_ID = "SELECT 1 FROM deleted WHERE id = ?1 AND pubkey = ?2"
+# A stored deletion request by the author (?2) naming the event by its
+# address (?1) at or after its created_at (?3).
 _DELETED_BY_ADDRESS = (
     "SELECT 1 FROM events d WHERE d.seq IN ("
     + _seqsInBoth("tags", "name = 'a' AND value = ?1 AND created_at >= ?3")
     + ") AND d.kind = 5 AND d.pubkey = ?2"
 )
 
+# Of ?3 events whose ids (?1) and pubkeys (?2) are 32-byte values
+# concatenated, the positions (from 0) of those stored already, or (if ?4)
+# named by id in a stored deletion request of their author.
+_REFUSED = (
+    "WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < ?3)"
+    " SELECT i FROM k WHERE EXISTS (SELECT 1 FROM events WHERE seq IN ("
+    + _seqsInBoth("ids", "prefix = substr(?1, 32 * i + 1, 8)")
+    + ") AND id = substr(?1, 32 * i + 1, 32)) OR (?4 AND EXISTS ("
+    " SELECT 1 FROM deleted WHERE id = substr(?1, 32 * i + 1, 32)"
+    " AND pubkey = substr(?2, 32 * i + 1, 32)))"
+)
+
 _INSERT_TAGS = "INSERT INTO fresh_tags (name, value, created_at, seq) VALUES "
 _TAG_ROWS = 256
 
-# The events_refuse trigger (see relaypool.store.schema) skips an event
-# stored already or named by id in its author's deletion request.
 _INSERT_EVENT = (
     "INSERT INTO events (id, pubkey, kind, created_at, address, expiration, raw)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def _refused(
+    eventIds: bytes, pubkeys: bytes, count: int, checkDeleted: bool,
+    connection: sqlite3.Connection,
+) -> set[int]:
+    """
+    Which of C{count} events, whose ids and pubkeys are C{eventIds} and
+    C{pubkeys} (32-byte values concatenated), are not to be stored: those
+    stored already, and if C{checkDeleted}, those named by id in a stored
+    deletion request of their author.
+
+    @return: their positions, from 0.
+    """
+    return {
+        row[0]
+        for row in connection.execute(_REFUSED, (eventIds, pubkeys, count, checkDeleted))
+    }
 
 
 def _applyDeletion(connection: sqlite3.Connection, request: Event) -> None:
@@ -1194,17 +1221,23 @@ def _isPlain(work: _SaveEvent) -> bool:
 # The most bytes of events inserted by one statement.
 _BULK_BYTES = 4 * 1024 * 1024
 
-# The events as one JSON array, their ids and pubkeys as 32-byte values
-# concatenated: SQLite takes them apart, and the rows are numbered from ?1
-# so that those the events_refuse trigger skipped are known afterwards. One
-# statement, not one per event: the thread holds the GIL only to build it.
+# The events' JSON concatenated (?5), their ids (?2) and pubkeys (?3) as
+# 32-byte values concatenated, and for each a JSON array of its kind,
+# created_at, and where its JSON starts in ?5 (from 1) and its length: SQLite
+# takes them apart, the rows numbered from ?1. One statement, not one per
+# event: the thread holds the GIL only to build it.
 _INSERT_PLAIN_EVENTS = """
     INSERT INTO events (seq, id, pubkey, kind, created_at, address, expiration, raw)
     SELECT ?1 + key, substr(?2, 32 * key + 1, 32), substr(?3, 32 * key + 1, 32),
-        json_extract(value, '$.kind'), json_extract(value, '$.created_at'), NULL, NULL,
-        CAST(value AS BLOB)
+        json_extract(value, '$[0]'), json_extract(value, '$[1]'), NULL, NULL,
+        substr(?5, json_extract(value, '$[2]'), json_extract(value, '$[3]'))
     FROM json_each(?4)
 """
+
+# The fresh_ids rows of the events numbered from ?1 on.
+_INSERT_PLAIN_IDS = (
+    "INSERT INTO fresh_ids (prefix, seq) SELECT substr(id, 1, 8), seq FROM events WHERE seq >= ?"
+)
 
 # The tag rows as a JSON array of [name, created_at, seq, start, length,
 # text]: the value is the bytes of ?2 from start (1-based) on, as a TEXT if
@@ -1228,52 +1261,65 @@ def _insertPlain(
     """
     Insert C{events} (plain ones, see L{_isPlain}), whose JSON is C{raws}.
 
-    @return: for each, whether it was stored (not there already, nor
-        deleted by a stored deletion request).
+    @return: for each, whether it was stored (not there already, earlier
+        in C{events}, nor deleted by a stored deletion request).
     """
+    eventIds = [bytes.fromhex(event.id) for event in events]
+    pubkeys = [bytes.fromhex(event.pubkey) for event in events]
+    refused = _refused(b"".join(eventIds), b"".join(pubkeys), len(events), True, connection)
+    saved = [False] * len(events)
+    seen: set[bytes] = set()
+    kept: list[int] = []
+    for index, eventId in enumerate(eventIds):
+        if index not in refused and eventId not in seen:
+            seen.add(eventId)
+            kept.append(index)
+            saved[index] = True
+    if not kept:
+        return saved
     first = _highestSeq(connection) + 1
+    layout: list[tuple[int, int, int, int]] = []
+    start = 1
+    for index in kept:
+        event, size = events[index], len(raws[index])
+        layout.append((event.kind, event.createdAt, start, size))
+        start += size
     connection.execute(
         _INSERT_PLAIN_EVENTS,
         (
             first,
-            b"".join(bytes.fromhex(event.id) for event in events),
-            b"".join(bytes.fromhex(event.pubkey) for event in events),
-            b"[" + b",".join(raws) + b"]",
+            b"".join([eventIds[index] for index in kept]),
+            b"".join([pubkeys[index] for index in kept]),
+            orjson.dumps(layout),
+            b"".join([raws[index] for index in kept]),
         ),
     )
-    inserted = set(
-        orjson.loads(
-            connection.execute(
-                "SELECT json_group_array(seq) FROM events WHERE seq >= ?", (first,)
-            ).fetchone()[0]
-        )
-    )
+    connection.execute(_INSERT_PLAIN_IDS, (first,))
     rows: list[tuple[str, int, int, int, int, int]] = []
     values: list[bytes] = []
     start = 1
-    for index, event in enumerate(events):
-        if first + index not in inserted:
-            continue
+    for seq, index in enumerate(kept, first):
+        event = events[index]
         for name, value in _indexedTags(event.tags):
             text = isinstance(value, str)
             stored = value.encode() if isinstance(value, str) else value
-            rows.append((name, event.createdAt, first + index, start, len(stored), text))
+            rows.append((name, event.createdAt, seq, start, len(stored), text))
             values.append(stored)
             start += len(stored)
     if rows:
         connection.execute(_INSERT_PLAIN_TAGS, (orjson.dumps(rows), b"".join(values)))
-    _countStored(connection, len(inserted))
-    return [first + index in inserted for index in range(len(events))]
+    _countStored(connection, len(kept))
+    return saved
 
 
 def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connection) -> bool:
     address = _address(event)
     eventId = bytes.fromhex(event.id)
     pubkey = bytes.fromhex(event.pubkey)
+    if _refused(eventId, pubkey, 1, event.kind != _DELETION, connection):
+        return False
     if address is not None:
         # Checked before an older version is replaced.
-        if connection.execute(_DELETED_BY_ID, (eventId, pubkey)).fetchone():
-            return False
         byAddress = storedValue(f"{event.kind}:{event.pubkey}:{address}")
         if connection.execute(
             _DELETED_BY_ADDRESS, (byAddress, pubkey, event.createdAt)
@@ -1300,12 +1346,13 @@ def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connect
             event.toJSON(),
         ),
     )
-    if cursor.rowcount == 0:
-        return False
-    _countStored(connection, 1)
-    tags = list(_indexedTags(event.tags))
     seq = cursor.lastrowid
     assert seq is not None
+    connection.execute(
+        "INSERT INTO fresh_ids (prefix, seq) VALUES (?, ?)", (eventId[:_PREFIX], seq)
+    )
+    _countStored(connection, 1)
+    tags = list(_indexedTags(event.tags))
     # A statement per _TAG_ROWS rows, not per row.
     for start in range(0, len(tags), _TAG_ROWS):
         chunk = tags[start : start + _TAG_ROWS]
