@@ -23,7 +23,7 @@ from relaypool.errors import QueueFull, SchemaVersionError, StoreError
 from relaypool.nostr.event import Event, isAddressable, isReplaceable, publicKeyFor
 from relaypool.nostr.filter import Filter
 from relaypool.store import sqlite
-from relaypool.store.schema import SCHEMA_VERSION, migrate, schemaVersion
+from relaypool.store.schema import SCHEMA_VERSION, migrate, schemaVersion, storedValue
 from relaypool.store.sqlite import DEFAULT_FRESH_EVENTS, SQLiteEventStore
 
 _T = TypeVar("_T")
@@ -1111,6 +1111,26 @@ _filters = st.builds(
     until=st.none() | st.integers(NOW - 5, NOW),
     limit=st.none() | st.integers(0, 6),
 )
+
+
+class StoredValueTests(SynchronousTestCase):
+    """
+    L{storedValue} stores only canonical hex values as bytes.
+    """
+
+    def test_lowercaseHex(self) -> None:
+        """
+        64 lowercase hex characters are stored as the 32 bytes they spell.
+        """
+        self.assertEqual(storedValue("0f" * 32), b"\x0f" * 32)
+
+    def test_otherValuesAsText(self) -> None:
+        """
+        Capitals, spaces, other characters and other lengths stay text: the
+        bytes would not give the value back.
+        """
+        for value in ("0F" * 32, "0f " * 21 + "0", "0g" * 32, "0f" * 31, "0f" * 33, ""):
+            self.assertEqual(storedValue(value), value)
 
 
 class FreshRowsTests(StoreTestMixin, TestCase):

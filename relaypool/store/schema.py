@@ -16,7 +16,6 @@ event stored already or deleted, nor adds its fresh_ids row: the store does.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 
 from relaypool.errors import SchemaVersionError
@@ -129,8 +128,6 @@ _VERSION_3 = (
     """,
 )
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
 
 def storedValue(value: str) -> bytes | str:
     """
@@ -138,8 +135,15 @@ def storedValue(value: str) -> bytes | str:
     lowercase hex characters as the 32 bytes it spells, any other as it is
     (SQLite never finds a BLOB equal to a TEXT, so the two cannot mix up).
     """
-    if len(value) == 64 and _HEX64.fullmatch(value):
-        return bytes.fromhex(value)
+    if len(value) == 64:
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            return value
+        # fromhex also takes capitals and spaces: only the value that the
+        # bytes spell back is stored as them.
+        if raw.hex() == value:
+            return raw
     return value
 
 
