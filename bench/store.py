@@ -9,6 +9,7 @@ table scan).
     python bench/store.py --quick               # 10k and 100k events
     python bench/store.py --sizes 10000,50000   # other sizes
     python bench/store.py --against 68fd430     # beside an earlier store
+    python bench/store.py --gc-threshold 700    # with Python's own collector setting
 
 Events are not signed (random ids and signatures): the store does not
 verify them.
@@ -20,11 +21,17 @@ it. This machine's speed
 drifts (the plain table's rate, printed for both runs, shows by how much), so
 a target set as an absolute rate on another day is best read as its ratio to
 the store of that day: issue 12 measured the store at 68fd430.
+
+Python's cyclic garbage collector runs as in the daemon: its youngest
+generation collected every --gc-threshold allocations (the daemon's
+gc-threshold setting, 10,000 by default; Python's own default is 700), for
+the earlier store of --against too.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -373,6 +380,39 @@ def _measure(
         )
 
 
+class CollectorTime:
+    """
+    The collections Python's cyclic garbage collector ran in this process
+    and the wall seconds they took, in all and of the oldest generation
+    (full collections).
+    """
+
+    def __init__(self) -> None:
+        self.collections = 0
+        self.seconds = 0.0
+        self.full = 0
+        self.fullSeconds = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._observe)
+
+    def _observe(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        self.collections += 1
+        self.seconds += took
+        if info["generation"] == 2:
+            self.full += 1
+            self.fullSeconds += took
+
+    def summary(self) -> str:
+        return (
+            f"{self.collections:,} collections, {self.seconds:.2f} s"
+            f" ({self.full:,} full ones, {self.fullSeconds:.2f} s)"
+        )
+
+
 class Totals:
     """
     Events inserted and the wall and CPU seconds inserting them took.
@@ -440,18 +480,34 @@ def main(reactor: Any, argv: list[str]) -> Iterator[Deferred[Any]]:
         help="first measure the inserts of the store of this repository's git revision"
         " REF, and print each rate's ratio to it (issue 12 measured 68fd430)",
     )
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=None,
+        help="allocations between two collections of Python's youngest generation"
+        " (default: the daemon's gc-threshold default; Python's own is 700)",
+    )
     # For --against: measure inserts only and print their rates as JSON.
     parser.add_argument("--inserts-only", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
+    if options.gc_threshold is None:
+        from relaypool.daemon.collector import DEFAULT_COLLECTOR_THRESHOLD
+
+        options.gc_threshold = DEFAULT_COLLECTOR_THRESHOLD
+    if options.gc_threshold < 1:
+        parser.error("--gc-threshold must be at least 1")
+    gc.set_threshold(options.gc_threshold, *gc.get_threshold()[1:])
+    collector = CollectorTime()
     checkpoints = [10_000, 100_000] if options.quick else options.sizes
     directory = options.dir or tempfile.mkdtemp(prefix="relaypool-bench-")
     os.makedirs(directory, exist_ok=True)
     earlier = None
     if options.against:
-        earlier = _earlierRates(options.against, checkpoints, directory)
+        earlier = _earlierRates(options.against, checkpoints, directory, options.gc_threshold)
     print(
         f"databases in {directory}; events are unsigned (the store does not verify);"
-        " CPU is this process's, every thread"
+        " CPU is this process's, every thread; Python's collector: youngest generation"
+        f" every {options.gc_threshold:,} allocations (--gc-threshold)"
     )
     storePath = os.path.join(directory, "store.db")
     store = SQLiteEventStore(storePath, reactor=reactor)
@@ -468,6 +524,7 @@ def main(reactor: Any, argv: list[str]) -> Iterator[Deferred[Any]]:
                     totals[name].add(count, times)
                 print(f"  inserted {source.made:,}", end="\r", flush=True)
             print(f"{checkpoint:,} events stored" + " " * 20)
+            print(f"  Python's collector so far (inserts and queries): {collector.summary()}")
             if hasattr(store, "saveMany"):
                 print(
                     f"  inserts: of each {CHUNK:,}, half in saveMany() calls of {MANY:,} (as"
@@ -509,11 +566,12 @@ _RATES_LINE = "rates: "
 
 
 def _earlierRates(
-    revision: str, checkpoints: list[int], directory: str
+    revision: str, checkpoints: list[int], directory: str, gcThreshold: int
 ) -> dict[int, dict[str, float]]:
     """
     Measure the inserts of the store of git revision C{revision} (this
-    repository's), in a subprocess, up to each of C{checkpoints}.
+    repository's), in a subprocess, up to each of C{checkpoints}, with
+    Python's collector set to C{gcThreshold}.
 
     @return: for each checkpoint, the rate of each way of inserting from
         0 to it (C{"save"}, C{"plain"}).
@@ -540,6 +598,8 @@ def _earlierRates(
             ",".join(str(size) for size in checkpoints),
             "--dir",
             os.path.join(directory, "earlier"),
+            "--gc-threshold",
+            str(gcThreshold),
         ],
         env=dict(os.environ, **{CODE_VARIABLE: code}),
         stdout=subprocess.PIPE,
