@@ -1135,8 +1135,9 @@ class StoredValueTests(SynchronousTestCase):
 
 class FreshRowsTests(StoreTestMixin, TestCase):
     """
-    The id and tag rows of the newest events wait in tables of their own
-    until more than C{freshEvents} events were stored since the last merge.
+    The id, tag and author rows of the newest events wait in tables of their
+    own until more than C{freshEvents} events were stored since the last
+    merge.
     """
 
     def rowCounts(self, store: SQLiteEventStore) -> tuple[int, ...]:
@@ -1144,25 +1145,29 @@ class FreshRowsTests(StoreTestMixin, TestCase):
         self.addCleanup(connection.close)
         return tuple(
             connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            for table in ("fresh_ids", "fresh_tags", "ids", "tags")
+            for table in ("fresh_ids", "fresh_tags", "fresh_authors", "ids", "tags", "authors")
         )
 
     @inlineCallbacks
     def test_merged(self) -> Any:
         """
         The rows stay fresh up to the bound and are merged in the write that
-        passes it; the events are found by id and by tag before and after.
+        passes it; the events are found by id, by tag and by author before
+        and after.
         """
         store = self.openStore(freshEvents=2)
         events = [note(content=str(i), tags=[["t", "x"]], createdAt=NOW - i) for i in range(3)]
         for event in events[:2]:
             yield store.save(event)
-        self.assertEqual(self.rowCounts(store), (2, 2, 0, 0))
+        self.assertEqual(self.rowCounts(store), (2, 2, 2, 0, 0, 0))
         byTag = [Filter(tags=(("t", frozenset(["x"])),))]
+        byAuthor = [Filter(authors=frozenset([PUBKEYS[0]]))]
         self.assertEqual((yield store.query(byTag)), events[:2])
+        self.assertEqual((yield store.query(byAuthor)), events[:2])
         yield store.save(events[2])
-        self.assertEqual(self.rowCounts(store), (0, 0, 3, 3))
+        self.assertEqual(self.rowCounts(store), (0, 0, 0, 3, 3, 3))
         self.assertEqual((yield store.query(byTag)), events)
+        self.assertEqual((yield store.query(byAuthor)), events)
         self.assertEqual((yield store.fetch([e.id for e in events])), events)
         self.assertFalse((yield store.save(events[0])))
 
@@ -1170,22 +1175,24 @@ class FreshRowsTests(StoreTestMixin, TestCase):
     def test_mergedInSlices(self) -> Any:
         """
         A merge moves at most a slice of each fresh table per write, in key
-        order, until a pass over them is done; the events are found by id
-        and by tag in the middle of it.
+        order, until a pass over them is done; the events are found by id,
+        by tag and by author in the middle of it.
         """
         self.patch(sqlite, "_MERGE_SLICE_ROWS", 2)
         store = self.openStore(freshEvents=2)
         events = [note(content=str(i), tags=[["t", f"x{i}"]], createdAt=NOW - i) for i in range(3)]
         yield store.saveMany(events)
-        self.assertEqual(self.rowCounts(store), (1, 1, 2, 2))
+        self.assertEqual(self.rowCounts(store), (1, 1, 1, 2, 2, 2))
         self.assertEqual((yield store.fetch([e.id for e in events])), events)
+        byAuthor = [Filter(authors=frozenset([PUBKEYS[0]]))]
+        self.assertEqual((yield store.query(byAuthor)), events)
         for i, event in enumerate(events):
             byTag = Filter(tags=(("t", frozenset([f"x{i}"])),))
             self.assertEqual((yield store.query([byTag])), [event])
         self.assertFalse((yield store.save(events[0])))
-        self.assertEqual(self.rowCounts(store), (0, 0, 3, 3))
+        self.assertEqual(self.rowCounts(store), (0, 0, 0, 3, 3, 3))
         self.assertFalse((yield store.save(events[1])))
-        self.assertEqual(self.rowCounts(store), (0, 0, 3, 3))
+        self.assertEqual(self.rowCounts(store), (0, 0, 0, 3, 3, 3))
 
     @inlineCallbacks
     def test_countedAcrossOpens(self) -> Any:
@@ -1200,13 +1207,13 @@ class FreshRowsTests(StoreTestMixin, TestCase):
         yield first.close()
         second = self.openStore(path, freshEvents=2)
         yield second.save(note(content="c"))
-        self.assertEqual(self.rowCounts(second)[:3], (0, 0, 3))
+        self.assertEqual(self.rowCounts(second)[:4], (0, 0, 0, 3))
 
 
 def _merged(tests: type[StoreTestMixin]) -> type[StoreTestMixin]:
     """
-    A subclass of C{tests} whose stores merge the id and tag rows into the
-    large tables at every write (see L{StoreTestMixin.freshEvents}).
+    A subclass of C{tests} whose stores merge the id, tag and author rows
+    into the large tables at every write (see L{StoreTestMixin.freshEvents}).
     """
     return type(
         tests.__name__.replace("Tests", "MergedTests"),

@@ -2,9 +2,10 @@
 Tests for the migration of L{relaypool.store.sqlite.SQLiteEventStore}'s
 database from schema version 3 (hex text ids, pubkeys and tag values), from
 version 4 (the count of events and the check for deletion requests kept by
-triggers) and from version 5 (triggers refusing events stored already and
-adding their fresh_ids rows) to the current schema: a file is written with
-its version's own SQL, then opened by the store.
+triggers), from version 5 (triggers refusing events stored already and
+adding their fresh_ids rows) and from version 6 (the pubkey index on the
+events table) to the current schema: a file is written with its version's
+own SQL, then opened by the store.
 """
 
 from __future__ import annotations
@@ -193,8 +194,8 @@ class MigrationFromVersion5Tests(TestCase):
 
     def test_triggers(self) -> Any:
         """
-        Of version 5's triggers, only the one deleting an event's id rows
-        is left.
+        Of version 5's triggers, none refusing events or adding their rows
+        is left: only one deleting an event's rows.
         """
         store = SQLiteEventStore(self.path)
         self.addCleanup(store.close)
@@ -204,7 +205,7 @@ class MigrationFromVersion5Tests(TestCase):
             connection.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
             ).fetchall(),
-            [("events_id_delete",)],
+            [("events_rows_delete",)],
         )
 
     @inlineCallbacks
@@ -221,6 +222,79 @@ class MigrationFromVersion5Tests(TestCase):
         found = yield store.query([Filter(ids=frozenset([self.stored.id, new.id]))])
         self.assertEqual(sorted(e.id for e in found), sorted([self.stored.id, new.id]))
         self.assertEqual((yield store.count([Filter()])), 2)
+
+
+class MigrationFromVersion6Tests(TestCase):
+    """
+    A version-6 database (the pubkey index on the events table) opened by
+    the store is migrated: its events are found by author from the authors
+    table, and deleting one removes its row there.
+    """
+
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        self.path = os.path.join(directory, "store.db")
+        self.events = [note(content=f"note {i}", key=i % 2, createdAt=NOW - i) for i in range(4)]
+        connection = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            migrate(connection, target=6)
+            connection.execute("BEGIN")
+            for event in self.events:
+                cursor = connection.execute(
+                    "INSERT INTO events (id, pubkey, kind, created_at, raw)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        bytes.fromhex(event.id),
+                        bytes.fromhex(event.pubkey),
+                        event.kind,
+                        event.createdAt,
+                        event.toJSON(),
+                    ),
+                )
+                connection.execute(
+                    "INSERT INTO fresh_ids (prefix, seq) VALUES (?, ?)",
+                    (bytes.fromhex(event.id)[:8], cursor.lastrowid),
+                )
+            connection.execute("UPDATE stats SET events = ?", (len(self.events),))
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+
+    @inlineCallbacks
+    def test_byAuthor(self) -> Any:
+        """
+        Each author's events are found, newest first, also with kinds and
+        a limit; the count agrees.
+        """
+        store = SQLiteEventStore(self.path)
+        self.addCleanup(store.close)
+        for key in (0, 1):
+            author = PUBKEYS[key]
+            mine = [e.id for e in self.events if e.pubkey == author]
+            found = yield store.query([Filter(authors=frozenset([author]))])
+            self.assertEqual([e.id for e in found], mine)
+            found = yield store.query(
+                [Filter(authors=frozenset([author]), kinds=frozenset([1]), limit=1)]
+            )
+            self.assertEqual([e.id for e in found], mine[:1])
+            self.assertEqual((yield store.count([Filter(authors=frozenset([author]))])), 2)
+
+    @inlineCallbacks
+    def test_deleteRemovesAuthorRow(self) -> Any:
+        """
+        An event deleted from the store leaves no row in the authors
+        tables.
+        """
+        store = SQLiteEventStore(self.path)
+        self.addCleanup(store.close)
+        self.assertEqual((yield store.delete([self.events[0].id])), 1)
+        connection = sqlite3.connect(self.path)
+        self.addCleanup(connection.close)
+        rows = connection.execute(
+            "SELECT count(*) FROM (SELECT seq FROM authors UNION ALL SELECT seq FROM fresh_authors)"
+        ).fetchone()[0]
+        self.assertEqual(rows, len(self.events) - 1)
 
 
 class MigrationFromVersion3Tests(TestCase):

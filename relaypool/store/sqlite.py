@@ -55,9 +55,9 @@ _SPLIT_BLOBS = (
     " SELECT substr(?, i, {size}) FROM k"
 )
 
-# The id and pubkey indexes hold the first _PREFIX bytes of each (see
-# relaypool.store.schema): a lookup names the prefix, for the index, and the
-# whole value.
+# The id and author tables hold the first _PREFIX bytes of each id and
+# pubkey (see relaypool.store.schema): a lookup names the prefix, for the
+# table's key, and the whole value.
 _PREFIX = 8
 
 # The WAL size (in pages, 200 MB) past which a commit copies it back into the
@@ -75,8 +75,8 @@ events (about 150 MB of indexes).
 
 DEFAULT_FRESH_EVENTS = 50_000
 """
-The default number of events stored before their id and tag rows are merged
-from small tables of their own into the large ones (see
+The default number of events stored before their id, tag and author rows
+are merged from small tables of their own into the large ones (see
 L{relaypool.store.schema} and L{_FreshRows}). On the way to a million
 stored events, the merges took the writer 3.8 s in all here, in slices of at
 most 57 ms, where inserting the same rows into the large tables directly
@@ -375,16 +375,15 @@ def _storedValues(values: Iterable[str]) -> list[bytes | str]:
     return [storedValue(value) for value in values]
 
 
-def _keyClause(column: str, values: Iterable[str]) -> tuple[str, list[object]]:
+def _authorsClause(values: Iterable[str]) -> tuple[str, list[object]]:
     """
-    The condition that C{column} (C{pubkey}, indexed by prefix) is one of
+    The condition that the pubkey of the events aliased C{e}, whose rows of
+    the authors table (or its fresh twin) are aliased C{d}, is one of
     C{values} (hex; others match nothing), and its parameters.
     """
     keys = [key for key in _storedValues(values) if isinstance(key, bytes)]
-    prefixes, prefixParams = _inClause(
-        f"substr({column}, 1, {_PREFIX})", sorted({key[:_PREFIX] for key in keys})
-    )
-    whole, wholeParams = _inClause(column, keys)
+    prefixes, prefixParams = _inClause("d.prefix", sorted({key[:_PREFIX] for key in keys}))
+    whole, wholeParams = _inClause("e.pubkey", keys)
     return f"{prefixes} AND {whole}", prefixParams + wholeParams
 
 
@@ -459,51 +458,59 @@ def _filterSelect(
     where = ["(e.expiration IS NULL OR e.expiration > ?)"]
     params: list[object] = [now]
     tags = list(f.tags)
-    # A tag condition with one value can drive the query from the tag
-    # tables' keys, already in created_at order and without duplicate
-    # events.
-    driver = next(((n, v) for n, v in tags if len(v) == 1), None)
-    if driver is not None:
-        tags.remove(driver)
-        where += ["t.name = ?", "t.value = ?"]
-        params += [driver[0], storedValue(next(iter(driver[1])))]
+    # The rows driving the query, aliased d, in both halves of a table and
+    # its fresh twin (merged, each in created_at order): a tag condition
+    # with one value drives it from the tag tables, else authors (without
+    # ids, which find fewer) from the authors tables (created_at and kind
+    # in their keys); else the events table's own indexes do.
+    driving: str | None = None
+    created = "e.created_at"
+    kinds = "e.kind"
+    tagDriver = next(((n, v) for n, v in tags if len(v) == 1), None)
+    if tagDriver is not None:
+        driving, kinds = "tags", "+e.kind"
+        tags.remove(tagDriver)
+        where += ["d.name = ?", "d.value = ?"]
+        params += [tagDriver[0], storedValue(next(iter(tagDriver[1])))]
+    elif f.authors is not None and f.ids is None:
+        driving, created, kinds = "authors", "d.created_at", "d.kind"
     if f.ids is not None:
         clause, clauseParams = _idClause("e", f.ids)
         where.append(clause)
         params += clauseParams
     if f.authors is not None:
-        clause, clauseParams = _keyClause("e.pubkey", f.authors)
+        if driving == "authors":
+            clause, clauseParams = _authorsClause(f.authors)
+        else:
+            clause, clauseParams = _inClause(
+                "e.pubkey", [k for k in _storedValues(f.authors) if isinstance(k, bytes)]
+            )
         where.append(clause)
         params += clauseParams
     if f.kinds is not None:
-        # With authors, their index (kinds in it) rather than the kinds one:
-        # an author's events are fewer than a kind's.
-        clause, clauseParams = _inClause(
-            "e.kind" if f.authors is None else "+e.kind", f.kinds
-        )
+        clause, clauseParams = _inClause(kinds, f.kinds)
         where.append(clause)
         params += clauseParams
     if f.since is not None:
-        where.append("e.created_at >= ?")
+        where.append(f"{created} >= ?")
         params.append(f.since)
     if f.until is not None:
-        where.append("e.created_at <= ?")
+        where.append(f"{created} <= ?")
         params.append(f.until)
     for name, tagValues in tags:
         clause, clauseParams = _inClause("value", _storedValues(tagValues))
         where.append(f"e.seq IN ({_seqsInBoth('tags', f'name = ? AND {clause}')})")
         params += [name, *clauseParams, name, *clauseParams]
     condition = " AND ".join(where)
-    if driver is None:
+    if driving is None:
         sql = f"SELECT e.seq FROM events e WHERE {condition}"
         if ordered:
             sql += " ORDER BY e.created_at DESC, e.id"
     else:
-        # Each tag table's matches in order, merged.
         arms = [
-            f"SELECT e.seq AS seq, t.created_at AS created_at, e.id AS id"
-            f" FROM {table} t JOIN events e ON e.seq = t.seq WHERE {condition}"
-            for table in ("tags", "fresh_tags")
+            f"SELECT e.seq AS seq, d.created_at AS created_at, e.id AS id"
+            f" FROM {table} d JOIN events e ON e.seq = d.seq WHERE {condition}"
+            for table in (driving, f"fresh_{driving}")
         ]
         sql = " UNION ALL ".join(arms)
         params += params
@@ -512,7 +519,7 @@ def _filterSelect(
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return (sql if driver is None else f"SELECT seq FROM ({sql})"), params
+    return (sql if driving is None else f"SELECT seq FROM ({sql})"), params
 
 
 @implementer(IEventStore, IOutbox)
@@ -594,7 +601,7 @@ class SQLiteEventStore:
             L{query}, L{queryIds}, L{fetch}, L{count} and L{pending}.
         @param cacheBytes: the most memory each of the two database
             connections (writer, reader) keeps as its page cache.
-        @param freshEvents: how many events are stored, their id and tag
+        @param freshEvents: how many events are stored, their id, tag and author
             rows kept in small tables of their own, before those rows are
             merged into the large ones (a slice per write transaction,
             from the one that passes it on).
@@ -908,13 +915,13 @@ _MERGE_SLICE_ROWS = 10_000
 
 class _FreshRows:
     """
-    In the writer thread: the merge of the id and tag rows of the newest
-    events from the fresh_ids and fresh_tags tables into the ids and tags
-    tables (see L{relaypool.store.schema}).
+    In the writer thread: the merge of the id, tag and author rows of the
+    newest events from the fresh_ids, fresh_tags and fresh_authors tables
+    into the ids, tags and authors tables (see L{relaypool.store.schema}).
 
     Once more than C{bound} events were stored since the last merge, each
     write transaction moves the next L{_MERGE_SLICE_ROWS} rows of each
-    fresh table, in key order, until a pass over both is done: each slice
+    fresh table, in key order, until a pass over them is done: each slice
     covers a key range, so each page of a large table still takes all the
     rows of its range at once. Rows stored during a pass behind its
     position wait for the next one. The events stored are counted by the
@@ -927,6 +934,7 @@ class _FreshRows:
         self._passes = [
             _MergePass("fresh_ids", "ids", ("prefix", "seq")),
             _MergePass("fresh_tags", "tags", ("name", "value", "created_at", "seq")),
+            _MergePass("fresh_authors", "authors", ("prefix", "created_at", "kind", "seq")),
         ]
 
     def mergeIfPast(self, connection: sqlite3.Connection, bound: int) -> None:
@@ -1234,9 +1242,11 @@ _INSERT_PLAIN_EVENTS = """
     FROM json_each(?4)
 """
 
-# The fresh_ids rows of the events numbered from ?1 on.
-_INSERT_PLAIN_IDS = (
-    "INSERT INTO fresh_ids (prefix, seq) SELECT substr(id, 1, 8), seq FROM events WHERE seq >= ?"
+# The fresh_ids and fresh_authors rows of the events numbered from ? on.
+_INSERT_PLAIN_ROWS = (
+    "INSERT INTO fresh_ids (prefix, seq) SELECT substr(id, 1, 8), seq FROM events WHERE seq >= ?",
+    "INSERT INTO fresh_authors (prefix, created_at, kind, seq)"
+    " SELECT substr(pubkey, 1, 8), created_at, kind, seq FROM events WHERE seq >= ?",
 )
 
 # The tag rows as a JSON array of [name, created_at, seq, start, length,
@@ -1294,7 +1304,8 @@ def _insertPlain(
             b"".join([raws[index] for index in kept]),
         ),
     )
-    connection.execute(_INSERT_PLAIN_IDS, (first,))
+    for statement in _INSERT_PLAIN_ROWS:
+        connection.execute(statement, (first,))
     rows: list[tuple[str, int, int, int, int, int]] = []
     values: list[bytes] = []
     start = 1
@@ -1350,6 +1361,10 @@ def _saveEvent(event: Event, expiration: int | None, connection: sqlite3.Connect
     assert seq is not None
     connection.execute(
         "INSERT INTO fresh_ids (prefix, seq) VALUES (?, ?)", (eventId[:_PREFIX], seq)
+    )
+    connection.execute(
+        "INSERT INTO fresh_authors (prefix, created_at, kind, seq) VALUES (?, ?, ?, ?)",
+        (pubkey[:_PREFIX], event.createdAt, event.kind, seq),
     )
     _countStored(connection, 1)
     tags = list(_indexedTags(event.tags))
