@@ -6,7 +6,6 @@ in front of fake relays.
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import sqlite3
@@ -708,25 +707,6 @@ class DaemonTests(DaemonFixture):
         )
         yield daemon.stopService()
         self.assertEqual([part.running for part in daemon], [0] * len(list(daemon)))
-
-
-class CollectorSettingTests(DaemonFixture):
-    """
-    The daemon's C{gc-threshold} setting.
-    """
-
-    @inlineCallbacks
-    def test_appliedWhileRunning(self) -> Any:
-        """
-        While the daemon runs, Python's collector collects its youngest
-        generation every C{gc-threshold} allocations; once it stopped, as
-        before.
-        """
-        before = gc.get_threshold()
-        daemon, port = yield self.startDaemon(**{"gc-threshold": "12345"})
-        self.assertEqual(gc.get_threshold(), (12345, *before[1:]))
-        yield daemon.stopService()
-        self.assertEqual(gc.get_threshold(), before)
 
 
 class TryItTests(TestCase):

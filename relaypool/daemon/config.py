@@ -54,7 +54,6 @@ from typing import Any
 
 import orjson
 
-from relaypool.daemon.collector import DEFAULT_COLLECTOR_THRESHOLD
 from relaypool.errors import ConfigError, InvalidFilter, InvalidRelayURL
 from relaypool.gateway.limits import DEFAULT_LIMITS, GatewayLimits
 from relaypool.gateway.policy import EventPolicy
@@ -185,9 +184,6 @@ class Config:
         otherwise. See L{effectiveOkPolicy}.
     @ivar storeMaxEvents: the store's event bound; 0 means none.
     @ivar storeMaxBytes: the store's size bound in bytes; 0 means none.
-    @ivar gcThreshold: allocations between two collections of Python's
-        youngest generation of objects, while the daemon runs (see
-        L{relaypool.daemon.collector}).
     @ivar storeCacheBytes: the page cache of each of the store's two
         database connections, in bytes.
     @ivar statusInterval: seconds between per-relay status log lines; 0
@@ -232,7 +228,6 @@ class Config:
     storeMaxEvents: int = 0
     storeMaxBytes: int = 0
     storeCacheBytes: int = 256 * 1024 * 1024
-    gcThreshold: int = DEFAULT_COLLECTOR_THRESHOLD
     okPolicy: str = "auto"
     outboxMaxAge: float = 7 * 86400.0
     outboxMaxEvents: int = 10_000
@@ -703,13 +698,6 @@ SETTINGS: tuple[Setting, ...] = (
         "store-cache-bytes",
         "storeCacheBytes",
         "page cache of each of the store's two database connections, in bytes",
-        _POSITIVE_INT,
-    ),
-    Setting(
-        "gc-threshold",
-        "gcThreshold",
-        "allocations between two collections of Python's youngest generation of objects"
-        " (Python's default: 700); fewer collections of what a busy daemon holds",
         _POSITIVE_INT,
     ),
     Setting(

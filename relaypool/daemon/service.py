@@ -23,7 +23,6 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from relaypool._reactor import DaemonReactor, defaultReactor
-from relaypool.daemon.collector import CollectorThreshold
 from relaypool.daemon.config import (
     CONFIG_VARIABLE,
     SETTINGS,
@@ -552,7 +551,6 @@ class RelayPoolService(OrderedMultiService):
 
         reactor = defaultReactor(self._reactor)
         config = self.config
-        CollectorThreshold(config.gcThreshold).setServiceParent(self)  # type: ignore[no-untyped-call]
         metrics = GatewayMetrics()
         store = self._openStore(reactor, metrics.observeStore)
         _StoreCloser(store).setServiceParent(self)  # type: ignore[no-untyped-call]
