@@ -601,10 +601,10 @@ class SQLiteEventStore:
             L{query}, L{queryIds}, L{fetch}, L{count} and L{pending}.
         @param cacheBytes: the most memory each of the two database
             connections (writer, reader) keeps as its page cache.
-        @param freshEvents: how many events are stored, their id, tag and author
-            rows kept in small tables of their own, before those rows are
-            merged into the large ones (a slice per write transaction,
-            from the one that passes it on).
+        @param freshEvents: how many events are stored, their id, tag and
+            author rows kept in small tables of their own, before those
+            rows are merged into the large ones (a slice per write
+            transaction, from the one that passes it on).
         @raise relaypool.errors.SchemaVersionError: if the database has a
             newer schema than this relaypool knows.
         @raise StoreError: if the database cannot be opened.
@@ -1130,7 +1130,10 @@ _INSERT_EVENT = (
 
 
 def _refused(
-    eventIds: bytes, pubkeys: bytes, count: int, checkDeleted: bool,
+    eventIds: bytes,
+    pubkeys: bytes,
+    count: int,
+    checkDeleted: bool,
     connection: sqlite3.Connection,
 ) -> set[int]:
     """
