@@ -67,6 +67,28 @@ def _writeVersion3(path: str, events: Sequence[Event]) -> None:
         connection.close()
 
 
+def _insertEvent(connection: sqlite3.Connection, event: Event) -> int:
+    """
+    Insert C{event}'s row in the events table of versions 4 to 6 (id and
+    pubkey as bytes), as those versions did for a regular event.
+
+    @return: its seq.
+    """
+    cursor = connection.execute(
+        "INSERT INTO events (id, pubkey, kind, created_at, raw) VALUES (?, ?, ?, ?, ?)",
+        (
+            bytes.fromhex(event.id),
+            bytes.fromhex(event.pubkey),
+            event.kind,
+            event.createdAt,
+            event.toJSON(),
+        ),
+    )
+    seq = cursor.lastrowid
+    assert seq is not None
+    return seq
+
+
 def _writeVersion4(path: str, events: Sequence[Event]) -> None:
     """
     Write a version-4 database at C{path} holding C{events} (regular ones
@@ -77,20 +99,11 @@ def _writeVersion4(path: str, events: Sequence[Event]) -> None:
         migrate(connection, target=4)
         connection.execute("BEGIN")
         for event in events:
-            cursor = connection.execute(
-                "INSERT INTO events (id, pubkey, kind, created_at, raw) VALUES (?, ?, ?, ?, ?)",
-                (
-                    bytes.fromhex(event.id),
-                    bytes.fromhex(event.pubkey),
-                    event.kind,
-                    event.createdAt,
-                    event.toJSON(),
-                ),
-            )
+            seq = _insertEvent(connection, event)
             connection.executemany(
                 "INSERT OR IGNORE INTO tags (name, value, created_at, seq) VALUES (?, ?, ?, ?)",
                 [
-                    (tag[0], storedValue(tag[1]), event.createdAt, cursor.lastrowid)
+                    (tag[0], storedValue(tag[1]), event.createdAt, seq)
                     for tag in event.tags
                     if len(tag) > 1 and len(tag[0]) == 1 and tag[0].isalpha()
                 ],
@@ -159,19 +172,8 @@ def _writeVersion5(path: str, events: Sequence[Event]) -> None:
     try:
         migrate(connection, target=5)
         connection.execute("BEGIN")
-        connection.executemany(
-            "INSERT INTO events (id, pubkey, kind, created_at, raw) VALUES (?, ?, ?, ?, ?)",
-            [
-                (
-                    bytes.fromhex(event.id),
-                    bytes.fromhex(event.pubkey),
-                    event.kind,
-                    event.createdAt,
-                    event.toJSON(),
-                )
-                for event in events
-            ],
-        )
+        for event in events:
+            _insertEvent(connection, event)
         connection.execute("UPDATE stats SET events = ?", (len(events),))
         connection.execute("COMMIT")
     finally:
@@ -241,20 +243,9 @@ class MigrationFromVersion6Tests(TestCase):
             migrate(connection, target=6)
             connection.execute("BEGIN")
             for event in self.events:
-                cursor = connection.execute(
-                    "INSERT INTO events (id, pubkey, kind, created_at, raw)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (
-                        bytes.fromhex(event.id),
-                        bytes.fromhex(event.pubkey),
-                        event.kind,
-                        event.createdAt,
-                        event.toJSON(),
-                    ),
-                )
                 connection.execute(
                     "INSERT INTO fresh_ids (prefix, seq) VALUES (?, ?)",
-                    (bytes.fromhex(event.id)[:8], cursor.lastrowid),
+                    (bytes.fromhex(event.id)[:8], _insertEvent(connection, event)),
                 )
             connection.execute("UPDATE stats SET events = ?", (len(self.events),))
             connection.execute("COMMIT")

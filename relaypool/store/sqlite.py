@@ -375,13 +375,21 @@ def _storedValues(values: Iterable[str]) -> list[bytes | str]:
     return [storedValue(value) for value in values]
 
 
+def _hexKeys(values: Iterable[str]) -> list[bytes]:
+    """
+    Of ids or pubkeys C{values}, those that are hex, as stored (others
+    match nothing).
+    """
+    return [key for key in _storedValues(values) if isinstance(key, bytes)]
+
+
 def _authorsClause(values: Iterable[str]) -> tuple[str, list[object]]:
     """
     The condition that the pubkey of the events aliased C{e}, whose rows of
     the authors table (or its fresh twin) are aliased C{d}, is one of
     C{values} (hex; others match nothing), and its parameters.
     """
-    keys = [key for key in _storedValues(values) if isinstance(key, bytes)]
+    keys = _hexKeys(values)
     prefixes, prefixParams = _inClause("d.prefix", sorted({key[:_PREFIX] for key in keys}))
     whole, wholeParams = _inClause("e.pubkey", keys)
     return f"{prefixes} AND {whole}", prefixParams + wholeParams
@@ -405,7 +413,7 @@ def _idClause(table: str, values: Iterable[str]) -> tuple[str, list[object]]:
     C{table} is one of C{values} (hex; others match nothing), found by
     prefix in the ids and fresh_ids tables, and its parameters.
     """
-    keys = [key for key in _storedValues(values) if isinstance(key, bytes)]
+    keys = _hexKeys(values)
     prefixes, prefixParams = _inClause("prefix", sorted({key[:_PREFIX] for key in keys}))
     whole, wholeParams = _inClause(f"{table}.id", keys)
     return (
@@ -482,9 +490,7 @@ def _filterSelect(
         if driving == "authors":
             clause, clauseParams = _authorsClause(f.authors)
         else:
-            clause, clauseParams = _inClause(
-                "e.pubkey", [k for k in _storedValues(f.authors) if isinstance(k, bytes)]
-            )
+            clause, clauseParams = _inClause("e.pubkey", _hexKeys(f.authors))
         where.append(clause)
         params += clauseParams
     if f.kinds is not None:
