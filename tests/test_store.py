@@ -24,7 +24,7 @@ from relaypool.nostr.event import Event, isAddressable, isReplaceable, publicKey
 from relaypool.nostr.filter import Filter
 from relaypool.store import sqlite
 from relaypool.store.schema import SCHEMA_VERSION, migrate, schemaVersion, storedValue
-from relaypool.store.sqlite import DEFAULT_FRESH_EVENTS, SQLiteEventStore
+from relaypool.store.sqlite import DEFAULT_FRESH_EVENTS, SQLiteEventStore, _CallJob
 
 _T = TypeVar("_T")
 
@@ -865,7 +865,7 @@ class ObservationTests(StoreTestMixin, TestCase):
         has no write problem.
         """
         store = self.openStore()
-        failed = store._writer.submit(_failWrite)
+        failed = store._writer.submit(_CallJob(_failWrite))
         yield self.assertFailure(failed, StoreError)
         problem = store.writeProblem()
         for _ in range(2000):

@@ -1,7 +1,8 @@
 """
 Tests for the store's writer running a batch of saves together
-(L{relaypool.store.sqlite._saveEvents}): whatever the batch holds, it leaves
-the database as saving the events one at a time does.
+(L{relaypool.store.sqlite._saveEvents}, which runs the save() calls waiting
+together, L{relaypool.store.sqlite._SaveJob.runAll}): whatever the batch
+holds, it leaves the database as saving the events one at a time does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relaypool.nostr.event import Event
 from relaypool.store.schema import migrate
-from relaypool.store.sqlite import _SaveEvent, _saveEvent, _saveEvents
+from relaypool.store.sqlite import _saveEvent, _saveEvents, _SaveJob
 from tests.test_store import NOW, note
 
 # Strings that JSON writes with escapes, and characters beyond ASCII.
@@ -62,7 +63,9 @@ def _saveOneByOne(events: list[Event]) -> tuple[list[bool], tuple[list[Any], lis
 def _saveTogether(events: list[Event]) -> tuple[list[bool], tuple[list[Any], list[Any]]]:
     connection = _database()
     connection.execute("BEGIN")
-    saved = _saveEvents([_SaveEvent(event, event.expiration()) for event in events], connection)
+    saved = list(
+        _SaveJob.runAll([_SaveJob(event, event.expiration()) for event in events], connection)
+    )
     connection.execute("COMMIT")
     return saved, _contents(connection)
 
@@ -147,8 +150,7 @@ class SaveTogetherTests(SynchronousTestCase):
         stored, fresh = note(content="stored"), note(content="fresh")
         _saveEvent(stored, None, connection)
         saved = _saveEvents(
-            [_SaveEvent(e, None) for e in (fresh, stored, fresh, note(content="other"))],
-            connection,
+            [fresh, stored, fresh, note(content="other")], [None] * 4, connection
         )
         self.assertEqual(saved, [True, False, False, True])
         self.assertEqual(connection.execute("SELECT events FROM stats").fetchone(), (3,))

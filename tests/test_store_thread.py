@@ -1,17 +1,18 @@
 """
-Tests for the hand-off of L{relaypool.store.sqlite}'s database threads: the
-results of their transactions reach the reactor thread with one call for
-all those it has not collected yet.
+Tests for L{relaypool.store.sqlite}'s database threads: the results of
+their transactions reach the reactor thread with one call for all those it
+has not collected yet, and neighbouring jobs of one kind run together.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaypool.store.sqlite import _DatabaseThread, _Job
+from relaypool.store.sqlite import _CallJob, _DatabaseThread, _Job, _runTogether
 
 
 class _CallsFromThreads:
@@ -54,9 +55,14 @@ class HandOverTests(SynchronousTestCase):
         self.thread.stop()
         self.thread._thread.join()
 
-    def job(self, results: list[Any]) -> _Job:
-        job = _Job(lambda connection: None)
-        job.deferred.addBoth(results.append)
+    def job(self, results: list[Any], outcome: object) -> _Job:
+        """
+        A job that ran, with C{outcome}, and passes its result to
+        C{results}.
+        """
+        job = _CallJob(lambda connection: None)
+        job.outcome = outcome
+        job.addBoth(results.append)
         return job
 
     def test_oneWakeUpForUncollectedResults(self) -> None:
@@ -66,13 +72,13 @@ class HandOverTests(SynchronousTestCase):
         once collected, the next transaction sends a new one.
         """
         results: list[Any] = []
-        self.thread._handOver([(self.job(results), 1)])
-        self.thread._handOver([(self.job(results), 2), (self.job(results), 3)])
+        self.thread._handOver([self.job(results, 1)])
+        self.thread._handOver([self.job(results, 2), self.job(results, 3)])
         self.assertEqual(len(self.reactor.calls), 1)
         self.assertEqual(results, [])
         self.reactor.runCalls()
         self.assertEqual(results, [1, 2, 3])
-        self.thread._handOver([(self.job(results), 4)])
+        self.thread._handOver([self.job(results, 4)])
         self.assertEqual(len(self.reactor.calls), 1)
         self.reactor.runCalls()
         self.assertEqual(results, [1, 2, 3, 4])
@@ -83,7 +89,64 @@ class HandOverTests(SynchronousTestCase):
         """
         results: list[Any] = []
         error = ValueError("boom")
-        self.thread._handOver([(self.job(results), error), (self.job(results), 5)])
+        self.thread._handOver([self.job(results, error), self.job(results, 5)])
         self.reactor.runCalls()
         self.assertIs(results[0].value, error)
         self.assertEqual(results[1], 5)
+
+
+class _Grouped(_CallJob):
+    """
+    A job run together with its neighbours of this class, which records
+    each group it runs.
+    """
+
+    together = True
+    groups: list[list[str]] = []
+
+    @classmethod
+    def runAll(cls, jobs: Sequence[_Job], connection: sqlite3.Connection) -> list[object]:
+        cls.groups.append([job.run(connection) for job in jobs])
+        return [f"together {result}" for result in cls.groups[-1]]
+
+
+class RunTogetherTests(SynchronousTestCase):
+    """
+    L{_runTogether} runs each run of neighbouring jobs of a class that runs
+    them together by one call of its C{runAll}, and any other job alone.
+    """
+
+    def test_neighboursOfOneClassRunTogether(self) -> None:
+        """
+        Neighbouring jobs of a class with C{together} make one group; a job
+        of another class between them ends it; a group of one runs alone;
+        jobs without C{together} run alone even next to each other.
+        """
+        self.patch(_Grouped, "groups", [])
+
+        def grouped(name: str) -> _Job:
+            return _Grouped(lambda connection: name)
+
+        def alone(name: str) -> _Job:
+            return _CallJob(lambda connection: name)
+
+        batch = [
+            grouped("a"), grouped("b"), alone("c"), alone("d"), grouped("e"),
+            grouped("f"), grouped("g"), alone("h"), grouped("i"),
+        ]
+        runs = [
+            ([batch.index(job) for job in jobs], list(results))
+            for jobs, results in _runTogether(batch, sqlite3.connect(":memory:"))
+        ]
+        self.assertEqual(
+            runs,
+            [
+                ([0, 1], ["together a", "together b"]),
+                ([2], ["c"]),
+                ([3], ["d"]),
+                ([4, 5, 6], ["together e", "together f", "together g"]),
+                ([7], ["h"]),
+                ([8], ["i"]),
+            ],
+        )
+        self.assertEqual(_Grouped.groups, [["a", "b"], ["e", "f", "g"]])

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import orjson
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -134,19 +134,59 @@ class OutboxEntry:
     relays: Mapping[str, RelayDelivery]
 
 
-class _Job:
+class _Job(Deferred[Any]):
     """
-    A call to run in a database thread: its work, its Deferred, what kind
-    of call it is (C{"write"} or C{"query"}) and when it was submitted.
+    A call to run in a database thread, and the Deferred firing with its
+    result. Being its own Deferred, a call waiting for the thread is one
+    object for Python's garbage collector rather than three: a burst of
+    L{SQLiteEventStore.save} calls keeps thousands of them waiting, and
+    every full collection walks them all.
+
+    @cvar together: whether neighbouring jobs of this class in a batch
+        run together, by one call of L{runAll}.
+    @ivar kind: what kind of call this is (C{"write"} or C{"query"}).
+    @ivar started: when it was submitted (C{time.perf_counter}).
+    @ivar outcome: once run in the thread, its result or the exception it
+        raised.
     """
 
-    __slots__ = ("deferred", "kind", "started", "work")
+    together: ClassVar[bool] = False
+    started = 0.0
+    outcome: object = None
 
-    def __init__(self, work: _Work, kind: str = "", started: float = 0.0) -> None:
-        self.work = work
+    def __init__(self, kind: str) -> None:
+        super().__init__()
         self.kind = kind
-        self.started = started
-        self.deferred: Deferred[Any] = Deferred()
+
+    def run(self, connection: sqlite3.Connection) -> object:
+        """
+        In the thread: do the call's work on C{connection}.
+
+        @return: its result.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not say what it runs")
+
+    @classmethod
+    def runAll(cls, jobs: Sequence[_Job], connection: sqlite3.Connection) -> Sequence[object]:
+        """
+        In the thread: run C{jobs}, all of this class, in order.
+
+        @return: their results.
+        """
+        return [job.run(connection) for job in jobs]
+
+
+class _CallJob(_Job):
+    """
+    A job running C{work(connection)}.
+    """
+
+    def __init__(self, work: _Work, kind: str = "") -> None:
+        super().__init__(kind)
+        self.work = work
+
+    def run(self, connection: sqlite3.Connection) -> object:
+        return self.work(connection)
 
 
 _STOP = object()
@@ -188,8 +228,8 @@ class _DatabaseThread:
         self._reactor = reactor
         self._beforeCommit = beforeCommit
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._outcomes: list[tuple[_Job, object]] = []
-        self._outcomesLock = threading.Lock()
+        self._ended: list[_Job] = []
+        self._endedLock = threading.Lock()
         self._stopped: Deferred[None] = Deferred()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -200,16 +240,15 @@ class _DatabaseThread:
         """
         return self._thread.is_alive()
 
-    def submit(self, work: _Work, kind: str = "") -> Deferred[Any]:
+    def submit(self, job: _Job) -> _Job:
         """
-        Run C{work(connection)} in the thread.
+        Run C{job} in the thread.
 
-        @param kind: what kind of call this is, for C{finished}.
-        @return: a Deferred firing with its result once committed.
+        @return: C{job}, which fires with its result once committed.
         """
-        job = _Job(work, kind, time.perf_counter())
+        job.started = time.perf_counter()
         self._queue.put(job)
-        return job.deferred
+        return job
 
     def stop(self) -> Deferred[None]:
         """
@@ -240,19 +279,20 @@ class _DatabaseThread:
                     except queue.Empty:
                         break
                 if batch:
-                    self._handOver(self._runBatch(batch))
+                    self._runBatch(batch)
+                    self._handOver(batch)
         finally:
             self._connection.close()
             self._reactor.callFromThread(self._stopped.callback, None)
 
-    def _handOver(self, outcomes: list[tuple[_Job, object]]) -> None:
+    def _handOver(self, jobs: list[_Job]) -> None:
         """
-        In the thread: queue C{outcomes} for the reactor thread, and wake it
-        unless a wake-up is on its way already.
+        In the thread: queue C{jobs}, which ran, for the reactor thread, and
+        wake it unless a wake-up is on its way already.
         """
-        with self._outcomesLock:
-            awaited = bool(self._outcomes)
-            self._outcomes += outcomes
+        with self._endedLock:
+            awaited = bool(self._ended)
+            self._ended += jobs
         if not awaited:
             self._reactor.callFromThread(self._deliver)
 
@@ -260,49 +300,49 @@ class _DatabaseThread:
         """
         In the reactor thread: fire the Deferreds of the jobs that ended.
         """
-        with self._outcomesLock:
-            outcomes, self._outcomes = self._outcomes, []
+        with self._endedLock:
+            jobs, self._ended = self._ended, []
         finished = self._finished
-        for job, outcome in outcomes:
+        for job in jobs:
             if finished is not None:
                 finished(job)
+            outcome = job.outcome
             if isinstance(outcome, Exception):
-                job.deferred.errback(outcome)
+                job.errback(outcome)
             else:
-                job.deferred.callback(outcome)
+                job.callback(outcome)
 
-    def _runBatch(
-        self, batch: list[_Job], isolated: bool = False
-    ) -> list[tuple[_Job, object]]:
+    def _runBatch(self, batch: list[_Job], isolated: bool = False) -> None:
         """
-        Run C{batch} in one transaction. If a job fails, the transaction is
-        rolled back and the batch run again C{isolated}: each job in its own
-        savepoint, so that only the failing one is undone.
+        Run C{batch} in one transaction, setting each job's outcome. If a
+        job fails, the transaction is rolled back and the batch run again
+        C{isolated}: each job in its own savepoint, so that only the failing
+        one is undone.
         """
         connection = self._connection
-        outcomes: list[tuple[_Job, object]] = []
         operationalError: str | None = None
         try:
             connection.execute(self._begin)
             if not isolated:
                 try:
                     for jobs, results in _runTogether(batch, connection):
-                        outcomes += zip(jobs, results, strict=True)
+                        for job, result in zip(jobs, results, strict=True):
+                            job.outcome = result
                 except Exception:
                     if connection.in_transaction:
                         connection.execute("ROLLBACK")
-                    return self._runBatch(batch, isolated=True)
+                    self._runBatch(batch, isolated=True)
+                    return
             for job in batch if isolated else ():
                 connection.execute("SAVEPOINT job")
                 try:
-                    result = job.work(connection)
+                    job.outcome = job.run(connection)
                 except Exception as e:
                     connection.execute("ROLLBACK TO job")
                     if isinstance(e, sqlite3.OperationalError):
                         operationalError = str(e)
-                    result = _failure(e)
+                    job.outcome = _failure(e)
                 connection.execute("RELEASE job")
-                outcomes.append((job, result))
             if self._beforeCommit is not None:
                 self._beforeCommit(connection)
             connection.execute("COMMIT")
@@ -311,33 +351,33 @@ class _DatabaseThread:
                 connection.execute("ROLLBACK")
             self.lastError = str(e)
             failure = _failure(e)
-            return [(job, failure) for job in batch]
+            for job in batch:
+                job.outcome = failure
+            return
         self.lastError = operationalError
-        return outcomes
 
 
 def _runTogether(
     batch: Sequence[_Job], connection: sqlite3.Connection
-) -> Iterator[tuple[Sequence[_Job], list[object]]]:
+) -> Iterator[tuple[Sequence[_Job], Sequence[object]]]:
     """
-    Run C{batch}'s jobs in order. A work may have a C{runAll} attribute: a
-    function taking a list of such works and the connection and returning
-    their results in order. Each run of neighbouring jobs whose works share
-    one C{runAll} is run by one call of it, any other job alone.
+    Run C{batch}'s jobs in order: each run of neighbouring jobs of one
+    class that runs them L{together<_Job.together>} by one call of its
+    C{runAll}, any other job alone.
 
     @return: each run (or job) and its results.
     """
     start = 0
     while start < len(batch):
-        runAll = getattr(batch[start].work, "runAll", None)
+        kind = type(batch[start])
         end = start + 1
-        while runAll and end < len(batch) and getattr(batch[end].work, "runAll", None) is runAll:
+        while kind.together and end < len(batch) and type(batch[end]) is kind:
             end += 1
         jobs = batch[start:end]
-        if runAll is None or len(jobs) == 1:
-            yield jobs, [jobs[0].work(connection)]
+        if len(jobs) == 1:
+            yield jobs, [jobs[0].run(connection)]
         else:
-            yield jobs, runAll([job.work for job in jobs], connection)
+            yield jobs, kind.runAll(jobs, connection)
         start = end
 
 
@@ -682,6 +722,9 @@ class SQLiteEventStore:
         return connection
 
     def _submit(self, thread: _DatabaseThread, work: _Work, kind: str) -> Deferred[Any]:
+        return self._submitJob(thread, _CallJob(work, kind))
+
+    def _submitJob(self, thread: _DatabaseThread, job: _Job) -> Deferred[Any]:
         if self._closed is not None:
             return fail(StoreError("the store is closed"))
         if self._pending >= self._maxPending:
@@ -689,7 +732,7 @@ class SQLiteEventStore:
                 QueueFull(f"{self._pending} store calls are waiting already")
             )
         self._pending += 1
-        return thread.submit(work, kind)
+        return thread.submit(job)
 
     def _jobFinished(self, job: _Job) -> None:
         """
@@ -706,23 +749,25 @@ class SQLiteEventStore:
         """
         Store C{event}; see L{IEventStore.save}.
         """
-        work = self._saving(event)
-        if work is None:
+        expiration = event.expiration()
+        if self._notStored(event, expiration):
             return succeed(False)
-        return self._submit(self._writer, work, "write")
+        return self._submitJob(self._writer, _SaveJob(event, expiration))
 
     def saveMany(self, events: Sequence[Event]) -> Deferred[list[bool]]:
         """
         Store C{events} in one call; see L{IEventStore.saveMany}.
         """
-        works: list[_SaveEvent] = []
+        kept: list[Event] = []
+        expirations: list[int | None] = []
         positions: list[int] = []
         for index, event in enumerate(events):
-            work = self._saving(event)
-            if work is not None:
-                works.append(work)
+            expiration = event.expiration()
+            if not self._notStored(event, expiration):
+                kept.append(event)
+                expirations.append(expiration)
                 positions.append(index)
-        if not works:
+        if not kept:
             return succeed([False] * len(events))
 
         def placed(saved: list[bool]) -> list[bool]:
@@ -731,21 +776,16 @@ class SQLiteEventStore:
                 result[index] = stored
             return result
 
-        return self._submit(self._writer, partial(_saveEvents, works), "write").addCallback(
-            placed
-        )
+        return self._submit(
+            self._writer, partial(_saveEvents, kept, expirations), "write"
+        ).addCallback(placed)
 
-    def _saving(self, event: Event) -> _SaveEvent | None:
+    def _notStored(self, event: Event, expiration: int | None) -> bool:
         """
-        The writer's work storing C{event}, or L{None} if it is not to be
+        Whether C{event}, which expires at C{expiration}, is not to be
         stored: ephemeral, or expired already.
         """
-        if isEphemeral(event.kind):
-            return None
-        expiration = event.expiration()
-        if expiration is not None and expiration <= self._clock():
-            return None
-        return _SaveEvent(event, expiration)
+        return isEphemeral(event.kind) or (expiration is not None and expiration <= self._clock())
 
     def query(self, filters: Sequence[Filter]) -> Deferred[list[Event]]:
         """
@@ -1180,59 +1220,65 @@ def _deleteEvents(eventIds: tuple[str, ...], connection: sqlite3.Connection) -> 
     return _removeEvents(connection, clause, params)
 
 
-class _SaveEvent:
+def _saveEvents(
+    events: Sequence[Event], expirations: Sequence[int | None], connection: sqlite3.Connection
+) -> list[bool]:
     """
-    The work of L{SQLiteEventStore.save}: store C{event}. Several of them
-    next to each other in a batch run together (L{_saveEvents}).
-    """
-
-    __slots__ = ("event", "expiration")
-
-    def __init__(self, event: Event, expiration: int | None) -> None:
-        self.event = event
-        self.expiration = expiration
-
-    def __call__(self, connection: sqlite3.Connection) -> bool:
-        return _saveEvent(self.event, self.expiration, connection)
-
-    @staticmethod
-    def runAll(works: Sequence[_SaveEvent], connection: sqlite3.Connection) -> list[bool]:
-        return _saveEvents(works, connection)
-
-
-def _saveEvents(works: Sequence[_SaveEvent], connection: sqlite3.Connection) -> list[bool]:
-    """
-    Store each work's event, in order: each run of plain events (see
-    L{_isPlain}: nothing they do depends on the others) with one statement
-    for the events (or one per L{_BULK_BYTES} of them) and one for their
-    tags, any other event alone.
+    Store C{events}, which expire at C{expirations}, in order: each run of
+    plain events (see L{_isPlain}: nothing they do depends on the others)
+    with one statement for the events (or one per L{_BULK_BYTES} of them)
+    and one for their tags, any other event alone.
 
     @return: for each, whether it was stored.
     """
     saved: list[bool] = []
     start = 0
-    while start < len(works):
+    while start < len(events):
         end, size, raws = start, 0, []
-        while end < len(works) and size < _BULK_BYTES and _isPlain(works[end]):
-            raws.append(works[end].event.toJSON())
+        while end < len(events) and size < _BULK_BYTES and _isPlain(events[end], expirations[end]):
+            raws.append(events[end].toJSON())
             size += len(raws[-1])
             end += 1
         if end > start:
-            saved += _insertPlain([work.event for work in works[start:end]], raws, connection)
+            saved += _insertPlain(events[start:end], raws, connection)
         else:
-            saved.append(works[start](connection))
+            saved.append(_saveEvent(events[start], expirations[start], connection))
             end += 1
         start = end
     return saved
 
 
-def _isPlain(work: _SaveEvent) -> bool:
+class _SaveJob(_Job):
     """
-    Whether C{work}'s event is a regular one (not replaceable, addressable
-    or a deletion request) with no expiration.
+    The job of L{SQLiteEventStore.save}: store C{event}, which expires at
+    C{expiration}. Several of them next to each other in a batch run
+    together (L{_saveEvents}).
     """
-    event = work.event
-    return work.expiration is None and event.kind != _DELETION and _address(event) is None
+
+    def __init__(self, event: Event, expiration: int | None) -> None:
+        super().__init__("write")
+        self.event = event
+        self.expiration = expiration
+
+    def run(self, connection: sqlite3.Connection) -> bool:
+        return _saveEvent(self.event, self.expiration, connection)
+
+    together = True
+
+    @classmethod
+    def runAll(cls, jobs: Sequence[_Job], connection: sqlite3.Connection) -> Sequence[object]:
+        saves = cast(Sequence[_SaveJob], jobs)
+        return _saveEvents(
+            [job.event for job in saves], [job.expiration for job in saves], connection
+        )
+
+
+def _isPlain(event: Event, expiration: int | None) -> bool:
+    """
+    Whether C{event}, which expires at C{expiration}, is a regular one (not
+    replaceable, addressable or a deletion request) with no expiration.
+    """
+    return expiration is None and event.kind != _DELETION and _address(event) is None
 
 
 # The most bytes of events inserted by one statement.
