@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -1001,6 +1002,63 @@ class LifecycleTests(StoreTestMixin, TestCase):
         self.failureResultOf(store.saveMany([note(content="late")]), StoreError)
         self.failureResultOf(store.query([Filter()]), StoreError)
         yield store.close()
+
+    @inlineCallbacks
+    def test_closeEndsItsThreads(self) -> Any:
+        """
+        C{close} ends the store's threads: writer, reader and checkpoint.
+        """
+        store = self.openStore()
+        self.assertEqual(
+            sorted(_storeThreads()),
+            ["relaypool-store-checkpoint", "relaypool-store-reader", "relaypool-store-writer"],
+        )
+        yield store.close()
+        self.assertEqual(_storeThreads(), [])
+
+    @inlineCallbacks
+    def test_checkpointBesideTheWriter(self) -> Any:
+        """
+        Once the WAL is past C{checkpointBytes}, a commit has the store's
+        checkpoint thread copy it back into the database file (long before
+        the writer's own checkpoint would): the events saved reach the file
+        itself.
+        """
+        store = self.openStore(checkpointBytes=64 * 1024)
+        events = [note(content=f"{i:03d} " + "x" * 1000) for i in range(200)]
+        self.assertEqual((yield gatherResults([store.save(e) for e in events])), [True] * 200)
+        for _ in range(1000):
+            if _eventsInFile(store.path) == len(events):
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(_eventsInFile(store.path), len(events))
+
+
+def _storeThreads() -> list[str]:
+    """
+    The names of the running threads of stores.
+    """
+    return [t.name for t in threading.enumerate() if t.name.startswith("relaypool-store")]
+
+
+def _eventsInFile(path: str) -> int | None:
+    """
+    How many events the database file at C{path} holds itself, its WAL not
+    read (a copy of the file alone is), or L{None} if that copy cannot be
+    read (it holds no events table yet, or was taken as a checkpoint wrote
+    to the file).
+    """
+    copy = path + ".alone"
+    with open(path, "rb") as source, open(copy, "wb") as target:
+        target.write(source.read())
+    connection = sqlite3.connect(copy)
+    try:
+        count: int = connection.execute("SELECT count(*) FROM events").fetchone()[0]
+        return count
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        connection.close()
 
 
 class PumpedReactor:

