@@ -668,14 +668,17 @@ class SQLiteEventStore:
         L{QueueFull}.
       - C{maxLimit}: the most events one filter returns from L{query}, the
         filter's own C{limit} applying if smaller.
-      - C{cacheBytes}: the page cache of each of its two connections; pages
-        past it are read from the file again when needed.
+      - C{cacheBytes}: the page cache of each of its two connections that
+        read pages (writer, reader); pages past it are read from the file
+        again when needed.
 
     Durability: the database is in WAL mode with C{synchronous=NORMAL}: a
     Deferred that fired reports a committed transaction, which survives the
     process being killed; a power loss may undo the last transactions. The
-    WAL file grows to about 200 MB under a heavy write load before it is
-    copied back into the database.
+    WAL file grows to about 200 MB at most under a heavy write load: past
+    C{checkpointBytes}, a thread of the store's own copies it back into the
+    database beside the writer, and past 200 MB the writer copies what is
+    left itself and restarts it.
 
     The file is opened and its schema migrated in the constructor.
 
