@@ -1019,12 +1019,11 @@ class LifecycleTests(StoreTestMixin, TestCase):
     @inlineCallbacks
     def test_checkpointBesideTheWriter(self) -> Any:
         """
-        Once the WAL is past C{checkpointBytes}, a commit has the store's
-        checkpoint thread copy it back into the database file (long before
-        the writer's own checkpoint would): the events saved reach the file
-        itself.
+        After commits, the store's checkpoint thread copies the WAL back
+        into the database file (long before the writer's own checkpoint
+        would): the events saved reach the file itself.
         """
-        store = self.openStore(checkpointBytes=64 * 1024)
+        store = self.openStore(checkpointPause=0.01)
         events = [note(content=f"{i:03d} " + "x" * 1000) for i in range(200)]
         self.assertEqual((yield gatherResults([store.save(e) for e in events])), [True] * 200)
         for _ in range(1000):

@@ -1,18 +1,23 @@
 """
 Tests for L{relaypool.store.sqlite}'s database threads: the results of
 their transactions reach the reactor thread with one call for all those it
-has not collected yet, and neighbouring jobs of one kind run together.
+has not collected yet, neighbouring jobs of one kind run together, and the
+checkpoint thread pauses between checkpoints.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaypool.store.sqlite import _CallJob, _DatabaseThread, _Job, _runTogether
+from relaypool.store.sqlite import _CallJob, _Checkpointer, _DatabaseThread, _Job, _runTogether
 
 
 class _CallsFromThreads:
@@ -150,3 +155,68 @@ class RunTogetherTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(_Grouped.groups, [["a", "b"], ["e", "f", "g"]])
+
+
+class _RecordingConnection:
+    """
+    Stands in for a SQLite connection: records the statements executed and
+    when.
+    """
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[float, str]] = []
+        self.executed = threading.Semaphore(0)
+        self.closed = False
+
+    def execute(self, statement: str) -> _RecordingConnection:
+        self.statements.append((time.monotonic(), statement))
+        self.executed.release()
+        return self
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class CheckpointerTests(TestCase):
+    """
+    L{_Checkpointer}, the thread copying the WAL back into the database.
+    """
+
+    @inlineCallbacks
+    def test_onePerPause(self) -> Any:
+        """
+        A request runs a passive checkpoint; the requests made during the
+        pause after it are served by one checkpoint once the pause is over.
+        """
+        connection = _RecordingConnection()
+        pause = 0.2
+        checkpointer = _Checkpointer(
+            "test-checkpoint", connection, pause, reactor  # type: ignore[arg-type]
+        )
+        checkpointer.request()
+        self.assertTrue(connection.executed.acquire(timeout=30))
+        for _ in range(5):
+            checkpointer.request()
+        self.assertTrue(connection.executed.acquire(timeout=30))
+        yield checkpointer.stop()
+        [(first, statement), (second, again)] = connection.statements
+        self.assertEqual((statement, again), ("PRAGMA wal_checkpoint(PASSIVE)",) * 2)
+        self.assertGreaterEqual(second - first, pause)
+
+    @inlineCallbacks
+    def test_stopDuringThePause(self) -> Any:
+        """
+        C{stop} ends the thread without waiting for the pause to end (an
+        hour here), and closes the connection.
+        """
+        connection = _RecordingConnection()
+        checkpointer = _Checkpointer(
+            "test-checkpoint", connection, 3600, reactor  # type: ignore[arg-type]
+        )
+        checkpointer.request()
+        self.assertTrue(connection.executed.acquire(timeout=30))
+        yield checkpointer.stop()
+        self.assertTrue(connection.closed)
