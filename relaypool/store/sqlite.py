@@ -206,7 +206,43 @@ class _CallJob(_Job):
 _STOP = object()
 
 
-class _DatabaseThread:
+class _ConnectionThread:
+    """
+    A thread that owns one SQLite connection, closed when the thread ends.
+    A subclass sets up what its L{_work} needs before calling this
+    constructor, which starts the thread.
+    """
+
+    def __init__(
+        self, name: str, connection: sqlite3.Connection, reactor: IReactorFromThreads
+    ) -> None:
+        self._connection = connection
+        self._reactor = reactor
+        self._stopped: Deferred[None] = Deferred()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        """
+        In the thread: the work it does, returning when it is to end.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not say what it does")
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        finally:
+            self._connection.close()
+            self._reactor.callFromThread(self._stopped.callback, None)
+
+    def _ended(self) -> Deferred[None]:
+        """
+        @return: a Deferred firing when the thread has ended.
+        """
+        return self._stopped.addCallback(lambda _: self._thread.join())
+
+
+class _DatabaseThread(_ConnectionThread):
     """
     A thread that owns one SQLite connection and runs jobs on it, every job
     waiting (up to C{batchSize}) in one transaction, and a failing job
@@ -236,19 +272,15 @@ class _DatabaseThread:
         finished: Callable[[_Job], None] | None = None,
         afterCommit: Callable[[], None] | None = None,
     ) -> None:
-        self._connection = connection
         self._afterCommit = afterCommit
         self._finished = finished
         self._begin = begin
         self._batchSize = batchSize
-        self._reactor = reactor
         self._beforeCommit = beforeCommit
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._ended: list[_Job] = []
-        self._endedLock = threading.Lock()
-        self._stopped: Deferred[None] = Deferred()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._ran: list[_Job] = []
+        self._ranLock = threading.Lock()
+        super().__init__(name, connection, reactor)
 
     def isRunning(self) -> bool:
         """
@@ -274,41 +306,37 @@ class _DatabaseThread:
         @return: a Deferred firing when the thread has ended.
         """
         self._queue.put(_STOP)
-        return self._stopped.addCallback(lambda _: self._thread.join())
+        return self._ended()
 
-    def _run(self) -> None:
-        try:
-            stopping = False
-            while not stopping:
-                batch: list[_Job] = []
-                item = self._queue.get()
-                while True:
-                    if item is _STOP:
-                        stopping = True
-                        break
-                    assert isinstance(item, _Job)
-                    batch.append(item)
-                    if len(batch) >= self._batchSize:
-                        break
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                if batch:
-                    self._runBatch(batch)
-                    self._handOver(batch)
-        finally:
-            self._connection.close()
-            self._reactor.callFromThread(self._stopped.callback, None)
+    def _work(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[_Job] = []
+            item = self._queue.get()
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                assert isinstance(item, _Job)
+                batch.append(item)
+                if len(batch) >= self._batchSize:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._runBatch(batch)
+                self._handOver(batch)
 
     def _handOver(self, jobs: list[_Job]) -> None:
         """
         In the thread: queue C{jobs}, which ran, for the reactor thread, and
         wake it unless a wake-up is on its way already.
         """
-        with self._endedLock:
-            awaited = bool(self._ended)
-            self._ended += jobs
+        with self._ranLock:
+            awaited = bool(self._ran)
+            self._ran += jobs
         if not awaited:
             self._reactor.callFromThread(self._deliver)
 
@@ -316,8 +344,8 @@ class _DatabaseThread:
         """
         In the reactor thread: fire the Deferreds of the jobs that ended.
         """
-        with self._endedLock:
-            jobs, self._ended = self._ended, []
+        with self._ranLock:
+            jobs, self._ran = self._ran, []
         finished = self._finished
         for job in jobs:
             if finished is not None:
@@ -375,7 +403,7 @@ class _DatabaseThread:
             self._afterCommit()
 
 
-class _Checkpointer:
+class _Checkpointer(_ConnectionThread):
     """
     A thread with a connection of its own that copies the WAL back into the
     database when asked (a passive checkpoint: it waits for no one, and the
@@ -390,14 +418,10 @@ class _Checkpointer:
         pause: float,
         reactor: IReactorFromThreads,
     ) -> None:
-        self._connection = connection
         self._pause = pause
-        self._reactor = reactor
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._stopped: Deferred[None] = Deferred()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        super().__init__(name, connection, reactor)
 
     def request(self) -> None:
         """
@@ -415,23 +439,19 @@ class _Checkpointer:
         """
         self._stopping.set()
         self._wake.set()
-        return self._stopped.addCallback(lambda _: self._thread.join())
+        return self._ended()
 
-    def _run(self) -> None:
-        try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._stopping.is_set():
-                    break
-                # What this checkpoint cannot copy, the writer's own copies
-                # (a full disk then shows as a failed write, writeProblem).
-                with contextlib.suppress(sqlite3.Error):
-                    self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                self._stopping.wait(self._pause)
-        finally:
-            self._connection.close()
-            self._reactor.callFromThread(self._stopped.callback, None)
+    def _work(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            # What this checkpoint cannot copy, the writer's own copies (a
+            # full disk then shows as a failed write, writeProblem).
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._stopping.wait(self._pause)
 
 
 def _runTogether(
